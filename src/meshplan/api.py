@@ -1,0 +1,57 @@
+"""The Python API: `plan`, `estimate` and the loaders. The CLI is a thin layer over this."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from meshplan.cost.layout import axis_tier_index
+from meshplan.cost.step import evaluate
+from meshplan.errors import MeshplanError
+from meshplan.estimate import Estimate, estimate_from_arrays
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.io import load_cluster, load_model
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+from meshplan.specs.plan import Plan, PlanArrays
+from meshplan.specs.rules import check_plan
+
+ModelRef = str | Path | Model
+ClusterRef = str | Path | Cluster
+
+AXIS_GROUPS = {"tp": ("tp",), "cp": ("cp",), "dp": ("cp", "dp"), "pp": ("pp",)}
+
+
+def axis_tiers(cluster: Cluster, P: PlanArrays, i: int = 0) -> dict[str, str]:
+    """Network tier each mesh axis lands on for plan i (only axes of degree > 1)."""
+    out = {}
+    sizes = {"tp": P.tp, "cp": P.cp, "dp": P.dp * P.cp, "pp": P.pp}
+    for axis, axes in AXIS_GROUPS.items():
+        if sizes[axis][i] > 1:
+            out[axis] = cluster.network[int(axis_tier_index(cluster, axes, P)[i])].name
+    if P.ep[i] > 1:
+        idx = axis_tier_index(cluster, ("ep",), P, expert=True)
+        out["ep"] = cluster.network[int(idx[i])].name
+    return out
+
+
+def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan) -> Estimate:
+    """Predict step time, throughput and memory of one plan (raises MeshplanError if illegal)."""
+    model, cluster = load_model(model), load_cluster(cluster)
+    P = PlanArrays.from_plans([plan])
+    check_plan(model, job, plan.num_gpus, P)
+    if cluster.num_gpus is not None and plan.num_gpus > cluster.num_gpus:
+        raise MeshplanError(
+            f"num_gpus={plan.num_gpus}: cluster {cluster.name} has only {cluster.num_gpus}")
+    costs = evaluate(model, cluster, job, P)
+    return estimate_from_arrays(costs, 0, plan, cluster.accelerator.memory_bytes,
+                                axis_tiers(cluster, P))
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise MeshplanError(f"{name}={value}: must be a positive integer")
+
+
+__all__ = ["estimate", "axis_tiers", "np"]

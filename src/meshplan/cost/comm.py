@@ -1,0 +1,95 @@
+"""Collective and point-to-point times on a tiered network (alpha-beta model).
+
+Sizes follow nccl-tests (PERFORMANCE.md): `nbytes` is the full (gathered / reduced) buffer,
+and busbw = algbw x 2(n-1)/n for all-reduce, x (n-1)/n for all-gather, reduce-scatter and
+all-to-all. A ring over n ranks on one tier therefore takes
+    all-reduce      2(n-1)/n * S / busbw + 2(n-1) * alpha
+    all-gather/RS     (n-1)/n * S / busbw +  (n-1) * alpha
+with busbw = bandwidth * bus_efficiency(S) (Thakur, Rabenseifner & Gropp 2005 for the ring;
+NCCL tuning.cc for the per-step latency). A group spanning several tiers is one ring whose
+busbw is set by its slowest crossing (see `_ring`).
+
+`members` is the list from `layout.tier_members`: group members inside one domain of each tier.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from meshplan.specs.cluster import Cluster, NetworkTier
+
+Num = float | np.ndarray
+
+
+def _busbw(tier: NetworkTier, nbytes: Num) -> np.ndarray:
+    return tier.bandwidth / tier.oversubscription * tier.bus_efficiency(nbytes)
+
+
+def _ring(cluster: Cluster, members: list[np.ndarray], nbytes: Num, factor: float,
+          all_reduce: bool = False) -> np.ndarray:
+    """Ring collective over a group that may span tiers.
+
+    A ring that leaves a domain of tier i-1 crosses tier i once per domain and NCCL runs one
+    channel per NIC, so the k_{i-1} members inside a domain pool their links: the ring's busbw
+    is min_i(k_{i-1} x bandwidth_i x efficiency_i) (hardware.md Sec. 2: multi-node all-reduce
+    busbw ~ NICs per node x per-NIC rate; 192 GB/s measured on DGX A100, issue_nccl_812).
+    Latency: the slowest crossed tier per step, over min(n - 1, 2 log2 n) steps (ring for small
+    groups, NCCL's tree for large ones).
+    """
+    n = members[-1]
+    shape = np.broadcast(n, nbytes).shape
+    busbw = np.full(shape, np.inf)
+    alpha = np.zeros(shape)
+    prev = np.ones_like(n)
+    for i, tier in enumerate(cluster.network):
+        k = members[i]
+        crosses = k > prev
+        bw = _busbw(tier, nbytes) * (prev if i else 1)
+        if all_reduce and i == 0:
+            bw = bw * np.where(k >= n, tier.all_reduce_boost, 1.0)
+        busbw = np.where(crosses, np.minimum(busbw, bw), busbw)
+        alpha = np.where(crosses, np.maximum(alpha, tier.latency), alpha)
+        prev = np.maximum(k, prev)
+    steps = np.minimum(n - 1, 2 * np.ceil(np.log2(np.maximum(n, 2))))
+    t = factor * (n - 1) / n * nbytes / busbw + factor * steps * alpha
+    return np.where(n > 1, t, 0.0)
+
+
+def all_reduce_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num) -> np.ndarray:
+    """Hierarchical ring all-reduce of `nbytes`."""
+    return _ring(cluster, members, nbytes, 2.0, all_reduce=True)
+
+
+def all_gather_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num) -> np.ndarray:
+    """All-gather producing `nbytes` per rank (reduce-scatter costs the same)."""
+    return _ring(cluster, members, nbytes, 1.0)
+
+
+reduce_scatter_time = all_gather_time
+
+
+def all_to_all_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num) -> np.ndarray:
+    """All-to-all where each rank holds `nbytes` and keeps 1/n of it.
+
+    The share bound for peers first reachable at tier i crosses that tier; tiers run
+    concurrently, so the slowest one sets the time (inter-node all-to-all runs at about one
+    NIC per GPU, hardware.md Sec. 2).
+    """
+    n = members[-1]
+    worst = np.zeros(np.broadcast(n, nbytes).shape)
+    prev = np.ones_like(n)
+    for tier, k in zip(cluster.network, members, strict=True):
+        share = np.asarray(nbytes * (k - prev) / n, dtype=float)
+        t = share / _busbw(tier, np.maximum(share, 1.0)) + np.where(k > prev, tier.latency, 0.0)
+        worst = np.maximum(worst, np.where(k > prev, t, 0.0))
+        prev = np.maximum(k, prev)
+    return worst
+
+
+def p2p_time(cluster: Cluster, tier_index: np.ndarray, nbytes: Num) -> np.ndarray:
+    """One point-to-point transfer of `nbytes` between ranks meeting first at `tier_index`."""
+    out = np.zeros(np.broadcast(tier_index, nbytes).shape)
+    for i, tier in enumerate(cluster.network):
+        t = nbytes / _busbw(tier, nbytes) + tier.latency
+        out = np.where(tier_index == i, t, out)
+    return out

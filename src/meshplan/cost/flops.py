@@ -1,0 +1,102 @@
+"""Floating-point operations of the forward pass, per layer and per model.
+
+A multiply-add is 2 FLOPs. Backward = 2 x forward for every matmul (grad of the input and of
+the weight). Sources:
+- Megatron-LM 2021 (Narayanan et al., arXiv:2104.04473), Eq. 3: one layer's forward is
+  24 B s h^2 (1 + s/(6h)) and an iteration with full recompute is
+  96 B s l h^2 (1 + s/(6h) + V/(16 l h)).
+- PaLM (Chowdhery et al. 2022, Appendix B): model FLOPs per token 6N + 12 L H Q T, i.e.
+  attention counted over the full (non-causal) s x s score matrix; meshplan's MFU follows it.
+- DeepSeek-V2 (arXiv:2405.04434) for the MLA projections.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from meshplan.specs.model import Model
+
+Num = float | np.ndarray
+
+
+def qkv_flops(model: Model, tokens: Num) -> Num:
+    """Q, K, V projections (MLA: down- and up-projections of queries and the latent KV)."""
+    h, a = model.hidden_size, model.num_attention_heads
+    if model.mla is not None:
+        m = model.mla
+        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        q = (h * m.q_lora_rank + m.q_lora_rank * a * qk) if m.q_lora_rank else h * a * qk
+        kv = h * (m.kv_lora_rank + m.qk_rope_head_dim)
+        kv += m.kv_lora_rank * a * (m.qk_nope_head_dim + m.v_head_dim)
+        return 2 * tokens * (q + kv)
+    d = model.head_size
+    return 2 * tokens * h * (a * d + 2 * model.kv_heads * d)
+
+
+def value_head_dim(model: Model) -> int:
+    return model.mla.v_head_dim if model.mla is not None else model.head_size
+
+
+def attention_core_flops(model: Model, batch: Num, seq_len: Num) -> Num:
+    """Scores (Q K^T) and weighted values (A V) over the full s x s matrix (no causal saving)."""
+    a = model.num_attention_heads
+    return 2 * batch * seq_len * seq_len * a * (model.head_size + value_head_dim(model))
+
+
+def out_proj_flops(model: Model, tokens: Num) -> Num:
+    return 2 * tokens * model.num_attention_heads * value_head_dim(model) * model.hidden_size
+
+
+def mlp_flops(model: Model, tokens: Num, ffn: int) -> Num:
+    """One MLP of intermediate size `ffn`: 2 matrices (plain) or 3 (gated)."""
+    return 2 * tokens * model.hidden_size * ffn * (3 if model.gated else 2)
+
+
+def moe_flops(model: Model, tokens: Num) -> Num:
+    """Router, top-k routed experts and shared experts of one MoE layer."""
+    assert model.moe is not None
+    moe = model.moe
+    router = 2 * tokens * model.hidden_size * moe.num_experts
+    routed = moe.top_k * mlp_flops(model, tokens, moe.expert_ffn_hidden_size)
+    shared = moe.num_shared_experts * mlp_flops(model, tokens, moe.shared_expert_ffn_hidden_size)
+    return router + routed + shared
+
+
+def head_flops(model: Model, tokens: Num) -> Num:
+    """LM head (logits) projection."""
+    return 2 * tokens * model.hidden_size * model.vocab_size
+
+
+def forward_flops(model: Model, batch: Num, seq_len: Num) -> Num:
+    """Forward FLOPs of the whole model for `batch` sequences (attention non-causal)."""
+    tokens = batch * seq_len
+    attn = qkv_flops(model, tokens) + attention_core_flops(model, batch, seq_len)
+    attn = attn + out_proj_flops(model, tokens)
+    dense = model.num_layers - model.num_moe_layers
+    total = model.num_layers * attn + dense * mlp_flops(model, tokens, model.ffn_hidden_size)
+    if model.moe is not None:
+        total = total + model.num_moe_layers * moe_flops(model, tokens)
+    return total + head_flops(model, tokens)
+
+
+def model_flops_per_step(model: Model, global_batch: Num, seq_len: Num) -> Num:
+    """Model FLOPs of one training step: 3 x forward (MFU numerator, PaLM convention)."""
+    return 3 * forward_flops(model, global_batch, seq_len)
+
+
+def recompute_flops_per_step(model: Model, global_batch: Num, seq_len: Num,
+                             recompute: np.ndarray) -> Num:
+    """Extra forward FLOPs spent on activation recomputation (HFU numerator minus model FLOPs).
+
+    recompute: 0 none, 1 selective (attention core only, Korthikanti et al. 2022 Sec. 4.2),
+    2 full (every layer's forward, not the LM head).
+    """
+    full = forward_flops(model, global_batch, seq_len) - head_flops(model, global_batch * seq_len)
+    selective = model.num_layers * attention_core_flops(model, global_batch, seq_len)
+    return np.where(recompute == 2, full, np.where(recompute == 1, selective, 0.0))
+
+
+def megatron_eq3_flops(model: Model, global_batch: int, seq_len: int) -> float:
+    """Megatron-LM 2021 Eq. 3 (GPT, full recompute): 96 B s l h^2 (1 + s/6h + V/16lh)."""
+    h, L, V = model.hidden_size, model.num_layers, model.vocab_size
+    return 96 * global_batch * seq_len * L * h**2 * (1 + seq_len / (6 * h) + V / (16 * L * h))

@@ -1,0 +1,47 @@
+"""User-facing errors.
+
+Every mistake a user can make (bad flag, unknown preset, malformed file, illegal plan) raises
+`MeshplanError`. Its message is one line that names the field, the value and what is allowed;
+the CLI prints it and exits 2. Internal invariants use `assert` instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class MeshplanError(ValueError):
+    """A user error: bad input, not a bug."""
+
+
+def invalid(field: str, value: Any, allowed: str) -> MeshplanError:
+    """Build the standard one-line error: `field=value: allowed`."""
+    return MeshplanError(f"{field}={value!r}: {allowed}")
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> MeshplanError:
+    """Error for an unknown preset or option name, with the closest known names."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known)}"
+    return MeshplanError(f"unknown {kind} {name!r}; {hint}")
+
+
+def from_validation_error(err: ValidationError, where: str) -> MeshplanError:
+    """Turn pydantic's multi-line report into one line naming each bad field and value."""
+    parts = []
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(root)"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key {field!r}")
+        elif item["type"] == "missing":
+            parts.append(f"missing key {field!r}")
+        elif not item["loc"] or isinstance(item.get("input"), dict):
+            parts.append(f"{field}: {item['msg']}")  # whole-object rule: the input is noise
+        else:
+            parts.append(f"{field}={item.get('input')!r}: {item['msg']}")
+    return MeshplanError(f"{where}: " + "; ".join(parts))

@@ -1,0 +1,166 @@
+"""Cluster: accelerator, nodes and network tiers, with efficiency curves kept as data.
+
+Efficiency figures live here (and in the preset files), never inside formulas, so that
+calibration changes data, not code (DESIGN.md, Conventions).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from meshplan.specs._base import Spec
+
+Precision = Literal["bf16", "fp16", "fp8", "fp32"]
+
+
+class Curve(Spec):
+    """A piecewise-linear curve in log10(x), clamped at both ends.
+
+    Used for GEMM efficiency against the FLOPs of one GEMM and for collective bus-bandwidth
+    efficiency against the message size in bytes.
+    """
+
+    x: tuple[float, ...] = Field(min_length=1, strict=False)
+    y: tuple[float, ...] = Field(min_length=1, strict=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> Curve:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} points but y has {len(self.y)}")
+        if any(b <= a for a, b in zip(self.x, self.x[1:], strict=False)) or min(self.x) <= 0:
+            raise ValueError(f"x must be positive and strictly increasing, got {self.x}")
+        if any(not 0 < v <= 1.5 for v in self.y):
+            raise ValueError(f"efficiencies must be in (0, 1.5], got {self.y}")
+        return self
+
+    def __call__(self, x: np.ndarray | float) -> np.ndarray:
+        """Interpolate at x (scalar or array); returns an array."""
+        logx = np.log10(np.maximum(np.asarray(x, dtype=float), 1e-30))
+        return np.interp(logx, np.log10(self.x), self.y)
+
+    @classmethod
+    def constant(cls, value: float) -> Curve:
+        return cls(x=(1.0,), y=(value,))
+
+
+class Accelerator(Spec):
+    """One GPU (or other accelerator): peaks and achievable fractions."""
+
+    name: str
+    peak_flops: dict[str, float]
+    """Dense peak FLOP/s per precision (bf16, fp16, fp8, fp32)."""
+    memory_bytes: float = Field(gt=0)
+    """HBM capacity."""
+    memory_bandwidth: float = Field(gt=0)
+    """Peak HBM bandwidth, bytes/s."""
+    gemm_efficiency: Curve
+    """Achieved / peak for one GEMM, against that GEMM's FLOPs."""
+    fp8_gemm_efficiency: Curve | None = None
+    """Same for FP8 GEMMs (defaults to `gemm_efficiency`)."""
+    attention_efficiency: float = Field(gt=0, le=1)
+    """Fused (flash) attention forward kernel: achieved / peak of the compute dtype."""
+    attention_backward_efficiency: float = Field(gt=0, le=1)
+    memory_efficiency: float = Field(gt=0, le=1)
+    """Achieved / peak HBM bandwidth for element-wise kernels."""
+    reserved_memory_bytes: float = Field(ge=0)
+    """Memory lost to the CUDA context, allocator fragmentation and workspaces."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Accelerator:
+        if "bf16" not in self.peak_flops and "fp16" not in self.peak_flops:
+            raise ValueError("peak_flops needs at least bf16 or fp16")
+        return self
+
+    def peak(self, precision: str) -> float:
+        """Peak FLOP/s for a compute precision; bf16 and fp16 stand in for each other."""
+        if precision in self.peak_flops:
+            return self.peak_flops[precision]
+        if precision in ("bf16", "fp16"):
+            return self.peak_flops.get("bf16") or self.peak_flops["fp16"]
+        raise ValueError(f"accelerator {self.name} has no {precision} peak")
+
+    def gemm_curve(self, precision: str) -> Curve:
+        if precision == "fp8" and self.fp8_gemm_efficiency is not None:
+            return self.fp8_gemm_efficiency
+        return self.gemm_efficiency
+
+
+class NetworkTier(Spec):
+    """One level of the network: every GPU inside a domain of `domain_size` GPUs reaches the
+    others at `bandwidth` (per GPU, one direction)."""
+
+    name: str
+    domain_size: int = Field(gt=0)
+    """GPUs in one domain of this tier (8 for an NVLink node, 72 for NVL72, the whole
+    cluster for the scale-out fabric)."""
+    bandwidth: float = Field(gt=0)
+    """Per-GPU unidirectional bandwidth, bytes/s (compare with nccl-tests busbw)."""
+    latency: float = Field(ge=0)
+    """Per-step latency of a collective (alpha term), seconds."""
+    bus_efficiency: Curve
+    """nccl-tests busbw / `bandwidth`, against the message size in bytes."""
+    all_reduce_boost: float = Field(default=1.0, gt=0)
+    """Extra all-reduce busbw from in-network reduction (NVLS / SHARP), as a factor."""
+    oversubscription: float = Field(default=1.0, ge=1.0)
+    """Fabric oversubscription: bandwidth is divided by this factor."""
+
+
+class HostLink(Spec):
+    """Host memory and the GPU-host link, for optimizer offload."""
+
+    bandwidth: float = Field(gt=0)
+    """Per-GPU host link bandwidth, one direction, bytes/s (PCIe or C2C)."""
+    cpu_adam_params_per_s: float = Field(gt=0)
+    """Parameters per second that the CPU Adam step of one GPU's shard processes."""
+    memory_bytes: float = Field(gt=0)
+    """Host memory per GPU."""
+
+
+class Overlap(Spec):
+    """How much communication the engine hides behind compute, as fractions in [0, 1].
+
+    These are software behaviour (Megatron-LM/FSDP defaults), kept as data so that
+    `meshplan calibrate` can fit them.
+    """
+
+    tp_backward: float = Field(default=0.5, ge=0, le=1)
+    """Backward TP collectives hidden behind weight-gradient GEMMs (Megatron's async
+    all-reduce of the input gradient)."""
+    tp_overlapped: float = Field(default=0.8, ge=0, le=1)
+    """TP collectives hidden when the plan turns on tp_comm_overlap (userbuffers / async TP)."""
+    dp: float = Field(default=0.9, ge=0, le=1)
+    """Share of the overlap window (backward of the last micro-batch, or each micro-batch's
+    compute for ZeRO-3) in which data-parallel traffic can run."""
+    pp: float = Field(default=0.0, ge=0, le=1)
+    """Pipeline send/receive hidden behind compute (Megatron 1F1B exchanges synchronously)."""
+    cp: float = Field(default=0.9, ge=0, le=1)
+    """Ring-attention K/V exchange hidden behind the attention kernel."""
+
+
+class Cluster(Spec):
+    """A homogeneous GPU cluster."""
+
+    name: str
+    accelerator: Accelerator
+    gpus_per_node: int = Field(gt=0)
+    num_gpus: int | None = Field(default=None, gt=0)
+    """Size of the cluster, if fixed (None: as many as the job asks for)."""
+    network: tuple[NetworkTier, ...] = Field(min_length=1, strict=False)
+    """Tiers from the innermost (NVLink) to the outermost (scale-out fabric)."""
+    host: HostLink
+    overlap: Overlap = Overlap()
+    kernel_overhead: float = Field(default=0.0, ge=0)
+    """Fixed time per transformer layer per pass (launches, small kernels), seconds."""
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> Cluster:
+        sizes = [t.domain_size for t in self.network]
+        if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+            raise ValueError(f"network domain sizes must grow outward, got {sizes}")
+        if any(b % a for a, b in zip(sizes, sizes[1:], strict=False)):
+            raise ValueError(f"each network domain size must divide the next, got {sizes}")
+        return self

@@ -1,0 +1,91 @@
+"""Loading specs from preset names, meshplan TOML/JSON files and Hugging Face config.json.
+
+Everything funnels through `_validate`, so an unknown key or a wrong type is one
+`MeshplanError` naming the file, the field and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from meshplan.errors import MeshplanError, from_validation_error, unknown_name
+from meshplan.specs._base import Spec
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.model import Model
+
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
+S = TypeVar("S", bound=Spec)
+
+
+def preset_names(kind: str) -> list[str]:
+    """Names of the built-in presets of a kind ('models' or 'clusters')."""
+    return sorted(p.stem for p in (PRESETS / kind).glob("*.toml"))
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML or JSON file into a dict; a parse error is a MeshplanError."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise MeshplanError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise MeshplanError(f"{path}: malformed {path.suffix.lstrip('.') or 'TOML'}: {err}") from None
+    if not isinstance(data, dict):
+        raise MeshplanError(f"{path}: expected an object at the top level")
+    return data
+
+
+def _validate(cls: type[S], data: dict[str, Any], where: str) -> S:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise from_validation_error(err, where) from None
+
+
+def _looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.endswith((".toml", ".json"))
+
+
+def load_model(ref: str | Path | Model) -> Model:
+    """A Model from a preset name, a meshplan model file, or a Hugging Face config.json."""
+    if isinstance(ref, Model):
+        return ref
+    ref_s = str(ref)
+    if isinstance(ref, Path) or _looks_like_path(ref_s) or Path(ref_s).is_file():
+        path = Path(ref_s)
+        if path.is_dir():
+            path = path / "config.json"
+        data = read_file(path)
+        if "architectures" in data or "model_type" in data:
+            from meshplan.specs.hf import model_from_hf_config
+
+            return model_from_hf_config(data, name=path.parent.name or path.stem, where=str(path))
+        return _validate(Model, data, str(path))
+    if ref_s not in preset_names("models"):
+        raise unknown_name("model", ref_s, preset_names("models"))
+    return _validate(Model, read_file(PRESETS / "models" / f"{ref_s}.toml"), f"preset {ref_s}")
+
+
+def load_cluster(ref: str | Path | Cluster) -> Cluster:
+    """A Cluster from a preset name or a meshplan cluster file (TOML or JSON)."""
+    if isinstance(ref, Cluster):
+        return ref
+    ref_s = str(ref)
+    if isinstance(ref, Path) or _looks_like_path(ref_s) or Path(ref_s).is_file():
+        return _validate(Cluster, read_file(Path(ref_s)), ref_s)
+    if ref_s not in preset_names("clusters"):
+        raise unknown_name("cluster", ref_s, preset_names("clusters"))
+    path = PRESETS / "clusters" / f"{ref_s}.toml"
+    return _validate(Cluster, read_file(path), f"preset {ref_s}")
+
+
+def dump_spec(spec: Spec) -> dict[str, Any]:
+    """A spec as a plain dict that `load_*` accepts back (None values dropped, for TOML)."""
+    return spec.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,31 @@
+"""Job: what is trained, independent of how it is split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from meshplan.specs._base import Spec
+
+
+class Job(Spec):
+    """The training job: batch, sequence, precision, optimizer, budget."""
+
+    global_batch_size: int = Field(gt=0)
+    """Sequences per optimizer step."""
+    seq_len: int = Field(gt=0)
+    precision: Literal["bf16", "fp16", "fp8"] = "bf16"
+    """Compute precision of the GEMMs (fp8: FP8 GEMMs with bf16 everywhere else)."""
+    optimizer: Literal["adam"] = "adam"
+    """Mixed-precision Adam(W): fp32 master weights and two fp32 moments."""
+    grad_bytes: Literal[2, 4] = 4
+    """Bytes per gradient element (Megatron accumulates in fp32; FSDP bf16 reduce gives 2)."""
+    flash_attention: bool = True
+    """Fused attention kernel (FlashAttention); False models the unfused softmax of 2021."""
+    token_budget: float | None = Field(default=None, gt=0)
+    """Tokens to train on, for time-to-train and GPU-hours."""
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len

@@ -1,0 +1,212 @@
+"""Plan: how one job is split across the cluster.
+
+`Plan` is one layout (typed, validated); `PlanArrays` is many layouts as a struct of numpy
+arrays, which is what the vectorised cost model consumes. `estimate` turns one `Plan` into a
+one-element `PlanArrays`, so a single plan and a whole search share one implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from meshplan.specs._base import Spec
+
+AXES = ("tp", "cp", "ep", "dp", "pp")
+"""Mesh axis names. `ep` is carved out of dp x cp for the expert layers (as Megatron-Core does)."""
+
+DEFAULT_AXIS_ORDER: tuple[str, ...] = ("tp", "cp", "ep", "dp", "pp")
+"""Innermost (fastest-varying rank) first: Megatron-Core's default `--order tp-cp-ep-dp-pp`."""
+
+SCHEDULES = (
+    "1f1b",
+    "gpipe",
+    "interleaved-1f1b",
+    "looped-bfs",
+    "zb-h1",
+    "zb-h2",
+    "zb-v",
+    "dualpipe-v",
+)
+"""Pipeline schedules, by their CLI names."""
+
+V_SHAPED = ("zb-v", "dualpipe-v")
+"""Schedules that put two stages on each rank in a V (stage i and 2p-1-i)."""
+
+MULTI_CHUNK = ("interleaved-1f1b", "looped-bfs", *V_SHAPED)
+"""Schedules with more than one model chunk (virtual stage) per rank."""
+
+RECOMPUTE = ("none", "selective", "full")
+
+Schedule = Literal[
+    "1f1b", "gpipe", "interleaved-1f1b", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "dualpipe-v"
+]
+
+
+class Plan(Spec):
+    """One hybrid-parallel layout. Degrees multiply to the GPU count: dp * tp * pp * cp."""
+
+    dp: int = Field(default=1, gt=0)
+    """Data-parallel degree (replicas or ZeRO/FSDP shards)."""
+    tp: int = Field(default=1, gt=0)
+    """Tensor-parallel degree (Megatron-style column/row split)."""
+    pp: int = Field(default=1, gt=0)
+    """Pipeline-parallel degree (ranks in one pipeline)."""
+    cp: int = Field(default=1, gt=0)
+    """Context-parallel degree (sequence split for attention, ring exchange of K/V)."""
+    ep: int = Field(default=1, gt=0)
+    """Expert-parallel degree (MoE only), carved out of dp * cp."""
+    etp: int | None = Field(default=None, gt=0)
+    """Expert tensor-parallel degree; defaults to 1 for MoE (Megatron-Core's usual setting)."""
+    sequence_parallel: bool | None = None
+    """Megatron sequence parallelism; defaults to on whenever tp > 1."""
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    """0: plain DDP; 1: optimizer states sharded (Megatron distributed optimizer); 2: + grads;
+    3: + weights (FSDP full shard)."""
+    dp_shard: int | None = Field(default=None, gt=0)
+    """ZeRO/FSDP sharding group size for hybrid sharding (HSDP); defaults to dp."""
+    micro_batch_size: int = Field(default=1, gt=0)
+    schedule: Schedule = "1f1b"
+    vpp: int | None = Field(default=None, gt=0)
+    """Model chunks (virtual stages) per pipeline rank; defaults to the schedule's own (2 for
+    interleaved and V-shaped schedules, 1 otherwise)."""
+    recompute: Literal["none", "selective", "full"] = "none"
+    offload_optimizer: bool = False
+    """Optimizer states and step on the host (ZeRO-Offload)."""
+    overlap_grad_reduce: bool = True
+    """Overlap the data-parallel gradient reduction with the backward pass."""
+    tp_comm_overlap: bool = False
+    """Overlap tensor-parallel collectives with GEMMs (Megatron --tp-comm-overlap / async TP)."""
+    axis_order: tuple[str, ...] = Field(default=DEFAULT_AXIS_ORDER, strict=False)
+    """Rank order of the mesh axes, innermost first."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Plan:
+        if sorted(self.axis_order) != sorted(AXES):
+            raise ValueError(f"axis_order must be a permutation of {AXES}, got {self.axis_order}")
+        v = self.virtual_stages
+        if self.schedule in V_SHAPED and v != 2:
+            raise ValueError(f"schedule {self.schedule} runs exactly 2 chunks per rank, got vpp={v}")
+        if self.schedule not in MULTI_CHUNK and v != 1:
+            raise ValueError(
+                f"vpp={v} needs a multi-chunk schedule ({', '.join(MULTI_CHUNK)}), "
+                f"not {self.schedule}"
+            )
+        if self.dp_shard is not None and self.dp % self.dp_shard:
+            raise ValueError(f"dp_shard ({self.dp_shard}) must divide dp ({self.dp})")
+        return self
+
+    @property
+    def virtual_stages(self) -> int:
+        if self.vpp is not None:
+            return self.vpp
+        return 2 if self.schedule in MULTI_CHUNK else 1
+
+    @property
+    def sp(self) -> bool:
+        return self.tp > 1 if self.sequence_parallel is None else self.sequence_parallel
+
+    @property
+    def expert_tp(self) -> int:
+        return 1 if self.etp is None else self.etp
+
+    @property
+    def num_gpus(self) -> int:
+        return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def shard_group(self) -> int:
+        return self.dp if self.dp_shard is None else self.dp_shard
+
+    def describe(self) -> str:
+        """Compact one-line summary, e.g. `tp8 pp12 dp16 mbs1 1f1b zero1 rc=full`."""
+        parts = [f"{a}{getattr(self, a)}" for a in ("tp", "cp", "pp", "dp", "ep")
+                 if getattr(self, a) > 1]
+        parts.append(f"mbs{self.micro_batch_size}")
+        if self.pp > 1:
+            v = self.virtual_stages
+            parts.append(self.schedule + (f"/v{v}" if v > 1 else ""))
+        parts.append(f"zero{self.zero_stage}")
+        parts.append(f"rc={self.recompute}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class PlanArrays:
+    """Many plans as parallel numpy arrays (one entry per plan), sharing one axis order."""
+
+    dp: np.ndarray
+    tp: np.ndarray
+    pp: np.ndarray
+    cp: np.ndarray
+    ep: np.ndarray
+    etp: np.ndarray
+    sp: np.ndarray
+    zero: np.ndarray
+    dp_shard: np.ndarray
+    mbs: np.ndarray
+    vpp: np.ndarray
+    schedule: np.ndarray
+    """Index into SCHEDULES."""
+    recompute: np.ndarray
+    """Index into RECOMPUTE."""
+    offload: np.ndarray
+    overlap_grad: np.ndarray
+    tp_overlap: np.ndarray
+    axis_order: tuple[str, ...] = Field(default=DEFAULT_AXIS_ORDER, strict=False)
+
+    def __len__(self) -> int:
+        return len(self.dp)
+
+    @classmethod
+    def from_plans(cls, plans: list[Plan]) -> PlanArrays:
+        assert plans, "need at least one plan"
+        order = plans[0].axis_order
+        assert all(p.axis_order == order for p in plans), "one axis order per batch"
+
+        def col(get: object, dtype: type = np.int64) -> np.ndarray:
+            return np.array([get(p) for p in plans], dtype=dtype)  # type: ignore[operator]
+
+        return cls(
+            dp=col(lambda p: p.dp),
+            tp=col(lambda p: p.tp),
+            pp=col(lambda p: p.pp),
+            cp=col(lambda p: p.cp),
+            ep=col(lambda p: p.ep),
+            etp=col(lambda p: p.expert_tp),
+            sp=col(lambda p: p.sp, bool),
+            zero=col(lambda p: p.zero_stage),
+            dp_shard=col(lambda p: p.shard_group),
+            mbs=col(lambda p: p.micro_batch_size),
+            vpp=col(lambda p: p.virtual_stages),
+            schedule=col(lambda p: SCHEDULES.index(p.schedule)),
+            recompute=col(lambda p: RECOMPUTE.index(p.recompute)),
+            offload=col(lambda p: p.offload_optimizer, bool),
+            overlap_grad=col(lambda p: p.overlap_grad_reduce, bool),
+            tp_overlap=col(lambda p: p.tp_comm_overlap, bool),
+            axis_order=order,
+        )
+
+    def select(self, mask_or_index: np.ndarray) -> PlanArrays:
+        """The subset of plans picked by a boolean mask or an index array."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "axis_order"}
+        return PlanArrays(**{k: v[mask_or_index] for k, v in values.items()},
+                          axis_order=self.axis_order)
+
+    def plan(self, i: int) -> Plan:
+        """Plan number i, as a typed Plan."""
+        return Plan(
+            dp=int(self.dp[i]), tp=int(self.tp[i]), pp=int(self.pp[i]), cp=int(self.cp[i]),
+            ep=int(self.ep[i]), etp=int(self.etp[i]), sequence_parallel=bool(self.sp[i]),
+            zero_stage=int(self.zero[i]),  # type: ignore[arg-type]
+            dp_shard=int(self.dp_shard[i]), micro_batch_size=int(self.mbs[i]),
+            schedule=SCHEDULES[int(self.schedule[i])],  # type: ignore[arg-type]
+            vpp=int(self.vpp[i]),
+            recompute=RECOMPUTE[int(self.recompute[i])],  # type: ignore[arg-type]
+            offload_optimizer=bool(self.offload[i]),
+            overlap_grad_reduce=bool(self.overlap_grad[i]),
+            tp_comm_overlap=bool(self.tp_overlap[i]), axis_order=self.axis_order,
+        )

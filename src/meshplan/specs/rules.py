@@ -1,0 +1,103 @@
+"""Legality rules of a plan against a model, job and GPU count.
+
+Each rule is vectorised (a boolean mask over many plans), so the search filters a whole space
+with the same code that `estimate` uses to reject a single plan with a one-line message.
+The divisibility rules are those of Megatron-Core (`parallel_state`, `TransformerConfig`
+checks) and torchtitan's `ParallelDims._validate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshplan.errors import MeshplanError
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+from meshplan.specs.plan import SCHEDULES, PlanArrays
+
+Mask = np.ndarray
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named rule: `ok` returns a legal-mask; `why` explains a violation for plan i."""
+
+    name: str
+    ok: Callable[[Model, Job, int, PlanArrays], Mask]
+    why: Callable[[Model, Job, int, PlanArrays, int], str]
+
+
+def _m(job: Job, P: PlanArrays) -> np.ndarray:
+    return job.global_batch_size // (P.dp * P.mbs)
+
+
+_CODE = {name: i for i, name in enumerate(SCHEDULES)}
+_NEEDS_M_GE_P = [_CODE[n] for n in ("interleaved-1f1b", "zb-h1", "zb-h2", "zb-v", "dualpipe-v")]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("gpus", lambda M, J, n, P: P.dp * P.tp * P.pp * P.cp == n,
+         lambda M, J, n, P, i: f"dp*tp*pp*cp={int(P.dp[i] * P.tp[i] * P.pp[i] * P.cp[i])}: "
+                               f"degrees must multiply to the GPU count {n}"),
+    Rule("tp_heads", lambda M, J, n, P: M.num_attention_heads % P.tp == 0,
+         lambda M, J, n, P, i: f"tp={int(P.tp[i])}: must divide num_attention_heads "
+                               f"({M.num_attention_heads})"),
+    Rule("tp_kv", lambda M, J, n, P: (M.kv_heads % P.tp == 0) | (P.tp % M.kv_heads == 0),
+         lambda M, J, n, P, i: f"tp={int(P.tp[i])}: must divide num_kv_heads ({M.kv_heads}) "
+                               "or be a multiple of it"),
+    Rule("tp_ffn", lambda M, J, n, P: M.ffn_hidden_size % P.tp == 0,
+         lambda M, J, n, P, i: f"tp={int(P.tp[i])}: must divide ffn_hidden_size "
+                               f"({M.ffn_hidden_size})"),
+    Rule("pp_layers", lambda M, J, n, P: M.num_layers % (P.pp * P.vpp) == 0,
+         lambda M, J, n, P, i: f"pp*vpp={int(P.pp[i] * P.vpp[i])}: must divide num_layers "
+                               f"({M.num_layers})"),
+    Rule("batch", lambda M, J, n, P: J.global_batch_size % (P.dp * P.mbs) == 0,
+         lambda M, J, n, P, i: f"micro_batch_size={int(P.mbs[i])}: dp*micro_batch_size="
+                               f"{int(P.dp[i] * P.mbs[i])} must divide global_batch_size "
+                               f"({J.global_batch_size})"),
+    Rule("cp_seq", lambda M, J, n, P: (P.cp == 1) | (J.seq_len % (2 * P.cp) == 0),
+         lambda M, J, n, P, i: f"cp={int(P.cp[i])}: 2*cp must divide seq_len ({J.seq_len}) "
+                               "for load-balanced causal attention"),
+    Rule("ep_dense", lambda M, J, n, P: M.is_moe | ((P.ep == 1) & (P.etp == 1)),
+         lambda M, J, n, P, i: f"ep={int(P.ep[i])}: expert parallelism needs a MoE model"),
+    Rule("ep_experts", lambda M, J, n, P: (not M.is_moe) | (
+            (M.moe.num_experts % P.ep == 0) if M.moe else True),
+         lambda M, J, n, P, i: f"ep={int(P.ep[i])}: must divide num_experts "
+                               f"({M.moe.num_experts if M.moe else 0})"),
+    Rule("ep_group", lambda M, J, n, P: (P.dp * P.cp * P.tp) % (P.ep * P.etp) == 0,
+         lambda M, J, n, P, i: f"ep*etp={int(P.ep[i] * P.etp[i])}: must divide dp*cp*tp "
+                               f"({int(P.dp[i] * P.cp[i] * P.tp[i])})"),
+    Rule("moe_sp", lambda M, J, n, P: (not M.is_moe) | (P.tp == 1) | P.sp,
+         lambda M, J, n, P, i: "sequence_parallel=False: MoE with tp > 1 needs sequence "
+                               "parallelism (Megatron-Core)"),
+    Rule("sp_tp", lambda M, J, n, P: ~P.sp | (P.tp > 1),
+         lambda M, J, n, P, i: "sequence_parallel=True: needs tp > 1"),
+    Rule("schedule_m", lambda M, J, n, P: (P.pp == 1) | ~np.isin(P.schedule, _NEEDS_M_GE_P)
+         | (_m(J, P) >= P.pp),
+         lambda M, J, n, P, i: f"schedule={SCHEDULES[int(P.schedule[i])]}: needs at least pp="
+                               f"{int(P.pp[i])} micro-batches, got {int(_m(J, P)[i])}"),
+    Rule("interleaved_m", lambda M, J, n, P: (P.pp == 1) | (P.schedule != _CODE[
+            "interleaved-1f1b"]) | (_m(J, P) % P.pp == 0),
+         lambda M, J, n, P, i: f"schedule=interleaved-1f1b: micro-batches ({int(_m(J, P)[i])}) "
+                               f"must be a multiple of pp ({int(P.pp[i])}) (Megatron-LM)"),
+    Rule("offload_zero", lambda M, J, n, P: ~P.offload | (P.zero >= 1),
+         lambda M, J, n, P, i: "offload_optimizer=True: needs zero_stage >= 1"),
+)
+
+
+def legal_mask(model: Model, job: Job, num_gpus: int, P: PlanArrays) -> np.ndarray:
+    """True where every rule holds."""
+    ok = np.ones(len(P), dtype=bool)
+    for rule in RULES:
+        ok &= np.asarray(rule.ok(model, job, num_gpus, P), dtype=bool)
+    return ok
+
+
+def check_plan(model: Model, job: Job, num_gpus: int, P: PlanArrays) -> None:
+    """Raise MeshplanError naming the first broken rule of plan 0."""
+    for rule in RULES:
+        if not bool(np.asarray(rule.ok(model, job, num_gpus, P), dtype=bool).reshape(-1)[0]):
+            raise MeshplanError(rule.why(model, job, num_gpus, P, 0))
