@@ -95,7 +95,8 @@ def model_state_bytes(params: np.ndarray, P: PlanArrays, shard: np.ndarray,
 
 
 def stage_params(counts: ParamCounts, model: Model, P: PlanArrays,
-                 first: bool, last: bool) -> tuple[np.ndarray, np.ndarray]:
+                 first: np.ndarray | bool, last: np.ndarray | bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """(dense, expert) parameters held by one GPU of a first/middle/last pipeline rank.
 
     Dense layers are spread evenly; the embedding sits on the first rank and the LM head on
@@ -103,14 +104,12 @@ def stage_params(counts: ParamCounts, model: Model, P: PlanArrays,
     """
     L = model.num_layers
     per_rank = L / P.pp
-    moe_share = counts.num_moe_layers / L
     non_expert = (counts.num_dense_layers * counts.per_dense_layer
                   + counts.num_moe_layers * counts.per_moe_layer_non_expert) / L
     dense = per_rank * non_expert / P.tp
-    if first:
-        dense = dense + counts.embedding / P.tp
-    if last:
-        tied_copy = counts.embedding if model.tied_embeddings and (not first) else 0
-        dense = dense + (counts.head + tied_copy) / P.tp
-    expert = per_rank * moe_share * counts.expert / (P.ep * P.etp)
+    dense = dense + np.where(first, counts.embedding, 0) / P.tp
+    tied_copy = np.where(np.logical_and(model.tied_embeddings, np.logical_not(first)),
+                         counts.embedding, 0)
+    dense = dense + np.where(last, counts.head + tied_copy, 0) / P.tp
+    expert = per_rank * (counts.num_moe_layers / L) * counts.expert / (P.ep * P.etp)
     return dense, expert

@@ -1,0 +1,1 @@
+"""Command-line interface: parse, call the API, print (rich table or --json)."""

@@ -1,0 +1,113 @@
+"""`meshplan` entry point: one typer app; each subcommand parses, calls the API, prints.
+
+User errors (MeshplanError) print one line on stderr and exit 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from meshplan import api
+from meshplan.cli.options import Inputs, with_inputs
+from meshplan.cli.render import (breakdown_tables, console, plans_table, print_json,
+                                 summary_line)
+from meshplan.errors import MeshplanError
+from meshplan.specs.io import load_cluster, load_model, preset_names
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Plan, predict and prove hybrid-parallel layouts for transformer "
+                       "training.")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")]
+
+
+@app.command()
+def models(json_out: JsonFlag = False) -> None:
+    """List the model presets."""
+    from meshplan.cost.params import count_params
+
+    rows = []
+    for name in preset_names("models"):
+        m = load_model(name)
+        c = count_params(m)
+        rows.append({"name": name, "params_b": c.total / 1e9, "active_params_b": c.active / 1e9,
+                     "layers": m.num_layers, "hidden": m.hidden_size, "moe": m.is_moe})
+    if json_out:
+        print_json(rows)
+        return
+    for r in rows:
+        moe = f" (active {r['active_params_b']:.1f}B)" if r["moe"] else ""
+        console.print(f"{r['name']:18} {r['params_b']:8.1f}B{moe}")
+
+
+@app.command()
+def clusters(json_out: JsonFlag = False) -> None:
+    """List the cluster presets."""
+    rows = []
+    for name in preset_names("clusters"):
+        c = load_cluster(name)
+        rows.append({"name": name, "accelerator": c.accelerator.name,
+                     "gpus_per_node": c.gpus_per_node,
+                     "bf16_tflops": c.accelerator.peak("bf16") / 1e12,
+                     "memory_gib": c.accelerator.memory_bytes / 2**30,
+                     "network": [t.name for t in c.network]})
+    if json_out:
+        print_json(rows)
+        return
+    for r in rows:
+        console.print(f"{r['name']:12} {r['accelerator']:18} {r['bf16_tflops']:7.0f} TF bf16 "
+                      f"{r['memory_gib']:6.0f} GiB  {' > '.join(r['network'])}")
+
+
+@app.command()
+@with_inputs(plan_flags=False)
+def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans to show")] = 10,
+         json_out: JsonFlag = False) -> None:
+    """Search every legal layout and rank those that fit by throughput."""
+    from meshplan.search.rank import search
+
+    if top <= 0:
+        raise MeshplanError(f"--top={top}: must be positive")
+    result = search(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=top)
+    if json_out:
+        print_json({"plans": [e.to_json() for e in result.plans], "evaluated": result.evaluated,
+                    "num_fitting": result.num_fitting, "search_seconds": result.search_seconds})
+        return
+    title = (f"{inputs.model.name} on {inputs.num_gpus} x {inputs.cluster.accelerator.name}, "
+             f"batch {inputs.job.global_batch_size} x {inputs.job.seq_len}")
+    if not result.plans:
+        console.print(f"no plan fits ({result.evaluated} legal plans evaluated)")
+        raise typer.Exit(1)
+    console.print(plans_table(result.plans, title))
+    console.print(f"{result.evaluated:,} plans evaluated in {result.search_seconds:.3f} s; "
+                  f"{result.num_fitting:,} fit in memory")
+
+
+@app.command()
+@with_inputs()
+def estimate(inputs: Inputs, json_out: JsonFlag = False) -> None:
+    """Predict step time, throughput and memory of one plan."""
+    e = api.estimate(inputs.model, inputs.cluster, inputs.job, inputs.plan())
+    if json_out:
+        print_json(e.to_json())
+        return
+    console.print(summary_line(e))
+    for table in breakdown_tables(e):
+        console.print(table)
+
+
+def main() -> None:
+    """Console entry: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except MeshplanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.BadParameter, typer.Abort) as err:  # pragma: no cover - click handles
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

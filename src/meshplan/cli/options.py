@@ -1,0 +1,147 @@
+"""The inputs every planning command shares (model, cluster, job, plan flags), declared once.
+
+`with_inputs` adds these options to a typer command and hands the command one `Inputs`
+object, so `estimate`, `simulate`, `export` and `run` take exactly the same flags without
+repeating them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+
+from meshplan.errors import MeshplanError, from_validation_error
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.io import load_cluster, load_model
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+from meshplan.specs.plan import Plan
+
+EXAMPLE = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 64,
+           "global_batch_size": 512, "seq_len": 8192}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the shared flags resolve to."""
+
+    model: Model
+    cluster: Cluster
+    job: Job
+    num_gpus: int
+    plan_flags: dict[str, Any]
+    """Plan flags as given (None where not given)."""
+
+    def plan(self) -> Plan:
+        """The Plan of the flags; dp defaults to whatever makes the degrees fill num_gpus."""
+        flags = {k: v for k, v in self.plan_flags.items() if v is not None}
+        if "dp" not in flags:
+            other = flags.get("tp", 1) * flags.get("pp", 1) * flags.get("cp", 1)
+            if self.num_gpus % other:
+                raise MeshplanError(
+                    f"tp*pp*cp={other}: must divide --num-gpus ({self.num_gpus})")
+            flags["dp"] = self.num_gpus // other
+        try:
+            return Plan(**flags)
+        except Exception as err:  # pydantic ValidationError
+            from pydantic import ValidationError
+
+            if isinstance(err, ValidationError):
+                raise from_validation_error(err, "plan") from None
+            raise
+
+
+def _opt(flag: str, help_: str, **kw: Any) -> Any:
+    return typer.Option(flag, help=help_, **kw)
+
+
+COMMON: list[tuple[str, Any, Any]] = [
+    ("model", Annotated[str, _opt("--model",
+                                  "Model: preset name, meshplan TOML/JSON, or HF config.json")],
+     EXAMPLE["model"]),
+    ("cluster", Annotated[str, _opt("--cluster",
+                                    "Cluster: preset name or meshplan cluster file")],
+     EXAMPLE["cluster"]),
+    ("num_gpus", Annotated[int, _opt("--num-gpus", "GPUs in the job")],
+     EXAMPLE["num_gpus"]),
+    ("global_batch_size", Annotated[int, _opt("--global-batch-size", "Sequences per step")],
+     EXAMPLE["global_batch_size"]),
+    ("seq_len", Annotated[int, _opt("--seq-len", "Sequence length")],
+     EXAMPLE["seq_len"]),
+    ("precision", Annotated[str, _opt("--precision", "bf16, fp16 or fp8 GEMMs")],
+     "bf16"),
+    ("token_budget", Annotated[float | None, _opt("--token-budget",
+                                                  "Tokens to train on (time-to-train)")],
+     None),
+]
+
+PLAN_FLAGS: list[tuple[str, Any, Any]] = [
+    ("tp", Annotated[int | None, _opt("--tp", "Tensor-parallel degree")], None),
+    ("pp", Annotated[int | None, _opt("--pp", "Pipeline-parallel degree")], None),
+    ("dp", Annotated[int | None, _opt("--dp", "Data-parallel degree (default: fill)")],
+     None),
+    ("cp", Annotated[int | None, _opt("--cp", "Context-parallel degree")], None),
+    ("ep", Annotated[int | None, _opt("--ep", "Expert-parallel degree")], None),
+    ("etp", Annotated[int | None, _opt("--etp", "Expert tensor-parallel degree")], None),
+    ("zero_stage", Annotated[int | None, _opt("--zero", "ZeRO stage 0-3 (3 = FSDP)")],
+     None),
+    ("dp_shard", Annotated[int | None, _opt("--dp-shard",
+                                            "Sharding group for hybrid sharding (HSDP)")], None),
+    ("micro_batch_size", Annotated[int | None, _opt("--micro-batch-size",
+                                                    "Sequences per micro-batch")], None),
+    ("schedule", Annotated[str | None, _opt("--schedule", "Pipeline schedule")], None),
+    ("vpp", Annotated[int | None, _opt("--vpp", "Virtual stages per pipeline rank")],
+     None),
+    ("recompute", Annotated[str | None, _opt("--recompute",
+                                             "none, selective or full")], None),
+    ("sequence_parallel", Annotated[bool | None, _opt("--sp/--no-sp",
+                                                      "Sequence parallelism")], None),
+    ("offload_optimizer", Annotated[bool | None, _opt("--offload/--no-offload",
+                                                      "Optimizer on the host")], None),
+]
+
+
+def build_inputs(values: dict[str, Any]) -> Inputs:
+    """Load the model and cluster and build the Job from the shared flags."""
+    try:
+        job = Job(global_batch_size=values["global_batch_size"], seq_len=values["seq_len"],
+                  precision=values["precision"], token_budget=values["token_budget"])
+    except Exception as err:
+        from pydantic import ValidationError
+
+        if isinstance(err, ValidationError):
+            raise from_validation_error(err, "job") from None
+        raise
+    if values["num_gpus"] <= 0:
+        raise MeshplanError(f"--num-gpus={values['num_gpus']}: must be positive")
+    plan_flags = {name: values.get(name) for name, _, _ in PLAN_FLAGS}
+    return Inputs(load_model(values["model"]), load_cluster(values["cluster"]), job,
+                  values["num_gpus"], plan_flags)
+
+
+def with_inputs(plan_flags: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: add the shared options to a command; it receives `inputs: Inputs`."""
+    extra = COMMON + (PLAN_FLAGS if plan_flags else [])
+
+    def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(func)
+        own = [p for p in sig.parameters.values() if p.name != "inputs"]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                   annotation=ann) for name, ann, default in extra]
+        names = [name for name, _, _ in extra]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            shared = {n: kwargs.pop(n) for n in names}
+            return func(inputs=build_inputs(shared), **kwargs)
+
+        command.__signature__ = sig.replace(parameters=own + added)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in own + added}
+        return command
+
+    return wrap

@@ -1,0 +1,58 @@
+"""Printing: rich tables for people, JSON for programs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from meshplan.estimate import GIB, Estimate
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def plans_table(estimates: list[Estimate], title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col in ("#", "tp", "cp", "pp", "dp", "ep", "mbs", "schedule", "zero", "recompute",
+                "step (s)", "tok/s/GPU", "MFU", "mem (GiB)", "fits"):
+        table.add_column(col, justify="right" if col not in ("schedule", "recompute") else "left")
+    for i, e in enumerate(estimates, 1):
+        p = e.plan
+        sched = "-" if p.pp == 1 else p.schedule + (f"/v{p.virtual_stages}"
+                                                     if p.virtual_stages > 1 else "")
+        table.add_row(str(i), str(p.tp), str(p.cp), str(p.pp), str(p.dp), str(p.ep),
+                      str(p.micro_batch_size), sched, str(p.zero_stage), p.recompute,
+                      f"{e.step_time_s:.3f}", f"{e.tokens_per_s_per_gpu:,.0f}", f"{e.mfu:.1%}",
+                      f"{e.memory_bytes['peak'] / GIB:.1f}", "yes" if e.fits else "NO")
+    return table
+
+
+def breakdown_tables(e: Estimate) -> tuple[Table, Table]:
+    t = Table(title="time per step", header_style="bold")
+    t.add_column("term")
+    t.add_column("seconds", justify="right")
+    t.add_column("share", justify="right")
+    for k, v in e.time_breakdown_s.items():
+        t.add_row(k, f"{v:.4f}", f"{v / e.step_time_s:.1%}")
+    t.add_row("[bold]step", f"[bold]{e.step_time_s:.4f}", "100%")
+    m = Table(title="memory per GPU (peak rank)", header_style="bold")
+    m.add_column("term")
+    m.add_column("GiB", justify="right")
+    for k, v in e.memory_bytes.items():
+        m.add_row(f"[bold]{k}" if k == "peak" else k, f"{v / GIB:.2f}")
+    m.add_row("capacity", f"{e.memory_capacity_bytes / GIB:.2f}")
+    return t, m
+
+
+def summary_line(e: Estimate) -> str:
+    return (f"{e.plan.describe()}: step {e.step_time_s:.3f} s, "
+            f"{e.tokens_per_s_per_gpu:,.0f} tokens/s/GPU, MFU {e.mfu:.1%}, HFU {e.hfu:.1%}, "
+            f"peak {e.memory_bytes['peak'] / GIB:.1f} GiB ({e.fit_reason}); "
+            f"tiers {', '.join(f'{k}:{v}' for k, v in e.axis_tiers.items()) or '-'}")

@@ -1,0 +1,1 @@
+"""Search: enumerate every legal plan, cost them all at once, rank the ones that fit."""

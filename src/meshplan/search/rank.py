@@ -1,0 +1,47 @@
+"""Cost a whole plan space and rank it: fitting plans first, then by throughput."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshplan.api import axis_tiers
+from meshplan.cost.step import evaluate
+from meshplan.estimate import Estimate, estimate_from_arrays
+from meshplan.search.space import SpaceOptions, enumerate_plans
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The best plans, best first, and what the search did."""
+
+    plans: list[Estimate]
+    evaluated: int
+    """Plans costed (legal candidates)."""
+    generated: int
+    """Candidates enumerated before the legality rules."""
+    num_fitting: int
+    search_seconds: float
+
+
+def search(model: Model, cluster: Cluster, job: Job, num_gpus: int, top: int = 10,
+           opts: SpaceOptions | None = None, include_unfit: bool = False) -> SearchResult:
+    """Enumerate, cost and rank every legal plan (vectorised)."""
+    start = time.perf_counter()
+    P, generated = enumerate_plans(model, job, num_gpus, opts)
+    if len(P) == 0:
+        return SearchResult([], 0, generated, 0, time.perf_counter() - start)
+    costs = evaluate(model, cluster, job, P)
+    # Deterministic order: throughput, then fewer GPUs per model replica, then plan index.
+    key = np.where(costs.fits | include_unfit, -costs.tokens_per_s, np.inf)
+    order = np.lexsort((np.arange(len(P)), P.tp * P.pp * P.cp, key))
+    fitting = int(costs.fits.sum())
+    chosen = [int(i) for i in order[:top] if include_unfit or costs.fits[i]]
+    best = [estimate_from_arrays(costs, i, P.plan(i), cluster.accelerator.memory_bytes,
+                                 axis_tiers(cluster, P, i)) for i in chosen]
+    return SearchResult(best, len(P), generated, fitting, time.perf_counter() - start)
