@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from meshplan.cost.layout import axis_tier_index
 from meshplan.cost.step import evaluate
 from meshplan.errors import MeshplanError
@@ -36,11 +34,15 @@ def axis_tiers(cluster: Cluster, P: PlanArrays, i: int = 0) -> dict[str, str]:
     return out
 
 
-def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan) -> Estimate:
-    """Predict step time, throughput and memory of one plan (raises MeshplanError if illegal)."""
+def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
+             num_gpus: int | None = None) -> Estimate:
+    """Predict step time, throughput and memory of one plan (raises MeshplanError if illegal).
+
+    `num_gpus`, when given, must equal the plan's dp * tp * pp * cp.
+    """
     model, cluster = load_model(model), load_cluster(cluster)
     P = PlanArrays.from_plans([plan])
-    check_plan(model, job, plan.num_gpus, P)
+    check_plan(model, job, num_gpus or plan.num_gpus, P)
     if cluster.num_gpus is not None and plan.num_gpus > cluster.num_gpus:
         raise MeshplanError(
             f"num_gpus={plan.num_gpus}: cluster {cluster.name} has only {cluster.num_gpus}")
@@ -49,9 +51,3 @@ def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan) -> Esti
                                 axis_tiers(cluster, P))
 
 
-def _positive(name: str, value: int) -> None:
-    if value <= 0:
-        raise MeshplanError(f"{name}={value}: must be a positive integer")
-
-
-__all__ = ["estimate", "axis_tiers", "np"]

@@ -90,7 +90,7 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
 @with_inputs()
 def estimate(inputs: Inputs, json_out: JsonFlag = False) -> None:
     """Predict step time, throughput and memory of one plan."""
-    e = api.estimate(inputs.model, inputs.cluster, inputs.job, inputs.plan())
+    e = api.estimate(inputs.model, inputs.cluster, inputs.job, inputs.plan(), inputs.num_gpus)
     if json_out:
         print_json(e.to_json())
         return
@@ -108,6 +108,9 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.BadParameter, typer.Abort) as err:  # pragma: no cover - click handles
-        print(f"error: {err}", file=sys.stderr)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as err:  # bad flag or value, caught before the API runs
+        message = err.format_message() if hasattr(err, "format_message") else str(err)
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
         sys.exit(2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -130,7 +131,9 @@ def with_inputs(plan_flags: bool = True) -> Callable[[Callable[..., Any]], Calla
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(func)
-        own = [p for p in sig.parameters.values() if p.name != "inputs"]
+        hints = typing.get_type_hints(func, include_extras=True)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in sig.parameters.values() if p.name != "inputs"]
         added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                    annotation=ann) for name, ann, default in extra]
         names = [name for name, _, _ in extra]

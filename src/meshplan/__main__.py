@@ -1,0 +1,5 @@
+"""`python -m meshplan` runs the CLI."""
+
+from meshplan.cli.main import main
+
+main()

@@ -1,0 +1,35 @@
+"""Interleaved 1F1B: Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on
+GPU Clusters Using Megatron-LM" (SC21), Sec. 2.2.2 "Schedule with Interleaved Stages".
+
+Each rank holds v model chunks (stage s on rank s % p), which cuts the bubble by v at the cost
+of v times more point-to-point messages. Warm-up follows Megatron-LM's
+`forward_backward_pipelining_with_interleaving`: (v-1)*p + 2*(p-1-r) virtual microbatches,
+capped at v*m; the order then equals torch's `ScheduleInterleaved1F1B` when m % p == 0.
+"""
+
+from __future__ import annotations
+
+from meshplan.errors import invalid
+from meshplan.schedules._common import check_sizes, loop_stage_to_rank
+from meshplan.schedules.ir import Schedule
+from meshplan.schedules.one_f_one_b import depth_first_order
+
+
+def interleaved_1f1b(num_ranks: int, num_microbatches: int, *, num_chunks: int = 2) -> Schedule:
+    """Depth-first interleaving of `num_chunks` chunks per rank; needs m a multiple of p.
+
+    Megatron-LM asserts m % p == 0 for interleaving (microbatches move through the chunks in
+    groups of p); torch relaxes it, we keep Megatron's rule so both engines can run the plan.
+    """
+    p, m, v = num_ranks, num_microbatches, num_chunks
+    check_sizes("interleaved-1f1b", p, m, min_microbatches=p, why="m >= num_ranks")
+    if not isinstance(v, int) or v < 2:
+        raise invalid("num_chunks", v, "interleaved-1f1b needs >= 2 chunks per rank (use 1f1b)")
+    if m % p:
+        raise invalid("num_microbatches", m,
+                      f"interleaved-1f1b needs a multiple of num_ranks={p} (Megatron-LM rule)")
+    orders = {
+        r: depth_first_order(r, p, v, m, min((v - 1) * p + 2 * (p - 1 - r), v * m))
+        for r in range(p)
+    }
+    return Schedule(orders, m, loop_stage_to_rank(p, v), "interleaved-1f1b")

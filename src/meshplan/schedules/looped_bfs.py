@@ -1,0 +1,31 @@
+"""Looped breadth-first pipeline: Lamy-Poirier 2022, "Breadth-First Pipeline Parallelism"
+(arXiv:2211.05953, MLSys 2023).
+
+Looped placement like interleaving (stage s on rank s % p), but each rank runs every
+microbatch through one chunk before moving to the next. The bubble shrinks like interleaved
+1F1B's while activations grow like GPipe's; the payoff is that data-parallel gradient
+reduction of a finished chunk overlaps the backward of the next. The order matches torch's
+`ScheduleLoopedBFS`: chunks forward in order, then backwards in reverse chunk and
+microbatch order.
+"""
+
+from __future__ import annotations
+
+from meshplan.errors import invalid
+from meshplan.schedules._common import check_sizes, loop_stage_to_rank
+from meshplan.schedules.ir import B, F, Action, Schedule
+
+
+def looped_bfs(num_ranks: int, num_microbatches: int, *, num_chunks: int = 2) -> Schedule:
+    """All microbatches through each local chunk in turn, forward then backward."""
+    p, m, v = num_ranks, num_microbatches, num_chunks
+    check_sizes("looped-bfs", p, m)
+    if not isinstance(v, int) or v < 1:
+        raise invalid("num_chunks", v, "looped-bfs needs >= 1 chunk per rank")
+    orders = {}
+    for r in range(p):
+        stages = range(r, p * v, p)
+        forwards = [Action(s, F, mb) for s in stages for mb in range(m)]
+        backwards = [Action(s, B, mb) for s in reversed(stages) for mb in reversed(range(m))]
+        orders[r] = forwards + backwards
+    return Schedule(orders, m, loop_stage_to_rank(p, v), "looped-bfs")

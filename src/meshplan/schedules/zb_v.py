@@ -1,0 +1,42 @@
+"""ZB-V: Qi, Wan, Huang, Lin, "Pipeline Parallelism with Controllable Memory" (NeurIPS 2024,
+arXiv:2405.15362), the V-shape zero-bubble schedule (also Sec. 6 of arXiv:2401.10241 v2).
+
+Rank r holds chunk 0 = stage r and chunk 1 = stage 2p-1-r, so a microbatch goes down the
+ranks and comes back up (a "V") and the first and last stage share rank 0. With F = I = W
+this reaches zero bubble at 1F1B's activation memory (2p half-size chunks, i.e. p stages'
+worth) once m >= 2p-1. The phase counts are those of torch's `ScheduleZBVZeroBubble` (from
+the authors' handcrafted schedule), so the orders match it exactly.
+"""
+
+from __future__ import annotations
+
+from meshplan.schedules._common import Emitter, check_sizes, v_stage_to_rank
+from meshplan.schedules.ir import F, I, W, Action, Schedule
+
+
+def _rank_order(rank: int, num_ranks: int, num_microbatches: int) -> list[Action]:
+    """One rank's ZB-V order, planned for at least 2p-1 microbatches then trimmed to m."""
+    p, r = num_ranks, rank
+    planned = max(2 * p - 1, num_microbatches)
+    c0, c1 = r, 2 * p - 1 - r
+    e = Emitter()
+    e.repeat(2 * (p - r) - 1, (c0, F))  # fill the way down
+    e.repeat(r, (c1, F), (c0, F))  # first microbatches turn at the bottom of the V
+    e.repeat(p - r, (c1, F), (c1, I), (c1, W))  # chunk 1 reaches 1F1B steady state
+    while e.count[c1, F] < e.count[c0, F] or e.count[c0, F] < planned:  # steady state
+        if e.count[c0, F] < planned:
+            e(c0, F)
+        e.repeat(1, (c0, I), (c0, W), (c1, F), (c1, I), (c1, W))
+    e.repeat(r, (c0, I), (c1, I))  # cool-down: input gradients first, W later
+    e.repeat(p - r, (c0, I), (c0, W))
+    e.drain_w(c1)
+    e.drain_w(c0)
+    return [a for a in e.actions if a.microbatch < num_microbatches]
+
+
+def zb_v(num_ranks: int, num_microbatches: int) -> Schedule:
+    """ZB-V over p ranks and 2p stages; any m >= 1 (below 2p-1 it keeps the m it has)."""
+    check_sizes("zb-v", num_ranks, num_microbatches)
+    p, m = num_ranks, num_microbatches
+    orders = {r: _rank_order(r, p, m) for r in range(p)}
+    return Schedule(orders, m, v_stage_to_rank(p), "zb-v")
