@@ -3,7 +3,7 @@
 The stable surface is `__all__`; subpackages are importable for power users.
 """
 
-from meshplan.api import estimate
+from meshplan.api import estimate, plan
 from meshplan.errors import MeshplanError
 from meshplan.estimate import Estimate
 from meshplan.specs import Cluster, Job, Model, Plan
@@ -19,6 +19,7 @@ __all__ = [
     "Model",
     "Plan",
     "estimate",
+    "plan",
     "load_cluster",
     "load_model",
 ]

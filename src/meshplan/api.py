@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from meshplan.cost.layout import axis_tier_index
 from meshplan.cost.step import evaluate
 from meshplan.errors import MeshplanError
@@ -51,3 +53,20 @@ def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
                                 axis_tiers(cluster, P))
 
 
+
+
+def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int = 10,
+         include_unfit: bool = False) -> SearchResult:
+    """Search every legal plan and return the `top` fastest that fit, best first."""
+    from meshplan.search.rank import search
+
+    if num_gpus <= 0:
+        raise MeshplanError(f"num_gpus={num_gpus}: must be a positive integer")
+    if top <= 0:
+        raise MeshplanError(f"top={top}: must be a positive integer")
+    return search(load_model(model), load_cluster(cluster), job, num_gpus, top=top,
+                  include_unfit=include_unfit)
+
+
+if TYPE_CHECKING:
+    from meshplan.search.rank import SearchResult

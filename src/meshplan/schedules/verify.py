@@ -29,6 +29,7 @@ from meshplan.schedules.ir import (
     SEND_B,
     SEND_F,
     Action,
+    ActionKind,
     B,
     F,
     I,
@@ -81,6 +82,11 @@ def verify(schedule: Schedule) -> VerifyReport:
     )
 
 
+_Rule = tuple[tuple[tuple[int, int, bool], ...], tuple[int, ...], int, int]
+"""How one (stage, kind) runs: its dependencies (table, index offset, same rank?), the tables
+it completes, its duration in steps and its change to the rank's in-flight count."""
+
+
 class _DryRun:
     """State of one dry run: per-rank cursors and clocks, and completion step per action."""
 
@@ -91,13 +97,49 @@ class _DryRun:
         self.owner = schedule.stage_to_rank
         self.m = schedule.num_microbatches
         self.comm = schedule.has_communication
-        self.done = [[-1] * (schedule.num_stages * self.m) for _ in range(8)]
+        self.size = schedule.num_stages * self.m
+        self.done = [[-1] * self.size for _ in range(8)]
         self.pos, self.clock = [0] * ranks, [0] * ranks
         self.busy, self.peak, self.live = [0] * ranks, [0] * ranks, [0] * ranks
         self.starts: list[list[int]] = [[] for _ in range(ranks)]
         self.waiting: dict[int, list[int]] = {}
         if sorted(schedule.actions) != list(range(ranks)):
             self.fail(f"ranks must be 0..{ranks - 1}, got {sorted(schedule.actions)}")
+        self.rules = [self.rules_for(r) for r in range(ranks)]
+
+    def needs(self, stage: int, kind: ActionKind) -> list[tuple[int, int]] | None:
+        """(table, stage) of each action that must finish first; None if `kind` cannot run
+        at `stage` (a message to or from a stage that does not exist)."""
+        last = len(self.owner) - 1
+        crosses_down = stage < last and self.owner[stage + 1] != self.owner[stage]
+        crosses_up = stage > 0 and self.owner[stage - 1] != self.owner[stage]
+        if kind is F:
+            if stage == 0:
+                return []
+            return [(_RF, stage)] if self.comm and crosses_up else [(_F, stage - 1)]
+        if kind is B or kind is I:
+            if stage == last:
+                return [(_F, stage)]
+            return [(_F, stage), (_RB, stage) if self.comm and crosses_down else (_BWD, stage + 1)]
+        if kind is W:
+            return [(_I, stage)]
+        if kind in (SEND_F, RECV_B) and stage == last or kind in (RECV_F, SEND_B) and stage == 0:
+            return None
+        return {SEND_F: [(_F, stage)], RECV_F: [(_SF, stage - 1)],
+                SEND_B: [(_BWD, stage)], RECV_B: [(_SB, stage + 1)]}[kind]
+
+    def rules_for(self, rank: int) -> dict[tuple[int, ActionKind], _Rule]:
+        """Every (stage, kind) `rank` may run, precomputed so the inner loop only looks up."""
+        rules = {}
+        for stage in (s for s, r in enumerate(self.owner) if r == rank):
+            for kind in ActionKind:
+                needs = self.needs(stage, kind)
+                if needs is None:
+                    continue
+                deps = tuple((t, (s - stage) * self.m, self.owner[s] == rank) for t, s in needs)
+                live = 1 if kind is F else -1 if kind is B or kind is W else 0
+                rules[stage, kind] = (deps, _SETS[kind], int(kind not in COMM_KINDS), live)
+        return rules
 
     def run(self) -> None:
         queue = list(range(len(self.orders)))
@@ -109,75 +151,57 @@ class _DryRun:
 
     def advance(self, rank: int) -> list[int]:
         """Run `rank` until it blocks or ends; return the ranks its actions woke up."""
-        acts, done, m, woken = self.orders[rank], self.done, self.m, []
+        acts, rules, done, m, size = self.orders[rank], self.rules[rank], self.done, self.m, self.size
+        starts, waiting, woken = self.starts[rank], self.waiting, []
         i, t = self.pos[rank], self.clock[rank]
+        busy, peak, live = self.busy[rank], self.peak[rank], self.live[rank]
         while i < len(acts):
             action = acts[i]
-            start = t
-            for table, stage in self.needs(rank, action):
-                finish = done[table][stage * m + action.microbatch]
+            stage, kind, mb = action
+            rule = rules.get((stage, kind))
+            if rule is None or not 0 <= mb < m:
+                self.pos[rank], self.clock[rank] = i, t
+                self.reject(rank, action)
+            deps, sets, duration, delta = rule  # type: ignore[misc]
+            index, start = stage * m + mb, t
+            for table, offset, local in deps:
+                finish = done[table][index + offset]
                 if finish < 0:
-                    if self.owner[stage] == rank:
-                        self.pos[rank], self.clock[rank] = i, t
-                        self.misordered(rank, action, Action(stage, _TABLE_KIND[table],
-                                                             action.microbatch))
-                    self.waiting.setdefault(table * len(done[0]) + stage * m + action.microbatch,
-                                            []).append(rank)
                     self.pos[rank], self.clock[rank] = i, t
+                    if local:
+                        self.misordered(rank, action, table, offset)
+                    waiting.setdefault(table * size + index + offset, []).append(rank)
+                    self.busy[rank], self.peak[rank], self.live[rank] = busy, peak, live
                     return woken
-                start = max(start, finish)
-            t = start + self.complete(rank, action, start, woken)
-            self.starts[rank].append(start)
+                if finish > start:
+                    start = finish
+            t = start + duration
+            for table in sets:
+                if done[table][index] >= 0:
+                    self.pos[rank], self.clock[rank] = i, start
+                    self.fail_at(rank, action, "each action may run once (and B or I, not both)")
+                done[table][index] = t
+                if waiting:
+                    woken.extend(waiting.pop(table * size + index, ()))
+            starts.append(start)
+            busy += duration
+            live += delta
+            if live > peak:
+                peak = live
             i += 1
         self.pos[rank], self.clock[rank] = i, t
+        self.busy[rank], self.peak[rank], self.live[rank] = busy, peak, live
         return woken
 
-    def needs(self, rank: int, action: Action) -> list[tuple[int, int]]:
-        """(table, stage) of each action that must finish first; rejects impossible actions."""
-        stage, kind, mb = action
+    def reject(self, rank: int, action: Action) -> None:
         last = len(self.owner) - 1
-        if not (0 <= stage <= last and 0 <= mb < self.m and self.owner[stage] == rank):
-            self.fail_at(rank, action, "stage must be 0..{} on rank {} and microbatch 0..{}"
-                         .format(last, self.owner[stage] if 0 <= stage <= last else "?",
-                                 self.m - 1))
-        crosses_down = stage < last and self.owner[stage + 1] != rank
-        crosses_up = stage > 0 and self.owner[stage - 1] != rank
-        if kind is F:
-            if stage == 0:
-                return []
-            return [(_RF, stage)] if self.comm and crosses_up else [(_F, stage - 1)]
-        if kind is B or kind is I:
-            if stage == last:
-                return [(_F, stage)]
-            return [(_F, stage), (_RB, stage) if self.comm and crosses_down else (_BWD, stage + 1)]
-        if kind is W:
-            return [(_I, stage)]
-        if (kind is SEND_F or kind is RECV_B) and stage == last or (
-            (kind is RECV_F or kind is SEND_B) and stage == 0
-        ):
-            self.fail_at(rank, action, "no neighbouring stage in that direction")
-        return {SEND_F: [(_F, stage)], RECV_F: [(_SF, stage - 1)],
-                SEND_B: [(_BWD, stage)], RECV_B: [(_SB, stage + 1)]}[kind]
-
-    def complete(self, rank: int, action: Action, start: int, woken: list[int]) -> int:
-        """Record `action` as finished; return its duration (1 for compute, 0 for messages)."""
-        stage, kind, mb = action
-        index = stage * self.m + mb
-        size = len(self.done[0])
-        for table in _SETS[kind]:
-            if self.done[table][index] >= 0:
-                self.fail_at(rank, action, "each action may run once (and B or I, not both)")
-        if kind in COMM_KINDS:
-            duration = 0
-        else:
-            duration = 1
-            self.busy[rank] += 1
-            self.live[rank] += 1 if kind is F else -1 if kind is B or kind is W else 0
-            self.peak[rank] = max(self.peak[rank], self.live[rank])
-        for table in _SETS[kind]:
-            self.done[table][index] = start + duration
-            woken.extend(self.waiting.pop(table * size + index, ()))
-        return duration
+        stage, _, mb = action
+        if not 0 <= stage <= last or self.owner[stage] != rank:
+            where = f"on rank {self.owner[stage]}" if 0 <= stage <= last else "out of range"
+            self.fail_at(rank, action, f"stage {stage} is {where} (stages 0..{last})")
+        if not 0 <= mb < self.m:
+            self.fail_at(rank, action, f"microbatch must be in 0..{self.m - 1}")
+        self.fail_at(rank, action, "no neighbouring stage in that direction")
 
     def check_complete(self) -> None:
         """Every (stage, microbatch) has one F and one backward, every I its W, every message
@@ -200,14 +224,15 @@ class _DryRun:
                 names = [n.replace("B", "B/I", 1) for n in names]
             self.fail(f"{', '.join(names)}{more} {what}", mark=max(self.clock) - 1)
 
-    def misordered(self, rank: int, action: Action, need: Action) -> None:
+    def misordered(self, rank: int, action: Action, table: int, offset: int) -> None:
+        need = Action(action.stage + offset // self.m, _TABLE_KIND[table], action.microbatch)
         self.fail_at(rank, action, f"needs {need} earlier on rank {rank}")
 
     def deadlock(self, stuck: list[int]) -> None:
         heads = {r: self.orders[r][self.pos[r]] for r in stuck}
         waits = []
         for r, head in heads.items():
-            for table, stage in self.needs(r, head):
+            for table, stage in self.needs(head.stage, head.kind) or []:
                 if self.done[table][stage * self.m + head.microbatch] < 0:
                     need = Action(stage, _TABLE_KIND[table], head.microbatch)
                     found = need in self.orders[self.owner[stage]]
