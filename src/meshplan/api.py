@@ -37,10 +37,12 @@ def axis_tiers(cluster: Cluster, P: PlanArrays, i: int = 0) -> dict[str, str]:
 
 
 def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
-             num_gpus: int | None = None) -> Estimate:
+             num_gpus: int | None = None, simulate: bool = True) -> Estimate:
     """Predict step time, throughput and memory of one plan (raises MeshplanError if illegal).
 
-    `num_gpus`, when given, must equal the plan's dp * tp * pp * cp.
+    `num_gpus`, when given, must equal the plan's dp * tp * pp * cp. With `simulate` (the
+    default) the pipeline part comes from the event simulation of the plan's schedule;
+    otherwise from the closed form.
     """
     model, cluster = load_model(model), load_cluster(cluster)
     P = PlanArrays.from_plans([plan])
@@ -49,8 +51,13 @@ def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
         raise MeshplanError(
             f"num_gpus={plan.num_gpus}: cluster {cluster.name} has only {cluster.num_gpus}")
     costs = evaluate(model, cluster, job, P)
-    return estimate_from_arrays(costs, 0, plan, cluster.accelerator.memory_bytes,
-                                axis_tiers(cluster, P))
+    analytic = estimate_from_arrays(costs, 0, plan, cluster.accelerator.memory_bytes,
+                                    axis_tiers(cluster, P))
+    if not simulate or plan.pp == 1:
+        return analytic
+    from meshplan.sim.plan import simulate_estimate
+
+    return simulate_estimate(analytic, costs, 0, cluster).estimate
 
 
 

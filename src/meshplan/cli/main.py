@@ -65,13 +65,18 @@ def clusters(json_out: JsonFlag = False) -> None:
 @app.command()
 @with_inputs(plan_flags=False)
 def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans to show")] = 10,
+         simulate_top: Annotated[int, typer.Option(
+             "--simulate-top", help="Re-rank this many best candidates with the simulator")] = 10,
          json_out: JsonFlag = False) -> None:
     """Search every legal layout and rank those that fit by throughput."""
     from meshplan.search.rank import search
 
     if top <= 0:
         raise MeshplanError(f"--top={top}: must be positive")
-    result = search(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=top)
+    if simulate_top < 0:
+        raise MeshplanError(f"--simulate-top={simulate_top}: must be 0 or more")
+    result = search(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=top,
+                    simulate_top=simulate_top)
     if json_out:
         print_json({"plans": [e.to_json() for e in result.plans], "evaluated": result.evaluated,
                     "num_fitting": result.num_fitting, "search_seconds": result.search_seconds})
@@ -97,6 +102,39 @@ def estimate(inputs: Inputs, json_out: JsonFlag = False) -> None:
     console.print(summary_line(e))
     for table in breakdown_tables(e):
         console.print(table)
+
+
+@app.command()
+@with_inputs()
+def simulate(inputs: Inputs,
+             trace: Annotated[str | None, typer.Option(
+                 "--trace", help="Write a Chrome/Perfetto trace (JSON) of the step here")] = None,
+             json_out: JsonFlag = False) -> None:
+    """Simulate the plan's pipeline schedule event by event; optionally write a trace."""
+    from meshplan.sim.plan import simulate_plan
+    from meshplan.sim.trace import write_trace
+
+    sim = simulate_plan(inputs.model, inputs.cluster, inputs.job, inputs.plan(), inputs.num_gpus,
+                        trace=trace is not None)
+    if trace is not None:
+        try:
+            write_trace(sim.result, trace)
+        except OSError as err:
+            raise MeshplanError(f"--trace={trace}: cannot write: {err.strerror}") from None
+    e = sim.estimate
+    if json_out:
+        print_json(e.to_json())
+        return
+    console.print(summary_line(e))
+    s = e.extra.get("simulated", {})
+    if s:
+        console.print(f"simulated pipeline {s['pipeline_s']:.3f} s, mean rank idle "
+                      f"{s['bubble_fraction']:.1%}; per-rank idle (s): "
+                      + ", ".join(f"{x:.3f}" for x in s["idle_s"]))
+    for table in breakdown_tables(e):
+        console.print(table)
+    if trace is not None:
+        console.print(f"trace written to {trace} (open it in ui.perfetto.dev)")
 
 
 def main() -> None:

@@ -89,7 +89,10 @@ def attention_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTi
         core_b = 2 * 0.5 * core / (K.attn_peak * K.attn_bwd_eff)
         softmax = 0.0
     else:
-        core_f = K.gemm(core / 2, 2.0)
+        # Unfused attention runs one batched GEMM pair per (sequence, head): its efficiency is
+        # that of a single head's s x s x d GEMM.
+        per_head = core / (2 * b * model.num_attention_heads / t)
+        core_f = K.gemm(per_head, 2 * b * model.num_attention_heads / t)
         core_b = 2 * core_f
         softmax = _unfused_softmax_bytes(model, b, s, t, c)
     elem = (4 + 6 + (5 if model.dropout else 0)) * T * h / sp

@@ -141,7 +141,9 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     bwd_comm = tp_b + ep_one + cp_b + np.where(full_rc, fwd_comm, 0.0)
 
     pp_tier = axis_tier_index(cluster, ("pp",), P)
-    act_bytes = 2.0 * P.mbs * job.seq_len / P.cp * model.hidden_size / np.where(P.sp, P.tp, 1)
+    # Megatron's scatter/gather optimisation (Narayanan et al. 2021 Sec. 4.1): each of the t
+    # ranks sends 1/t of the activation over its own NIC, then an NVLink all-gather.
+    act_bytes = 2.0 * P.mbs * job.seq_len / P.cp * model.hidden_size / P.tp
     p2p = comm.p2p_time(cluster, pp_tier, act_bytes)
     pp_exposed = np.where(P.pp > 1, 2 * P.vpp * p2p * (1 - cluster.overlap.pp), 0.0)
 
@@ -197,8 +199,10 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
         fits=mem["peak"] <= cluster.accelerator.memory_bytes,
         stage_times={"forward": F_mid, "backward_input": I_mid, "backward_weight": W_mid,
                      "first": first, "middle": mid, "last": last, "p2p": p2p,
-                     "embedding": emb.forward + emb.backward,
-                     "head": head.forward + head.backward},
+                     "embedding_f": emb.forward, "embedding_i": emb.backward_input,
+                     "embedding_w": emb.backward_weight, "head_f": head.forward,
+                     "head_i": head.backward_input, "head_w": head.backward_weight,
+                     "slowest": slowest},
     )
 
 
@@ -292,6 +296,12 @@ def _memory(model: Model, cluster: Cluster, job: Job, P: PlanArrays, counts, m: 
     out = {k: np.where(pick_a, a[k], b[k]) for k in a}
     out["reserved"] = np.full(len(P), cluster.accelerator.reserved_memory_bytes)
     out["peak"] = np.maximum(total_a, total_b) + out["reserved"]
+    # For the simulator: memory that does not depend on the schedule, per rank kind, and the
+    # activations of one micro-batch on one rank (all its chunks) and of the LM head.
+    out["static_first"] = total_a - a["activations"] + working
+    out["static_last"] = total_b - b["activations"] + working
+    out["activations_per_microbatch"] = per_mb
+    out["head_activations"] = head_act
     return out
 
 

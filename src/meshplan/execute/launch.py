@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,12 +35,16 @@ def torchrun_command(config: Path, out: Path, nproc_per_node: int,
             str(nproc_per_node), *args, "-m", "meshplan.execute.runtime", str(config), str(out)]
 
 
+_RANK_ERROR = re.compile(r"^\[rank(\d+)\]: ((?:\w+\.)*\w*(?:Error|Exception)\b.*)$")
+
+
 def _last_error(text: str) -> str:
-    """The most telling line of a failed run's log: the last exception line."""
+    """The most telling line of a failed run's log: the first rank's exception line."""
+    for line in text.splitlines():
+        match = _RANK_ERROR.match(line.strip())
+        if match:
+            return f"rank {match.group(1)}: {match.group(2)}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ("Error" in ln or "Exception" in ln) and not ln.startswith(("File ", "[rank")):
-            return ln
     return lines[-1] if lines else "no output"
 
 
@@ -57,7 +62,7 @@ def launch(cfg: RunConfig | list[RunConfig], nproc_per_node: int,
     config.write_text(json.dumps([c.to_dict() for c in cfgs] if isinstance(cfg, list)
                                  else cfg.to_dict()))
     env = dict(os.environ, OMP_NUM_THREADS=str(cfgs[0].threads_per_rank),
-               PYTHONUNBUFFERED="1", TORCHELASTIC_ERROR_FILE=str(workdir / "error.json"))
+               PYTHONUNBUFFERED="1")
     cmd = torchrun_command(config, out, nproc_per_node, torchrun_args)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import defaultdict, deque
 
 from meshplan.errors import invalid
-from meshplan.schedules.ir import B, I, W, Action, ActionKind
+from meshplan.schedules.ir import B, I, W, Action, ActionKind, as_actions
 
 
 def loop_stage_to_rank(num_ranks: int, num_chunks: int) -> tuple[int, ...]:
@@ -30,41 +30,46 @@ def check_sizes(name: str, num_ranks: int, num_microbatches: int, min_microbatch
 
 
 class Emitter:
-    """Appends actions to one rank's list, numbering microbatches per (stage, kind) in order.
+    """Collects one rank's (stage, kind) steps and numbers their microbatches at the end.
 
-    Hand-written schedules (ZB-V, DualPipeV) are phrased as "do a forward of chunk 0" rather
-    than "forward microbatch 5 of stage 3"; the counters supply the microbatch. `B` counts as
-    both the `I` and the `W` of its microbatch, and each `I` queues its `W` for `pop_w`.
+    Hand-written schedules (ZB-V, DualPipeV) are phrased as "a forward of chunk 0" rather
+    than "forward microbatch 5 of stage 3": within a stage, forwards take microbatches in
+    order, so do backwards (B or I), and each W takes the oldest I still owing one.
     """
 
     def __init__(self) -> None:
-        self.actions: list[Action] = []
-        self.count: Counter[tuple[int, ActionKind]] = Counter()
-        self.pending_w: deque[Action] = deque()
+        self.steps: list[tuple[int, ActionKind]] = []
+        self.owed_w: deque[int] = deque()
 
     def __call__(self, stage: int, kind: ActionKind) -> None:
-        key = (stage, I if kind is B else kind)
-        mb = self.count[key]
-        self.count[key] = mb + 1
-        if kind is B:
-            self.count[stage, W] += 1
-        elif kind is I:
-            self.pending_w.append(Action(stage, W, mb))
-        self.actions.append(Action(stage, kind, mb))
+        self.steps.append((stage, kind))
+        if kind is I:
+            self.owed_w.append(stage)
 
     def repeat(self, times: int, *steps: tuple[int, ActionKind]) -> None:
-        for _ in range(times):
-            for stage, kind in steps:
-                self(stage, kind)
+        self.steps.extend(steps * times)
+        self.owed_w.extend([stage for stage, kind in steps if kind is I] * times)
 
     def pop_w(self) -> None:
-        """Run the oldest weight gradient still owed, if any (a bubble filler)."""
-        if self.pending_w:
-            action = self.pending_w.popleft()
-            self.count[action.stage, W] += 1
-            self.actions.append(action)
+        """Run the oldest weight gradient still owed on this rank, if any (a bubble filler)."""
+        if self.owed_w:
+            self.steps.append((self.owed_w.popleft(), W))
 
-    def drain_w(self, stage: int) -> None:
-        """Run every weight gradient of `stage` whose input gradient has run, oldest first."""
-        while self.count[stage, W] < self.count[stage, I]:
-            self(stage, W)
+    def actions(self, num_microbatches: int) -> list[Action]:
+        """Number the steps; drop those past `num_microbatches` (schedules planned for more)."""
+        next_mb: dict[tuple[int, ActionKind], int] = {}
+        owed: defaultdict[int, deque[int]] = defaultdict(deque)
+        numbered = []
+        for step in self.steps:
+            stage, kind = step
+            if kind is W:
+                mb = owed[stage].popleft()
+            else:
+                key = (stage, I) if kind is B else step
+                mb = next_mb.get(key, 0)
+                next_mb[key] = mb + 1
+                if kind is I:
+                    owed[stage].append(mb)
+            if mb < num_microbatches:
+                numbered.append((stage, kind, mb))
+        return as_actions(numbered)

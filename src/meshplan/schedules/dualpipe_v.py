@@ -43,7 +43,7 @@ def _rank_order(rank: int, num_ranks: int, num_microbatches: int) -> list[Action
         e(s0, _backward(split))
     for _ in range(r + 1):  # 8: remaining weight gradients
         e.pop_w()
-    return e.actions
+    return e.actions(m)
 
 
 def _backward(split: bool) -> ActionKind:

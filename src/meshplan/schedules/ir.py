@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
+import itertools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from operator import itemgetter
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -85,6 +88,21 @@ class Action(NamedTuple):
         return cls(int(stage), ActionKind(kind), int(microbatch))
 
 
+_new_action = functools.partial(tuple.__new__, Action)
+
+
+def as_actions(rows: Iterable[tuple[int, ActionKind, int]]) -> list[Action]:
+    """Bulk `Action` construction from (stage, kind, microbatch) tuples; about twice as fast
+    as calling `Action` per item, which matters for 10^5-action schedules."""
+    return list(map(_new_action, rows))
+
+
+def make_actions(stages: Iterable[int], kind: ActionKind, microbatches: Iterable[int]
+                 ) -> list[Action]:
+    """Actions of one kind, pairing `stages` with `microbatches` item by item."""
+    return as_actions(zip(stages, itertools.repeat(kind), microbatches))
+
+
 RankOrders = dict[int, list[Action]]
 """rank -> that rank's actions in execution order (torch's `pipeline_order`, without `None`)."""
 
@@ -128,7 +146,8 @@ class Schedule(Mapping[int, list[Action]]):
 
     @property
     def has_communication(self) -> bool:
-        return any(a.kind in COMM_KINDS for acts in self.actions.values() for a in acts)
+        kinds = map(itemgetter(1), itertools.chain.from_iterable(self.actions.values()))
+        return not COMM_KINDS.isdisjoint(kinds)
 
     def with_actions(self, actions: RankOrders) -> Schedule:
         """The same schedule metadata over new action lists (for IR passes)."""

@@ -8,8 +8,10 @@ cool-down loop that the interleaved schedule reuses with more than one chunk per
 
 from __future__ import annotations
 
+import functools
+
 from meshplan.schedules._common import check_sizes, loop_stage_to_rank
-from meshplan.schedules.ir import B, F, Action, ActionKind, Schedule
+from meshplan.schedules.ir import B, F, Action, Schedule, make_actions
 
 
 def depth_first_order(rank: int, num_ranks: int, num_chunks: int, num_microbatches: int,
@@ -21,22 +23,23 @@ def depth_first_order(rank: int, num_ranks: int, num_chunks: int, num_microbatch
     (k // (p*v)) * p + k % p; backward k walks the chunks in reverse. With one chunk this is
     plain 1F1B (k is the microbatch). Needs m % p == 0 when v > 1.
     """
-    p, v = num_ranks, num_chunks
-    group = p * v
-    total = v * num_microbatches
+    fwd_base, bwd_base, mbs = _virtual_layout(num_ranks, num_chunks, num_microbatches)
+    fwd = make_actions([s + rank for s in fwd_base], F, mbs)
+    bwd = make_actions([s + rank for s in bwd_base], B, mbs)
+    total, w = len(mbs), num_warmup
+    steady = fwd[w:] + bwd[: total - w]  # right length; now interleave F and B
+    steady[::2], steady[1::2] = fwd[w:], bwd[: total - w]
+    return fwd[:w] + steady + bwd[total - w :]
 
-    def virtual(k: int, kind: ActionKind) -> Action:
-        chunk = (k // p) % v
-        if kind is B:
-            chunk = v - 1 - chunk
-        return Action(chunk * p + rank, kind, (k // group) * p + k % p)
 
-    order = [virtual(k, F) for k in range(num_warmup)]
-    for k in range(total - num_warmup):
-        order.append(virtual(num_warmup + k, F))
-        order.append(virtual(k, B))
-    order.extend(virtual(k, B) for k in range(total - num_warmup, total))
-    return order
+@functools.lru_cache(maxsize=16)
+def _virtual_layout(p: int, v: int, m: int) -> tuple[tuple[int, ...], ...]:
+    """Rank-0 stage of each forward and backward virtual microbatch, and its microbatch; the
+    same for every rank up to a stage offset, so it is computed once per (p, v, m)."""
+    ks = range(v * m)
+    fwd = tuple((k // p % v) * p for k in ks)
+    bwd = tuple((v - 1 - k // p % v) * p for k in ks)
+    return fwd, bwd, tuple(k // (p * v) * p + k % p for k in ks)
 
 
 def one_f_one_b(num_ranks: int, num_microbatches: int) -> Schedule:

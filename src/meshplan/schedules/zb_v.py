@@ -22,16 +22,15 @@ def _rank_order(rank: int, num_ranks: int, num_microbatches: int) -> list[Action
     e = Emitter()
     e.repeat(2 * (p - r) - 1, (c0, F))  # fill the way down
     e.repeat(r, (c1, F), (c0, F))  # first microbatches turn at the bottom of the V
-    e.repeat(p - r, (c1, F), (c1, I), (c1, W))  # chunk 1 reaches 1F1B steady state
-    while e.count[c1, F] < e.count[c0, F] or e.count[c0, F] < planned:  # steady state
-        if e.count[c0, F] < planned:
-            e(c0, F)
-        e.repeat(1, (c0, I), (c0, W), (c1, F), (c1, I), (c1, W))
-    e.repeat(r, (c0, I), (c1, I))  # cool-down: input gradients first, W later
+    e.repeat(p - r, (c1, F), (c1, I), (c1, W))  # chunk 1 reaches its steady state
+    steady = ((c0, I), (c0, W), (c1, F), (c1, I), (c1, W))
+    e.repeat(planned - 2 * p + r + 1, (c0, F), *steady)  # steady: both chunks F, I, W
+    e.repeat(p - r - 1, *steady)  # chunk 0 has no forward left
+    e.repeat(r, (c0, I), (c1, I))  # cool-down: input gradients first,
     e.repeat(p - r, (c0, I), (c0, W))
-    e.drain_w(c1)
-    e.drain_w(c0)
-    return [a for a in e.actions if a.microbatch < num_microbatches]
+    e.repeat(r, (c1, W))  # then the weight gradients they left owing
+    e.repeat(r, (c0, W))
+    return e.actions(num_microbatches)
 
 
 def zb_v(num_ranks: int, num_microbatches: int) -> Schedule:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshplan.api import axis_tiers
-from meshplan.cost.step import evaluate
+from meshplan.cost.step import CostArrays, evaluate
 from meshplan.estimate import Estimate, estimate_from_arrays
 from meshplan.search.space import SpaceOptions, enumerate_plans
 from meshplan.specs.cluster import Cluster
@@ -30,8 +30,11 @@ class SearchResult:
 
 
 def search(model: Model, cluster: Cluster, job: Job, num_gpus: int, top: int = 10,
-           opts: SpaceOptions | None = None, include_unfit: bool = False) -> SearchResult:
-    """Enumerate, cost and rank every legal plan (vectorised)."""
+           opts: SpaceOptions | None = None, include_unfit: bool = False,
+           simulate_top: int = 10) -> SearchResult:
+    """Enumerate, cost and rank every legal plan (vectorised), then re-rank the best
+    `max(top, simulate_top)` pipelined candidates with the event simulator (0: closed form
+    only)."""
     start = time.perf_counter()
     P, generated = enumerate_plans(model, job, num_gpus, opts)
     if len(P) == 0:
@@ -41,7 +44,23 @@ def search(model: Model, cluster: Cluster, job: Job, num_gpus: int, top: int = 1
     key = np.where(costs.fits | include_unfit, -costs.tokens_per_s, np.inf)
     order = np.lexsort((np.arange(len(P)), P.tp * P.pp * P.cp, key))
     fitting = int(costs.fits.sum())
-    chosen = [int(i) for i in order[:top] if include_unfit or costs.fits[i]]
+    pool = max(top, simulate_top)
+    chosen = [int(i) for i in order[:pool] if include_unfit or costs.fits[i]]
     best = [estimate_from_arrays(costs, i, P.plan(i), cluster.accelerator.memory_bytes,
                                  axis_tiers(cluster, P, i)) for i in chosen]
-    return SearchResult(best, len(P), generated, fitting, time.perf_counter() - start)
+    if simulate_top > 0:
+        best = _simulate_and_rerank(best, chosen, costs, cluster, simulate_top, include_unfit)
+    return SearchResult(best[:top], len(P), generated, fitting, time.perf_counter() - start)
+
+
+def _simulate_and_rerank(best: list[Estimate], index: list[int], costs: CostArrays,
+                         cluster: Cluster, k: int, include_unfit: bool) -> list[Estimate]:
+    """Replace the first k pipelined estimates by simulated ones and sort again (stable)."""
+    from meshplan.sim.plan import simulate_estimate
+
+    refined = list(best)
+    for j in range(min(k, len(best))):
+        if best[j].plan.pp > 1:
+            refined[j] = simulate_estimate(best[j], costs, index[j], cluster).estimate
+    refined = [e for e in refined if include_unfit or e.fits]
+    return sorted(refined, key=lambda e: -e.tokens_per_s)

@@ -1,0 +1,50 @@
+"""`export(estimate_or_plan, target, model=..., job=...)`: hand a plan to a training engine.
+
+Each target is a pure `(model, job, plan, cluster) -> str` in its own module; `TARGETS` maps the
+CLI names to them. Before any target runs, the plan passes the same legality rules as
+`meshplan.estimate` (`specs.rules.check_plan`), so an export never carries an illegal plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from meshplan.errors import unknown_name
+from meshplan.estimate import Estimate
+from meshplan.export import deepspeed, megatron, torchtitan
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.io import load_cluster, load_model
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+from meshplan.specs.plan import Plan, PlanArrays
+from meshplan.specs.rules import check_plan
+
+Render = Callable[[Model, Job, Plan, Cluster | None], str]
+
+TARGETS: dict[str, Render] = {
+    "megatron": megatron.render,
+    "torchtitan": torchtitan.render,
+    "deepspeed": deepspeed.render,
+}
+"""Target name -> renderer: Megatron-LM launch script, torchtitan TOML, DeepSpeed JSON."""
+
+SUFFIXES = {"megatron": ".sh", "torchtitan": ".toml", "deepspeed": ".json"}
+"""The file suffix each target's text is meant for."""
+
+
+def export(estimate_or_plan: Estimate | Plan, target: str, *, model: str | Path | Model,
+           job: Job, cluster: str | Path | Cluster | None = None) -> str:
+    """The engine configuration of one plan, as text.
+
+    `estimate_or_plan` is an `Estimate` (its `.plan` is exported) or a `Plan`; `model` and
+    `cluster` are specs, preset names or files. Raises `MeshplanError` for an unknown target,
+    an illegal plan, or a plan the target cannot express (naming the field and value).
+    """
+    if target not in TARGETS:
+        raise unknown_name("export target", target, TARGETS)
+    plan = estimate_or_plan.plan if isinstance(estimate_or_plan, Estimate) else estimate_or_plan
+    model = load_model(model)
+    cluster = None if cluster is None else load_cluster(cluster)
+    check_plan(model, job, plan.num_gpus, PlanArrays.from_plans([plan]))
+    return TARGETS[target](model, job, plan, cluster)

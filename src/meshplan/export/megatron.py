@@ -1,0 +1,244 @@
+"""Megatron-LM: a `torchrun ... pretrain_gpt.py` script carrying the plan as command-line flags.
+
+Flag names, value types and the checks a plan must pass mirror Megatron-LM
+`megatron/training/arguments.py` (the Megatron-Core 0.16 line: `_add_distributed_args`,
+`_add_training_args`, `_add_network_size_args`, `_add_moe_args`, `_add_mla_args`,
+`validate_args`) and Megatron-Core 0.16 (`TransformerConfig`, `parallel_state.RankGenerator`,
+`distributed/fsdp`). Virtual stages use `--num-virtual-stages-per-pipeline-rank`, the flag that
+release reads first (`--num-layers-per-virtual-pipeline-stage` is the older spelling).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+
+from meshplan.export._common import DEFAULT_AXIS_ORDER, header, match_order, refuse
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+from meshplan.specs.plan import Plan
+
+ENGINE = "Megatron-LM"
+SOURCE = "Megatron-LM megatron/training/arguments.py (Megatron-Core 0.16)"
+SCHEDULES = ("1f1b", "interleaved-1f1b")
+"""`forward_backward_pipelining_{without,with}_interleaving` in core/pipeline_parallel/schedules.py."""
+ORDERS: dict[tuple[str, ...], str | None] = {
+    DEFAULT_AXIS_ORDER: None,
+    ("tp", "cp", "ep", "pp", "dp"): "--use-tp-pp-dp-mapping",
+}
+"""RankGenerator order `tp-cp-ep-dp-pp`, or `tp-cp-ep-pp-dp` with --use-tp-pp-dp-mapping."""
+FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
+"""Megatron-FSDP `--data-parallel-sharding-strategy` for ZeRO-2 and ZeRO-3."""
+
+Flag = tuple[str, str | None]
+
+
+def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -> str:
+    """The launch script: header comments, torchrun line, one `--flag value` per line."""
+    flags = [*_parallel(plan), *_batch(job, plan), *_shape(model, job), *_moe(model, job, plan),
+             *_mla(model), *_precision(job), *_recompute(plan), *_data_parallel(plan)]
+    return _script(model, job, plan, cluster, flags)
+
+
+def _parallel(plan: Plan) -> list[Flag]:
+    flags: list[Flag] = [("--tensor-model-parallel-size", str(plan.tp)),
+                         ("--pipeline-model-parallel-size", str(plan.pp)),
+                         ("--context-parallel-size", str(plan.cp))]
+    if plan.sp and plan.tp > 1:
+        flags.append(("--sequence-parallel", None))
+    flags += _schedule(plan)
+    order_flag = match_order(plan, ENGINE, ORDERS)
+    if order_flag:
+        flags.append((order_flag, None))
+    if plan.tp_comm_overlap:
+        if not (plan.tp > 1 and plan.sp):
+            raise refuse(ENGINE, "tp_comm_overlap", True,
+                         "overlaps TP communication only with tp > 1 and sequence parallelism")
+        flags.append(("--tp-comm-overlap", None))
+    return flags
+
+
+def _schedule(plan: Plan) -> list[Flag]:
+    v = plan.virtual_stages
+    if plan.pp == 1:
+        if v > 1:
+            raise refuse(ENGINE, "vpp", v, "interleaves virtual stages only when pp > 1")
+        return []
+    if plan.schedule not in SCHEDULES:
+        raise refuse(ENGINE, "schedule", plan.schedule,
+                     "runs only 1f1b and interleaved-1f1b (core/pipeline_parallel/schedules.py); "
+                     "export to torchtitan for the other schedules")
+    return [("--num-virtual-stages-per-pipeline-rank", str(v))] if v > 1 else []
+
+
+def _batch(job: Job, plan: Plan) -> list[Flag]:
+    flags: list[Flag] = [("--micro-batch-size", str(plan.micro_batch_size)),
+                         ("--global-batch-size", str(job.global_batch_size))]
+    if job.token_budget is not None:
+        flags.append(("--train-samples", str(math.ceil(job.token_budget / job.seq_len))))
+    return flags
+
+
+def _shape(model: Model, job: Job) -> list[Flag]:
+    flags: list[Flag] = [("--num-layers", str(model.num_layers)),
+                         ("--hidden-size", str(model.hidden_size)),
+                         ("--ffn-hidden-size", str(model.ffn_hidden_size)),
+                         ("--num-attention-heads", str(model.num_attention_heads))]
+    if model.mla is None:
+        if model.kv_heads != model.num_attention_heads:
+            flags += [("--group-query-attention", None),
+                      ("--num-query-groups", str(model.kv_heads))]
+        flags.append(("--kv-channels", str(model.head_size)))
+    max_pos = max(job.seq_len, model.max_seq_len or 0)
+    flags += [("--seq-length", str(job.seq_len)), ("--max-position-embeddings", str(max_pos)),
+              ("--padded-vocab-size", str(model.vocab_size))]
+    flags += _activation(model) + _layout(model)
+    if not job.flash_attention:
+        flags.append(("--attention-backend", "unfused"))
+    return flags
+
+
+def _activation(model: Model) -> list[Flag]:
+    if model.mlp_type == "swiglu":
+        return [("--swiglu", None)]
+    if model.mlp_type == "gelu":
+        return []
+    raise refuse(ENGINE, "mlp_type", model.mlp_type,
+                 "builds swiglu or gelu MLPs (--swiglu; gelu is the default), not geglu or relu")
+
+
+def _layout(model: Model) -> list[Flag]:
+    """Position embedding, norm, biases, embeddings tying and dropout."""
+    positions = {"rope": "rope", "learned": "learned_absolute"}
+    if model.position_embedding not in positions:
+        raise refuse(ENGINE, "position_embedding", model.position_embedding,
+                     "supports rope and learned position embeddings, not alibi")
+    norm = "RMSNorm" if model.norm == "rmsnorm" else "LayerNorm"
+    flags: list[Flag] = [("--position-embedding-type", positions[model.position_embedding]),
+                         ("--normalization", norm)]
+    if model.qk_norm:
+        flags.append(("--qk-layernorm", None))
+    if not model.linear_bias:
+        flags.append(("--disable-bias-linear", None))
+        if model.qkv_bias:
+            flags.append(("--add-qkv-bias", None))
+    if not model.tied_embeddings:
+        flags.append(("--untie-embeddings-and-output-weights", None))
+    dropout = "0.1" if model.dropout else "0.0"
+    return flags + [("--attention-dropout", dropout), ("--hidden-dropout", dropout)]
+
+
+def _moe(model: Model, job: Job, plan: Plan) -> list[Flag]:
+    if model.moe is None:
+        return []
+    moe = model.moe
+    if plan.ep > 1 and job.precision == "fp16":
+        raise refuse(ENGINE, "ep", plan.ep, "supports expert parallelism only with bf16 or fp8")
+    flags: list[Flag] = [("--num-experts", str(moe.num_experts)),
+                         ("--moe-router-topk", str(moe.top_k)),
+                         ("--moe-ffn-hidden-size", str(moe.expert_ffn_hidden_size))]
+    if moe.num_shared_experts:
+        shared = moe.num_shared_experts * moe.shared_expert_ffn_hidden_size
+        flags.append(("--moe-shared-expert-intermediate-size", str(shared)))
+    if moe.num_dense_layers:
+        dense, sparse = moe.num_dense_layers, model.num_layers - moe.num_dense_layers
+        flags.append(("--moe-layer-freq", f"([0]*{dense}+[1]*{sparse})"))
+    flags += [("--expert-model-parallel-size", str(plan.ep)),
+              ("--expert-tensor-parallel-size", str(plan.expert_tp))]
+    if plan.ep > 1:
+        flags.append(("--moe-token-dispatcher-type", "alltoall"))
+    if job.precision != "fp16":
+        flags.append(("--moe-grouped-gemm", None))
+    return flags
+
+
+def _mla(model: Model) -> list[Flag]:
+    if model.mla is None:
+        return []
+    mla = model.mla
+    flags: list[Flag] = [("--multi-latent-attention", None)]
+    if mla.q_lora_rank:
+        flags.append(("--q-lora-rank", str(mla.q_lora_rank)))
+    return flags + [("--kv-lora-rank", str(mla.kv_lora_rank)),
+                    ("--qk-head-dim", str(mla.qk_nope_head_dim)),
+                    ("--qk-pos-emb-head-dim", str(mla.qk_rope_head_dim)),
+                    ("--v-head-dim", str(mla.v_head_dim))]
+
+
+def _precision(job: Job) -> list[Flag]:
+    """--bf16/--fp16; fp8 is bf16 plus Transformer Engine's hybrid E4M3/E5M2 GEMMs.
+
+    Gradient bytes: bf16 accumulates and reduces in fp32 unless --grad-reduce-in-bf16; fp16 keeps
+    fp16 grads unless --accumulate-allreduce-grads-in-fp32 (validate_args, "Parameters dtype").
+    """
+    if job.precision == "fp16":
+        return [("--fp16", None)] + (
+            [("--accumulate-allreduce-grads-in-fp32", None)] if job.grad_bytes == 4 else [])
+    flags: list[Flag] = [("--bf16", None)]
+    if job.grad_bytes == 2:
+        flags.append(("--grad-reduce-in-bf16", None))
+    if job.precision == "fp8":
+        flags.append(("--fp8-format", "hybrid"))
+    return flags
+
+
+def _recompute(plan: Plan) -> list[Flag]:
+    if plan.recompute == "selective":
+        return [("--recompute-granularity", "selective")]
+    if plan.recompute == "full":
+        return [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
+                ("--recompute-num-layers", "1")]
+    return []
+
+
+def _data_parallel(plan: Plan) -> list[Flag]:
+    """ZeRO stage -> DDP, distributed optimizer (ZeRO-1) or Megatron-FSDP (ZeRO-2/3)."""
+    z, flags = plan.zero_stage, []
+    if z == 1:
+        flags.append(("--use-distributed-optimizer", None))
+    elif z >= 2:
+        if plan.pp > 1:
+            raise refuse(ENGINE, "zero_stage", z, "shards gradients and weights only with "
+                         "Megatron-FSDP, which supports TP, EP and CP but not pp > 1")
+        flags += [("--use-megatron-fsdp", None),
+                  ("--data-parallel-sharding-strategy", FSDP_STRATEGY[z]),
+                  ("--use-distributed-optimizer", None),
+                  ("--no-gradient-accumulation-fusion", None),
+                  ("--ckpt-format", "fsdp_dtensor")]
+    if z >= 1 and plan.shard_group < plan.dp:
+        flags.append(("--num-distributed-optimizer-instances",
+                      str(plan.dp // plan.shard_group)))
+    if plan.offload_optimizer:
+        if z != 1:
+            raise refuse(ENGINE, "offload_optimizer", True,
+                         "offloads the optimizer with its distributed optimizer (zero_stage 1)")
+        flags += [("--optimizer-cpu-offload", None), ("--use-precision-aware-optimizer", None)]
+    if plan.overlap_grad_reduce:
+        flags.append(("--overlap-grad-reduce", None))
+        if z >= 1:
+            flags.append(("--overlap-param-gather", None))
+    return flags
+
+
+def _script(model: Model, job: Job, plan: Plan, cluster: Cluster | None,
+            flags: list[Flag]) -> str:
+    per_node = min(plan.num_gpus, cluster.gpus_per_node if cluster else 8)
+    nodes = math.ceil(plan.num_gpus / per_node)
+    lines = ["#!/usr/bin/env bash", *(f"# {line}" for line in header(ENGINE, SOURCE, model,
+                                                                     job, plan)),
+             "# Data, tokenizer, optimizer and checkpoint flags are yours: pass them as",
+             "# arguments, e.g. bash train.sh --mock-data --tokenizer-type NullTokenizer ...",
+             "set -euo pipefail"]
+    if (plan.tp > 1 or plan.cp > 1) and plan.zero_stage < 2:
+        lines.append("export CUDA_DEVICE_MAX_CONNECTIONS=1  # validate_args wants it before "
+                     "Blackwell")
+    lines += [f'torchrun --nproc-per-node "${{GPUS_PER_NODE:-{per_node}}}" '
+              f'--nnodes "${{NNODES:-{nodes}}}" --node-rank "${{NODE_RANK:-0}}" \\',
+              '    --master-addr "${MASTER_ADDR:-localhost}" '
+              '--master-port "${MASTER_PORT:-6000}" \\',
+              "    pretrain_gpt.py \\"]
+    for name, value in flags:
+        lines.append(f"    {name}" + ("" if value is None else f" {shlex.quote(value)}") + " \\")
+    lines.append('    "$@"')
+    return "\n".join(lines) + "\n"

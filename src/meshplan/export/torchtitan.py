@@ -1,0 +1,273 @@
+"""torchtitan: a TOML job config (`--job.config_file`) for a registered model flavor.
+
+Keys and their meaning mirror torchtitan 0.2.2, the last PyPI release that reads TOML job
+configs (`torchtitan/config/job_config.py`, `config/manager.py`); 0.3.0 replaced them with Python
+config registries. Constraints mirror `distributed/parallel_dims.py` (mesh and EP rules),
+`distributed/pipeline_parallel.py` (stages per rank), `models/*/infra/parallelize.py` (FSDP2,
+HSDP, DDP only for 1-D meshes, async TP needs compile) and each model's `__init__.py` (flavors).
+Schedule names are those of torch's `pipelining.schedules.get_schedule_class`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import tomli_w
+
+from meshplan.export._common import DEFAULT_AXIS_ORDER, header, match_order, refuse
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+from meshplan.specs.plan import Plan
+
+ENGINE = "torchtitan 0.2.2"
+SOURCE = "torchtitan 0.2.2 torchtitan/config/job_config.py"
+SCHEDULES = {"1f1b": "1F1B", "gpipe": "GPipe", "interleaved-1f1b": "Interleaved1F1B",
+             "looped-bfs": "LoopedBFS", "zb-v": "ZBVZeroBubble", "dualpipe-v": "DualPipeV"}
+"""meshplan schedule -> torch schedule class name. ZB-H1 is torch's InterleavedZeroBubble with
+one stage per rank, which torchtitan refuses (multi-stage schedules need >= 2 stages per rank);
+torch has no ZB-H2."""
+AC_MODES = {"none": "none", "selective": "selective", "full": "full"}
+
+
+class Flavor(NamedTuple):
+    """A registered torchtitan model flavor and the shape it builds."""
+
+    name: str
+    flavor: str
+    shape: tuple[Any, ...]
+    """(layers, hidden, heads, kv heads, head dim, ffn, vocab, tied, qk_norm, moe, mla)."""
+    hf_repo: str
+    """Hugging Face repository of the tokenizer (torchtitan's scripts/download_hf_assets.py)."""
+    pipelining: bool = True
+    """TrainSpec.pipelining_fn is set (qwen3 has none in 0.2.2)."""
+    sdpa: bool = True
+    """SDPA attention (context parallelism refuses flex attention)."""
+
+
+def _dense(layers: int, hidden: int, heads: int, kv: int, ffn: int, vocab: int, head_dim: int = 0,
+           tied: bool = False, qk_norm: bool = False, moe: tuple[int, ...] | None = None,
+           mla: tuple[int, ...] | None = None) -> tuple[Any, ...]:
+    return (layers, hidden, heads, kv, head_dim or hidden // heads, ffn, vocab, tied, qk_norm,
+            moe, mla)
+
+
+FLAVORS = (
+    # models/llama3/__init__.py: ffn = multiple_of-rounded ffn_dim_multiplier * 8/3 * dim
+    Flavor("llama3", "8B", _dense(32, 4096, 32, 8, 14336, 128256), "meta-llama/Llama-3.1-8B"),
+    Flavor("llama3", "70B", _dense(80, 8192, 64, 8, 28672, 128256), "meta-llama/Llama-3.1-70B"),
+    Flavor("llama3", "405B", _dense(126, 16384, 128, 8, 53248, 128256),
+           "meta-llama/Llama-3.1-405B"),
+    # models/qwen3/__init__.py (moe: experts, top_k, expert ffn, shared, dense layers)
+    Flavor("qwen3", "0.6B", _dense(28, 1024, 16, 8, 3072, 151936, 128, True, True),
+           "Qwen/Qwen3-0.6B", pipelining=False),
+    Flavor("qwen3", "1.7B", _dense(28, 2048, 16, 8, 6144, 151936, 128, True, True),
+           "Qwen/Qwen3-1.7B", pipelining=False),
+    Flavor("qwen3", "4B", _dense(36, 2560, 32, 8, 9728, 151936, 128, True, True),
+           "Qwen/Qwen3-4B", pipelining=False),
+    Flavor("qwen3", "8B", _dense(36, 4096, 32, 8, 12288, 151936, 128, False, True),
+           "Qwen/Qwen3-8B", pipelining=False),
+    Flavor("qwen3", "14B", _dense(40, 5120, 40, 8, 17408, 151936, 128, False, True),
+           "Qwen/Qwen3-14B", pipelining=False),
+    Flavor("qwen3", "32B", _dense(64, 5120, 64, 8, 25600, 151936, 128, False, True),
+           "Qwen/Qwen3-32B", pipelining=False),
+    Flavor("qwen3", "30B-A3B", _dense(48, 2048, 32, 4, 6144, 151936, 128, False, True,
+                                      (128, 8, 768, 0, 0)),
+           "Qwen/Qwen3-30B-A3B", pipelining=False),
+    Flavor("qwen3", "235B-A22B", _dense(94, 4096, 64, 4, 12288, 151936, 128, False, True,
+                                        (128, 8, 1536, 0, 0)),
+           "Qwen/Qwen3-235B-A22B", pipelining=False),
+    # models/deepseek_v3/__init__.py (mla: q_lora, kv_lora, qk nope, qk rope, v); flex attention
+    Flavor("deepseek_v3", "16B", _dense(27, 2048, 16, 16, 10944, 102400, 192, moe=(
+        64, 6, 1408, 2, 1), mla=(0, 512, 128, 64, 128)), "deepseek-ai/deepseek-moe-16b-base",
+        sdpa=False),
+    Flavor("deepseek_v3", "236B", _dense(60, 5120, 128, 128, 12288, 102400, 192, moe=(
+        160, 6, 1536, 2, 1), mla=(1536, 512, 128, 64, 128)), "deepseek-ai/DeepSeek-V2",
+        sdpa=False),
+    Flavor("deepseek_v3", "671B", _dense(61, 7168, 128, 128, 18432, 129280, 192, moe=(
+        256, 8, 2048, 1, 3), mla=(1536, 512, 128, 64, 128)), "deepseek-ai/DeepSeek-V3.1-Base",
+        sdpa=False),
+)
+
+
+def model_shape(model: Model) -> tuple[Any, ...]:
+    """The meshplan model in the same tuple form as `Flavor.shape`."""
+    moe = mla = None
+    if model.moe is not None:
+        m = model.moe
+        moe = (m.num_experts, m.top_k, m.expert_ffn_hidden_size, m.num_shared_experts,
+               m.num_dense_layers)
+    if model.mla is not None:
+        a = model.mla
+        mla = (a.q_lora_rank, a.kv_lora_rank, a.qk_nope_head_dim, a.qk_rope_head_dim,
+               a.v_head_dim)
+    return (model.num_layers, model.hidden_size, model.num_attention_heads, model.kv_heads,
+            model.head_size, model.ffn_hidden_size, model.vocab_size, model.tied_embeddings,
+            model.qk_norm, moe, mla)
+
+
+def find_flavor(model: Model) -> Flavor:
+    """The registered flavor with exactly this shape; torchtitan's TOML cannot carry a shape."""
+    shape = model_shape(model)
+    for flavor in FLAVORS:
+        if flavor.shape == shape:
+            return flavor
+    known = ", ".join(f"{f.name}/{f.flavor}" for f in FLAVORS)
+    raise refuse(ENGINE, "model", model.name, "builds only its registered flavors "
+                 f"({known}) and a TOML job config cannot carry other shapes")
+
+
+def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -> str:
+    """The TOML job config, opened by comment lines that name the plan and any caveats."""
+    flavor = find_flavor(model)
+    notes = _check(model, job, plan, flavor)
+    config: dict[str, Any] = {
+        "job": {"description": f"meshplan: {model.name} {plan.describe()}"},
+        "model": _model(job, flavor),
+        "training": _training(job, plan),
+        "parallelism": _parallelism(model, plan),
+        "activation_checkpoint": _activation_checkpoint(plan),
+    }
+    if job.precision == "fp8" or plan.tp_comm_overlap:
+        config["compile"] = {"enable": True, "components": ["model", "loss"]}
+    if job.precision == "fp8":
+        config["quantize"] = {"linear": {"float8": _float8(plan)}}
+    lines = [*header(ENGINE, SOURCE, model, job, plan), *notes,
+             f"tokenizer: python scripts/download_hf_assets.py --repo_id {flavor.hf_repo} "
+             "--assets tokenizer",
+             "run: CONFIG_FILE=<this file> ./run_train.sh (torchtitan repository)"]
+    return "".join(f"# {line}\n" for line in lines) + "\n" + tomli_w.dumps(config)
+
+
+def _check(model: Model, job: Job, plan: Plan, flavor: Flavor) -> list[str]:
+    """Refuse what torchtitan cannot run as planned; return caveats worth a comment."""
+    match_order(plan, ENGINE, {DEFAULT_AXIS_ORDER: None})
+    if job.precision == "fp16":
+        raise refuse(ENGINE, "precision", "fp16", "trains in bfloat16 or float32 "
+                     "(training.mixed_precision_param), plus float8 GEMMs for fp8")
+    if job.grad_bytes == 2:
+        raise refuse(ENGINE, "grad_bytes", 2, "reduces gradients in float32 only "
+                     "(training.mixed_precision_reduce)")
+    if plan.tp > 1 and not plan.sp:
+        raise refuse(ENGINE, "sequence_parallel", False, "always applies sequence parallelism "
+                     "with tensor parallelism")
+    if plan.pp > 1 and not flavor.pipelining:
+        raise refuse(ENGINE, "pp", plan.pp, f"has no pipelining function for {flavor.name}")
+    if plan.cp > 1 and not flavor.sdpa:
+        raise refuse(ENGINE, "cp", plan.cp, f"context parallelism needs SDPA attention; "
+                     f"{flavor.name}/{flavor.flavor} uses flex attention")
+    if plan.ep > 1 and plan.expert_tp not in (1, plan.tp):
+        raise refuse(ENGINE, "etp", plan.expert_tp, "supports expert tensor parallelism of 1 "
+                     "or tp (parallel_dims.py)")
+    if (plan.shard_group * plan.cp * plan.tp) % (plan.ep * plan.expert_tp):
+        raise refuse(ENGINE, "ep", plan.ep, "carves experts out of dp_shard * cp * tp "
+                     f"= {plan.shard_group * plan.cp * plan.tp} (parallel_dims.py)")
+    return _check_data_parallel(plan) + _check_schedule(plan)
+
+
+def _check_data_parallel(plan: Plan) -> list[str]:
+    z = plan.zero_stage
+    if z == 1:
+        raise refuse(ENGINE, "zero_stage", 1, "shards with FSDP2 (zero_stage 3, or 2 with "
+                     "reshard_after_forward=never) or replicates with DDP (zero_stage 0); it "
+                     "has no optimizer-only sharding")
+    if z == 0 and plan.dp > 1 and max(plan.tp, plan.pp, plan.cp) > 1:
+        raise refuse(ENGINE, "zero_stage", 0, "runs DDP only without other parallelism "
+                     "(\"DDP has not supported > 1D parallelism\")")
+    if z == 0 and plan.cp > 1:
+        raise refuse(ENGINE, "zero_stage", 0, "always shards weights over the cp ranks "
+                     "with FSDP2 (parallel_dims.py)")
+    notes = []
+    if z == 2:
+        notes.append("zero_stage 2 -> FSDP2 with reshard_after_forward=never (ZeRO-2-like: "
+                     "weights stay gathered between forward and backward)")
+    if plan.offload_optimizer:
+        notes.append("offload_optimizer -> training.enable_cpu_offload: FSDP2 CPUOffloadPolicy "
+                     "also keeps the sharded weights and gradients on the host")
+    if plan.recompute == "selective":
+        notes.append("recompute selective -> op-level SAC, torchtitan's nearest policy: it "
+                     "saves matmul and attention outputs (recomputes every other matmul)")
+    return notes
+
+
+def _check_schedule(plan: Plan) -> list[str]:
+    v = plan.virtual_stages
+    if plan.pp == 1:
+        if v > 1:
+            raise refuse(ENGINE, "vpp", v, "builds virtual stages only when pp > 1")
+        return []
+    if plan.schedule not in SCHEDULES:
+        raise refuse(ENGINE, "schedule", plan.schedule, "runs torch's 1F1B, GPipe, "
+                     "Interleaved1F1B, LoopedBFS, ZBVZeroBubble and DualPipeV; InterleavedZeroBubble"
+                     " needs >= 2 stages per rank and torch has no ZB-H2")
+    return []
+
+
+def _model(job: Job, flavor: Flavor) -> dict[str, Any]:
+    model: dict[str, Any] = {"name": flavor.name, "flavor": flavor.flavor,
+                             "hf_assets_path": "./assets/hf/" + flavor.hf_repo.split("/")[1]}
+    if job.precision == "fp8":
+        model["converters"] = ["quantize.linear.float8"]
+    return model
+
+
+def _training(job: Job, plan: Plan) -> dict[str, Any]:
+    """local_batch_size is one forward's batch per DP rank; with pp > 1 the pipeline splits it
+    into micro-batches, otherwise the trainer accumulates global / (local * dp) of them."""
+    local = job.global_batch_size // plan.dp if plan.pp > 1 else plan.micro_batch_size
+    training: dict[str, Any] = {"local_batch_size": local,
+                                "global_batch_size": job.global_batch_size,
+                                "seq_len": job.seq_len,
+                                "mixed_precision_param": "bfloat16",
+                                "mixed_precision_reduce": "float32"}
+    if plan.offload_optimizer:
+        training["enable_cpu_offload"] = True
+    if job.token_budget is not None:
+        training["steps"] = math.ceil(job.token_budget / job.tokens_per_step)
+    return training
+
+
+def _parallelism(model: Model, plan: Plan) -> dict[str, Any]:
+    if plan.zero_stage == 0:
+        replicate, shard = plan.dp, 1
+    else:
+        replicate, shard = plan.dp // plan.shard_group, plan.shard_group
+    par: dict[str, Any] = {
+        "data_parallel_replicate_degree": replicate,
+        "data_parallel_shard_degree": shard,
+        "fsdp_reshard_after_forward": "never" if plan.zero_stage == 2 else "default",
+        "tensor_parallel_degree": plan.tp,
+        "disable_loss_parallel": False,
+        "enable_async_tensor_parallel": plan.tp_comm_overlap,
+        "pipeline_parallel_degree": plan.pp,
+        "context_parallel_degree": plan.cp,
+        "expert_parallel_degree": plan.ep,
+        "expert_tensor_parallel_degree": plan.expert_tp if plan.ep > 1 else 1,
+    }
+    if plan.pp > 1:
+        stages = plan.pp * plan.virtual_stages
+        par.update({
+            "pipeline_parallel_schedule": SCHEDULES[plan.schedule],
+            "pipeline_parallel_microbatch_size": plan.micro_batch_size,
+            "pipeline_parallel_layers_per_stage": model.num_layers // stages,
+            "pipeline_parallel_first_stage_less_layers": 0,
+            "pipeline_parallel_last_stage_less_layers": 0,
+        })
+    return par
+
+
+def _activation_checkpoint(plan: Plan) -> dict[str, Any]:
+    ac: dict[str, Any] = {"mode": AC_MODES[plan.recompute]}
+    if plan.recompute == "selective":
+        ac["selective_ac_option"] = "op"
+    return ac
+
+
+def _float8(plan: Plan) -> dict[str, Any]:
+    """Float8 linears (torchao); tensorwise scaling with float8 all-gather under FSDP2."""
+    fp8: dict[str, Any] = {"filter_fqns": ["output"]}
+    if plan.zero_stage >= 2 and plan.shard_group * plan.cp > 1:
+        fp8.update({"enable_fsdp_float8_all_gather": True,
+                    "precompute_float8_dynamic_scale_for_fsdp": True})
+    return fp8

@@ -1,0 +1,177 @@
+"""Run a schedule (per-rank action lists) with per-stage durations, on compute and comm streams.
+
+Each rank executes its actions in order on its compute stream. An action starts when the rank
+is free and its input is there: F of stage s needs F of stage s-1 (plus the transfer if the
+stages sit on different ranks), B or I of stage s needs the gradient from stage s+1 (the last
+stage needs its own F), W needs its own I. A transfer runs on the sender's communication stream
+(FIFO), so it overlaps the sender's next computation, as torch.distributed.pipelining's batched
+isend/irecv and Megatron's async p2p do; `p2p_blocking` is the share of a transfer that still
+stalls the sender (Megatron's synchronous 1F1B exchange: 1.0). Activation memory is tracked per
+rank: F allocates the stage's activations, I frees all but the part W still needs (the inputs
+of the linear layers, `w_share`), W and B free the rest.
+
+The loop is event-driven on data dependencies (a rank blocked on an input is woken when it
+arrives), so it costs O(actions) and a 64-stage x 1,024-micro-batch 1F1B step runs in well
+under a second. A rank that can never proceed is a deadlock: `ScheduleError` with the grid.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from meshplan.schedules.ir import Action, ActionKind, Schedule
+
+_F, _B, _I, _W = ActionKind.F, ActionKind.B, ActionKind.I, ActionKind.W
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """Seconds and bytes per stage for one micro-batch."""
+
+    forward: tuple[float, ...]
+    backward_input: tuple[float, ...]
+    backward_weight: tuple[float, ...]
+    activation_bytes: tuple[float, ...]
+    p2p_time: float = 0.0
+    p2p_blocking: float = 0.0
+    w_share: float = 0.5
+    """Share of a stage's activations kept from I until W (inputs of the linear layers)."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One box on the timeline (for traces)."""
+
+    rank: int
+    stream: str
+    name: str
+    start: float
+    end: float
+
+
+@dataclass
+class SimResult:
+    """What the simulation measured."""
+
+    makespan: float
+    """Time from the first action to the last, pipeline flush included."""
+    busy: list[float]
+    """Compute-stream busy time per rank."""
+    peak_activation_bytes: list[float]
+    intervals: list[Interval] = field(default_factory=list)
+    memory_timeline: list[list[tuple[float, float]]] = field(default_factory=list)
+    """Per rank: (time, activation bytes held) after each change (when traced)."""
+
+    @property
+    def idle(self) -> list[float]:
+        return [self.makespan - b for b in self.busy]
+
+    @property
+    def bubble_fraction(self) -> float:
+        """Mean idle share of the compute streams."""
+        if self.makespan <= 0:
+            return 0.0
+        return sum(self.idle) / (len(self.busy) * self.makespan)
+
+
+def _duration(costs: StageCosts, a: Action) -> float:
+    if a.kind == _F:
+        return costs.forward[a.stage]
+    if a.kind == _I:
+        return costs.backward_input[a.stage]
+    if a.kind == _W:
+        return costs.backward_weight[a.stage]
+    return costs.backward_input[a.stage] + costs.backward_weight[a.stage]
+
+
+def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False) -> SimResult:
+    """Time every action of `schedule` (compute actions only; transfers are implied)."""
+    from meshplan.schedules.verify import ScheduleError
+
+    S, M = schedule.num_stages, schedule.num_microbatches
+    assert len(costs.forward) == S, f"costs for {len(costs.forward)} stages, schedule has {S}"
+    where = schedule.stage_to_rank
+    ranks = sorted(schedule.actions)
+    orders = {r: [a for a in schedule.actions[r] if a.kind in (_F, _B, _I, _W)] for r in ranks}
+    # ready[k]: time the input of (slot, stage, mb) is available; slot 0 = F input,
+    # 1 = gradient input of B/I, 2 = I done (W may start). -1 = not yet.
+    ready = [-1.0] * (3 * S * M)
+    waiting: dict[int, int] = {}
+    pos = dict.fromkeys(ranks, 0)
+    free = dict.fromkeys(ranks, 0.0)
+    comm_free = dict.fromkeys(ranks, 0.0)
+    busy = dict.fromkeys(ranks, 0.0)
+    held = dict.fromkeys(ranks, 0.0)
+    peak = dict.fromkeys(ranks, 0.0)
+    intervals: list[Interval] = []
+    mem_tl: dict[int, list[tuple[float, float]]] = {r: [(0.0, 0.0)] for r in ranks}
+    queue = deque(ranks)
+    p2p, blocking, w_share = costs.p2p_time, costs.p2p_blocking, costs.w_share
+    acts = costs.activation_bytes
+
+    def deliver(key: int, src: int, dst: int, t: float, label: str) -> None:
+        nonlocal queue
+        if src != dst and p2p > 0:
+            start = max(t, comm_free[src])
+            t = start + p2p
+            comm_free[src] = t
+            free[src] += blocking * p2p
+            if trace:
+                intervals.append(Interval(src, "comm", label, start, t))
+        ready[key] = t
+        if key in waiting:
+            queue.append(waiting.pop(key))
+
+    while queue:
+        r = queue.popleft()
+        order, i = orders[r], pos[r]
+        while i < len(order):
+            a = order[i]
+            s, kind, mb = a.stage, a.kind, a.microbatch
+            if kind == _F:
+                key = (0 * S + s) * M + mb if s > 0 else -1
+            elif kind == _W:
+                key = (2 * S + s) * M + mb
+            else:
+                key = (1 * S + s) * M + mb
+            t_in = ready[key] if key >= 0 else 0.0
+            if t_in < 0:
+                waiting[key] = r
+                break
+            start = max(free[r], t_in)
+            end = start + _duration(costs, a)
+            free[r] = end
+            busy[r] += end - start
+            if kind == _F:
+                held[r] += acts[s]
+                peak[r] = max(peak[r], held[r])
+            elif kind == _I:
+                held[r] -= acts[s] * (1 - w_share)
+            elif kind == _W:
+                held[r] -= acts[s] * w_share
+            else:
+                held[r] -= acts[s]
+            if trace:
+                intervals.append(Interval(r, "compute", str(a), start, end))
+                mem_tl[r].append((end, held[r]))
+            if kind == _F:
+                if s + 1 < S:
+                    deliver((0 * S + s + 1) * M + mb, r, where[s + 1], end, f"send {s}F{mb}")
+                else:
+                    deliver((1 * S + s) * M + mb, r, r, end, "")
+            elif kind in (_B, _I):
+                if kind == _I:
+                    deliver((2 * S + s) * M + mb, r, r, end, "")
+                if s > 0:
+                    deliver((1 * S + s - 1) * M + mb, r, where[s - 1], end, f"send {s}B{mb}")
+            i += 1
+        pos[r] = i
+    stuck = [r for r in ranks if pos[r] < len(orders[r])]
+    if stuck:
+        r = stuck[0]
+        raise ScheduleError(f"deadlock: rank {r} waits forever at {orders[r][pos[r]]} "
+                            f"(action {pos[r]} of {len(orders[r])})")
+    makespan = max(max(free.values()), max(comm_free.values()))
+    return SimResult(makespan, [busy[r] for r in ranks], [peak[r] for r in ranks], intervals,
+                     [mem_tl[r] for r in ranks] if trace else [])
