@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from meshplan.cost.layout import axis_tier_index
 from meshplan.cost.step import evaluate
 from meshplan.errors import MeshplanError
-from meshplan.estimate import Estimate, estimate_from_arrays
+from meshplan.estimate import Estimate, estimate_from_arrays, with_budget
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import load_cluster, load_model
 from meshplan.specs.job import Job
@@ -53,11 +53,11 @@ def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
     costs = evaluate(model, cluster, job, P)
     analytic = estimate_from_arrays(costs, 0, plan, cluster.accelerator.memory_bytes,
                                     axis_tiers(cluster, P))
-    if not simulate or plan.pp == 1:
-        return analytic
-    from meshplan.sim.plan import simulate_estimate
+    if simulate and plan.pp > 1:
+        from meshplan.sim.plan import simulate_estimate
 
-    return simulate_estimate(analytic, costs, 0, cluster).estimate
+        analytic = simulate_estimate(analytic, costs, 0, cluster).estimate
+    return with_budget(analytic, job.token_budget)
 
 
 

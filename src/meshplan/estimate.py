@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshplan.cost.step import MEMORY_TERMS, TIME_TERMS, CostArrays
@@ -64,6 +64,16 @@ class Estimate:
             "source": self.source,
             **self.extra,
         }
+
+
+def with_budget(e: Estimate, token_budget: float | None) -> Estimate:
+    """Add time-to-train and GPU-hours for a token budget: steps = budget / tokens per step."""
+    if token_budget is None:
+        return e
+    seconds = token_budget / e.tokens_per_s
+    budget = {"token_budget": token_budget, "time_to_train_days": seconds / 86400,
+              "gpu_hours": seconds * e.num_gpus / 3600}
+    return replace(e, extra={**e.extra, **budget})
 
 
 def estimate_from_arrays(costs: CostArrays, i: int, plan: Plan, capacity: float,

@@ -99,3 +99,12 @@ def test_missing_file_and_lists():
     assert out.returncode == 2 and "cannot read" in out.stderr
     assert run("models").returncode == 0
     assert "dgx-h100" in run("clusters").stdout
+
+
+def test_token_budget_gives_time_to_train():
+    out = run("estimate", *BASE, "--tp", "8", "--pp", "12", "--recompute", "full",
+              "--token-budget", "3e11", "--json")
+    data = json.loads(out.stdout)
+    seconds = 3e11 / data["tokens_per_s"]
+    assert data["time_to_train_days"] == pytest.approx(seconds / 86400)
+    assert data["gpu_hours"] == pytest.approx(seconds * 384 / 3600)

@@ -9,7 +9,7 @@ import numpy as np
 
 from meshplan.api import axis_tiers
 from meshplan.cost.step import CostArrays, evaluate
-from meshplan.estimate import Estimate, estimate_from_arrays
+from meshplan.estimate import Estimate, estimate_from_arrays, with_budget
 from meshplan.search.space import SpaceOptions, enumerate_plans
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
@@ -50,7 +50,8 @@ def search(model: Model, cluster: Cluster, job: Job, num_gpus: int, top: int = 1
                                  axis_tiers(cluster, P, i)) for i in chosen]
     if simulate_top > 0:
         best = _simulate_and_rerank(best, chosen, costs, cluster, simulate_top, include_unfit)
-    return SearchResult(best[:top], len(P), generated, fitting, time.perf_counter() - start)
+    best = [with_budget(e, job.token_budget) for e in best[:top]]
+    return SearchResult(best, len(P), generated, fitting, time.perf_counter() - start)
 
 
 def _simulate_and_rerank(best: list[Estimate], index: list[int], costs: CostArrays,
