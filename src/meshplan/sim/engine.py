@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from meshplan.schedules.ir import Action, ActionKind, Schedule
+from meshplan.schedules.ir import ActionKind, Schedule
 
 _F, _B, _I, _W = ActionKind.F, ActionKind.B, ActionKind.I, ActionKind.W
 
@@ -75,16 +75,6 @@ class SimResult:
         return sum(self.idle) / (len(self.busy) * self.makespan)
 
 
-def _duration(costs: StageCosts, a: Action) -> float:
-    if a.kind == _F:
-        return costs.forward[a.stage]
-    if a.kind == _I:
-        return costs.backward_input[a.stage]
-    if a.kind == _W:
-        return costs.backward_weight[a.stage]
-    return costs.backward_input[a.stage] + costs.backward_weight[a.stage]
-
-
 def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False) -> SimResult:
     """Time every action of `schedule` (compute actions only; transfers are implied)."""
     from meshplan.schedules.verify import ScheduleError
@@ -93,7 +83,14 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
     assert len(costs.forward) == S, f"costs for {len(costs.forward)} stages, schedule has {S}"
     where = schedule.stage_to_rank
     ranks = sorted(schedule.actions)
-    orders = {r: [a for a in schedule.actions[r] if a.kind in (_F, _B, _I, _W)] for r in ranks}
+    # Kind codes: 0 F, 1 B, 2 I, 3 W; durations looked up by (code, stage).
+    code = {_F: 0, _B: 1, _I: 2, _W: 3}
+    orders = {r: [(a.stage, code[a.kind], a.microbatch, a) for a in schedule.actions[r]
+                  if a.kind in code] for r in ranks}
+    durations = (costs.forward,
+                 tuple(i + w for i, w in zip(costs.backward_input, costs.backward_weight,
+                                             strict=True)),
+                 costs.backward_input, costs.backward_weight)
     # ready[k]: time the input of (slot, stage, mb) is available; slot 0 = F input,
     # 1 = gradient input of B/I, 2 = I done (W may start). -1 = not yet.
     ready = [-1.0] * (3 * S * M)
@@ -127,50 +124,47 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
         r = queue.popleft()
         order, i = orders[r], pos[r]
         while i < len(order):
-            a = order[i]
-            s, kind, mb = a.stage, a.kind, a.microbatch
-            if kind == _F:
-                key = (0 * S + s) * M + mb if s > 0 else -1
-            elif kind == _W:
-                key = (2 * S + s) * M + mb
-            else:
-                key = (1 * S + s) * M + mb
+            s, kind, mb, a = order[i]
+            # slot of the input this action waits for (see `ready`)
+            key = (2 * S + s) * M + mb if kind == 3 else (
+                ((S + s) * M + mb) if kind else (s * M + mb if s > 0 else -1))
             t_in = ready[key] if key >= 0 else 0.0
             if t_in < 0:
                 waiting[key] = r
                 break
-            start = max(free[r], t_in)
-            end = start + _duration(costs, a)
+            start = free[r] if free[r] > t_in else t_in
+            end = start + durations[kind][s]
             free[r] = end
             busy[r] += end - start
-            if kind == _F:
+            if kind == 0:
                 held[r] += acts[s]
-                peak[r] = max(peak[r], held[r])
-            elif kind == _I:
+                if held[r] > peak[r]:
+                    peak[r] = held[r]
+            elif kind == 2:
                 held[r] -= acts[s] * (1 - w_share)
-            elif kind == _W:
+            elif kind == 3:
                 held[r] -= acts[s] * w_share
             else:
                 held[r] -= acts[s]
             if trace:
                 intervals.append(Interval(r, "compute", str(a), start, end))
                 mem_tl[r].append((end, held[r]))
-            if kind == _F:
+            if kind == 0:
                 if s + 1 < S:
-                    deliver((0 * S + s + 1) * M + mb, r, where[s + 1], end, f"send {s}F{mb}")
+                    deliver((s + 1) * M + mb, r, where[s + 1], end, f"send {s}F{mb}")
                 else:
-                    deliver((1 * S + s) * M + mb, r, r, end, "")
-            elif kind in (_B, _I):
-                if kind == _I:
+                    deliver((S + s) * M + mb, r, r, end, "")
+            elif kind != 3:
+                if kind == 2:
                     deliver((2 * S + s) * M + mb, r, r, end, "")
                 if s > 0:
-                    deliver((1 * S + s - 1) * M + mb, r, where[s - 1], end, f"send {s}B{mb}")
+                    deliver((S + s - 1) * M + mb, r, where[s - 1], end, f"send {s}B{mb}")
             i += 1
         pos[r] = i
     stuck = [r for r in ranks if pos[r] < len(orders[r])]
     if stuck:
         r = stuck[0]
-        raise ScheduleError(f"deadlock: rank {r} waits forever at {orders[r][pos[r]]} "
+        raise ScheduleError(f"deadlock: rank {r} waits forever at {orders[r][pos[r]][3]} "
                             f"(action {pos[r]} of {len(orders[r])})")
     makespan = max(max(free.values()), max(comm_free.values()))
     return SimResult(makespan, [busy[r] for r in ranks], [peak[r] for r in ranks], intervals,
