@@ -137,6 +137,16 @@ def simulate(inputs: Inputs,
         console.print(f"trace written to {trace} (open it in ui.perfetto.dev)")
 
 
+def _register_extensions() -> None:
+    """Subcommands that live in their own modules (validate, export, run, calibrate)."""
+    from meshplan.cli import validate_cmd
+
+    validate_cmd.register(app)
+
+
+_register_extensions()
+
+
 def main() -> None:
     """Console entry: run the app, turning user errors into one line and exit code 2."""
     try:

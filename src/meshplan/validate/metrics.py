@@ -1,0 +1,167 @@
+"""Compare a prediction with a published run on the quantity the source measured.
+
+The compared metric is the first of `METRICS` that the row reports itself (not one the dataset
+derived from another figure). FLOP-based metrics (TFLOP/s, MFU, HFU) are predicted with the
+source's own FLOP accounting (`ACCOUNTING`) divided by meshplan's step time, so a difference in
+FLOP counting never shows up as a speed error.
+
+error = (predicted - measured) / measured on the compared metric (for iteration time a positive
+error means meshplan predicts a slower step). throughput_error = (predicted throughput -
+measured throughput) / measured throughput on every row, so it has the same sign convention
+whatever the metric: positive means meshplan is optimistic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from meshplan.cost.flops import forward_flops, head_flops, megatron_eq3_flops
+from meshplan.cost.params import count_params
+from meshplan.estimate import GIB, Estimate
+from meshplan.validate.rows import Case
+
+METRICS = ("iteration_time_s", "tokens_per_sec_per_gpu", "tokens_per_sec_total",
+           "samples_per_sec_per_gpu", "tflops_per_gpu", "mfu", "hfu")
+FLOP_METRICS = ("tflops_per_gpu", "mfu", "hfu")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    measured: float
+    predicted: float
+    error: float
+    throughput_error: float
+    measured_tokens_per_s_per_gpu: float
+    predicted_tokens_per_s_per_gpu: float
+    notes: tuple[str, ...]
+    memory: dict[str, float] | None
+
+
+def pick_metric(row: dict[str, Any]) -> str | None:
+    """The first metric the source reports itself (fields in `derived` were computed)."""
+    derived = row["derived"] if isinstance(row["derived"], dict) else {}
+    for key in METRICS:
+        value = row[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 \
+                and key not in derived:
+            return key
+    return None
+
+
+# --- FLOPs per step as each source counts them -------------------------------------------
+
+FlopFn = Callable[[Case, bool], tuple[float, str]]
+"""(case, hardware) -> (FLOPs per step, note); hardware=True counts recomputation (HFU)."""
+
+
+def _tokens(case: Case) -> int:
+    return case.job.global_batch_size * case.job.seq_len
+
+
+def _megatron_eq3(case: Case, hardware: bool) -> tuple[float, str]:
+    m = case.source_model
+    return megatron_eq3_flops(m, case.job.global_batch_size, case.job.seq_len), ""
+
+
+def _bloom(case: Case, hardware: bool) -> tuple[float, str]:
+    n = count_params(case.source_model).total
+    return 4 * 2 * n * _tokens(case), ""
+
+
+def _palm(case: Case, hardware: bool, exclude_embedding: bool = False) -> float:
+    """6N + 12 L H Q T per token (PaLM Appendix B; nanoGPT, torchtitan); for HFU a recomputed
+    forward adds 2N + 4 L H Q T (full) or the attention core 4 L H Q T (selective)."""
+    m = case.source_model
+    n = count_params(m).total - (m.vocab_size * m.hidden_size if exclude_embedding else 0)
+    attn = 4 * m.num_layers * m.num_attention_heads * m.head_size * case.job.seq_len
+    per_token = 6 * n + 3 * attn
+    if hardware:
+        per_token += {"full": 2 * n + attn, "selective": attn}.get(case.plan.recompute, 0)
+    return per_token * _tokens(case)
+
+
+def _llmfoundry(case: Case, hardware: bool) -> tuple[float, str]:
+    """(3*2*N*seq + 3*L*2*2*h*seq^2) per sequence; HFU uses 4 instead of 3 with checkpointing."""
+    m, s = case.source_model, case.job.seq_len
+    other = case.row["other_metrics"] if isinstance(case.row["other_metrics"], dict) else {}
+    n = other.get("num_params") or count_params(m).total
+    k = 4 if hardware and case.plan.recompute == "full" else 3
+    per_seq = k * 2 * n * s + k * m.num_layers * 2 * 2 * m.hidden_size * s * s
+    return per_seq * case.job.global_batch_size, ""
+
+
+def _model_flops(case: Case, hardware: bool) -> tuple[float, str]:
+    m = case.source_model
+    fwd = forward_flops(m, case.job.global_batch_size, case.job.seq_len)
+    total = 3 * fwd
+    if hardware and case.plan.recompute == "full":
+        total += fwd - head_flops(m, _tokens(case))
+    return float(total), "source FLOP formula not given: meshplan model FLOPs (PaLM) used"
+
+
+ACCOUNTING: dict[str, FlopFn] = {
+    "megatron2021": _megatron_eq3,
+    "mtnlg2022": lambda c, h: (_megatron_eq3(c, h)[0], "MT-NLG FLOPs assumed Megatron Eq. 3"),
+    "bloom_tr11": _bloom,
+    "llmfoundry_bench": _llmfoundry,
+    "hagemann2024": lambda c, h: (_palm(c, h), ""),
+    "ibm_pytorch_fsdp_blog_2024": lambda c, h: (_palm(c, h), ""),
+    "torchtitan_bench_2412": lambda c, h: (_palm(c, h, exclude_embedding=True), ""),
+}
+SOURCE_PEAKS = {"A100": 312e12, "H100": 989e12}
+"""Dense BF16 peaks the sources divide by (torchtitan's MFU uses the H100 SXM figure even for
+its 500 W parts)."""
+
+
+def _source_peak(case: Case) -> float:
+    for name, peak in SOURCE_PEAKS.items():
+        if case.gpu.startswith(name):
+            return peak
+    return case.cluster.accelerator.peak("bf16")
+
+
+# --- the comparison ----------------------------------------------------------------------
+
+def compare(case: Case, est: Estimate, metric: str) -> Comparison:
+    row, g = case.row, case.num_gpus
+    measured = float(row[metric])
+    tokens = _tokens(case)
+    step = est.step_time_s
+    notes: list[str] = []
+    if metric == "iteration_time_s":
+        predicted, meas_step = step, measured
+    elif metric == "tokens_per_sec_per_gpu":
+        predicted, meas_step = tokens / step / g, tokens / measured / g
+    elif metric == "tokens_per_sec_total":
+        predicted, meas_step = tokens / step, tokens / measured
+    elif metric == "samples_per_sec_per_gpu":
+        gbs = case.job.global_batch_size
+        predicted, meas_step = gbs / step / g, gbs / measured / g
+    else:
+        fn = ACCOUNTING.get(row["source_id"], _model_flops)
+        flops, note = fn(case, metric == "hfu")
+        if note:
+            notes.append(note)
+        scale = 1e12 if metric == "tflops_per_gpu" else _source_peak(case)
+        predicted = flops / step / g / scale
+        meas_step = flops / (measured * scale * g)
+        if metric == "tflops_per_gpu" and (tps := row["tokens_per_sec_per_gpu"]):
+            ratio = measured * 1e12 / tps / (flops / tokens)
+            notes.append(f"source TFLOP/s / tokens/s = {ratio:.3f} x the FLOPs per token used "
+                         "here")
+    error = (predicted - measured) / measured
+    meas_tps, pred_tps = tokens / meas_step / g, tokens / step / g
+    return Comparison(metric, measured, predicted, error, pred_tps / meas_tps - 1, meas_tps,
+                      pred_tps, tuple(notes), _memory(row, est))
+
+
+def _memory(row: dict[str, Any], est: Estimate) -> dict[str, float] | None:
+    measured = row["peak_memory_gb"]
+    if not isinstance(measured, (int, float)) or measured <= 0:
+        return None
+    predicted = est.memory_bytes["peak"] / GIB
+    return {"measured_gib": float(measured), "predicted_gib": predicted,
+            "error": (predicted - measured) / measured}

@@ -1,0 +1,171 @@
+"""One published run (a row of `published_training_runs.json`) rebuilt as meshplan specs.
+
+`build_case(row)` returns a `Case` (Model, Cluster, Job, Plan, GPU count and the list of every
+default it had to apply) or a `Skip` with a one-line reason. Per-source knowledge lives in
+tables: `arch` (model conventions, tokenizers), `layout` (engine defaults for the plan),
+`hardware` (GPU presets and networks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from meshplan.errors import MeshplanError, from_validation_error
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+from meshplan.specs.plan import Plan
+from meshplan.validate.arch import build_model
+from meshplan.validate.fields import (
+    PRE_FLASH,
+    SCHEMA_KEYS,
+    Unbuildable,
+    int_field,
+    need,
+    text_field,
+)
+from meshplan.validate.hardware import build_cluster
+from meshplan.validate.layout import (
+    SP_DEFAULT,
+    micro_and_global,
+    pipeline_schedule,
+    recompute,
+    zero_stage,
+)
+
+__all__ = ["SCHEMA_KEYS", "Case", "Skip", "build_case", "load_runs"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A run rebuilt as meshplan inputs."""
+
+    row: dict[str, Any]
+    model: Model
+    """The model as estimated (layers padded to whole pipeline stages when the source splits
+    unevenly)."""
+    source_model: Model
+    """The model as published, for the source's own FLOP accounting."""
+    cluster: Cluster
+    job: Job
+    plan: Plan
+    num_gpus: int
+    gpu: str
+    assumptions: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Skip:
+    id: str
+    reason: str
+
+
+def load_runs(path: Path | None = None) -> list[dict[str, Any]]:
+    """Rows of a runs file (default: the shipped dataset); malformed input is a MeshplanError."""
+    if path is None:
+        from importlib.resources import files
+
+        text = (files("meshplan") / "data" / "published_training_runs.json").read_text()
+        where = "published_training_runs.json"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise MeshplanError(f"cannot read {path}: {err.strerror}") from None
+        where = str(path)
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise MeshplanError(f"{where}: malformed JSON: {err}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise MeshplanError(f"{where}: expected a JSON list of run objects")
+    if not rows:
+        raise MeshplanError(f"{where}: no runs")
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        name = f"{where}: run {i} ({row.get('id', '?')!r})"
+        missing = [k for k in SCHEMA_KEYS if k not in row]
+        if missing:
+            raise MeshplanError(f"{name}: missing keys {', '.join(map(repr, missing))}")
+        extra = sorted(set(row) - set(SCHEMA_KEYS))
+        if extra:
+            raise MeshplanError(f"{name}: unknown keys {', '.join(map(repr, extra))}")
+        if not isinstance(row["id"], str) or not isinstance(row["source_id"], str):
+            raise MeshplanError(f"{name}: id and source_id must be strings")
+        if row["id"] in seen:
+            raise MeshplanError(f"{name}: duplicate id")
+        seen.add(row["id"])
+    return rows
+
+
+REQUIRED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length",
+            "num_gpus", "tp", "pp")
+"""Fields without which no run can be rebuilt (no engine default exists for them)."""
+
+
+def _build(row: dict[str, Any]) -> Case | Skip:
+    notes: list[str] = []
+    need(row, *REQUIRED)  # name every missing field at once
+    hw = build_cluster(row)
+    if isinstance(hw, str):
+        return Skip(row["id"], hw)
+    cluster, gpu, hw_notes = hw
+    num_gpus, seq = need(row, "num_gpus", "seq_length")
+    tp, pp = need(row, "tp", "pp")
+    cp = int_field(row, "cp") or 1
+    dp = int_field(row, "dp") or num_gpus // (tp * pp * cp)
+    source_model = build_model(row, tp, notes)
+    schedule, vpp = pipeline_schedule(row, pp, source_model.num_layers, notes)
+    chunks = pp * (vpp or 1)
+    model = source_model
+    if source_model.num_layers % chunks:
+        padded = math.ceil(source_model.num_layers / chunks) * chunks
+        notes.append(f"{source_model.num_layers} layers split unevenly over {chunks} stages: "
+                     f"modelled as {padded} (every stage as the fullest one)")
+        model = source_model.model_copy(update={"num_layers": padded})
+
+    precision_text = text_field(row, "precision")
+    precision = "fp8" if re.search(r"fp8|float8", precision_text, re.IGNORECASE) else "bf16"
+    if not precision_text:
+        notes.append("precision not stated: bf16")
+    if precision == "fp8" and "fp8" not in cluster.accelerator.peak_flops:
+        raise Unbuildable(f"{gpu} has no FP8 peak in its preset")
+    mbs, gbs = micro_and_global(row, dp, pp, vpp or 1, seq, notes)
+    job = Job(global_batch_size=gbs, seq_len=seq, precision=precision,  # type: ignore[arg-type]
+              flash_attention=row["source_id"] not in PRE_FLASH,
+              grad_bytes=2 if "mode PURE" in text_field(row, "optimizations") else 4)
+
+    sp = row["sequence_parallel"]
+    if tp == 1:
+        if sp:
+            notes.append("sequence_parallel=true with tp=1 is a no-op: off")
+        sp = False
+    elif sp is None:
+        sp, why = SP_DEFAULT.get(row["source_id"], (True, "sequence parallelism not stated: "
+                                                           "on with TP"))
+        notes.append(why)
+    ep = int_field(row, "ep") or 1
+    plan = Plan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=int_field(row, "expert_tp"),
+                sequence_parallel=bool(sp), zero_stage=zero_stage(row, notes),  # type: ignore[arg-type]
+                micro_batch_size=mbs, schedule=schedule, vpp=vpp,  # type: ignore[arg-type]
+                recompute=recompute(row, notes),  # type: ignore[arg-type]
+                tp_comm_overlap="AsyncTP" in text_field(row, "optimizations"))
+    return Case(row, model, source_model, cluster, job, plan, num_gpus, gpu,
+                notes + hw_notes)
+
+
+def build_case(row: dict[str, Any]) -> Case | Skip:
+    """Rebuild one run, or say in one line why it cannot be rebuilt."""
+    try:
+        return _build(row)
+    except Unbuildable as why:
+        return Skip(row["id"], str(why))
+    except ValidationError as err:
+        return Skip(row["id"], str(from_validation_error(err, "specs")))
