@@ -6,6 +6,8 @@ User errors (MeshplanError) print one line on stderr and exit 2; nothing else is
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -67,6 +69,11 @@ def clusters(json_out: JsonFlag = False) -> None:
 def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans to show")] = 10,
          simulate_top: Annotated[int, typer.Option(
              "--simulate-top", help="Re-rank this many best candidates with the simulator")] = 10,
+         export: Annotated[str | None, typer.Option(
+             "--export", help="Write the best plan's config: megatron, torchtitan, deepspeed")
+         ] = None,
+         out: Annotated[str | None, typer.Option(
+             "--out", help="File for --export (default: stdout)")] = None,
          json_out: JsonFlag = False) -> None:
     """Search every legal layout and rank those that fit by throughput."""
     from meshplan.search.rank import search
@@ -75,8 +82,15 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
         raise MeshplanError(f"--top={top}: must be positive")
     if simulate_top < 0:
         raise MeshplanError(f"--simulate-top={simulate_top}: must be 0 or more")
-    result = search(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=top,
+    # With --export, look further down the ranking for plans the target engine can express.
+    pool = max(top, 5000) if export is not None else top
+    result = search(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=pool,
                     simulate_top=simulate_top)
+    if export is not None:
+        _export_best_expressible(result.plans, inputs, export, out)
+        result = replace(result, plans=result.plans[:top])
+        if out is None:
+            return
     if json_out:
         print_json({"plans": [e.to_json() for e in result.plans], "evaluated": result.evaluated,
                     "num_fitting": result.num_fitting, "search_seconds": result.search_seconds})
@@ -137,11 +151,31 @@ def simulate(inputs: Inputs,
         console.print(f"trace written to {trace} (open it in ui.perfetto.dev)")
 
 
+def _export_best_expressible(plans: list, inputs: Inputs, target: str, out: str | None) -> None:
+    """Export the fastest plan the target engine can express; say which ones it skipped."""
+    from meshplan.cli.export_cmd import export_best
+
+    first_refusal = None
+    for rank, e in enumerate(plans, 1):
+        try:
+            export_best(e, inputs, target, Path(out) if out else None)
+        except MeshplanError as err:
+            first_refusal = first_refusal or f"#{rank} ({e.plan.describe()}): {err}"
+            continue
+        if rank > 1:
+            print(f"note: exported plan #{rank} ({e.plan.describe()}); {target} cannot express "
+                  f"{first_refusal}", file=sys.stderr)
+        return
+    raise MeshplanError(f"--export={target}: none of the {len(plans)} best plans can be "
+                        f"expressed; first refusal: {first_refusal}")
+
+
 def _register_extensions() -> None:
     """Subcommands that live in their own modules (validate, export, run, calibrate)."""
-    from meshplan.cli import validate_cmd
+    from meshplan.cli import export_cmd, validate_cmd
 
     validate_cmd.register(app)
+    export_cmd.register(app)
 
 
 _register_extensions()

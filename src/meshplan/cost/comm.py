@@ -33,8 +33,8 @@ def _ring(cluster: Cluster, members: list[np.ndarray], nbytes: Num, factor: floa
     channel per NIC, so the k_{i-1} members inside a domain pool their links: the ring's busbw
     is min_i(k_{i-1} x bandwidth_i x efficiency_i) (hardware.md Sec. 2: multi-node all-reduce
     busbw ~ NICs per node x per-NIC rate; 192 GB/s measured on DGX A100, issue_nccl_812).
-    Latency: the slowest crossed tier per step, over min(n - 1, 2 log2 n) steps (ring for small
-    groups, NCCL's tree for large ones).
+    Latency: the slowest crossed tier per step, over n - 1 ring steps (all-reduce: at most
+    2 log2 n, NCCL's tree for large groups).
     """
     n = members[-1]
     shape = np.broadcast(n, nbytes).shape
@@ -50,7 +50,11 @@ def _ring(cluster: Cluster, members: list[np.ndarray], nbytes: Num, factor: floa
         busbw = np.where(crosses, np.minimum(busbw, bw), busbw)
         alpha = np.where(crosses, np.maximum(alpha, tier.latency), alpha)
         prev = np.maximum(k, prev)
-    steps = np.minimum(n - 1, 2 * np.ceil(np.log2(np.maximum(n, 2))))
+    # NCCL has a tree (log-depth) algorithm for all-reduce only; all-gather and
+    # reduce-scatter run as rings of n - 1 steps.
+    steps = n - 1
+    if all_reduce:
+        steps = np.minimum(n - 1, 2 * np.ceil(np.log2(np.maximum(n, 2))))
     t = factor * (n - 1) / n * nbytes / busbw + factor * steps * alpha
     return np.where(n > 1, t, 0.0)
 

@@ -103,7 +103,9 @@ def attention_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTi
     fwd = gemm + core_f + K.memory(elem + softmax) + K.overhead
     bwd_w = gemm
     bwd_i = gemm + core_b + K.memory(2 * (elem + softmax)) + K.overhead
-    selective = core_f + K.memory(softmax)
+    # Selective recompute: the attention core when unfused (Korthikanti et al. 2022), the
+    # pre-attention norm when fused (see memory.attention_activation_bytes).
+    selective = core_f + K.memory(softmax) if not job.flash_attention else K.memory(4 * T * h / sp)
     return PassTimes(fwd, bwd_i, bwd_w, _recompute(P, fwd, selective))
 
 
@@ -156,7 +158,9 @@ def mlp_times(model: Model, job: Job, K: Kernels, P: PlanArrays, moe: bool) -> P
         elem = elem + 3 * fp8_inputs
     fwd = gemm + K.memory(elem) + K.overhead
     bwd_i = gemm + K.memory(2 * elem) + K.overhead
-    return PassTimes(fwd, bwd_i, gemm, _recompute(P, fwd, 0.0))
+    # Selective recompute with fused attention redoes the norm and the activation function.
+    selective = K.memory(4 * T * h / sp + elem) if job.flash_attention else 0.0
+    return PassTimes(fwd, bwd_i, gemm, _recompute(P, fwd, selective))
 
 
 def head_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTimes:

@@ -36,15 +36,26 @@ def attention_activation_bytes(model: Model, job: Job, P: PlanArrays) -> np.ndar
     a, d = model.num_attention_heads, model.head_size
     kv_split = np.minimum(t, model.kv_heads)
     dv = model.mla.v_head_dim if model.mla is not None else d
+    gemm_in = _gemm_input_bytes(job)
     # norm input, QKV input, out-proj dropout mask (replicated across tp without SP)
-    replicated = (2 + 2 + (1 if model.dropout else 0)) * T * h / sp
-    split = 2 * T * a * d / t + 2 * T * model.kv_heads * (d + dv) / kv_split + 2 * T * a * dv / t
+    replicated = (2 + gemm_in + (1 if model.dropout else 0)) * T * h / sp
+    split = 2 * T * a * d / t + 2 * T * model.kv_heads * (d + dv) / kv_split
+    split = split + gemm_in * T * a * dv / t  # out-proj input
     if job.flash_attention:
         scores = 4.0 * T * a / t  # fp32 log-sum-exp per row
     else:
         scores = (2 + (3 if model.dropout else 0)) * b * a / t * (s / c) * s
-    scores = np.where(P.recompute >= 1, 0.0 if not job.flash_attention else scores, scores)
-    return replicated + split + scores
+        scores = np.where(P.recompute >= 1, 0.0, scores)  # selective drops the s^2 terms
+    # Selective recompute with fused attention rebuilds the QKV input from the norm input
+    # (torchtitan op-level SAC, Megatron-Core --recompute-modules layernorm).
+    rebuilt = np.where((P.recompute == 1) & job.flash_attention, gemm_in * T * h / sp, 0.0)
+    return replicated + split + scores - rebuilt
+
+
+def _gemm_input_bytes(job: Job) -> float:
+    """Bytes per saved GEMM input: FP8 training keeps the FP8 cast (Transformer Engine's
+    Linear / LayerNormLinear save their quantised input for the weight gradient)."""
+    return 1.0 if job.precision == "fp8" else 2.0
 
 
 def mlp_activation_bytes(model: Model, job: Job, P: PlanArrays, moe: bool) -> np.ndarray:
@@ -52,8 +63,15 @@ def mlp_activation_bytes(model: Model, job: Job, P: PlanArrays, moe: bool) -> np
     b, t, c, s, h = P.mbs, P.tp, P.cp, job.seq_len, model.hidden_size
     T = b * s / c
     sp = np.where(P.sp, t, 1)
-    per_f = 6.0 if model.gated else 4.0
-    replicated = (2 + 2 + (1 if model.dropout else 0)) * T * h / sp
+    gemm_in = _gemm_input_bytes(job)
+    # fc1 output (2 or 1 matrices' worth, kept for the activation's backward) + fc2 input
+    per_f = (4.0 if model.gated else 2.0) + gemm_in
+    replicated = (2 + gemm_in + (1 if model.dropout else 0)) * T * h / sp
+    # Selective recompute with fused attention also rebuilds the norm output and the
+    # activation function's output (Megatron-Core moe_act / layernorm modules, torchtitan SAC).
+    sel = (P.recompute == 1) & job.flash_attention
+    replicated = replicated - np.where(sel, gemm_in * T * h / sp, 0.0)
+    per_f = per_f - np.where(sel, gemm_in, 0.0)
     if not moe:
         return replicated + per_f * T * model.ffn_hidden_size / t
     assert model.moe is not None

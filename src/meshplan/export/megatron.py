@@ -22,7 +22,7 @@ from meshplan.specs.plan import Plan
 ENGINE = "Megatron-LM"
 SOURCE = "Megatron-LM megatron/training/arguments.py (Megatron-Core 0.16)"
 SCHEDULES = ("1f1b", "interleaved-1f1b")
-"""`forward_backward_pipelining_{without,with}_interleaving` in core/pipeline_parallel/schedules.py."""
+"""forward_backward_pipelining_{without,with}_interleaving (core/pipeline_parallel/schedules.py)."""
 ORDERS: dict[tuple[str, ...], str | None] = {
     DEFAULT_AXIS_ORDER: None,
     ("tp", "cp", "ep", "pp", "dp"): "--use-tp-pp-dp-mapping",
@@ -36,9 +36,15 @@ Flag = tuple[str, str | None]
 
 def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -> str:
     """The launch script: header comments, torchrun line, one `--flag value` per line."""
-    flags = [*_parallel(plan), *_batch(job, plan), *_shape(model, job), *_moe(model, job, plan),
-             *_mla(model), *_precision(job), *_recompute(plan), *_data_parallel(plan)]
+    flags = [*_parallel(plan), *_batch(job, plan), *_shape(model, job, plan),
+             *_moe(model, job, plan), *_mla(model), *_precision(job), *_recompute(plan),
+             *_data_parallel(plan)]
     return _script(model, job, plan, cluster, flags)
+
+
+def padded_vocab(model: Model, plan: Plan) -> int:
+    """The vocabulary rounded up to a multiple of tp: VocabParallelEmbedding splits it evenly."""
+    return math.ceil(model.vocab_size / plan.tp) * plan.tp
 
 
 def _parallel(plan: Plan) -> list[Flag]:
@@ -80,7 +86,7 @@ def _batch(job: Job, plan: Plan) -> list[Flag]:
     return flags
 
 
-def _shape(model: Model, job: Job) -> list[Flag]:
+def _shape(model: Model, job: Job, plan: Plan) -> list[Flag]:
     flags: list[Flag] = [("--num-layers", str(model.num_layers)),
                          ("--hidden-size", str(model.hidden_size)),
                          ("--ffn-hidden-size", str(model.ffn_hidden_size)),
@@ -92,7 +98,7 @@ def _shape(model: Model, job: Job) -> list[Flag]:
         flags.append(("--kv-channels", str(model.head_size)))
     max_pos = max(job.seq_len, model.max_seq_len or 0)
     flags += [("--seq-length", str(job.seq_len)), ("--max-position-embeddings", str(max_pos)),
-              ("--padded-vocab-size", str(model.vocab_size))]
+              ("--padded-vocab-size", str(padded_vocab(model, plan)))]
     flags += _activation(model) + _layout(model)
     if not job.flash_attention:
         flags.append(("--attention-backend", "unfused"))
@@ -173,8 +179,10 @@ def _precision(job: Job) -> list[Flag]:
     fp16 grads unless --accumulate-allreduce-grads-in-fp32 (validate_args, "Parameters dtype").
     """
     if job.precision == "fp16":
-        return [("--fp16", None)] + (
-            [("--accumulate-allreduce-grads-in-fp32", None)] if job.grad_bytes == 4 else [])
+        fp16: list[Flag] = [("--fp16", None)]
+        if job.grad_bytes == 4:
+            fp16.append(("--accumulate-allreduce-grads-in-fp32", None))
+        return fp16
     flags: list[Flag] = [("--bf16", None)]
     if job.grad_bytes == 2:
         flags.append(("--grad-reduce-in-bf16", None))
@@ -194,7 +202,7 @@ def _recompute(plan: Plan) -> list[Flag]:
 
 def _data_parallel(plan: Plan) -> list[Flag]:
     """ZeRO stage -> DDP, distributed optimizer (ZeRO-1) or Megatron-FSDP (ZeRO-2/3)."""
-    z, flags = plan.zero_stage, []
+    z, flags = plan.zero_stage, list[Flag]()
     if z == 1:
         flags.append(("--use-distributed-optimizer", None))
     elif z >= 2:
@@ -228,8 +236,11 @@ def _script(model: Model, job: Job, plan: Plan, cluster: Cluster | None,
     lines = ["#!/usr/bin/env bash", *(f"# {line}" for line in header(ENGINE, SOURCE, model,
                                                                      job, plan)),
              "# Data, tokenizer, optimizer and checkpoint flags are yours: pass them as",
-             "# arguments, e.g. bash train.sh --mock-data --tokenizer-type NullTokenizer ...",
-             "set -euo pipefail"]
+             "# arguments, e.g. bash train.sh --mock-data --tokenizer-type NullTokenizer ..."]
+    if padded_vocab(model, plan) != model.vocab_size:
+        lines.append(f"# vocabulary {model.vocab_size} padded to {padded_vocab(model, plan)}, a "
+                     f"multiple of tp={plan.tp} (VocabParallelEmbedding)")
+    lines.append("set -euo pipefail")
     if (plan.tp > 1 or plan.cp > 1) and plan.zero_stage < 2:
         lines.append("export CUDA_DEVICE_MAX_CONNECTIONS=1  # validate_args wants it before "
                      "Blackwell")

@@ -28,7 +28,6 @@ SCHEDULES = {"1f1b": "1F1B", "gpipe": "GPipe", "interleaved-1f1b": "Interleaved1
 """meshplan schedule -> torch schedule class name. ZB-H1 is torch's InterleavedZeroBubble with
 one stage per rank, which torchtitan refuses (multi-stage schedules need >= 2 stages per rank);
 torch has no ZB-H2."""
-AC_MODES = {"none": "none", "selective": "selective", "full": "full"}
 
 
 class Flavor(NamedTuple):
@@ -46,7 +45,7 @@ class Flavor(NamedTuple):
     """SDPA attention (context parallelism refuses flex attention)."""
 
 
-def _dense(layers: int, hidden: int, heads: int, kv: int, ffn: int, vocab: int, head_dim: int = 0,
+def _shape(layers: int, hidden: int, heads: int, kv: int, ffn: int, vocab: int, head_dim: int = 0,
            tied: bool = False, qk_norm: bool = False, moe: tuple[int, ...] | None = None,
            mla: tuple[int, ...] | None = None) -> tuple[Any, ...]:
     return (layers, hidden, heads, kv, head_dim or hidden // heads, ffn, vocab, tied, qk_norm,
@@ -55,37 +54,37 @@ def _dense(layers: int, hidden: int, heads: int, kv: int, ffn: int, vocab: int, 
 
 FLAVORS = (
     # models/llama3/__init__.py: ffn = multiple_of-rounded ffn_dim_multiplier * 8/3 * dim
-    Flavor("llama3", "8B", _dense(32, 4096, 32, 8, 14336, 128256), "meta-llama/Llama-3.1-8B"),
-    Flavor("llama3", "70B", _dense(80, 8192, 64, 8, 28672, 128256), "meta-llama/Llama-3.1-70B"),
-    Flavor("llama3", "405B", _dense(126, 16384, 128, 8, 53248, 128256),
+    Flavor("llama3", "8B", _shape(32, 4096, 32, 8, 14336, 128256), "meta-llama/Llama-3.1-8B"),
+    Flavor("llama3", "70B", _shape(80, 8192, 64, 8, 28672, 128256), "meta-llama/Llama-3.1-70B"),
+    Flavor("llama3", "405B", _shape(126, 16384, 128, 8, 53248, 128256),
            "meta-llama/Llama-3.1-405B"),
     # models/qwen3/__init__.py (moe: experts, top_k, expert ffn, shared, dense layers)
-    Flavor("qwen3", "0.6B", _dense(28, 1024, 16, 8, 3072, 151936, 128, True, True),
+    Flavor("qwen3", "0.6B", _shape(28, 1024, 16, 8, 3072, 151936, 128, True, True),
            "Qwen/Qwen3-0.6B", pipelining=False),
-    Flavor("qwen3", "1.7B", _dense(28, 2048, 16, 8, 6144, 151936, 128, True, True),
+    Flavor("qwen3", "1.7B", _shape(28, 2048, 16, 8, 6144, 151936, 128, True, True),
            "Qwen/Qwen3-1.7B", pipelining=False),
-    Flavor("qwen3", "4B", _dense(36, 2560, 32, 8, 9728, 151936, 128, True, True),
+    Flavor("qwen3", "4B", _shape(36, 2560, 32, 8, 9728, 151936, 128, True, True),
            "Qwen/Qwen3-4B", pipelining=False),
-    Flavor("qwen3", "8B", _dense(36, 4096, 32, 8, 12288, 151936, 128, False, True),
+    Flavor("qwen3", "8B", _shape(36, 4096, 32, 8, 12288, 151936, 128, False, True),
            "Qwen/Qwen3-8B", pipelining=False),
-    Flavor("qwen3", "14B", _dense(40, 5120, 40, 8, 17408, 151936, 128, False, True),
+    Flavor("qwen3", "14B", _shape(40, 5120, 40, 8, 17408, 151936, 128, False, True),
            "Qwen/Qwen3-14B", pipelining=False),
-    Flavor("qwen3", "32B", _dense(64, 5120, 64, 8, 25600, 151936, 128, False, True),
+    Flavor("qwen3", "32B", _shape(64, 5120, 64, 8, 25600, 151936, 128, False, True),
            "Qwen/Qwen3-32B", pipelining=False),
-    Flavor("qwen3", "30B-A3B", _dense(48, 2048, 32, 4, 6144, 151936, 128, False, True,
+    Flavor("qwen3", "30B-A3B", _shape(48, 2048, 32, 4, 6144, 151936, 128, False, True,
                                       (128, 8, 768, 0, 0)),
            "Qwen/Qwen3-30B-A3B", pipelining=False),
-    Flavor("qwen3", "235B-A22B", _dense(94, 4096, 64, 4, 12288, 151936, 128, False, True,
+    Flavor("qwen3", "235B-A22B", _shape(94, 4096, 64, 4, 12288, 151936, 128, False, True,
                                         (128, 8, 1536, 0, 0)),
            "Qwen/Qwen3-235B-A22B", pipelining=False),
     # models/deepseek_v3/__init__.py (mla: q_lora, kv_lora, qk nope, qk rope, v); flex attention
-    Flavor("deepseek_v3", "16B", _dense(27, 2048, 16, 16, 10944, 102400, 192, moe=(
+    Flavor("deepseek_v3", "16B", _shape(27, 2048, 16, 16, 10944, 102400, 192, moe=(
         64, 6, 1408, 2, 1), mla=(0, 512, 128, 64, 128)), "deepseek-ai/deepseek-moe-16b-base",
         sdpa=False),
-    Flavor("deepseek_v3", "236B", _dense(60, 5120, 128, 128, 12288, 102400, 192, moe=(
+    Flavor("deepseek_v3", "236B", _shape(60, 5120, 128, 128, 12288, 102400, 192, moe=(
         160, 6, 1536, 2, 1), mla=(1536, 512, 128, 64, 128)), "deepseek-ai/DeepSeek-V2",
         sdpa=False),
-    Flavor("deepseek_v3", "671B", _dense(61, 7168, 128, 128, 18432, 129280, 192, moe=(
+    Flavor("deepseek_v3", "671B", _shape(61, 7168, 128, 128, 18432, 129280, 192, moe=(
         256, 8, 2048, 1, 3), mla=(1536, 512, 128, 64, 128)), "deepseek-ai/DeepSeek-V3.1-Base",
         sdpa=False),
 )
@@ -199,8 +198,8 @@ def _check_schedule(plan: Plan) -> list[str]:
         return []
     if plan.schedule not in SCHEDULES:
         raise refuse(ENGINE, "schedule", plan.schedule, "runs torch's 1F1B, GPipe, "
-                     "Interleaved1F1B, LoopedBFS, ZBVZeroBubble and DualPipeV; InterleavedZeroBubble"
-                     " needs >= 2 stages per rank and torch has no ZB-H2")
+                     "Interleaved1F1B, LoopedBFS, ZBVZeroBubble and DualPipeV; "
+                     "InterleavedZeroBubble needs >= 2 stages per rank and torch has no ZB-H2")
     return []
 
 
@@ -258,7 +257,7 @@ def _parallelism(model: Model, plan: Plan) -> dict[str, Any]:
 
 
 def _activation_checkpoint(plan: Plan) -> dict[str, Any]:
-    ac: dict[str, Any] = {"mode": AC_MODES[plan.recompute]}
+    ac: dict[str, Any] = {"mode": plan.recompute}  # none, selective, full: same names
     if plan.recompute == "selective":
         ac["selective_ac_option"] = "op"
     return ac

@@ -56,7 +56,9 @@ def recompute(row: dict[str, Any], notes: list[str]) -> str:
         raise Unbuildable(f"activation_recompute {row['activation_recompute']!r} unknown")
     mode, why = RECOMPUTE_DEFAULT.get(row["source_id"], ("none", "recompute not stated: none"))
     if row["source_id"] in NVIDIA and "recompute" in text_field(row, "notes"):
-        why += " (the partial recompute in the notes is not modelled)"
+        notes.append("partial recompute of modules named in the notes (moe_act, layernorm, "
+                     "mla_up_proj): modelled as selective")
+        return "selective"
     notes.append(why)
     return mode
 

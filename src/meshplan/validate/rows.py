@@ -110,6 +110,22 @@ REQUIRED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads
 """Fields without which no run can be rebuilt (no engine default exists for them)."""
 
 
+def gradient_bytes(row: dict[str, Any], notes: list[str]) -> int:
+    """Bytes per gradient element the engine keeps (the default of each engine)."""
+    framework = text_field(row, "framework")
+    if "mode PURE" in text_field(row, "optimizations"):
+        return 2
+    if any(k in framework for k in ("Megatron-Core", "NeMo", "Megatron-Bridge")):
+        notes.append("gradients bf16: Megatron-Core DistributedDataParallelConfig."
+                     "grad_reduce_in_fp32 defaults to False")
+        return 2
+    if "Aleph Alpha" in framework:
+        notes.append("gradients bf16 (assumption: with fp32 gradients several of these measured "
+                     "runs could not fit)")
+        return 2
+    return 4
+
+
 def _build(row: dict[str, Any]) -> Case | Skip:
     notes: list[str] = []
     need(row, *REQUIRED)  # name every missing field at once
@@ -140,7 +156,7 @@ def _build(row: dict[str, Any]) -> Case | Skip:
     mbs, gbs = micro_and_global(row, dp, pp, vpp or 1, seq, notes)
     job = Job(global_batch_size=gbs, seq_len=seq, precision=precision,  # type: ignore[arg-type]
               flash_attention=row["source_id"] not in PRE_FLASH,
-              grad_bytes=2 if "mode PURE" in text_field(row, "optimizations") else 4)
+              grad_bytes=gradient_bytes(row, notes))
 
     sp = row["sequence_parallel"]
     if tp == 1:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# meshplan 0.1.0 export for Megatron-LM
+# model llama3-8b, 8 GPUs, global batch 64 x 8192 tokens, bf16
+# plan: dp8 mbs1 zero3 rc=full
+# mirrors Megatron-LM megatron/training/arguments.py (Megatron-Core 0.16)
+# Data, tokenizer, optimizer and checkpoint flags are yours: pass them as
+# arguments, e.g. bash train.sh --mock-data --tokenizer-type NullTokenizer ...
+set -euo pipefail
+torchrun --nproc-per-node "${GPUS_PER_NODE:-8}" --nnodes "${NNODES:-1}" --node-rank "${NODE_RANK:-0}" \
+    --master-addr "${MASTER_ADDR:-localhost}" --master-port "${MASTER_PORT:-6000}" \
+    pretrain_gpt.py \
+    --tensor-model-parallel-size 1 \
+    --pipeline-model-parallel-size 1 \
+    --context-parallel-size 1 \
+    --micro-batch-size 1 \
+    --global-batch-size 64 \
+    --num-layers 32 \
+    --hidden-size 4096 \
+    --ffn-hidden-size 14336 \
+    --num-attention-heads 32 \
+    --group-query-attention \
+    --num-query-groups 8 \
+    --kv-channels 128 \
+    --seq-length 8192 \
+    --max-position-embeddings 8192 \
+    --padded-vocab-size 128256 \
+    --swiglu \
+    --position-embedding-type rope \
+    --normalization RMSNorm \
+    --disable-bias-linear \
+    --untie-embeddings-and-output-weights \
+    --attention-dropout 0.0 \
+    --hidden-dropout 0.0 \
+    --bf16 \
+    --recompute-granularity full \
+    --recompute-method uniform \
+    --recompute-num-layers 1 \
+    --use-megatron-fsdp \
+    --data-parallel-sharding-strategy optim_grads_params \
+    --use-distributed-optimizer \
+    --no-gradient-accumulation-fusion \
+    --ckpt-format fsdp_dtensor \
+    --overlap-grad-reduce \
+    --overlap-param-gather \
+    "$@"
