@@ -52,12 +52,13 @@ class Kernels:
     """Time of GEMMs, attention and element-wise kernels on one accelerator."""
 
     def __init__(self, cluster: Cluster, job: Job):
-        acc = cluster.accelerator
+        acc, cal = cluster.accelerator, cluster.calibration
         self.gemm_peak = acc.peak(job.precision)
-        self.gemm_eff = acc.gemm_curve(job.precision)
+        curve = acc.gemm_curve(job.precision)
+        self.gemm_eff = lambda flops: np.minimum(curve(flops) * cal.gemm_scale, 1.0)
         self.attn_peak = acc.peak("bf16")
-        self.attn_eff = acc.attention_efficiency
-        self.attn_bwd_eff = acc.attention_backward_efficiency
+        self.attn_eff = min(acc.attention_efficiency * cal.attention_scale, 1.0)
+        self.attn_bwd_eff = min(acc.attention_backward_efficiency * cal.attention_scale, 1.0)
         self.mem_bw = acc.memory_bandwidth * acc.memory_efficiency
         self.overhead = cluster.kernel_overhead
 

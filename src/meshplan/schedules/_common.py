@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict, deque
 
 from meshplan.errors import invalid
-from meshplan.schedules.ir import B, I, W, Action, ActionKind, as_actions
+from meshplan.schedules.ir import Action, ActionKind, B, I, W, as_actions
 
 
 def loop_stage_to_rank(num_ranks: int, num_chunks: int) -> tuple[int, ...]:
@@ -19,14 +19,28 @@ def v_stage_to_rank(num_ranks: int) -> tuple[int, ...]:
     return tuple(s if s < p else 2 * p - 1 - s for s in range(2 * p))
 
 
-def check_sizes(name: str, num_ranks: int, num_microbatches: int, min_microbatches: int = 1,
-                why: str = "") -> None:
+def check_sizes(
+    name: str, num_ranks: int, num_microbatches: int, min_microbatches: int = 1, why: str = ""
+) -> None:
     """Raise the standard one-line error for a rank or microbatch count a schedule cannot take."""
     if not isinstance(num_ranks, int) or num_ranks < 1:
         raise invalid("num_ranks", num_ranks, "must be an integer >= 1")
     if not isinstance(num_microbatches, int) or num_microbatches < min_microbatches:
         rule = f"{name} needs an integer >= {min_microbatches}" + (f" ({why})" if why else "")
         raise invalid("num_microbatches", num_microbatches, rule)
+
+
+def check_chunks(name: str, num_chunks: int, minimum: int, maximum: int | None = None) -> None:
+    """Raise the standard one-line error for a chunk (virtual stage) count outside the range."""
+    if (
+        isinstance(num_chunks, int)
+        and minimum <= num_chunks
+        and (maximum is None or num_chunks <= maximum)
+    ):
+        return
+    if minimum == maximum:
+        raise invalid("num_chunks", num_chunks, f"{name} runs exactly {minimum} chunk(s) per rank")
+    raise invalid("num_chunks", num_chunks, f"{name} needs an integer >= {minimum}")
 
 
 class Emitter:

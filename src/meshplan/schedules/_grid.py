@@ -7,16 +7,22 @@ from bisect import bisect_left, bisect_right
 from meshplan.schedules.ir import Action
 
 
-def format_grid(actions: list[list[Action]], starts: list[list[int]], mark: int | None,
-                heads: dict[int, Action], clocks: list[int], before: int = 10,
-                after: int = 3) -> str:
+def format_grid(
+    actions: list[list[Action]],
+    starts: list[list[int]],
+    mark: int | None,
+    heads: dict[int, Action],
+    clocks: list[int],
+    before: int = 10,
+    after: int = 3,
+) -> str:
     """Rows are steps, columns ranks; a cell lists what the rank started at that step.
 
     `[2F0]` is an action that could not run (shown at the step its rank reached), and the
     row `mark` ends with `<-- ERROR`. Only rows `before` steps above to `after` below the
     mark are shown, so the table stays readable for long schedules.
     """
-    end = max([0, *clocks, *(s[-1] for s in starts if s)])
+    end = max([0, *(clocks[r] for r in heads), *(s[-1] for s in starts if s)])
     if mark is None:
         lo, hi = 0, min(end, before + after)
     else:

@@ -1,5 +1,6 @@
-"""DualPipeV: the V-shape ("cut-in-half") form of DualPipe, from DeepSeek-AI, "DeepSeek-V3
-Technical Report" (arXiv:2412.19437, Sec. 3.2.1, Fig. 5) and github.com/deepseek-ai/DualPipe.
+"""DualPipeV: the V-shape ("cut-in-half") form of DualPipe. DualPipe is from DeepSeek-AI,
+"DeepSeek-V3 Technical Report" (arXiv:2412.19437, Sec. 3.2.1, Fig. 5); the V form and its
+code are in github.com/deepseek-ai/DualPipe (`DualPipeV`).
 
 DualPipe feeds microbatches from both ends of the pipeline and overlaps the forward of one
 chunk with the backward of another so that MoE all-to-all traffic hides under compute.
@@ -16,7 +17,7 @@ overlapped step.
 from __future__ import annotations
 
 from meshplan.schedules._common import Emitter, check_sizes, v_stage_to_rank
-from meshplan.schedules.ir import B, F, I, Action, ActionKind, Schedule
+from meshplan.schedules.ir import Action, ActionKind, B, F, I, Schedule
 
 
 def _rank_order(rank: int, num_ranks: int, num_microbatches: int) -> list[Action]:
@@ -52,9 +53,8 @@ def _backward(split: bool) -> ActionKind:
 
 def dualpipe_v(num_ranks: int, num_microbatches: int) -> Schedule:
     """DualPipeV over p ranks and 2p stages; needs m >= 2p (torch and DeepSeek's rule)."""
-    check_sizes("dualpipe-v", num_ranks, num_microbatches,
-                min_microbatches=2 * num_ranks if isinstance(num_ranks, int) else 1,
-                why="2 * num_ranks, one per stage")
+    check_sizes("dualpipe-v", num_ranks, 1)
+    check_sizes("dualpipe-v", num_ranks, num_microbatches, 2 * num_ranks, "2 * num_ranks")
     p, m = num_ranks, num_microbatches
     orders = {r: _rank_order(r, p, m) for r in range(p)}
     return Schedule(orders, m, v_stage_to_rank(p), "dualpipe-v")

@@ -8,7 +8,7 @@ activations at the turn. Backwards run in microbatch order, as torch's `Schedule
 from __future__ import annotations
 
 from meshplan.schedules._common import check_sizes, loop_stage_to_rank
-from meshplan.schedules.ir import B, F, Action, Schedule
+from meshplan.schedules.ir import Action, B, F, Schedule
 
 
 def gpipe(num_ranks: int, num_microbatches: int) -> Schedule:

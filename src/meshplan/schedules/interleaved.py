@@ -10,7 +10,7 @@ capped at v*m; the order then equals torch's `ScheduleInterleaved1F1B` when m % 
 from __future__ import annotations
 
 from meshplan.errors import invalid
-from meshplan.schedules._common import check_sizes, loop_stage_to_rank
+from meshplan.schedules._common import check_chunks, check_sizes, loop_stage_to_rank
 from meshplan.schedules.ir import Schedule
 from meshplan.schedules.one_f_one_b import depth_first_order
 
@@ -23,11 +23,13 @@ def interleaved_1f1b(num_ranks: int, num_microbatches: int, *, num_chunks: int =
     """
     p, m, v = num_ranks, num_microbatches, num_chunks
     check_sizes("interleaved-1f1b", p, m, min_microbatches=p, why="m >= num_ranks")
-    if not isinstance(v, int) or v < 2:
-        raise invalid("num_chunks", v, "interleaved-1f1b needs >= 2 chunks per rank (use 1f1b)")
+    check_chunks("interleaved-1f1b", v, 2)
     if m % p:
-        raise invalid("num_microbatches", m,
-                      f"interleaved-1f1b needs a multiple of num_ranks={p} (Megatron-LM rule)")
+        raise invalid(
+            "num_microbatches",
+            m,
+            f"interleaved-1f1b needs a multiple of num_ranks={p} (Megatron-LM rule)",
+        )
     orders = {
         r: depth_first_order(r, p, v, m, min((v - 1) * p + 2 * (p - 1 - r), v * m))
         for r in range(p)

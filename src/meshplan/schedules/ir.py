@@ -16,12 +16,13 @@ import io
 import itertools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from operator import itemgetter
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import itemgetter
 from typing import NamedTuple
 
 from meshplan.errors import MeshplanError, invalid
+from meshplan.schedules._gc import gc_paused
 
 
 class ActionKind(StrEnum):
@@ -69,7 +70,8 @@ class Action(NamedTuple):
     def __str__(self) -> str:
         return f"{self.stage}{self.kind.value}{self.microbatch}"
 
-    __repr__ = __str__
+    def __repr__(self) -> str:
+        return str(self)
 
     @property
     def is_compute(self) -> bool:
@@ -77,12 +79,15 @@ class Action(NamedTuple):
 
     @classmethod
     def parse(cls, text: str) -> Action:
-        """Inverse of `str()`: `"2F0"` -> `Action(2, F, 0)`, `"1RECV_B3"` -> `Action(1, RECV_B, 3)`."""
+        """Inverse of `str()`: `"2F0"` -> `Action(2, F, 0)`, `"1RECV_B3"` -> (1, RECV_B, 3)."""
         match = _ACTION_RE.fullmatch(text.strip())
         if match is None:
             raise invalid(
-                "action", text, "expected <stage><kind><microbatch> with kind one of "
-                + ", ".join(k.value for k in ActionKind) + ", e.g. 2F0 or 1SEND_F3"
+                "action",
+                text,
+                "expected <stage><kind><microbatch> with kind one of "
+                + ", ".join(k.value for k in ActionKind)
+                + ", e.g. 2F0 or 1SEND_F3",
             )
         stage, kind, microbatch = match.groups()
         return cls(int(stage), ActionKind(kind), int(microbatch))
@@ -97,8 +102,9 @@ def as_actions(rows: Iterable[tuple[int, ActionKind, int]]) -> list[Action]:
     return list(map(_new_action, rows))
 
 
-def make_actions(stages: Iterable[int], kind: ActionKind, microbatches: Iterable[int]
-                 ) -> list[Action]:
+def make_actions(
+    stages: Iterable[int], kind: ActionKind, microbatches: Iterable[int]
+) -> list[Action]:
     """Actions of one kind, pairing `stages` with `microbatches` item by item."""
     return as_actions(zip(stages, itertools.repeat(kind), microbatches))
 
@@ -154,8 +160,9 @@ class Schedule(Mapping[int, list[Action]]):
         return dataclasses.replace(self, actions=actions)
 
     @classmethod
-    def infer(cls, actions: RankOrders, *, num_microbatches: int | None = None,
-              name: str = "custom") -> Schedule:
+    def infer(
+        cls, actions: RankOrders, *, num_microbatches: int | None = None, name: str = "custom"
+    ) -> Schedule:
         """Build a schedule from bare action lists, reading stages and ranks off the actions.
 
         Each stage goes to the first rank it appears on; `verify` reports any later conflict.
@@ -184,8 +191,8 @@ def to_csv(schedule: Mapping[int, Sequence[Action]]) -> str:
     return out.getvalue()
 
 
-def from_csv(text: str, *, num_microbatches: int | None = None,
-             name: str = "custom") -> Schedule:
+@gc_paused
+def from_csv(text: str, *, num_microbatches: int | None = None, name: str = "custom") -> Schedule:
     """Read `to_csv` output (or a torch CSV dump); empty cells (torch's idle slots) are dropped.
 
     Line i is rank i. Stages, ranks and the microbatch count are inferred from the actions
@@ -198,9 +205,8 @@ def from_csv(text: str, *, num_microbatches: int | None = None,
     return Schedule.infer(actions, num_microbatches=num_microbatches, name=name)
 
 
-def add_communication(
-    schedule: Schedule, stage_to_rank: Sequence[int] | None = None
-) -> Schedule:
+@gc_paused
+def add_communication(schedule: Schedule, stage_to_rank: Sequence[int] | None = None) -> Schedule:
     """Lower a compute-only schedule: add SEND/RECV actions between stages on different ranks.
 
     Stage s's F output goes to s+1 and its B/I output (the input gradient) to s-1. Each SEND

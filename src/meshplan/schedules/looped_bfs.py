@@ -11,17 +11,15 @@ microbatch order.
 
 from __future__ import annotations
 
-from meshplan.errors import invalid
-from meshplan.schedules._common import check_sizes, loop_stage_to_rank
-from meshplan.schedules.ir import B, F, Action, Schedule
+from meshplan.schedules._common import check_chunks, check_sizes, loop_stage_to_rank
+from meshplan.schedules.ir import Action, B, F, Schedule
 
 
 def looped_bfs(num_ranks: int, num_microbatches: int, *, num_chunks: int = 2) -> Schedule:
     """All microbatches through each local chunk in turn, forward then backward."""
     p, m, v = num_ranks, num_microbatches, num_chunks
     check_sizes("looped-bfs", p, m)
-    if not isinstance(v, int) or v < 1:
-        raise invalid("num_chunks", v, "looped-bfs needs >= 1 chunk per rank")
+    check_chunks("looped-bfs", v, 1)
     orders = {}
     for r in range(p):
         stages = range(r, p * v, p)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 
 from meshplan.schedules._common import check_sizes, loop_stage_to_rank
-from meshplan.schedules.ir import B, F, Action, Schedule, make_actions
+from meshplan.schedules.ir import Action, B, F, Schedule, make_actions
 
 
-def depth_first_order(rank: int, num_ranks: int, num_chunks: int, num_microbatches: int,
-                      num_warmup: int) -> list[Action]:
+def depth_first_order(
+    rank: int, num_ranks: int, num_chunks: int, num_microbatches: int, num_warmup: int
+) -> list[Action]:
     """One rank's actions: `num_warmup` forwards, then forward/backward pairs, then backwards.
 
     Works over "virtual microbatches" k = 0 .. v*m-1 as Megatron-LM's interleaved schedule

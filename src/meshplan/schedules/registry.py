@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from meshplan.errors import invalid, unknown_name
-from meshplan.schedules._common import check_sizes, loop_stage_to_rank, v_stage_to_rank
+from meshplan.errors import unknown_name
+from meshplan.schedules._common import (
+    check_chunks,
+    check_sizes,
+    loop_stage_to_rank,
+    v_stage_to_rank,
+)
+from meshplan.schedules._gc import gc_paused
 from meshplan.schedules.dualpipe_v import dualpipe_v
 from meshplan.schedules.gpipe import gpipe
 from meshplan.schedules.interleaved import interleaved_1f1b
@@ -40,15 +46,17 @@ V_SHAPED = frozenset({"zb-v", "dualpipe-v"})
 """Schedules with exactly 2 chunks per rank, rank r holding stages r and 2p-1-r."""
 
 
+CHUNKS: dict[str, tuple[int, int | None]] = {
+    "interleaved-1f1b": (2, None),
+    "looped-bfs": (1, None),
+    "zb-v": (2, 2),
+    "dualpipe-v": (2, 2),
+}
+"""Allowed chunks per rank (least, most) where not exactly one."""
+
+
 def _check_chunks(name: str, num_chunks: int) -> None:
-    if name in LOOPED:
-        low = 2 if name == "interleaved-1f1b" else 1
-        if not isinstance(num_chunks, int) or num_chunks < low:
-            raise invalid("num_chunks", num_chunks, f"{name} needs an integer >= {low}")
-        return
-    fixed = 2 if name in V_SHAPED else 1
-    if num_chunks != fixed:
-        raise invalid("num_chunks", num_chunks, f"{name} runs exactly {fixed} chunk(s) per rank")
+    check_chunks(name, num_chunks, *CHUNKS.get(name, (1, 1)))
 
 
 def _check_name(name: str) -> None:
@@ -56,6 +64,7 @@ def _check_name(name: str) -> None:
         raise unknown_name("schedule", name, SCHEDULE_NAMES)
 
 
+@gc_paused
 def generate(name: str, num_ranks: int, num_microbatches: int, num_chunks: int = 1) -> Schedule:
     """The compute-only schedule `name` for p ranks and m microbatches.
 

@@ -18,9 +18,12 @@ another rank is waited for; if nothing can run any more, the schedule deadlocks.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
+from typing import NoReturn
 
 from meshplan.errors import MeshplanError
+from meshplan.schedules._gc import gc_paused
 from meshplan.schedules._grid import format_grid
 from meshplan.schedules.ir import (
     COMM_KINDS,
@@ -40,8 +43,13 @@ from meshplan.schedules.ir import (
 _F, _BWD, _I, _W, _SF, _RF, _SB, _RB = range(8)
 """Completion tables: forward, any backward (B or I), I, W and the four message kinds."""
 _TABLE_KIND = {_F: F, _BWD: B, _I: I, _W: W, _SF: SEND_F, _RF: RECV_F, _SB: SEND_B, _RB: RECV_B}
-_SETS = {F: (_F,), B: (_BWD,), I: (_BWD, _I), W: (_W,), SEND_F: (_SF,), RECV_F: (_RF,),
-         SEND_B: (_SB,), RECV_B: (_RB,)}
+_SETS: dict[ActionKind, tuple[int, ...]] = {
+    kind: (table,) for table, kind in _TABLE_KIND.items() if table != _I
+}
+_SETS[I] = (_BWD, _I)
+"""Tables each kind completes: B and I both count as "the backward" of their microbatch."""
+_MESSAGES = {SEND_F: (_F, 0, 1), RECV_F: (_SF, -1, -1), SEND_B: (_BWD, 0, -1), RECV_B: (_SB, 1, 1)}
+"""Per message kind: the table it waits on, that action's stage offset, the peer's offset."""
 
 
 class ScheduleError(MeshplanError):
@@ -61,6 +69,9 @@ class VerifyReport:
     """Per rank, the most (stage, microbatch) pairs held between F and their B or W: the
     activation memory high-water mark, in stage-microbatches (divide by chunks per rank for
     whole-rank microbatches)."""
+    interior_idle: tuple[int, ...]
+    """Per rank, idle steps between its first action and its last: the bubble that overlap
+    with the optimizer step cannot absorb (none for ZB-H2 or ZB-V once m >= 2p-1)."""
 
     @property
     def bubble_fraction(self) -> float:
@@ -69,6 +80,7 @@ class VerifyReport:
         return 1.0 - sum(self.busy_steps) / total if total else 0.0
 
 
+@gc_paused
 def verify(schedule: Schedule) -> VerifyReport:
     """Dry-run `schedule`; return its report, or raise `ScheduleError` naming the first fault."""
     run = _DryRun(schedule)
@@ -79,12 +91,17 @@ def verify(schedule: Schedule) -> VerifyReport:
         num_actions=sum(len(acts) for acts in run.orders),
         busy_steps=tuple(run.busy),
         peak_in_flight=tuple(run.peak),
+        interior_idle=tuple(
+            end - steps[0] - busy if steps else 0
+            for end, steps, busy in zip(run.clock, run.starts, run.busy, strict=True)
+        ),
     )
 
 
-_Rule = tuple[tuple[tuple[int, int, bool], ...], tuple[int, ...], int, int]
-"""How one (stage, kind) runs: its dependencies (table, index offset, same rank?), the tables
-it completes, its duration in steps and its change to the rank's in-flight count."""
+_Rule = tuple[tuple[tuple[int, bool], ...], tuple[int, ...], int, int]
+"""How one (stage, kind) runs: its dependencies (offset from its own slot in `done`, on the
+same rank?), where in `done` it records itself (per table), its duration in steps and its
+change to the rank's in-flight count."""
 
 
 class _DryRun:
@@ -98,7 +115,7 @@ class _DryRun:
         self.m = schedule.num_microbatches
         self.comm = schedule.has_communication
         self.size = schedule.num_stages * self.m
-        self.done = [[-1] * self.size for _ in range(8)]
+        self.done = [-1] * (8 * self.size)  # table t, stage s, microbatch b at t*size + s*m + b
         self.pos, self.clock = [0] * ranks, [0] * ranks
         self.busy, self.peak, self.live = [0] * ranks, [0] * ranks, [0] * ranks
         self.starts: list[list[int]] = [[] for _ in range(ranks)]
@@ -123,10 +140,8 @@ class _DryRun:
             return [(_F, stage), (_RB, stage) if self.comm and crosses_down else (_BWD, stage + 1)]
         if kind is W:
             return [(_I, stage)]
-        if kind in (SEND_F, RECV_B) and stage == last or kind in (RECV_F, SEND_B) and stage == 0:
-            return None
-        return {SEND_F: [(_F, stage)], RECV_F: [(_SF, stage - 1)],
-                SEND_B: [(_BWD, stage)], RECV_B: [(_SB, stage + 1)]}[kind]
+        table, shift, peer = _MESSAGES[kind]
+        return [(table, stage + shift)] if 0 <= stage + peer <= last else None
 
     def rules_for(self, rank: int) -> dict[tuple[int, ActionKind], _Rule]:
         """Every (stage, kind) `rank` may run, precomputed so the inner loop only looks up."""
@@ -136,23 +151,33 @@ class _DryRun:
                 needs = self.needs(stage, kind)
                 if needs is None:
                     continue
-                deps = tuple((t, (s - stage) * self.m, self.owner[s] == rank) for t, s in needs)
+                deps = tuple(
+                    (self.slot(t, s, 0) - self.slot(0, stage, 0), self.owner[s] == rank)
+                    for t, s in needs
+                )
+                sets = tuple(self.slot(t, 0, 0) for t in _SETS[kind])
                 live = 1 if kind is F else -1 if kind is B or kind is W else 0
-                rules[stage, kind] = (deps, _SETS[kind], int(kind not in COMM_KINDS), live)
+                rules[stage, kind] = (deps, sets, int(kind not in COMM_KINDS), live)
         return rules
 
+    def slot(self, table: int, stage: int, microbatch: int) -> int:
+        """Index of (table, stage, microbatch) in `done`; also its key in `waiting`."""
+        return table * self.size + stage * self.m + microbatch
+
     def run(self) -> None:
-        queue = list(range(len(self.orders)))
+        """Advance ranks, the one furthest behind first, so faults surface in step order."""
+        queue = [(0, r) for r in range(len(self.orders))]
         while queue:
-            queue.extend(self.advance(queue.pop()))
+            for rank in self.advance(heapq.heappop(queue)[1]):
+                heapq.heappush(queue, (self.clock[rank], rank))
         stuck = [r for r, acts in enumerate(self.orders) if self.pos[r] < len(acts)]
         if stuck:
             self.deadlock(stuck)
 
     def advance(self, rank: int) -> list[int]:
         """Run `rank` until it blocks or ends; return the ranks its actions woke up."""
-        acts, rules, done, m, size = self.orders[rank], self.rules[rank], self.done, self.m, self.size
-        starts, waiting, woken = self.starts[rank], self.waiting, []
+        acts, rules, done, m = self.orders[rank], self.rules[rank], self.done, self.m
+        starts, waiting, woken = self.starts[rank], self.waiting, list[int]()
         i, t = self.pos[rank], self.clock[rank]
         busy, peak, live = self.busy[rank], self.peak[rank], self.live[rank]
         while i < len(acts):
@@ -162,27 +187,27 @@ class _DryRun:
             if rule is None or not 0 <= mb < m:
                 self.pos[rank], self.clock[rank] = i, t
                 self.reject(rank, action)
-            deps, sets, duration, delta = rule  # type: ignore[misc]
+            deps, sets, duration, delta = rule
             index, start = stage * m + mb, t
-            for table, offset, local in deps:
-                finish = done[table][index + offset]
+            for offset, local in deps:
+                finish = done[index + offset]
                 if finish < 0:
                     self.pos[rank], self.clock[rank] = i, t
                     if local:
-                        self.misordered(rank, action, table, offset)
-                    waiting.setdefault(table * size + index + offset, []).append(rank)
+                        self.misordered(rank, action, index + offset)
+                    waiting.setdefault(index + offset, []).append(rank)
                     self.busy[rank], self.peak[rank], self.live[rank] = busy, peak, live
                     return woken
                 if finish > start:
                     start = finish
             t = start + duration
-            for table in sets:
-                if done[table][index] >= 0:
+            for base in sets:
+                if done[base + index] >= 0:
                     self.pos[rank], self.clock[rank] = i, start
                     self.fail_at(rank, action, "each action may run once (and B or I, not both)")
-                done[table][index] = t
+                done[base + index] = t
                 if waiting:
-                    woken.extend(waiting.pop(table * size + index, ()))
+                    woken.extend(waiting.pop(base + index, ()))
             starts.append(start)
             busy += duration
             live += delta
@@ -193,7 +218,7 @@ class _DryRun:
         self.busy[rank], self.peak[rank], self.live[rank] = busy, peak, live
         return woken
 
-    def reject(self, rank: int, action: Action) -> None:
+    def reject(self, rank: int, action: Action) -> NoReturn:
         last = len(self.owner) - 1
         stage, _, mb = action
         if not 0 <= stage <= last or self.owner[stage] != rank:
@@ -204,50 +229,69 @@ class _DryRun:
         self.fail_at(rank, action, "no neighbouring stage in that direction")
 
     def check_complete(self) -> None:
-        """Every (stage, microbatch) has one F and one backward, every I its W, every message
-        its partner."""
-        m, done = self.m, self.done
-        partner = {_I: (_W, 0), _SF: (_RF, 1), _SB: (_RB, -1)}
+        """Every (stage, microbatch) has one F and one backward, every I its W and every send
+        its receive. (A W without its I, or a receive without its send, never runs.)"""
+        size, done = self.size, self.done
         for table in (_F, _BWD):
-            self.missing([i for i, f in enumerate(done[table]) if f < 0], table, "is missing")
-        for table, (other, shift) in partner.items():
-            lonely = [i for i, f in enumerate(done[table])
-                      if f >= 0 and done[other][i + shift * m] < 0]
-            self.missing(lonely, table, f"has no matching {_TABLE_KIND[other].value}")
+            if self.count(table) < size:
+                lost = [i for i in range(size) if done[table * size + i] < 0]
+                self.report_missing(lost, table, "is missing")
+        for table, partner, shift in ((_I, _W, 0), (_SF, _RF, self.m), (_SB, _RB, -self.m)):
+            if self.count(table) != self.count(partner):
+                lonely = [
+                    i
+                    for i in range(size)
+                    if done[table * size + i] >= 0 and done[partner * size + i + shift] < 0
+                ]
+                self.report_missing(lonely, table, f"has no matching {_TABLE_KIND[partner].value}")
 
-    def missing(self, indexes: list[int], table: int, what: str) -> None:
-        if indexes:
-            m = self.m
-            names = [str(Action(i // m, _TABLE_KIND[table], i % m)) for i in indexes[:4]]
-            more = f" and {len(indexes) - 4} more" if len(indexes) > 4 else ""
-            if table == _BWD:
-                names = [n.replace("B", "B/I", 1) for n in names]
-            self.fail(f"{', '.join(names)}{more} {what}", mark=max(self.clock) - 1)
+    def count(self, table: int) -> int:
+        """How many actions of `table` ran."""
+        segment = self.done[table * self.size : (table + 1) * self.size]
+        return self.size - segment.count(-1)
 
-    def misordered(self, rank: int, action: Action, table: int, offset: int) -> None:
-        need = Action(action.stage + offset // self.m, _TABLE_KIND[table], action.microbatch)
-        self.fail_at(rank, action, f"needs {need} earlier on rank {rank}")
+    def action_at(self, slot: int) -> Action:
+        """Inverse of `slot`."""
+        table, rest = divmod(slot, self.size)
+        return Action(rest // self.m, _TABLE_KIND[table], rest % self.m)
 
-    def deadlock(self, stuck: list[int]) -> None:
+    def report_missing(self, indexes: list[int], table: int, what: str) -> NoReturn:
+        names = [str(self.action_at(self.slot(table, 0, 0) + i)) for i in indexes[:4]]
+        if table == _BWD:  # the backward may be either kind
+            names = [n.replace("B", "B/I", 1) for n in names]
+        more = f" and {len(indexes) - 4} more" if len(indexes) > 4 else ""
+        self.fail(f"{', '.join(names)}{more} {what}", mark=max(self.clock) - 1)
+
+    def misordered(self, rank: int, action: Action, slot: int) -> NoReturn:
+        self.fail_at(rank, action, f"needs {self.action_at(slot)} earlier on rank {rank}")
+
+    def deadlock(self, stuck: list[int]) -> NoReturn:
         heads = {r: self.orders[r][self.pos[r]] for r in stuck}
         waits = []
         for r, head in heads.items():
             for table, stage in self.needs(head.stage, head.kind) or []:
-                if self.done[table][stage * self.m + head.microbatch] < 0:
+                if self.done[self.slot(table, stage, head.microbatch)] < 0:
                     need = Action(stage, _TABLE_KIND[table], head.microbatch)
                     found = need in self.orders[self.owner[stage]]
-                    waits.append(f"rank {r} {head} waits for {need} on rank {self.owner[stage]}"
-                                 + ("" if found else " (not in the schedule)"))
+                    waits.append(
+                        f"rank {r} {head} waits for {need} on rank {self.owner[stage]}"
+                        + ("" if found else " (not in the schedule)")
+                    )
                     break
-        self.fail("deadlock: " + "; ".join(waits), mark=min(self.clock[r] for r in stuck),
-                  heads=heads)
+        self.fail(
+            "deadlock: " + "; ".join(waits), mark=min(self.clock[r] for r in stuck), heads=heads
+        )
 
-    def fail_at(self, rank: int, action: Action, why: str) -> None:
-        self.fail(f"rank {rank} step {self.clock[rank]}: {action}: {why}",
-                  mark=self.clock[rank], heads={rank: action})
+    def fail_at(self, rank: int, action: Action, why: str) -> NoReturn:
+        self.fail(
+            f"rank {rank} step {self.clock[rank]}: {action}: {why}",
+            mark=self.clock[rank],
+            heads={rank: action},
+        )
 
-    def fail(self, why: str, mark: int | None = None,
-             heads: dict[int, Action] | None = None) -> None:
+    def fail(
+        self, why: str, mark: int | None = None, heads: dict[int, Action] | None = None
+    ) -> NoReturn:
         ran = [acts[: len(steps)] for acts, steps in zip(self.orders, self.starts, strict=True)]
         grid = format_grid(ran, self.starts, mark, heads or {}, self.clock)
         raise ScheduleError(f"schedule {self.schedule.name!r}: {why}\n{grid}")

@@ -11,7 +11,7 @@ the authors' handcrafted schedule), so the orders match it exactly.
 from __future__ import annotations
 
 from meshplan.schedules._common import Emitter, check_sizes, v_stage_to_rank
-from meshplan.schedules.ir import F, I, W, Action, Schedule
+from meshplan.schedules.ir import Action, F, I, Schedule, W
 
 
 def _rank_order(rank: int, num_ranks: int, num_microbatches: int) -> list[Action]:

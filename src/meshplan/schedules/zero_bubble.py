@@ -16,11 +16,12 @@ up with `warmup` forwards, then for each microbatch b runs I(b), W(b - lag), F(n
 from __future__ import annotations
 
 from meshplan.schedules._common import check_sizes, loop_stage_to_rank
-from meshplan.schedules.ir import F, I, W, Action, Schedule
+from meshplan.schedules.ir import Action, F, I, Schedule, W
 
 
-def lagged_zero_bubble_order(stage: int, num_microbatches: int, num_warmup: int,
-                             lag: int) -> list[Action]:
+def lagged_zero_bubble_order(
+    stage: int, num_microbatches: int, num_warmup: int, lag: int
+) -> list[Action]:
     """One rank's order: warm-up forwards, then I(b), W(b - lag), F(next) per microbatch b.
 
     Ws still owed when the input gradients are done close the list, oldest first.

@@ -140,6 +140,22 @@ class Overlap(Spec):
     """Ring-attention K/V exchange hidden behind the attention kernel."""
 
 
+class Calibration(Spec):
+    """Factors fitted to published runs by `meshplan calibrate` (docs/validation.md).
+
+    They scale the measured curves above rather than replace them, so the measured data and
+    the fit stay separate and the fit can be redone from scratch.
+    """
+
+    gemm_scale: float = Field(default=1.0, gt=0, le=1.5)
+    """Multiplies `gemm_efficiency` (real model shapes and software run below the best-case
+    MAMF the curve is anchored at)."""
+    attention_scale: float = Field(default=1.0, gt=0, le=1.5)
+    """Multiplies both attention efficiencies."""
+    source: str = ""
+    """How the factors were fitted (command, data, date)."""
+
+
 class Cluster(Spec):
     """A homogeneous GPU cluster."""
 
@@ -152,6 +168,7 @@ class Cluster(Spec):
     """Tiers from the innermost (NVLink) to the outermost (scale-out fabric)."""
     host: HostLink
     overlap: Overlap = Overlap()
+    calibration: Calibration = Calibration()
     kernel_overhead: float = Field(default=0.0, ge=0)
     """Fixed time per transformer layer per pass (launches, small kernels), seconds."""
     source: str = ""

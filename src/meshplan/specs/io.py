@@ -82,8 +82,27 @@ def load_cluster(ref: str | Path | Cluster) -> Cluster:
         return _validate(Cluster, read_file(Path(ref_s)), ref_s)
     if ref_s not in preset_names("clusters"):
         raise unknown_name("cluster", ref_s, preset_names("clusters"))
-    path = PRESETS / "clusters" / f"{ref_s}.toml"
-    return _validate(Cluster, read_file(path), f"preset {ref_s}")
+    data = read_file(PRESETS / "clusters" / f"{ref_s}.toml")
+    return _validate(Cluster, with_calibration(data, ref_s), f"preset {ref_s}")
+
+
+CALIBRATION_FILE = PRESETS / "calibration.toml"
+"""Factors fitted by `meshplan calibrate` for the cluster presets, one table per preset."""
+
+
+def with_calibration(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """A preset's data with its fitted factors (`presets/calibration.toml`) merged in."""
+    if not CALIBRATION_FILE.is_file():
+        return data
+    fitted = read_file(CALIBRATION_FILE).get(name)
+    if not fitted:
+        return data
+    fitted = dict(fitted)
+    out = dict(data)
+    if "kernel_overhead" in fitted:
+        out["kernel_overhead"] = fitted.pop("kernel_overhead")
+    out["calibration"] = {**data.get("calibration", {}), **fitted}
+    return out
 
 
 def dump_spec(spec: Spec) -> dict[str, Any]:

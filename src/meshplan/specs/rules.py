@@ -79,6 +79,10 @@ RULES: tuple[Rule, ...] = (
          | (_m(J, P) >= P.pp),
          lambda M, J, n, P, i: f"schedule={SCHEDULES[int(P.schedule[i])]}: needs at least pp="
                                f"{int(P.pp[i])} micro-batches, got {int(_m(J, P)[i])}"),
+    Rule("dualpipe_m", lambda M, J, n, P: (P.pp == 1) | (P.schedule != _CODE["dualpipe-v"])
+         | (_m(J, P) >= 2 * P.pp),
+         lambda M, J, n, P, i: f"schedule=dualpipe-v: needs at least 2*pp={2 * int(P.pp[i])} "
+                               f"micro-batches, got {int(_m(J, P)[i])}"),
     Rule("interleaved_m", lambda M, J, n, P: (P.pp == 1) | (P.schedule != _CODE[
             "interleaved-1f1b"]) | (_m(J, P) % P.pp == 0),
          lambda M, J, n, P, i: f"schedule=interleaved-1f1b: micro-batches ({int(_m(J, P)[i])}) "
