@@ -40,6 +40,8 @@ def pipeline_time(schedule: np.ndarray, p: np.ndarray, m: np.ndarray, v: np.ndar
     one_f_one_b = ranks_total + (m - 1) * slowest
     interleaved = steady + (ranks_total - slowest) / v
     f_c, i_c, w_c = fwd / v, bwd_i / v, bwd_w / v
+    # Zero Bubble runs overlap iterations (optimizer post-validation, Qi et al. Sec. 4), so
+    # their bubble is the paper's figure without the (p-1) F warm-up of the last rank.
     zb_h1 = steady + (p - 1) * np.maximum(fwd + bwd_i - bwd_w, 0.0)
     zb_h2 = steady + (p - 1) * np.maximum(fwd + bwd_i - 2 * bwd_w, 0.0)
     zb_v = steady + (p - 1) * np.maximum(f_c + i_c - 2 * w_c, 0.0)

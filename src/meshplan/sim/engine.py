@@ -56,12 +56,21 @@ class SimResult:
 
     makespan: float
     """Time from the first action to the last, pipeline flush included."""
+    span: list[float]
+    """Per rank, from its first action's start to its last action's end."""
     busy: list[float]
     """Compute-stream busy time per rank."""
     peak_activation_bytes: list[float]
     intervals: list[Interval] = field(default_factory=list)
     memory_timeline: list[list[tuple[float, float]]] = field(default_factory=list)
     """Per rank: (time, activation bytes held) after each change (when traced)."""
+
+    @property
+    def staggered_step(self) -> float:
+        """Step time when consecutive iterations may overlap across ranks (the longest rank
+        span): Zero Bubble's post-validation of the optimizer step lets rank 0 start the next
+        iteration while the last rank finishes (Qi et al. 2024, Sec. 4)."""
+        return max(self.span)
 
     @property
     def idle(self) -> list[float]:
@@ -120,6 +129,7 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
         if key in waiting:
             queue.append(waiting.pop(key))
 
+    first = dict.fromkeys(ranks, -1.0)
     while queue:
         r = queue.popleft()
         order, i = orders[r], pos[r]
@@ -133,6 +143,8 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
                 waiting[key] = r
                 break
             start = free[r] if free[r] > t_in else t_in
+            if first[r] < 0:
+                first[r] = start
             end = start + durations[kind][s]
             free[r] = end
             busy[r] += end - start
@@ -167,5 +179,6 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
         raise ScheduleError(f"deadlock: rank {r} waits forever at {orders[r][pos[r]][3]} "
                             f"(action {pos[r]} of {len(orders[r])})")
     makespan = max(max(free.values()), max(comm_free.values()))
-    return SimResult(makespan, [busy[r] for r in ranks], [peak[r] for r in ranks], intervals,
+    span = [max(free[r], comm_free[r]) - max(first[r], 0.0) for r in ranks]
+    return SimResult(makespan, span, [busy[r] for r in ranks], [peak[r] for r in ranks], intervals,
                      [mem_tl[r] for r in ranks] if trace else [])

@@ -101,6 +101,8 @@ def with_calibration(data: dict[str, Any], name: str) -> dict[str, Any]:
     out = dict(data)
     if "kernel_overhead" in fitted:
         out["kernel_overhead"] = fitted.pop("kernel_overhead")
+    if "pp_overlap" in fitted:
+        out["overlap"] = {**data.get("overlap", {}), "pp": fitted.pop("pp_overlap")}
     out["calibration"] = {**data.get("calibration", {}), **fitted}
     return out
 

@@ -5,7 +5,8 @@ Procedure (`meshplan calibrate --runs FILE`):
    on the source's own accounting (`metrics.compare`).
 2. Group runs by the cluster preset they map to (one group per accelerator / system kind).
 3. For each group, fit `gemm_scale`, `attention_scale` (multipliers on the measured efficiency
-   curves) and `kernel_overhead` (seconds per layer and pass) by coordinate descent with a
+   curves), `kernel_overhead` (seconds per layer and pass) and `pp_overlap` (share of pipeline
+   send/receive hidden behind compute) by coordinate descent with a
    golden-section search per parameter, minimising the weighted mean |log(predicted step /
    measured step)|; each source gets equal weight inside a group, so a 178-row sweep does not
    outvote a 3-row paper. Nothing is fitted per row.
@@ -35,9 +36,12 @@ PARAMS: dict[str, tuple[float, float]] = {
     "gemm_scale": (0.35, 1.15),
     "attention_scale": (0.3, 1.5),
     "kernel_overhead": (0.0, 4e-4),
+    "pp_overlap": (0.0, 1.0),
 }
 """Fitted parameters and their search bounds."""
-DEFAULTS = {"gemm_scale": 1.0, "attention_scale": 1.0, "kernel_overhead": 3e-5}
+DEFAULTS = {"gemm_scale": 1.0, "attention_scale": 1.0, "kernel_overhead": 3e-5,
+            "pp_overlap": 0.0}
+_CLUSTER_LEVEL = ("kernel_overhead", "pp_overlap")
 Factors = dict[str, float]
 
 
@@ -87,8 +91,9 @@ def prepare(rows: Iterable[dict[str, Any]]) -> list[FitCase]:
 def apply(cluster: Cluster, factors: Factors) -> Cluster:
     """The cluster with fitted factors in place."""
     cal = cluster.calibration.model_copy(update={k: v for k, v in factors.items()
-                                                 if k != "kernel_overhead"})
-    return cluster.model_copy(update={"calibration": cal,
+                                                 if k not in _CLUSTER_LEVEL})
+    overlap = cluster.overlap.model_copy(update={"pp": factors["pp_overlap"]})
+    return cluster.model_copy(update={"calibration": cal, "overlap": overlap,
                                       "kernel_overhead": factors["kernel_overhead"]})
 
 
@@ -186,6 +191,7 @@ def calibration_toml(result: FitResult, source: str) -> str:
         lines.append(f"gemm_scale = {f['gemm_scale']:.4f}")
         lines.append(f"attention_scale = {f['attention_scale']:.4f}")
         lines.append(f"kernel_overhead = {f['kernel_overhead']:.3e}")
+        lines.append(f"pp_overlap = {f['pp_overlap']:.4f}")
         lines.append(f'source = "meshplan calibrate --runs {source}"')
         lines.append("")
     return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Accuracy against published runs: in-sample and leave-one-source-out (issue 4).
+
+Fits the per-accelerator factors on all runs (what ships in presets/calibration.toml), then
+refits each accelerator group without one source at a time and predicts that source's runs.
+Prints median / p90 absolute throughput error and bias for headline and sweep rows, per source,
+in-sample next to held-out. Uses the closed-form pipeline (as the fit does); `meshplan validate`
+prints the simulated figures.
+
+Run: python benchmarks/validation_accuracy.py [--runs FILE]   (several minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from meshplan.validate.calibrate import calibrate
+from meshplan.validate.rows import load_runs
+
+
+def stats(errors: list[float]) -> str:
+    if not errors:
+        return f"{'-':>6} {'-':>6} {'-':>7} {0:>4}"
+    e = np.abs(np.array(errors))
+    return (f"{np.median(e):>6.1%} {np.percentile(e, 90):>6.1%} {np.mean(errors):>+7.1%} "
+            f"{len(errors):>4}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", default=None)
+    args = ap.parse_args()
+    rows = load_runs(args.runs)
+    meta = {r["id"]: r for r in rows}
+    t0 = time.perf_counter()
+    result = calibrate(rows, leave_one_source_out=True)
+    print(f"fit + leave-one-source-out in {time.perf_counter() - t0:.0f} s\n")
+    print("fitted factors:")
+    for group, f in sorted(result.factors.items()):
+        print(f"  {group:18} " + "  ".join(f"{k}={v:.4g}" for k, v in f.items()))
+    header = (f"\n{'subset':34} {'in-sample: med':>14} {'p90':>6} {'bias':>7} {'n':>4}   "
+              f"{'held-out: med':>13} {'p90':>6} {'bias':>7} {'n':>4}")
+    print(header)
+
+    def line(name: str, keep) -> None:
+        ins = [e for i, e in result.in_sample.items() if keep(meta[i])]
+        out = [e for i, e in result.held_out.items() if keep(meta[i])]
+        print(f"{name:34} {stats(ins):>32}   {stats(out):>32}")
+
+    line("all", lambda r: True)
+    line("headline (is_sweep false)", lambda r: not r["is_sweep"])
+    line("sweep", lambda r: r["is_sweep"])
+    by_source: dict[str, None] = defaultdict(lambda: None)
+    for r in rows:
+        by_source[r["source_id"]]
+    for source in sorted(by_source):
+        line(f"  {source}", lambda r, s=source: r["source_id"] == s)
+
+
+if __name__ == "__main__":
+    main()

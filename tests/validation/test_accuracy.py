@@ -1,0 +1,58 @@
+"""Accuracy bounds against the shipped published runs (fails if the model regresses).
+
+The bounds are the figures measured when the calibration was last fitted (docs/validation.md),
+plus a small margin; the issue's targets are noted beside them where they are not met yet.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from meshplan.validate.report import validate
+from meshplan.validate.rows import load_runs
+
+
+@pytest.fixture(scope="module")
+def report():
+    return validate(load_runs())
+
+
+def test_headline_error_bounds(report):
+    s = report["summary"]["headline"]
+    assert s["count"] >= 70
+    assert s["median_abs_error"] <= 0.10  # target <= 10%: met
+    # target p90 <= 25% is not met: DeepSpeed-2021 ZeRO-3 and Megatron-Bridge MoE rows
+    # (docs/validation.md, worst rows); guard against regression instead.
+    assert s["p90_abs_error"] <= 0.50
+
+
+def test_all_rows_error_bounds(report):
+    s = report["summary"]["all"]
+    assert s["median_abs_error"] <= 0.13
+    assert s["p90_abs_error"] <= 0.35
+    assert abs(s["bias"]) <= 0.12
+
+
+def test_sweep_rank_correlation(report):
+    groups = report["summary"]["sweep_groups"]
+    rho = {k: v["spearman"] for k, v in groups.items() if v["spearman"] is not None}
+    # target >= 0.8 in every group; met in all but two (docs/validation.md)
+    below = sorted(k for k, v in rho.items() if v < 0.8)
+    assert len(below) <= 2, below
+    assert min(rho.values()) >= 0.2
+    zb = [v for k, v in rho.items() if k.startswith("zerobubble")]
+    assert min(zb) >= 0.8
+
+
+def test_gpt3_175b_ptdp_runs_within_15_percent(report):
+    """Issue 2: Megatron-LM 2021 Table 2, GPT-3 175B on 384/768/1536 A100s, TP 8, PP 12."""
+    rows = {r["id"]: r for r in report["rows"]}
+    for n in (384, 768, 1536):
+        r = rows[f"megatron2021-t2-PTD-P-174.6B-{n}gpu"]
+        assert abs(r["error"]) <= 0.15, (n, r["error"])
+
+
+def test_measured_runs_predicted_out_of_memory_stay_few(report):
+    # target: none. Four remain (MoE runs with partial recompute we model coarsely, and the
+    # paper's starred near-limit ZeRO-3 run); listed in docs/validation.md.
+    assert len(report["summary"]["oom_misses"]) <= 4
