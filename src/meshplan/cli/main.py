@@ -14,8 +14,7 @@ import typer
 
 from meshplan import api
 from meshplan.cli.options import Inputs, with_inputs
-from meshplan.cli.render import (breakdown_tables, console, plans_table, print_json,
-                                 summary_line)
+from meshplan.cli.render import breakdown_tables, console, plans_table, print_json, summary_line
 from meshplan.errors import MeshplanError
 from meshplan.specs.io import load_cluster, load_model, preset_names
 

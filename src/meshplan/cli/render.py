@@ -55,7 +55,8 @@ def summary_line(e: Estimate) -> str:
     budget = ""
     if "time_to_train_days" in e.extra:
         budget = (f"; {e.extra['token_budget']:.3g} tokens in "
-                  f"{e.extra['time_to_train_days']:.1f} days = {e.extra['gpu_hours']:,.0f} GPU-hours")
+                  f"{e.extra['time_to_train_days']:.1f} days = "
+                  f"{e.extra['gpu_hours']:,.0f} GPU-hours")
     return (f"{e.plan.describe()}: step {e.step_time_s:.3f} s, "
             f"{e.tokens_per_s_per_gpu:,.0f} tokens/s/GPU, MFU {e.mfu:.1%}, HFU {e.hfu:.1%}, "
             f"peak {e.memory_bytes['peak'] / GIB:.1f} GiB ({e.fit_reason}); "

@@ -16,8 +16,14 @@ import numpy as np
 
 from meshplan.cost import comm, memory
 from meshplan.cost import flops as F
-from meshplan.cost.compute import (Kernels, PassTimes, attention_times, embedding_times,
-                                   head_times, mlp_times)
+from meshplan.cost.compute import (
+    Kernels,
+    PassTimes,
+    attention_times,
+    embedding_times,
+    head_times,
+    mlp_times,
+)
 from meshplan.cost.layout import axis_tier_index, tier_members
 from meshplan.cost.params import count_params
 from meshplan.cost.pipeline import in_flight_microbatches, pipeline_time

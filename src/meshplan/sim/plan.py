@@ -22,7 +22,6 @@ from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import Plan
 
-
 STAGGERED = ("zb-h1", "zb-h2", "zb-v")
 """Schedules whose reference implementation overlaps consecutive iterations by validating the
 optimizer step after the fact (Zero Bubble, Qi et al. 2024, Sec. 4): the step is the longest
@@ -48,15 +47,16 @@ def stage_costs(costs: CostArrays, i: int, plan: Plan, num_stages: int,
 
     f, b_i, w = col("forward") / v, col("backward_input") / v, col("backward_weight") / v
     act = float(mem["activations_per_microbatch"][i]) / v
-    F, I, W, A = [f] * num_stages, [b_i] * num_stages, [w] * num_stages, [act] * num_stages
-    F[0] += col("embedding_f")
-    I[0] += col("embedding_i")
-    W[0] += col("embedding_w")
-    F[-1] += col("head_f")
-    I[-1] += col("head_i")
-    W[-1] += col("head_w")
-    A[-1] += float(mem["head_activations"][i])
-    return StageCosts(tuple(F), tuple(I), tuple(W), tuple(A), p2p_time=col("p2p"),
+    fw, bi, bw, acts = ([f] * num_stages, [b_i] * num_stages, [w] * num_stages,
+                        [act] * num_stages)
+    fw[0] += col("embedding_f")
+    bi[0] += col("embedding_i")
+    bw[0] += col("embedding_w")
+    fw[-1] += col("head_f")
+    bi[-1] += col("head_i")
+    bw[-1] += col("head_w")
+    acts[-1] += float(mem["head_activations"][i])
+    return StageCosts(tuple(fw), tuple(bi), tuple(bw), tuple(acts), p2p_time=col("p2p"),
                       p2p_blocking=1.0 - cluster.overlap.pp)
 
 

@@ -36,7 +36,8 @@ def read_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise MeshplanError(f"{path}: malformed {path.suffix.lstrip('.') or 'TOML'}: {err}") from None
+        kind = path.suffix.lstrip(".") or "TOML"
+        raise MeshplanError(f"{path}: malformed {kind}: {err}") from None
     if not isinstance(data, dict):
         raise MeshplanError(f"{path}: expected an object at the top level")
     return data

@@ -84,7 +84,8 @@ class Model(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> Model:
-        if self.head_dim is None and self.mla is None and self.hidden_size % self.num_attention_heads:
+        heads = self.num_attention_heads
+        if self.head_dim is None and self.mla is None and self.hidden_size % heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
                 f"({self.num_attention_heads}); set head_dim explicitly"

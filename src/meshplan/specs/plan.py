@@ -89,7 +89,8 @@ class Plan(Spec):
             raise ValueError(f"axis_order must be a permutation of {AXES}, got {self.axis_order}")
         v = self.virtual_stages
         if self.schedule in V_SHAPED and v != 2:
-            raise ValueError(f"schedule {self.schedule} runs exactly 2 chunks per rank, got vpp={v}")
+            raise ValueError(
+                f"schedule {self.schedule} runs exactly 2 chunks per rank, got vpp={v}")
         if self.schedule in ("interleaved-1f1b", "looped-bfs") and v < 2:
             raise ValueError(f"schedule {self.schedule} needs vpp >= 2 (use 1f1b for vpp=1)")
         if self.schedule not in MULTI_CHUNK and v != 1:

@@ -184,7 +184,8 @@ def calibrate(rows: Iterable[dict[str, Any]], leave_one_source_out: bool = True,
 
 def calibration_toml(result: FitResult, source: str) -> str:
     """The `presets/calibration.toml` text for fitted factors."""
-    lines = ["# Efficiency factors fitted by `meshplan calibrate` (meshplan/validate/calibrate.py).",
+    lines = ["# Efficiency factors fitted by `meshplan calibrate` "
+             "(meshplan/validate/calibrate.py).",
              f"# Data: {source}. Do not edit by hand: rerun the command.", ""]
     for name, f in sorted(result.factors.items()):
         lines.append(f"[{name}]")
