@@ -6,6 +6,8 @@ User errors (MeshplanError) print one line on stderr and exit 2; nothing else is
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -83,8 +85,9 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
         raise MeshplanError(f"--simulate-top={simulate_top}: must be 0 or more")
     # With --export, look further down the ranking for plans the target engine can express.
     pool = max(top, 5000) if export is not None else top
-    result = search(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=pool,
-                    simulate_top=simulate_top)
+    with console.status("searching plans...", spinner="dots") if not json_out else _quiet():
+        result = search(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=pool,
+                        simulate_top=simulate_top)
     if export is not None:
         _export_best_expressible(result.plans, inputs, export, out)
         result = replace(result, plans=result.plans[:top])
@@ -148,6 +151,11 @@ def simulate(inputs: Inputs,
         console.print(table)
     if trace is not None:
         console.print(f"trace written to {trace} (open it in ui.perfetto.dev)")
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    yield
 
 
 def _export_best_expressible(plans: list, inputs: Inputs, target: str, out: str | None) -> None:
