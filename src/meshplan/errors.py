@@ -41,7 +41,9 @@ def from_validation_error(err: ValidationError, where: str) -> MeshplanError:
         elif item["type"] == "missing":
             parts.append(f"missing key {field!r}")
         elif not item["loc"] or isinstance(item.get("input"), dict):
-            parts.append(f"{field}: {item['msg']}")  # whole-object rule: the input is noise
+            # A whole-object rule: its message names the fields; the input is noise.
+            msg = item["msg"].removeprefix("Value error, ")
+            parts.append(msg if not item["loc"] else f"{field}: {msg}")
         else:
             parts.append(f"{field}={item.get('input')!r}: {item['msg']}")
     return MeshplanError(f"{where}: " + "; ".join(parts))

@@ -41,6 +41,8 @@ class Inputs:
     def plan(self) -> Plan:
         """The Plan of the flags; dp defaults to whatever makes the degrees fill num_gpus."""
         flags = {k: v for k, v in self.plan_flags.items() if v is not None}
+        if "axis_order" in flags:
+            flags["axis_order"] = tuple(flags["axis_order"].split("-"))
         if "dp" not in flags:
             other = flags.get("tp", 1) * flags.get("pp", 1) * flags.get("cp", 1)
             if self.num_gpus % other:
@@ -104,6 +106,13 @@ PLAN_FLAGS: list[tuple[str, Any, Any]] = [
                                                       "Sequence parallelism")], None),
     ("offload_optimizer", Annotated[bool | None, _opt("--offload/--no-offload",
                                                       "Optimizer on the host")], None),
+    ("tp_comm_overlap", Annotated[bool | None, _opt("--tp-overlap/--no-tp-overlap",
+                                                    "Overlap TP collectives with GEMMs")], None),
+    ("ep_comm_overlap", Annotated[bool | None, _opt("--ep-overlap/--no-ep-overlap",
+                                                    "Overlap the expert all-to-all")], None),
+    ("axis_order", Annotated[str | None, _opt("--axis-order",
+                                              "Rank order, innermost first, e.g. tp-cp-ep-dp-pp")],
+     None),
 ]
 
 

@@ -102,7 +102,8 @@ def _ep_comm(model: Model, cluster: Cluster, job: Job, P: PlanArrays,
     members = tier_members(cluster, ("ep",), P, expert=True)
     tokens = P.mbs * job.seq_len / P.cp / np.where(P.sp, P.tp, 1)
     nbytes = 2.0 * tokens * model.moe.top_k * model.hidden_size
-    return moe_layers * 2 * comm.all_to_all_time(cluster, members, nbytes)
+    exposed = np.where(P.ep_overlap, 1 - cluster.overlap.ep_overlapped, 1.0)
+    return moe_layers * 2 * comm.all_to_all_time(cluster, members, nbytes) * exposed
 
 
 def _cp_comm(model: Model, cluster: Cluster, job: Job, P: PlanArrays, layers: np.ndarray,

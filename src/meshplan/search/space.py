@@ -105,7 +105,8 @@ def enumerate_plans(model: Model, job: Job, num_gpus: int,
         vpp=np.where(pp > 1, vpp[idx["s"]], 1),
         schedule=np.where(pp > 1, sched[idx["s"]], SCHEDULES.index("1f1b")),
         recompute=idx["rc"], offload=np.full(n, opts.offload), overlap_grad=np.ones(n, bool),
-        tp_overlap=np.zeros(n, bool), axis_order=DEFAULT_AXIS_ORDER,
+        tp_overlap=np.zeros(n, bool), ep_overlap=np.zeros(n, bool),
+        axis_order=DEFAULT_AXIS_ORDER,
     )
     legal = legal_mask(model, job, num_gpus, P)
     return P.select(legal), n

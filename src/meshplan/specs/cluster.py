@@ -138,6 +138,9 @@ class Overlap(Spec):
     """Pipeline send/receive hidden behind compute (Megatron 1F1B exchanges synchronously)."""
     cp: float = Field(default=0.9, ge=0, le=1)
     """Ring-attention K/V exchange hidden behind the attention kernel."""
+    ep_overlapped: float = Field(default=0.7, ge=0, le=1)
+    """Expert all-to-all hidden when the plan turns on ep_comm_overlap (Megatron-Core
+    --overlap-moe-expert-parallel-comm, DeepSeek's dual-micro-batch overlap)."""
 
 
 class Calibration(Spec):

@@ -80,6 +80,8 @@ class Plan(Spec):
     """Overlap the data-parallel gradient reduction with the backward pass."""
     tp_comm_overlap: bool = False
     """Overlap tensor-parallel collectives with GEMMs (Megatron --tp-comm-overlap / async TP)."""
+    ep_comm_overlap: bool = False
+    """Overlap the expert all-to-all with computation of another micro-batch."""
     axis_order: tuple[str, ...] = Field(default=DEFAULT_AXIS_ORDER, strict=False)
     """Rank order of the mesh axes, innermost first."""
 
@@ -159,6 +161,7 @@ class PlanArrays:
     offload: np.ndarray
     overlap_grad: np.ndarray
     tp_overlap: np.ndarray
+    ep_overlap: np.ndarray
     axis_order: tuple[str, ...] = Field(default=DEFAULT_AXIS_ORDER, strict=False)
 
     def __len__(self) -> int:
@@ -190,6 +193,7 @@ class PlanArrays:
             offload=col(lambda p: p.offload_optimizer, bool),
             overlap_grad=col(lambda p: p.overlap_grad_reduce, bool),
             tp_overlap=col(lambda p: p.tp_comm_overlap, bool),
+            ep_overlap=col(lambda p: p.ep_comm_overlap, bool),
             axis_order=order,
         )
 
@@ -211,5 +215,6 @@ class PlanArrays:
             recompute=RECOMPUTE[int(self.recompute[i])],  # type: ignore[arg-type]
             offload_optimizer=bool(self.offload[i]),
             overlap_grad_reduce=bool(self.overlap_grad[i]),
-            tp_comm_overlap=bool(self.tp_overlap[i]), axis_order=self.axis_order,
+            tp_comm_overlap=bool(self.tp_overlap[i]), ep_comm_overlap=bool(self.ep_overlap[i]),
+            axis_order=self.axis_order,
         )

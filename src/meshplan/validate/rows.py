@@ -172,7 +172,8 @@ def _build(row: dict[str, Any]) -> Case | Skip:
                 sequence_parallel=bool(sp), zero_stage=zero_stage(row, notes),  # type: ignore[arg-type]
                 micro_batch_size=mbs, schedule=schedule, vpp=vpp,  # type: ignore[arg-type]
                 recompute=recompute(row, notes),  # type: ignore[arg-type]
-                tp_comm_overlap="AsyncTP" in text_field(row, "optimizations"))
+                tp_comm_overlap="AsyncTP" in text_field(row, "optimizations"),
+                ep_comm_overlap="all-to-all overlap on" in text_field(row, "notes"))
     return Case(row, model, source_model, cluster, job, plan, num_gpus, gpu,
                 notes + hw_notes)
 
