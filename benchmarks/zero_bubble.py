@@ -43,7 +43,7 @@ def main() -> None:
         within += sum(abs(by[s]["error"]) <= 0.10 for s in ORDER)
         total += len(ORDER)
         print(f"{g:14} " + " ".join(f"{c:>22}" for c in cells) + f"  {'yes' if ok else 'no'}")
-    print(f"\ncells are measured/predicted samples/s per GPU and the signed error")
+    print("\ncells are measured/predicted samples/s per GPU and the signed error")
     print(f"order reproduced in {matched}/{len(groups)} groups; "
           f"{within}/{total} predictions within 10%")
 
