@@ -169,8 +169,8 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     dense_first, expert_p = memory.stage_params(counts, model, P, first=True, last=P.pp == 1)
     dense_last, _ = memory.stage_params(counts, model, P, first=P.pp == 1, last=True)
     dense_p = np.maximum(dense_first, dense_last)
-    dp_time, zero3_mb = _dp_comm(model, cluster, job, P, dense_p, expert_p, F_mid, I_mid + W_mid)
-    dp_exposed = dp_time + m * zero3_mb
+    dp = _dp_comm(model, cluster, job, P, dense_p, expert_p, F_mid, I_mid + W_mid)
+    dp_exposed = dp.per_step + m * dp.per_microbatch
     opt = _optimizer_time(cluster, P, dense_p, expert_p)
 
     step = pipe + dp_exposed + opt
@@ -209,14 +209,27 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
                      "embedding_f": emb.forward, "embedding_i": emb.backward_input,
                      "embedding_w": emb.backward_weight, "head_f": head.forward,
                      "head_i": head.backward_input, "head_w": head.backward_weight,
-                     "slowest": slowest},
+                     "slowest": slowest, "dp_grad": dp.grad, "dp_grad_exposed": dp.grad_exposed},
     )
 
 
+@dataclass(frozen=True)
+class DataParallelTimes:
+    """Data-parallel / ZeRO traffic of one step (seconds, one GPU)."""
+
+    grad: np.ndarray
+    """Per-step gradient reduction, before any overlap (the simulator schedules it)."""
+    grad_exposed: np.ndarray
+    """The part of `grad` the analytic model leaves exposed after the last backward."""
+    per_step: np.ndarray
+    """Exposed per-step traffic: `grad_exposed` plus the weight all-gather."""
+    per_microbatch: np.ndarray
+    """Exposed ZeRO-2/3 traffic per micro-batch."""
+
+
 def _dp_comm(model: Model, cluster: Cluster, job: Job, P: PlanArrays, dense_p: np.ndarray,
-             expert_p: np.ndarray, fwd: np.ndarray, bwd: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(exposed per-step DP time, exposed ZeRO-3 time per micro-batch).
+             expert_p: np.ndarray, fwd: np.ndarray, bwd: np.ndarray) -> DataParallelTimes:
+    """Exposed data-parallel and ZeRO traffic.
 
     ZeRO-0 all-reduces gradients; ZeRO-1/2 reduce-scatter them and all-gather the updated
     bf16 weights (Megatron distributed optimizer); ZeRO-2 reduce-scatters every micro-batch;
@@ -244,11 +257,12 @@ def _dp_comm(model: Model, cluster: Cluster, job: Job, P: PlanArrays, dense_p: n
     e_rs, e_ag, e_ar = states(exp_full, expert_p)
     grad = np.where(z == 0, ar_f + e_ar, np.where(z == 1, rs_s + e_rs, 0.0)) + hybrid
     gather = np.where((z == 1) | (z == 2), ag_s + e_ag, 0.0)
-    per_step = np.maximum(grad - ov * bwd, 0.0) + np.maximum(gather - ov * fwd, 0.0)
+    grad_exposed = np.maximum(grad - ov * bwd, 0.0)
+    per_step = grad_exposed + np.maximum(gather - ov * fwd, 0.0)
     zero2_mb = np.where(z == 2, np.maximum(rs_s + e_rs - ov * bwd, 0.0), 0.0)
     zero3_comm = 2 * (ag_s + e_ag) + rs_s + e_rs
     zero3_mb = np.where(z == 3, np.maximum(zero3_comm - ov * (fwd + bwd), 0.0), 0.0)
-    return per_step, zero2_mb + zero3_mb
+    return DataParallelTimes(grad, grad_exposed, per_step, zero2_mb + zero3_mb)
 
 
 def _optimizer_time(cluster: Cluster, P: PlanArrays, dense_p: np.ndarray,

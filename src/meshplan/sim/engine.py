@@ -37,6 +37,11 @@ class StageCosts:
     p2p_blocking: float = 0.0
     w_share: float = 0.5
     """Share of a stage's activations kept from I until W (inputs of the linear layers)."""
+    grad_reduce: float = 0.0
+    """Data-parallel gradient reduction each rank runs on its comm stream after its backward."""
+    grad_reduce_overlap: float = 0.0
+    """Share of the rank's last backward action the reduction may overlap (bucketed
+    reduce-scatter starts while the last micro-batch's gradients are still being produced)."""
 
 
 @dataclass(frozen=True)
@@ -57,13 +62,22 @@ class SimResult:
     makespan: float
     """Time from the first action to the last, pipeline flush included."""
     span: list[float]
-    """Per rank, from its first action's start to its last action's end."""
+    """Per rank, from its first action's start to the end of its last computation or
+    transfer (gradient reduction included)."""
+    compute_span: list[float]
+    """Per rank, from its first action's start to the end of its last computation."""
     busy: list[float]
     """Compute-stream busy time per rank."""
+    first_start: list[float]
     peak_activation_bytes: list[float]
     intervals: list[Interval] = field(default_factory=list)
     memory_timeline: list[list[tuple[float, float]]] = field(default_factory=list)
     """Per rank: (time, activation bytes held) after each change (when traced)."""
+
+    @property
+    def compute_end(self) -> float:
+        """When the last computation of the step ends (transfers may run on after it)."""
+        return max(s + f for s, f in zip(self.compute_span, self.first_start, strict=True))
 
     @property
     def staggered_step(self) -> float:
@@ -130,6 +144,7 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
             queue.append(waiting.pop(key))
 
     first = dict.fromkeys(ranks, -1.0)
+    last_bwd = dict.fromkeys(ranks, (0.0, 0.0))
     while queue:
         r = queue.popleft()
         order, i = orders[r], pos[r]
@@ -158,6 +173,8 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
                 held[r] -= acts[s] * w_share
             else:
                 held[r] -= acts[s]
+            if kind:
+                last_bwd[r] = (start, end)
             if trace:
                 intervals.append(Interval(r, "compute", str(a), start, end))
                 mem_tl[r].append((end, held[r]))
@@ -178,7 +195,17 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
         r = stuck[0]
         raise ScheduleError(f"deadlock: rank {r} waits forever at {orders[r][pos[r]][3]} "
                             f"(action {pos[r]} of {len(orders[r])})")
+    if costs.grad_reduce > 0:
+        for r in ranks:
+            b0, b1 = last_bwd[r]
+            start = max(comm_free[r], b1 - costs.grad_reduce_overlap * (b1 - b0))
+            comm_free[r] = start + costs.grad_reduce
+            if trace:
+                intervals.append(Interval(r, "comm", "grad reduce", start, comm_free[r]))
     makespan = max(max(free.values()), max(comm_free.values()))
-    span = [max(free[r], comm_free[r]) - max(first[r], 0.0) for r in ranks]
-    return SimResult(makespan, span, [busy[r] for r in ranks], [peak[r] for r in ranks], intervals,
+    start0 = {r: max(first[r], 0.0) for r in ranks}
+    span = [max(free[r], comm_free[r]) - start0[r] for r in ranks]
+    compute_span = [free[r] - start0[r] for r in ranks]
+    return SimResult(makespan, span, compute_span, [busy[r] for r in ranks],
+                     [start0[r] for r in ranks], [peak[r] for r in ranks], intervals,
                      [mem_tl[r] for r in ranks] if trace else [])

@@ -57,7 +57,8 @@ def stage_costs(costs: CostArrays, i: int, plan: Plan, num_stages: int,
     bw[-1] += col("head_w")
     acts[-1] += float(mem["head_activations"][i])
     return StageCosts(tuple(fw), tuple(bi), tuple(bw), tuple(acts), p2p_time=col("p2p"),
-                      p2p_blocking=1.0 - cluster.overlap.pp)
+                      p2p_blocking=1.0 - cluster.overlap.pp, grad_reduce=col("dp_grad"),
+                      grad_reduce_overlap=cluster.overlap.dp if plan.overlap_grad_reduce else 0.0)
 
 
 def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cluster,
@@ -73,6 +74,11 @@ def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cl
     closed_pipe = sum(t[k] for k in ("compute", "tp_comm", "cp_comm", "ep_comm", "pp_comm",
                                      "bubble"))
     busy_part = closed_pipe - t["bubble"]
+    # The gradient reduction now runs on the simulated comm streams: what sticks out past the
+    # compute replaces the analytic estimate of its exposed part.
+    compute_end = max(result.compute_span) if plan.schedule in STAGGERED else result.compute_end
+    t["dp_comm"] += (pipeline - compute_end) - float(costs.stage_times["dp_grad_exposed"][i])
+    pipeline = compute_end
     # Transfers now run on their own stream: the simulated bubble absorbs what they expose.
     t["bubble"] = max(pipeline - busy_part, 0.0)
     t["pp_comm"] = max(t["pp_comm"] + min(pipeline - busy_part, 0.0), 0.0)
