@@ -179,10 +179,11 @@ def _export_best_expressible(plans: list, inputs: Inputs, target: str, out: str 
 
 def _register_extensions() -> None:
     """Subcommands that live in their own modules (validate, export, run, calibrate)."""
-    from meshplan.cli import export_cmd, validate_cmd
+    from meshplan.cli import export_cmd, run_cmd, validate_cmd
 
     validate_cmd.register(app)
     export_cmd.register(app)
+    run_cmd.register(app)
 
 
 _register_extensions()

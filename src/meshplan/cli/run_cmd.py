@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,12 +60,16 @@ def _local_inputs(func: Any) -> Any:
 
 
 def _default_ranks(kw: dict[str, Any]) -> int:
-    if kw.get("nproc") is not None:
-        return int(kw["nproc"]) * int(kw.get("nnodes") or 1)
-    n = 1
+    """--nproc x --nnodes when the plan flags fit in it (dp fills the rest), else the ranks
+    the plan flags name (so a plan too big for --nproc gets the "needs N ranks" error)."""
+    named = 1
     for axis in ("tp", "pp", "cp", "dp"):
-        n *= kw.get(axis) or 1
-    return n
+        named *= kw.get(axis) or 1
+    if kw.get("nproc") is not None:
+        available = int(kw["nproc"]) * int(kw.get("nnodes") or 1)
+        if available % named == 0 and (kw.get("dp") is None or available == named):
+            return available
+    return named
 
 
 def _signed(predicted: float, measured: float) -> float:
@@ -143,7 +149,13 @@ def run(inputs: Inputs,
             raise MeshplanError("--nnodes > 1 needs --rdzv-endpoint and --node-rank")
         args = [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={rdzv_endpoint}"]
-    result = launch(cfg, plan.num_gpus // nnodes, args)
+    local_ranks = plan.num_gpus // nnodes
+    cores = os.cpu_count() or 1
+    if local_ranks * threads > cores and not json_out:
+        print(f"note: {local_ranks} rank(s) x {threads} thread(s) on {cores} core(s): ranks "
+              "time-share the CPU, so the measured step is slower than the prediction, which "
+              "assumes each rank has its own device", file=sys.stderr)
+    result = launch(cfg, local_ranks, args)
     if result is None:  # a node without rank 0: rank 0's node reports
         return
     measured = {"step_time_s": result["step_time_s"],
@@ -161,14 +173,29 @@ def run(inputs: Inputs,
 
 def calibrate(
         local: Annotated[bool, typer.Option("--local", help="Measure this machine")] = False,
+        runs: Annotated[str | None, typer.Option(
+            "--runs", help="Fit the presets' efficiency factors to published runs in this "
+                           "file (schema of published_training_runs.json); 'shipped' for "
+                           "meshplan's own")] = None,
+        write: Annotated[bool, typer.Option(
+            "--write", help="With --runs: write the fitted factors to presets/calibration.toml"
+        )] = False,
+        loso: Annotated[bool, typer.Option(
+            "--loso/--no-loso", help="With --runs: leave-one-source-out error (slower)")] = True,
         out: Annotated[Path, typer.Option("--out", help="Cluster file to write")] = Path(
             LOCAL_CLUSTER),
         threads: Annotated[int, typer.Option("--threads-per-rank",
                                              help="CPU threads one rank gets")] = 1,
         json_out: JsonFlag = False) -> None:
-    """Measure GEMMs, memory and collectives into a meshplan cluster file."""
-    if not local:
-        raise MeshplanError("calibrate: only --local is implemented (measure this machine)")
+    """Measure this machine (--local) or fit the presets to published runs (--runs FILE)."""
+    if local == (runs is not None):
+        raise MeshplanError("calibrate: give exactly one of --local (measure this machine) or "
+                            "--runs FILE (fit the presets to published runs)")
+    if runs is not None:
+        from meshplan.cli.calibrate_runs import calibrate_runs
+
+        calibrate_runs(None if runs == "shipped" else runs, write, loso, json_out)
+        return
     if threads < 1:
         raise MeshplanError(f"--threads-per-rank={threads}: must be >= 1")
     from meshplan.execute.calibrate import calibrate_local

@@ -38,7 +38,7 @@ def torchrun_command(config: Path, out: Path, nproc_per_node: int,
 _RANK_ERROR = re.compile(r"^\[rank(\d+)\]: ((?:\w+\.)*\w*(?:Error|Exception)\b.*)$")
 
 
-def _last_error(text: str) -> str:
+def last_error(text: str) -> str:
     """The most telling line of a failed run's log: the first rank's exception line."""
     for line in text.splitlines():
         match = _RANK_ERROR.match(line.strip())
@@ -72,7 +72,7 @@ def launch(cfg: RunConfig | list[RunConfig], nproc_per_node: int,
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise MeshplanError(f"torchrun failed (exit {proc.returncode}): "
-                            f"{_last_error(proc.stderr + proc.stdout)} (full log: {log})")
+                            f"{last_error(proc.stderr + proc.stdout)} (full log: {log})")
     if not out.exists():
         return None
     return json.loads(out.read_text())

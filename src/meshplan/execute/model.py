@@ -194,6 +194,10 @@ class Transformer(nn.Module):
             x = self.tok_embeddings(x)
             if self.pos_embeddings is not None:
                 x = x + self.pos_embeddings.weight[: x.shape[1]]
+            if self.compute_dtype is not None:
+                # The residual stream in the compute dtype, as Megatron keeps it: what TP,
+                # SP and pipeline stages exchange is then 2 bytes per element, as costed.
+                x = x.to(self.compute_dtype)
         for layer in self.layers.values():
             x = layer(x)
         if self.norm is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,11 +33,15 @@ from torch import nn
 from torch.distributed._composable.replicate_with_fsdp import replicate
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import Replicate, Shard
-from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput,
-                                               RowwiseParallel, SequenceParallel,
-                                               parallelize_module)
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 from meshplan.errors import MeshplanError
 from meshplan.execute.model import Attention, Transformer, build_model, check_model, loss_fn
@@ -70,6 +75,9 @@ def check_supported(spec: Model, plan: Plan, device_type: str = "cpu") -> None:
     if plan.pp > 1 and spec.tied_embeddings:
         raise MeshplanError(f"pp={plan.pp}: tied embeddings across pipeline stages are not "
                             "supported by meshplan run")
+    if getattr(plan, "ep_comm_overlap", False):
+        raise MeshplanError("ep_comm_overlap=True: expert parallelism is not supported by "
+                            "meshplan run")
     if plan.tp_comm_overlap:
         raise MeshplanError("tp_comm_overlap=True: torch's async TP needs CUDA symmetric "
                             "memory; not supported by meshplan run")
@@ -135,7 +143,7 @@ def apply_tp(part: Transformer, tp_mesh: DeviceMesh, sp: bool) -> None:
             "feed_forward.w1": ColwiseParallel(), "feed_forward.w2":
                 RowwiseParallel(output_layouts=seq),
         }
-        if block.feed_forward.w3 is not None:
+        if getattr(block.feed_forward, "w3", None) is not None:
             styles["feed_forward.w3"] = ColwiseParallel()
         if sp:
             gather = PrepareModuleInput(input_layouts=(Shard(1),),
@@ -159,17 +167,24 @@ def apply_ac(part: Transformer, mode: str) -> None:
 
 
 def apply_dp(part: Transformer, mesh: DeviceMesh, plan: Plan) -> None:
-    """FSDP2 per block, then the root (torchtitan's `apply_fsdp` / `apply_ddp`)."""
+    """FSDP2 per block, then the root (torchtitan's `apply_fsdp` / `apply_ddp`).
+
+    With a low-precision compute dtype, FSDP2's MixedPrecisionPolicy gathers weights in that
+    dtype and reduces gradients in fp32 (torchtitan's default; the cost model's 2-byte
+    all-gather and 4-byte reduce-scatter)."""
     if plan.dp == 1:
         return
+    dtype = part.compute_dtype
+    mp = (MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+          if dtype is not None else MixedPrecisionPolicy())
     if plan.zero_stage == 0:
-        replicate(part, mesh=mesh["dp"])
+        replicate(part, mesh=mesh["dp"], mp_policy=mp)
         return
     dp_mesh = mesh["dp_replicate", "dp_shard"] if _hybrid(plan) else mesh["dp"]
     reshard = plan.zero_stage == 3
     for block in part.layers.values():
-        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard)
-    fully_shard(part, mesh=dp_mesh, reshard_after_forward=reshard)
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
+    fully_shard(part, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
 
 
 def parallelize_part(part: Transformer, mesh: DeviceMesh, plan: Plan) -> Transformer:
@@ -216,7 +231,7 @@ def parallelize(spec: Model, plan: Plan, num_microbatches: int, *, seed: int, se
 
 
 def _pipeline(spec: Model, plan: Plan, m: int, mesh: DeviceMesh, device: torch.device,
-              make: object) -> tuple[object, list]:
+              make: Callable[[list[int], bool, bool], Transformer]) -> tuple[object, list]:
     """Stages for this rank and torch's schedule runtime, fed meshplan's action lists."""
     from torch.distributed.pipelining import PipelineStage
     from torch.distributed.pipelining.schedules import _PipelineScheduleRuntime
@@ -235,7 +250,7 @@ def _pipeline(spec: Model, plan: Plan, m: int, mesh: DeviceMesh, device: torch.d
     for s, owner in enumerate(sched.stage_to_rank):
         if owner != rank:
             continue
-        part = make(list(range(s * per, (s + 1) * per)), s == 0, s == num_stages - 1)  # type: ignore[operator]
+        part = make(list(range(s * per, (s + 1) * per)), s == 0, s == num_stages - 1)
         stages.append(PipelineStage(part, s, num_stages, device, group=pp_mesh.get_group()))
     runtime = _PipelineScheduleRuntime(stages, n_microbatches=m, loss_fn=loss_fn,
                                        scale_grads=True)
@@ -249,5 +264,5 @@ def _pipeline(spec: Model, plan: Plan, m: int, mesh: DeviceMesh, device: torch.d
     return runtime, stages
 
 
-def model_parameters(parts: list[nn.Module]) -> list[nn.Parameter]:
+def model_parameters(parts: Sequence[nn.Module]) -> list[nn.Parameter]:
     return [p for part in parts for p in part.parameters()]

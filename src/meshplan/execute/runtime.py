@@ -71,16 +71,28 @@ def make_optimizer(name: str, params: list, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer {name!r}")
 
 
+def default_device_type() -> str:
+    """Where ranks run: one GPU each when CUDA is available (NCCL), else CPU (gloo)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _set_grad_sync(parts: list, on: bool) -> None:
+def _set_sync(parts: list, plan: Plan, last: bool) -> None:
+    """Gradient accumulation over micro-batches on FSDP2/replicate modules.
+
+    ZeRO-0/1 reduce gradients once, after the last micro-batch; ZeRO-2/3 reduce-scatter every
+    micro-batch (Rajbhandari et al. 2020, Sec. 5). ZeRO-1/2 keep the gathered weights until
+    the step ends (all-gathered once per step); ZeRO-3 reshards after every backward.
+    """
     for part in parts:
         if hasattr(part, "set_requires_gradient_sync"):
-            part.set_requires_gradient_sync(on)
+            part.set_requires_gradient_sync(last or plan.zero_stage >= 2)
+            part.set_reshard_after_backward(last or plan.zero_stage >= 3)
 
 
 def train_step(par: Parallelized, plan: Plan, x: torch.Tensor, y: torch.Tensor,
@@ -98,8 +110,7 @@ def train_step(par: Parallelized, plan: Plan, x: torch.Tensor, y: torch.Tensor,
         model = par.parts[0]
         loss = torch.zeros((), device=x.device)
         for i in range(m):
-            # ZeRO-0/1 reduce once per step; ZeRO-2/3 every micro-batch (Rajbhandari 2020).
-            _set_grad_sync(par.parts, i == m - 1 or plan.zero_stage >= 2)
+            _set_sync(par.parts, plan, last=i == m - 1)
             sl = slice(i * mbs, (i + 1) * mbs)
             mb_loss = loss_fn(model(x[sl]), y[sl]) / m
             mb_loss.backward()
@@ -111,9 +122,11 @@ def train_step(par: Parallelized, plan: Plan, x: torch.Tensor, y: torch.Tensor,
 
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Train on this rank; return the summary (meaningful on every rank)."""
-    device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-              if torch.cuda.is_available() else torch.device("cpu"))
-    if device.type == "cpu":
+    if default_device_type() == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
         torch.set_num_threads(cfg.threads_per_rank)
     spec, plan = Model.model_validate(cfg.model), Plan.model_validate(cfg.plan)
     world = dist.get_world_size()
@@ -152,7 +165,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "world_size": world, "device": device.type, "plan": plan.model_dump(mode="json"),
         "dtype": cfg.dtype, "threads_per_rank": cfg.threads_per_rank,
         "num_microbatches": m, "losses": losses, "step_times_s": step_times,
-        "step_time_s": statistics.median(timed),
+        "step_time_s": statistics.median(timed), "step_time_min_s": min(timed),
         "peak_memory_bytes_per_rank": [int(t.item()) for t in per_rank],
         "peak_memory_bytes": int(max(t.item() for t in per_rank)),
     }
@@ -167,17 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     with open(config_path) as f:
         data = json.load(f)
     configs = [RunConfig(**c) for c in (data if isinstance(data, list) else [data])]
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    try:
-        results = [run(cfg) for cfg in configs]
-        if dist.get_rank() == 0:
-            with open(out_path, "w") as f:
-                json.dump(results if isinstance(data, list) else results[0], f)
-    finally:
-        dist.destroy_process_group()
+    dist.init_process_group("nccl" if default_device_type() == "cuda" else "gloo")
+    results = [run(cfg) for cfg in configs]
+    if dist.get_rank() == 0:
+        with open(out_path, "w") as f:
+            json.dump(results if isinstance(data, list) else results[0], f)
+    dist.barrier()
+    dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: gloo's worker threads can abort it ("terminate called
+    # without an active exception") after the work is done and the result written.
+    os._exit(code)
