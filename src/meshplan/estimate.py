@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from meshplan.cost.step import MEMORY_TERMS, TIME_TERMS, CostArrays
-from meshplan.specs.plan import Plan
+from meshplan.cost.layout import axis_tier_index
+from meshplan.cost.step import MEMORY_TERMS, TIME_TERMS, CostArrays, evaluate
+from meshplan.errors import MeshplanError
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+from meshplan.specs.plan import Plan, PlanArrays
+from meshplan.specs.rules import check_plan
 
 GIB = 1024**3
 
@@ -94,3 +100,34 @@ def estimate_from_arrays(costs: CostArrays, i: int, plan: Plan, capacity: float,
         axis_tiers=axis_tiers,
         model_flops_per_step=costs.model_flops,
     )
+
+
+AXIS_GROUPS = {"tp": ("tp",), "cp": ("cp",), "dp": ("cp", "dp"), "pp": ("pp",)}
+
+
+def axis_tiers(cluster: Cluster, P: PlanArrays, i: int = 0) -> dict[str, str]:
+    """Network tier each mesh axis lands on for plan i (only axes of degree > 1)."""
+    out = {}
+    sizes = {"tp": P.tp, "cp": P.cp, "dp": P.dp * P.cp, "pp": P.pp}
+    for axis, axes in AXIS_GROUPS.items():
+        if sizes[axis][i] > 1:
+            out[axis] = cluster.network[int(axis_tier_index(cluster, axes, P)[i])].name
+    if P.ep[i] > 1:
+        idx = axis_tier_index(cluster, ("ep",), P, expert=True)
+        out["ep"] = cluster.network[int(idx[i])].name
+    return out
+
+
+def analytic_estimate(model: Model, cluster: Cluster, job: Job, plan: Plan,
+                      num_gpus: int | None = None) -> tuple[Estimate, CostArrays]:
+    """Check one plan and cost it with the closed-form pipeline; also return the raw arrays
+    (the simulator refines the estimate from them)."""
+    P = PlanArrays.from_plans([plan])
+    check_plan(model, job, num_gpus or plan.num_gpus, P)
+    if cluster.num_gpus is not None and plan.num_gpus > cluster.num_gpus:
+        raise MeshplanError(
+            f"num_gpus={plan.num_gpus}: cluster {cluster.name} has only {cluster.num_gpus}")
+    costs = evaluate(model, cluster, job, P)
+    est = estimate_from_arrays(costs, 0, plan, cluster.accelerator.memory_bytes,
+                               axis_tiers(cluster, P))
+    return est, costs

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meshplan.api import axis_tiers
 from meshplan.cost.step import CostArrays, evaluate
-from meshplan.estimate import Estimate, estimate_from_arrays, with_budget
+from meshplan.estimate import Estimate, axis_tiers, estimate_from_arrays, with_budget
 from meshplan.search.space import SpaceOptions, enumerate_plans
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job

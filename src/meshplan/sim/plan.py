@@ -116,15 +116,7 @@ def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cl
 def simulate_plan(model: Model, cluster: Cluster, job: Job, plan: Plan,
                   num_gpus: int | None = None, trace: bool = False) -> Simulation:
     """Cost one plan and simulate its schedule (a single-stage plan is simulated too)."""
-    from meshplan.api import axis_tiers
-    from meshplan.cost.step import evaluate
-    from meshplan.estimate import estimate_from_arrays
-    from meshplan.specs.plan import PlanArrays
-    from meshplan.specs.rules import check_plan
+    from meshplan.estimate import analytic_estimate
 
-    P = PlanArrays.from_plans([plan])
-    check_plan(model, job, num_gpus or plan.num_gpus, P)
-    costs = evaluate(model, cluster, job, P)
-    analytic = estimate_from_arrays(costs, 0, plan, cluster.accelerator.memory_bytes,
-                                    axis_tiers(cluster, P))
+    analytic, costs = analytic_estimate(model, cluster, job, plan, num_gpus)
     return simulate_estimate(analytic, costs, 0, cluster, trace=trace)
