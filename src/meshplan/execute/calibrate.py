@@ -78,7 +78,8 @@ def _curve(rows: list[tuple[float, float]], peak: float) -> dict[str, list[float
     for flops, rate in rows:
         best[flops] = max(best.get(flops, 0.0), rate)
     xs = sorted(best)
-    return {"x": xs, "y": [round(max(1e-4, best[x] / peak), 4) for x in xs]}
+    # best is a max over ranks and peak a median over ranks: clamp the ratio at 1
+    return {"x": xs, "y": [round(min(1.0, max(1e-4, best[x] / peak)), 4) for x in xs]}
 
 
 def _median_over_ranks(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
