@@ -1,5 +1,5 @@
 """Round trip through published runs: each Megatron or torchtitan row of
-shared/reference/published_training_runs.json becomes a model, job and plan; its export, read
+published_training_runs.json (shipped copy) becomes a model, job and plan; its export, read
 back, must carry the row's degrees, virtual stages, micro-batch, global batch and recompute.
 
 Rows whose needed fields are null, or whose layout meshplan cannot represent (uneven pipeline
@@ -25,8 +25,9 @@ from meshplan.specs.model import MLA, MoE
 from meshplan.specs.plan import PlanArrays
 from meshplan.specs.rules import check_plan
 
-RUNS = Path(__file__).resolve().parents[3] / "shared/reference/published_training_runs.json"
-ROWS = json.loads(RUNS.read_text()) if RUNS.exists() else []
+# The copy shipped with meshplan (src/meshplan/data), identical to shared/reference's.
+RUNS = Path(__file__).resolve().parents[2] / "src/meshplan/data/published_training_runs.json"
+ROWS = json.loads(RUNS.read_text())
 SELECTED = [r for r in ROWS if "Megatron" in r["framework"] or "torchtitan" in r["framework"]]
 NEEDED = ("tp", "pp", "dp", "micro_batch_size", "global_batch_size", "seq_length", "num_layers",
           "hidden_size", "ffn_hidden_size", "num_attention_heads")
