@@ -83,6 +83,12 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
         raise MeshplanError(f"--top={top}: must be positive")
     if simulate_top < 0:
         raise MeshplanError(f"--simulate-top={simulate_top}: must be 0 or more")
+    if export is not None:
+        from meshplan.errors import unknown_name
+        from meshplan.export.api import TARGETS
+
+        if export not in TARGETS:
+            raise unknown_name("export target", export, TARGETS)
     # With --export, look further down the ranking for plans the target engine can express.
     pool = max(top, 5000) if export is not None else top
     with console.status("searching plans...", spinner="dots") if not json_out else _quiet():
