@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from meshplan.cli.render import console, print_json
@@ -20,11 +23,11 @@ def _stats(errors: list[float]) -> dict[str, float | int | None]:
 
 def calibrate_runs(runs: str | None, write: bool, loso: bool, json_out: bool) -> None:
     """Fit, report in-sample and held-out error, and optionally write the calibration file."""
-    rows = load_runs(runs)
+    rows = load_runs(Path(runs) if runs else None)
     result = calibrate(rows, leave_one_source_out=loso,
                        progress=None if json_out else lambda msg: console.print(msg))
     headline = {r["id"] for r in rows if not r["is_sweep"]}
-    summary = {
+    summary: dict[str, Any] = {
         "factors": result.factors,
         "in_sample": {"all": _stats(list(result.in_sample.values())),
                       "headline": _stats([e for i, e in result.in_sample.items()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -49,7 +49,7 @@ def models(json_out: JsonFlag = False) -> None:
 @app.command()
 def clusters(json_out: JsonFlag = False) -> None:
     """List the cluster presets."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in preset_names("clusters"):
         c = load_cluster(name)
         rows.append({"name": name, "accelerator": c.accelerator.name,

@@ -88,7 +88,7 @@ def attention_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTi
         # Causal flash attention skips the masked half of the score matrix.
         core_f = 0.5 * core / (K.attn_peak * K.attn_eff)
         core_b = 2 * 0.5 * core / (K.attn_peak * K.attn_bwd_eff)
-        softmax = 0.0
+        softmax: float | np.ndarray = 0.0
     else:
         # Unfused attention runs one batched GEMM pair per (sequence, head): its efficiency is
         # that of a single head's s x s x d GEMM.

@@ -65,7 +65,7 @@ def mlp_activation_bytes(model: Model, job: Job, P: PlanArrays, moe: bool) -> np
     sp = np.where(P.sp, t, 1)
     gemm_in = _gemm_input_bytes(job)
     # fc1 output (2 or 1 matrices' worth, kept for the activation's backward) + fc2 input
-    per_f = (4.0 if model.gated else 2.0) + gemm_in
+    per_f: float | np.ndarray = (4.0 if model.gated else 2.0) + gemm_in
     replicated = (2 + gemm_in + (1 if model.dropout else 0)) * T * h / sp
     # Selective recompute with fused attention also rebuilds the norm output and the
     # activation function's output (Megatron-Core moe_act / layernorm modules, torchtitan SAC).

@@ -199,7 +199,7 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
         memory=mem,
         num_microbatches=m,
         model_flops=model_flops,
-        hardware_flops=hw_flops,
+        hardware_flops=np.asarray(hw_flops, dtype=float),
         mfu=model_flops / (step * n_gpus * peak),
         hfu=hw_flops / (step * n_gpus * peak),
         tokens_per_s=job.tokens_per_step / step,

@@ -63,8 +63,8 @@ RULES: tuple[Rule, ...] = (
                                "for load-balanced causal attention"),
     Rule("ep_dense", lambda M, J, n, P: M.is_moe | ((P.ep == 1) & (P.etp == 1)),
          lambda M, J, n, P, i: f"ep={int(P.ep[i])}: expert parallelism needs a MoE model"),
-    Rule("ep_experts", lambda M, J, n, P: (not M.is_moe) | (
-            (M.moe.num_experts % P.ep == 0) if M.moe else True),
+    Rule("ep_experts", lambda M, J, n, P: np.ones(len(P), bool) if M.moe is None
+         else M.moe.num_experts % P.ep == 0,
          lambda M, J, n, P, i: f"ep={int(P.ep[i])}: must divide num_experts "
                                f"({M.moe.num_experts if M.moe else 0})"),
     Rule("ep_group", lambda M, J, n, P: (P.dp * P.cp * P.tp) % (P.ep * P.etp) == 0,

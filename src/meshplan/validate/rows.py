@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -110,7 +110,7 @@ REQUIRED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads
 """Fields without which no run can be rebuilt (no engine default exists for them)."""
 
 
-def gradient_bytes(row: dict[str, Any], notes: list[str]) -> int:
+def gradient_bytes(row: dict[str, Any], notes: list[str]) -> Literal[2, 4]:
     """Bytes per gradient element the engine keeps (the default of each engine)."""
     framework = text_field(row, "framework")
     if "mode PURE" in text_field(row, "optimizations"):
