@@ -5,8 +5,8 @@ The stable surface is `__all__`; subpackages are importable for power users.
 
 from meshplan.api import estimate, plan
 from meshplan.errors import MeshplanError
-from meshplan.export.api import export
 from meshplan.estimate import Estimate
+from meshplan.export.api import export
 from meshplan.specs import Cluster, Job, Model, Plan
 from meshplan.specs.io import load_cluster, load_model
 
