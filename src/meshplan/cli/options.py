@@ -110,6 +110,10 @@ PLAN_FLAGS: list[tuple[str, Any, Any]] = [
                                                     "Overlap TP collectives with GEMMs")], None),
     ("ep_comm_overlap", Annotated[bool | None, _opt("--ep-overlap/--no-ep-overlap",
                                                     "Overlap the expert all-to-all")], None),
+    ("first_stage_layers", Annotated[int | None, _opt(
+        "--first-stage-layers", "Layers on the first pipeline rank (uneven split)")], None),
+    ("last_stage_layers", Annotated[int | None, _opt(
+        "--last-stage-layers", "Layers on the last pipeline rank (uneven split)")], None),
     ("axis_order", Annotated[str | None, _opt("--axis-order",
                                               "Rank order, innermost first, e.g. tp-cp-ep-dp-pp")],
      None),

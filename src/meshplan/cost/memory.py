@@ -112,16 +112,16 @@ def model_state_bytes(params: np.ndarray, P: PlanArrays, shard: np.ndarray,
     return {"weights": weights, "gradients": grads, "optimizer": optimizer}
 
 
-def stage_params(counts: ParamCounts, model: Model, P: PlanArrays,
+def stage_params(counts: ParamCounts, model: Model, P: PlanArrays, layers: np.ndarray,
                  first: np.ndarray | bool, last: np.ndarray | bool
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(dense, expert) parameters held by one GPU of a first/middle/last pipeline rank.
+    """(dense, expert) parameters held by one GPU of a pipeline rank holding `layers` layers.
 
-    Dense layers are spread evenly; the embedding sits on the first rank and the LM head on
-    the last (Megatron's layout; tied embeddings keep a copy on both ends).
+    The embedding sits on the first rank and the LM head on the last (Megatron's layout; tied
+    embeddings keep a copy on both ends); MoE layers are spread in proportion.
     """
     L = model.num_layers
-    per_rank = L / P.pp
+    per_rank = np.where(P.pp > 1, layers, L)
     non_expert = (counts.num_dense_layers * counts.per_dense_layer
                   + counts.num_moe_layers * counts.per_moe_layer_non_expert) / L
     dense = per_rank * non_expert / P.tp

@@ -25,12 +25,13 @@ from meshplan.cost.compute import (
     mlp_times,
 )
 from meshplan.cost.layout import axis_tier_index, tier_members
-from meshplan.cost.params import count_params
+from meshplan.cost.params import ParamCounts, count_params
 from meshplan.cost.pipeline import in_flight_microbatches, pipeline_time
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import PlanArrays
+from meshplan.specs.stages import rank_layers
 
 ADAM_STEP_BYTES = 30.0
 """HBM traffic per parameter of a fused Adam step: read fp32 grad, master, m, v (16 bytes),
@@ -154,40 +155,48 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     p2p = comm.p2p_time(cluster, pp_tier, act_bytes)
     pp_exposed = np.where(P.pp > 1, 2 * P.vpp * p2p * (1 - cluster.overlap.pp), 0.0)
 
-    F_mid = fwd_c + fwd_comm
-    I_mid = bwd_i_c + rec_c + bwd_comm
-    W_mid = bwd_w_c
-    mid = F_mid + I_mid + W_mid + pp_exposed
+    # Everything above is for a rank holding L / p layers; uneven splits scale it per rank.
+    l_first, l_mid, l_last = rank_layers(model.num_layers, P)
+    even = model.num_layers / P.pp
+    s_first, s_mid, s_last = l_first / even, l_mid / even, l_last / even
+    unit_f, unit_i, unit_w = fwd_c + fwd_comm, bwd_i_c + rec_c + bwd_comm, bwd_w_c
+    unit = unit_f + unit_i + unit_w
+    F_mid, I_mid, W_mid = unit_f * s_mid, unit_i * s_mid, unit_w * s_mid
+    mid = unit * s_mid + pp_exposed
     emb, head = embedding_times(model, job, K, P), head_times(model, job, K, P)
-    first = mid + emb.forward + emb.backward
-    last = mid + head.forward + head.backward
-    single = mid + emb.forward + emb.backward + head.forward + head.backward
+    first = unit * s_first + pp_exposed + emb.forward + emb.backward
+    last = unit * s_last + pp_exposed + head.forward + head.backward
+    single = unit + emb.forward + emb.backward + head.forward + head.backward
     first = np.where(P.pp > 1, first, single)
     pipe = pipeline_time(P.schedule, P.pp, m, P.vpp, first, mid, last, F_mid, I_mid, W_mid)
 
     # Data parallel, ZeRO and optimizer, on the rank holding the most parameters.
-    dense_first, expert_p = memory.stage_params(counts, model, P, first=True, last=P.pp == 1)
-    dense_last, _ = memory.stage_params(counts, model, P, first=P.pp == 1, last=True)
+    dense_first, expert_first = memory.stage_params(counts, model, P, l_first, first=True,
+                                                    last=P.pp == 1)
+    dense_last, expert_last = memory.stage_params(counts, model, P, l_last,
+                                                  first=P.pp == 1, last=True)
     dense_p = np.maximum(dense_first, dense_last)
-    dp = _dp_comm(model, cluster, job, P, dense_p, expert_p, F_mid, I_mid + W_mid)
+    expert_p = np.maximum(expert_first, expert_last)
+    dp = _dp_comm(model, cluster, job, P, dense_p, expert_p, unit_f, unit_i + unit_w)
     dp_exposed = dp.per_step + m * dp.per_microbatch
     opt = _optimizer_time(cluster, P, dense_p, expert_p)
 
     step = pipe + dp_exposed + opt
     slowest = np.maximum(np.maximum(first, last), mid)
-    compute_share = m * (fwd_c + bwd_i_c + bwd_w_c + rec_c)
+    compute_share = m * (fwd_c + bwd_i_c + bwd_w_c + rec_c) * s_mid
     time = {
         "compute": compute_share + m * (slowest - mid),
-        "tp_comm": m * (tp_f + tp_b + np.where(full_rc, tp_f, 0.0)),
-        "cp_comm": m * (cp_f + cp_b + np.where(full_rc, cp_f, 0.0)),
-        "ep_comm": m * (ep_one * np.where(full_rc, 3.0, 2.0)),
+        "tp_comm": m * (tp_f + tp_b + np.where(full_rc, tp_f, 0.0)) * s_mid,
+        "cp_comm": m * (cp_f + cp_b + np.where(full_rc, cp_f, 0.0)) * s_mid,
+        "ep_comm": m * (ep_one * np.where(full_rc, 3.0, 2.0)) * s_mid,
         "pp_comm": m * pp_exposed,
         "bubble": pipe - m * slowest,
         "dp_comm": dp_exposed,
         "optimizer": opt,
     }
 
-    mem = _memory(model, cluster, job, P, counts, m, dense_first, dense_last, expert_p)
+    mem = _memory(model, cluster, job, P, counts, m, dense_first, dense_last,
+                  expert_first, expert_last, s_first, s_last)
     model_flops = float(F.model_flops_per_step(model, job.global_batch_size, job.seq_len))
     hw_flops = model_flops + F.recompute_flops_per_step(
         model, job.global_batch_size, job.seq_len, P.recompute)
@@ -209,7 +218,9 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
                      "embedding_f": emb.forward, "embedding_i": emb.backward_input,
                      "embedding_w": emb.backward_weight, "head_f": head.forward,
                      "head_i": head.backward_input, "head_w": head.backward_weight,
-                     "slowest": slowest, "dp_grad": dp.grad, "dp_grad_exposed": dp.grad_exposed},
+                     "slowest": slowest, "dp_grad": dp.grad, "dp_grad_exposed": dp.grad_exposed,
+                     "unit_f": unit_f, "unit_i": unit_i, "unit_w": unit_w,
+                     "scale_first": s_first, "scale_mid": s_mid, "scale_last": s_last},
     )
 
 
@@ -278,9 +289,10 @@ def _optimizer_time(cluster: Cluster, P: PlanArrays, dense_p: np.ndarray,
     return np.where(P.offload, offloaded, on_gpu)
 
 
-def _memory(model: Model, cluster: Cluster, job: Job, P: PlanArrays, counts, m: np.ndarray,
-            dense_first: np.ndarray, dense_last: np.ndarray,
-            expert_p: np.ndarray) -> dict[str, np.ndarray]:
+def _memory(model: Model, cluster: Cluster, job: Job, P: PlanArrays, counts: ParamCounts,
+            m: np.ndarray, dense_first: np.ndarray, dense_last: np.ndarray,
+            expert_first: np.ndarray, expert_last: np.ndarray, s_first: np.ndarray,
+            s_last: np.ndarray) -> dict[str, np.ndarray]:
     """Memory of the first and last pipeline ranks; the larger total is the peak."""
     dense_layers, moe_layers = _layer_mix(model, P)
     act_dense = memory.layer_activation_bytes(model, job, P, moe=False)
@@ -293,7 +305,6 @@ def _memory(model: Model, cluster: Cluster, job: Job, P: PlanArrays, counts, m: 
 
     shard = P.dp_shard * P.cp
     edp = (P.dp * P.cp * P.tp) // (P.ep * P.etp)
-    e_states = memory.model_state_bytes(expert_p, P, edp, job)
     layer_params = (counts.per_dense_layer if not model.is_moe
                     else counts.per_moe_layer_non_expert + counts.expert / (P.ep * P.etp))
     prefetch = np.where(P.zero >= 3, 2 * 2.0 * layer_params / P.tp, 0.0)
@@ -301,16 +312,18 @@ def _memory(model: Model, cluster: Cluster, job: Job, P: PlanArrays, counts, m: 
     comm_buf = 2 * 2.0 * T * model.hidden_size * (P.tp > 1) + 2 * 2.0 * T * model.hidden_size / \
         np.where(P.sp, P.tp, 1) * (P.pp > 1)
 
-    def rank(dense: np.ndarray, acts: np.ndarray) -> dict[str, np.ndarray]:
+    def rank(dense: np.ndarray, expert: np.ndarray, acts: np.ndarray) -> dict[str, np.ndarray]:
         st = memory.model_state_bytes(dense, P, shard, job)
+        e_states = memory.model_state_bytes(expert, P, edp, job)
         out = {k: st[k] + e_states[k] for k in st}
         out["activations"] = acts + working
         out["buffers"] = prefetch + comm_buf
         return out
 
-    first_acts = in_flight * per_mb + np.where(P.pp > 1, 0.0, head_act)
-    last_acts = per_mb + head_act
-    a, b = rank(dense_first, first_acts), rank(dense_last, last_acts)
+    first_acts = in_flight * per_mb * s_first + np.where(P.pp > 1, 0.0, head_act)
+    last_acts = per_mb * s_last + head_act
+    a = rank(dense_first, expert_first, first_acts)
+    b = rank(dense_last, expert_last, last_acts)
     total_a = sum(a.values())
     total_b = sum(b.values())
     pick_a = total_a >= total_b
@@ -318,7 +331,7 @@ def _memory(model: Model, cluster: Cluster, job: Job, P: PlanArrays, counts, m: 
     out["reserved"] = np.full(len(P), cluster.accelerator.reserved_memory_bytes)
     out["peak"] = np.maximum(total_a, total_b) + out["reserved"]
     # For the simulator: memory that does not depend on the schedule, per rank kind, and the
-    # activations of one micro-batch on one rank (all its chunks) and of the LM head.
+    # activations of one micro-batch on an evenly split rank (all its chunks) and of the head.
     out["static_first"] = total_a - a["activations"] + working
     out["static_last"] = total_b - b["activations"] + working
     out["activations_per_microbatch"] = per_mb

@@ -91,6 +91,10 @@ def _check_experts(plan: Plan) -> None:
 
 def _check_pipeline(plan: Plan) -> None:
     """The pipeline engine (runtime/pipe/engine.py): a PipelineModule, 1F1B, ZeRO <= 1."""
+    if plan.first_stage_layers or plan.last_stage_layers:
+        raise refuse(ENGINE, "first_stage_layers", plan.first_stage_layers or
+                     plan.last_stage_layers, "partitions layers inside PipelineModule "
+                     "(partition_method), which this config cannot set")
     if plan.pp == 1:
         if plan.virtual_stages > 1:
             raise refuse(ENGINE, "vpp", plan.virtual_stages, "has no virtual pipeline stages")

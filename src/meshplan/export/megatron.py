@@ -75,7 +75,18 @@ def _schedule(plan: Plan) -> list[Flag]:
         raise refuse(ENGINE, "schedule", plan.schedule,
                      "runs only 1f1b and interleaved-1f1b (core/pipeline_parallel/schedules.py); "
                      "export to torchtitan for the other schedules")
-    return [("--num-virtual-stages-per-pipeline-rank", str(v))] if v > 1 else []
+    flags: list[Flag] = [("--num-virtual-stages-per-pipeline-rank", str(v))] if v > 1 else []
+    # Uneven split: Megatron-Core's TransformerConfig.num_layers_in_first/last_pipeline_stage.
+    for name, n in (("first_stage_layers", plan.first_stage_layers),
+                    ("last_stage_layers", plan.last_stage_layers)):
+        if n and n % v:
+            raise refuse(ENGINE, name, n, f"needs whole layers in each of the {v} virtual "
+                                          "stages of a rank")
+    if plan.first_stage_layers:
+        flags.append(("--decoder-first-pipeline-num-layers", str(plan.first_stage_layers)))
+    if plan.last_stage_layers:
+        flags.append(("--decoder-last-pipeline-num-layers", str(plan.last_stage_layers)))
+    return flags
 
 
 def _batch(job: Job, plan: Plan) -> list[Flag]:

@@ -192,6 +192,11 @@ def _check_data_parallel(plan: Plan) -> list[str]:
 
 def _check_schedule(plan: Plan) -> list[str]:
     v = plan.virtual_stages
+    if plan.first_stage_layers or plan.last_stage_layers:
+        raise refuse(ENGINE, "first_stage_layers", plan.first_stage_layers or
+                     plan.last_stage_layers, "splits layers by equal stages with a count of "
+                     "'less layers' on the ends, not by explicit end-rank layer counts; export "
+                     "to Megatron-LM or use an even split")
     if plan.pp == 1:
         if v > 1:
             raise refuse(ENGINE, "vpp", v, "builds virtual stages only when pp > 1")

@@ -16,6 +16,7 @@ from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import DEFAULT_AXIS_ORDER, RECOMPUTE, SCHEDULES, PlanArrays
 from meshplan.specs.rules import legal_mask
+from meshplan.specs.stages import default_uneven_split
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,10 @@ def enumerate_plans(model: Model, job: Job, num_gpus: int,
     opts = opts or SpaceOptions()
     tps = [t for t in _pow2_upto(min(opts.max_tp, num_gpus))]
     cps = _pow2_upto(min(opts.max_cp, num_gpus))
-    pps = [p for p in _divisors(model.num_layers) if p <= num_gpus]
+    # pp: divisors of the layer count (even split) and powers of two that need an uneven one
+    pps = sorted({p for p in _divisors(model.num_layers) if p <= num_gpus}
+                 | {p for p in _pow2_upto(min(num_gpus, model.num_layers))
+                    if default_uneven_split(model.num_layers, p) != (0, 0)})
     # Degree triples first (small), so only those that fill the GPUs are expanded further.
     deg = _product(tp=tps, cp=cps, pp=pps)
     fill = num_gpus % (deg["tp"] * deg["cp"] * deg["pp"]) == 0
@@ -78,6 +82,9 @@ def enumerate_plans(model: Model, job: Job, num_gpus: int,
     deg["dp"] = num_gpus // (deg["tp"] * deg["cp"] * deg["pp"])
     fits_batch = job.global_batch_size % deg["dp"] == 0
     deg = {k: v[fits_batch] for k, v in deg.items()}
+    split = np.array([default_uneven_split(model.num_layers, int(p)) for p in deg["pp"]],
+                     dtype=np.int64).reshape(-1, 2)
+    deg["first"], deg["last"] = split[:, 0], split[:, 1]
 
     mbs_all = np.array(_divisors(job.global_batch_size, opts.max_micro_batch))
     sched, vpp = _schedule_options(model, opts)
@@ -99,6 +106,7 @@ def enumerate_plans(model: Model, job: Job, num_gpus: int,
     tp, pp = deg["tp"][d], deg["pp"][d]
     n = len(d)
     etp = np.where(idx["etp"] == 1, tp, 1)
+    first_l, last_l = deg["first"][d], deg["last"][d]
     P = PlanArrays(
         dp=deg["dp"][d], tp=tp, pp=pp, cp=deg["cp"][d], ep=idx["ep"], etp=etp,
         sp=tp > 1, zero=idx["zero"], dp_shard=deg["dp"][d], mbs=mbs_all[idx["mbs"]],
@@ -106,7 +114,7 @@ def enumerate_plans(model: Model, job: Job, num_gpus: int,
         schedule=np.where(pp > 1, sched[idx["s"]], SCHEDULES.index("1f1b")),
         recompute=idx["rc"], offload=np.full(n, opts.offload), overlap_grad=np.ones(n, bool),
         tp_overlap=np.zeros(n, bool), ep_overlap=np.zeros(n, bool),
-        axis_order=DEFAULT_AXIS_ORDER,
+        first_layers=first_l, last_layers=last_l, axis_order=DEFAULT_AXIS_ORDER,
     )
     legal = legal_mask(model, job, num_gpus, P)
     return P.select(legal), n

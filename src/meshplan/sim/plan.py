@@ -36,7 +36,7 @@ class Simulation:
     costs: StageCosts
 
 
-def stage_costs(costs: CostArrays, i: int, plan: Plan, num_stages: int,
+def stage_costs(costs: CostArrays, i: int, plan: Plan, stage_rank: tuple[int, ...],
                 cluster: Cluster) -> StageCosts:
     """Per-stage F, I, W and activation bytes for plan i of a costed batch."""
     st, mem = costs.stage_times, costs.memory
@@ -45,10 +45,16 @@ def stage_costs(costs: CostArrays, i: int, plan: Plan, num_stages: int,
     def col(key: str) -> float:
         return float(st[key][i])
 
-    f, b_i, w = col("forward") / v, col("backward_input") / v, col("backward_weight") / v
+    # Per stage: the evenly split rank's work per chunk, scaled by its rank's share of layers
+    # (uneven splits give the first and last ranks their own counts).
+    by_rank = {0: col("scale_first"), plan.pp - 1: col("scale_last")}
+    scale = [by_rank.get(r, col("scale_mid")) for r in stage_rank]
+    unit = (col("unit_f") / v, col("unit_i") / v, col("unit_w") / v)
     act = float(mem["activations_per_microbatch"][i]) / v
-    fw, bi, bw, acts = ([f] * num_stages, [b_i] * num_stages, [w] * num_stages,
-                        [act] * num_stages)
+    fw = [unit[0] * k for k in scale]
+    bi = [unit[1] * k for k in scale]
+    bw = [unit[2] * k for k in scale]
+    acts = [act * k for k in scale]
     fw[0] += col("embedding_f")
     bi[0] += col("embedding_i")
     bw[0] += col("embedding_w")
@@ -67,7 +73,7 @@ def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cl
     plan = analytic.plan
     m = analytic.num_microbatches
     schedule = generate(plan.schedule, plan.pp, m, plan.virtual_stages)
-    sc = stage_costs(costs, i, plan, schedule.num_stages, cluster)
+    sc = stage_costs(costs, i, plan, schedule.stage_to_rank, cluster)
     result = simulate_schedule(schedule, sc, trace=trace)
     pipeline = result.staggered_step if plan.schedule in STAGGERED else result.makespan
     t = dict(analytic.time_breakdown_s)

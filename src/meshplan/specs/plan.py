@@ -73,6 +73,11 @@ class Plan(Spec):
     vpp: int | None = Field(default=None, gt=0)
     """Model chunks (virtual stages) per pipeline rank; defaults to the schedule's own (2 for
     interleaved and V-shaped schedules, 1 otherwise)."""
+    first_stage_layers: int | None = Field(default=None, gt=0)
+    """Layers on the first pipeline rank when the split is uneven (Megatron-LM
+    --decoder-first-pipeline-num-layers); the other ranks share the rest evenly."""
+    last_stage_layers: int | None = Field(default=None, gt=0)
+    """Layers on the last pipeline rank when the split is uneven."""
     recompute: Literal["none", "selective", "full"] = "none"
     offload_optimizer: bool = False
     """Optimizer states and step on the host (ZeRO-Offload)."""
@@ -130,6 +135,8 @@ class Plan(Spec):
         """Compact one-line summary, e.g. `tp8 pp12 dp16 mbs1 1f1b zero1 rc=full`."""
         parts = [f"{a}{getattr(self, a)}" for a in ("tp", "cp", "pp", "dp", "ep")
                  if getattr(self, a) > 1]
+        if self.first_stage_layers or self.last_stage_layers:
+            parts.append(f"L{self.first_stage_layers or '='}/{self.last_stage_layers or '='}")
         parts.append(f"mbs{self.micro_batch_size}")
         if self.pp > 1:
             v = self.virtual_stages
@@ -162,6 +169,9 @@ class PlanArrays:
     overlap_grad: np.ndarray
     tp_overlap: np.ndarray
     ep_overlap: np.ndarray
+    first_layers: np.ndarray
+    """Layers on the first pipeline rank, 0 for an even split."""
+    last_layers: np.ndarray
     axis_order: tuple[str, ...] = Field(default=DEFAULT_AXIS_ORDER, strict=False)
 
     def __len__(self) -> int:
@@ -194,6 +204,8 @@ class PlanArrays:
             overlap_grad=col(lambda p: p.overlap_grad_reduce, bool),
             tp_overlap=col(lambda p: p.tp_comm_overlap, bool),
             ep_overlap=col(lambda p: p.ep_comm_overlap, bool),
+            first_layers=col(lambda p: p.first_stage_layers or 0),
+            last_layers=col(lambda p: p.last_stage_layers or 0),
             axis_order=order,
         )
 
@@ -216,5 +228,7 @@ class PlanArrays:
             offload_optimizer=bool(self.offload[i]),
             overlap_grad_reduce=bool(self.overlap_grad[i]),
             tp_comm_overlap=bool(self.tp_overlap[i]), ep_comm_overlap=bool(self.ep_overlap[i]),
+            first_stage_layers=int(self.first_layers[i]) or None,
+            last_stage_layers=int(self.last_layers[i]) or None,
             axis_order=self.axis_order,
         )

@@ -17,6 +17,7 @@ from meshplan.errors import MeshplanError
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import SCHEDULES, PlanArrays
+from meshplan.specs.stages import uneven_split_ok
 
 Mask = np.ndarray
 
@@ -35,6 +36,10 @@ def _m(job: Job, P: PlanArrays) -> np.ndarray:
 
 
 _CODE = {name: i for i, name in enumerate(SCHEDULES)}
+
+
+def _uneven(P: PlanArrays) -> np.ndarray:
+    return (P.first_layers > 0) | (P.last_layers > 0)
 _NEEDS_M_GE_P = [_CODE[n] for n in ("interleaved-1f1b", "zb-h1", "zb-h2", "zb-v", "dualpipe-v")]
 
 
@@ -51,9 +56,14 @@ RULES: tuple[Rule, ...] = (
     Rule("tp_ffn", lambda M, J, n, P: M.ffn_hidden_size % P.tp == 0,
          lambda M, J, n, P, i: f"tp={int(P.tp[i])}: must divide ffn_hidden_size "
                                f"({M.ffn_hidden_size})"),
-    Rule("pp_layers", lambda M, J, n, P: M.num_layers % (P.pp * P.vpp) == 0,
+    Rule("pp_layers", lambda M, J, n, P: _uneven(P) | (M.num_layers % (P.pp * P.vpp) == 0),
          lambda M, J, n, P, i: f"pp*vpp={int(P.pp[i] * P.vpp[i])}: must divide num_layers "
-                               f"({M.num_layers})"),
+                               f"({M.num_layers}); or set first/last stage layers"),
+    Rule("uneven_layers", lambda M, J, n, P: ~_uneven(P) | uneven_split_ok(M.num_layers, P),
+         lambda M, J, n, P, i: f"first_stage_layers={int(P.first_layers[i]) or None}, "
+                               f"last_stage_layers={int(P.last_layers[i]) or None}: with pp="
+                               f"{int(P.pp[i])} the other ranks must share the rest of "
+                               f"the {M.num_layers} layers equally (at least one each)"),
     Rule("batch", lambda M, J, n, P: J.global_batch_size % (P.dp * P.mbs) == 0,
          lambda M, J, n, P, i: f"micro_batch_size={int(P.mbs[i])}: dp*micro_batch_size="
                                f"{int(P.dp[i] * P.mbs[i])} must divide global_batch_size "

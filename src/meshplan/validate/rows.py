@@ -141,6 +141,7 @@ def _build(row: dict[str, Any]) -> Case | Skip:
     schedule, vpp = pipeline_schedule(row, pp, source_model.num_layers, notes)
     chunks = pp * (vpp or 1)
     model = source_model
+    first_last = (0, 0)  # published runs keep the padded model (docs/validation.md)
     if source_model.num_layers % chunks:
         padded = math.ceil(source_model.num_layers / chunks) * chunks
         notes.append(f"{source_model.num_layers} layers split unevenly over {chunks} stages: "
@@ -173,7 +174,9 @@ def _build(row: dict[str, Any]) -> Case | Skip:
                 micro_batch_size=mbs, schedule=schedule, vpp=vpp,  # type: ignore[arg-type]
                 recompute=recompute(row, notes),  # type: ignore[arg-type]
                 tp_comm_overlap="AsyncTP" in text_field(row, "optimizations"),
-                ep_comm_overlap="all-to-all overlap on" in text_field(row, "notes"))
+                ep_comm_overlap="all-to-all overlap on" in text_field(row, "notes"),
+                first_stage_layers=first_last[0] or None,
+                last_stage_layers=first_last[1] or None)
     return Case(row, model, source_model, cluster, job, plan, num_gpus, gpu,
                 notes + hw_notes)
 
