@@ -43,24 +43,36 @@ def search(model: Model, cluster: Cluster, job: Job, num_gpus: int, top: int = 1
     key = np.where(costs.fits | include_unfit, -costs.tokens_per_s, np.inf)
     order = np.lexsort((np.arange(len(P)), P.tp * P.pp * P.cp, key))
     fitting = int(costs.fits.sum())
-    pool = max(top, simulate_top)
+    # Extra candidates stand by for those the simulator finds slower or not fitting.
+    pool = 3 * max(top, simulate_top)
     chosen = [int(i) for i in order[:pool] if include_unfit or costs.fits[i]]
     best = [estimate_from_arrays(costs, i, P.plan(i), cluster.accelerator.memory_bytes,
                                  axis_tiers(cluster, P, i)) for i in chosen]
     if simulate_top > 0:
-        best = _simulate_and_rerank(best, chosen, costs, cluster, simulate_top, include_unfit)
+        best = _simulate_and_rerank(best, chosen, costs, cluster, max(simulate_top, top),
+                                    include_unfit)
     best = [with_budget(e, job.token_budget) for e in best[:top]]
     return SearchResult(best, len(P), generated, fitting, time.perf_counter() - start)
 
 
 def _simulate_and_rerank(best: list[Estimate], index: list[int], costs: CostArrays,
                          cluster: Cluster, k: int, include_unfit: bool) -> list[Estimate]:
-    """Replace the first k pipelined estimates by simulated ones and sort again (stable)."""
+    """Simulate candidates in ranked order until the best k are all simulated (a plan that
+    does not fit once simulated drops out and the next candidate moves up)."""
     from meshplan.sim.plan import simulate_estimate
 
     refined = list(best)
-    for j in range(min(k, len(best))):
-        if best[j].plan.pp > 1:
-            refined[j] = simulate_estimate(best[j], costs, index[j], cluster).estimate
-    refined = [e for e in refined if include_unfit or e.fits]
-    return sorted(refined, key=lambda e: -e.tokens_per_s)
+    done = [e.plan.pp == 1 for e in best]  # single-stage plans have nothing to simulate
+    budget = 2 * k  # simulations at most: keeps `plan` interactive
+    while True:
+        # Once the budget is spent, simulated plans rank ahead of unrefined ones.
+        order = sorted(range(len(refined)),
+                       key=lambda j: (budget <= 0 and not done[j], -refined[j].tokens_per_s))
+        order = [j for j in order if include_unfit or refined[j].fits]
+        todo = [j for j in order[:k] if not done[j]]
+        if not todo or budget <= 0:
+            return [refined[j] for j in order]
+        budget -= len(todo)
+        for j in todo:
+            refined[j] = simulate_estimate(refined[j], costs, index[j], cluster).estimate
+            done[j] = True
