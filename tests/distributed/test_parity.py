@@ -24,6 +24,7 @@ PLANS: dict[str, tuple[int, Plan]] = {
     "pp2-1f1b": (2, Plan(pp=2, micro_batch_size=2, schedule="1f1b")),
     "pp2-interleaved": (2, Plan(pp=2, micro_batch_size=2, schedule="interleaved-1f1b")),
     "pp2-zb-h1": (2, Plan(pp=2, micro_batch_size=2, schedule="zb-h1")),
+    "pp2-uneven": (2, Plan(pp=2, micro_batch_size=2, first_stage_layers=1, last_stage_layers=3)),
     "fsdp4": (4, Plan(dp=4, zero_stage=3)),
     "tp2-dp2": (4, Plan(tp=2, dp=2, zero_stage=1)),
     "tp2-pp2": (4, Plan(tp=2, pp=2, micro_batch_size=2)),

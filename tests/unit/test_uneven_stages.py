@@ -62,3 +62,14 @@ def test_megatron_export_carries_the_split():
                   job=Job(global_batch_size=2048, seq_len=8192))
     assert "--decoder-first-pipeline-num-layers 7" in text
     assert "--decoder-last-pipeline-num-layers 7" in text
+
+
+def test_executor_stage_ranges():
+    from meshplan.specs.stages import stage_layer_ranges
+
+    even = stage_layer_ranges(8, 4, (0, 1, 0, 1), 2, None, None)
+    assert [list(r) for r in even] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    uneven = stage_layer_ranges(10, 4, (0, 1, 2, 3), 4, 2, 2)
+    assert [len(r) for r in uneven] == [2, 3, 3, 2] and uneven[-1].stop == 10
+    with pytest.raises(MeshplanError, match="virtual"):
+        stage_layer_ranges(10, 8, tuple(range(4)) * 2, 4, 2, 2)

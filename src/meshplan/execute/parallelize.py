@@ -238,19 +238,19 @@ def _pipeline(spec: Model, plan: Plan, m: int, mesh: DeviceMesh, device: torch.d
 
     from meshplan.schedules.ir import compute_only, to_csv
     from meshplan.schedules.registry import generate
+    from meshplan.specs.stages import stage_layer_ranges
 
     sched = generate(plan.schedule, plan.pp, m, plan.virtual_stages)
     num_stages = sched.num_stages
-    if spec.num_layers % num_stages:
-        raise MeshplanError(f"pp*vpp={num_stages}: must divide num_layers ({spec.num_layers})")
-    per = spec.num_layers // num_stages
+    layer_ranges = stage_layer_ranges(spec.num_layers, num_stages, sched.stage_to_rank, plan.pp,
+                                      plan.first_stage_layers, plan.last_stage_layers)
     pp_mesh = mesh["pp"]
     rank = pp_mesh.get_local_rank()
     stages = []
     for s, owner in enumerate(sched.stage_to_rank):
         if owner != rank:
             continue
-        part = make(list(range(s * per, (s + 1) * per)), s == 0, s == num_stages - 1)
+        part = make(list(layer_ranges[s]), s == 0, s == num_stages - 1)
         stages.append(PipelineStage(part, s, num_stages, device, group=pp_mesh.get_group()))
     runtime = _PipelineScheduleRuntime(stages, n_microbatches=m, loss_fn=loss_fn,
                                        scale_grads=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from meshplan.errors import MeshplanError
 from meshplan.specs.plan import PlanArrays
 
 
@@ -55,3 +56,32 @@ def default_uneven_split(num_layers: int, pp: int) -> tuple[int, int]:
         rest = num_layers - mid * (pp - 2)
     first = rest // 2
     return (first, rest - first) if first >= 1 else (0, 0)
+
+
+def stage_layer_ranges(num_layers: int, num_stages: int, stage_rank: tuple[int, ...],
+                       pp: int, first: int | None, last: int | None) -> list[range]:
+    """Layer indices of each pipeline stage, for an executor. Even split: num_layers /
+    num_stages each. Uneven split (one stage per rank only): first and last ranks take their
+    counts, the others share the rest evenly."""
+    if not first and not last:
+        if num_layers % num_stages:
+            raise MeshplanError(f"pp*vpp={num_stages}: must divide num_layers ({num_layers})")
+        counts = [num_layers // num_stages] * num_stages
+    else:
+        if num_stages != pp:
+            raise MeshplanError(f"first/last stage layers with {num_stages // pp} virtual "
+                                "stages per rank: an executor needs whole layers per stage; "
+                                "use one stage per rank")
+        fixed = [n for n in (first, last) if n]
+        rest_ranks = pp - len(fixed)
+        rest = num_layers - sum(fixed)
+        if rest < 0 or (rest_ranks and rest % rest_ranks) or (not rest_ranks and rest):
+            raise MeshplanError(f"first_stage_layers={first}, last_stage_layers={last}: the "
+                                f"other {rest_ranks} ranks cannot share {rest} layers equally")
+        mid = rest // rest_ranks if rest_ranks else 0
+        counts = [mid] * num_stages
+        counts[0] = first or mid
+        counts[-1] = last or mid
+    assert len(stage_rank) == num_stages
+    starts = [sum(counts[:i]) for i in range(num_stages)]
+    return [range(a, a + n) for a, n in zip(starts, counts, strict=True)]
