@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.specs.cluster import Cluster
@@ -51,12 +52,8 @@ class Inputs:
             flags["dp"] = self.num_gpus // other
         try:
             return Plan(**flags)
-        except Exception as err:  # pydantic ValidationError
-            from pydantic import ValidationError
-
-            if isinstance(err, ValidationError):
-                raise from_validation_error(err, "plan") from None
-            raise
+        except ValidationError as err:
+            raise from_validation_error(err, "plan") from None
 
 
 def _opt(flag: str, help_: str, **kw: Any) -> Any:
@@ -125,12 +122,8 @@ def build_inputs(values: dict[str, Any]) -> Inputs:
     try:
         job = Job(global_batch_size=values["global_batch_size"], seq_len=values["seq_len"],
                   precision=values["precision"], token_budget=values["token_budget"])
-    except Exception as err:
-        from pydantic import ValidationError
-
-        if isinstance(err, ValidationError):
-            raise from_validation_error(err, "job") from None
-        raise
+    except ValidationError as err:
+        raise from_validation_error(err, "job") from None
     if values["num_gpus"] <= 0:
         raise MeshplanError(f"--num-gpus={values['num_gpus']}: must be positive")
     plan_flags = {name: values.get(name) for name, _, _ in PLAN_FLAGS}
