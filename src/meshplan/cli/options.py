@@ -131,9 +131,16 @@ def build_inputs(values: dict[str, Any]) -> Inputs:
                   values["num_gpus"], plan_flags)
 
 
-def with_inputs(plan_flags: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: add the shared options to a command; it receives `inputs: Inputs`."""
-    extra = COMMON + (PLAN_FLAGS if plan_flags else [])
+def with_inputs(plan_flags: bool = True, overrides: dict[str, tuple[Any, Any]] | None = None,
+                prepare: Callable[[dict[str, Any]], None] | None = None
+                ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: add the shared options to a command; it receives `inputs: Inputs`.
+
+    `overrides` maps a shared option to a new (annotation, default) for this command;
+    `prepare` may fill or check the raw option values before they are resolved.
+    """
+    extra = [(name, *(overrides or {}).get(name, (ann, default)))
+             for name, ann, default in COMMON + (PLAN_FLAGS if plan_flags else [])]
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(func)
@@ -146,6 +153,8 @@ def with_inputs(plan_flags: bool = True) -> Callable[[Callable[..., Any]], Calla
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
+            if prepare is not None:
+                prepare(kwargs)
             shared = {n: kwargs.pop(n) for n in names}
             return func(inputs=build_inputs(shared), **kwargs)
 

@@ -9,8 +9,6 @@ example defaults; `--num-gpus` defaults to the ranks the plan flags name (or `--
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from meshplan import api
-from meshplan.cli.options import Inputs, with_inputs
+from meshplan.cli.options import COMMON, Inputs, with_inputs
 from meshplan.cli.render import console, print_json
 from meshplan.errors import MeshplanError
 from meshplan.estimate import GIB
@@ -31,32 +29,23 @@ RUN_DEFAULTS = {"model": "debug", "cluster": LOCAL_CLUSTER, "global_batch_size":
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")]
 
 
+def _prepare_local(kwargs: dict[str, Any]) -> None:
+    """Default --num-gpus from the machine, and insist on a calibrated cluster file."""
+    if kwargs["num_gpus"] is None:
+        kwargs["num_gpus"] = _default_ranks(kwargs)
+    if kwargs["cluster"] == LOCAL_CLUSTER and not Path(LOCAL_CLUSTER).exists():
+        raise MeshplanError(f"--cluster={LOCAL_CLUSTER!r}: no such file here; run "
+                            "`meshplan calibrate --local` first or pass --cluster")
+
+
 def _local_inputs(func: Any) -> Any:
     """`with_inputs()` with single-machine defaults and `--num-gpus` optional."""
-    cmd = with_inputs()(func)
-    sig = inspect.signature(cmd)
-    params = []
-    for p in sig.parameters.values():
-        if p.name in RUN_DEFAULTS:
-            p = p.replace(default=RUN_DEFAULTS[p.name])
-        elif p.name == "num_gpus":
-            p = p.replace(default=None, annotation=Annotated[int | None, typer.Option(
-                "--num-gpus", help="Ranks in the job (default: what the plan flags name, "
-                                   "or --nproc x --nnodes)")])
-        params.append(p)
-
-    @functools.wraps(cmd)
-    def command(**kwargs: Any) -> Any:
-        if kwargs["num_gpus"] is None:
-            kwargs["num_gpus"] = _default_ranks(kwargs)
-        if kwargs["cluster"] == LOCAL_CLUSTER and not Path(LOCAL_CLUSTER).exists():
-            raise MeshplanError(f"--cluster={LOCAL_CLUSTER!r}: no such file here; run "
-                                "`meshplan calibrate --local` first or pass --cluster")
-        return cmd(**kwargs)
-
-    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    return command
+    overrides: dict[str, tuple[Any, Any]] = {
+        name: (ann, RUN_DEFAULTS[name]) for name, ann, _ in COMMON if name in RUN_DEFAULTS}
+    overrides["num_gpus"] = (Annotated[int | None, typer.Option(
+        "--num-gpus", help="Ranks in the job (default: what the plan flags name, "
+                           "or --nproc x --nnodes)")], None)
+    return with_inputs(overrides=overrides, prepare=_prepare_local)(func)
 
 
 def _default_ranks(kw: dict[str, Any]) -> int:
