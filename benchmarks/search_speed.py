@@ -10,7 +10,7 @@ import argparse
 import statistics
 import time
 
-from meshplan.cost.step import evaluate
+from meshplan.cost.train.step import evaluate
 from meshplan.search.rank import search
 from meshplan.search.space import enumerate_plans
 from meshplan.specs import Job

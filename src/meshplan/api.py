@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshplan.errors import MeshplanError
-from meshplan.estimate import Estimate, analytic_estimate, with_budget
+from meshplan.analytic import analytic_estimate
+from meshplan.estimate import Estimate, with_budget
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import load_cluster, load_model
 from meshplan.specs.job import Job

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshplan.cost.flops import model_flops_per_step
-from meshplan.cost.step import evaluate
+from meshplan.cost.train.step import evaluate
 from meshplan.search.space import enumerate_plans
 from meshplan.specs import Job
 from meshplan.specs.io import load_cluster, load_model

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from meshplan.cost import comm
-from meshplan.cost.layout import tier_members
 from meshplan.cost.pipeline import in_flight_microbatches, pipeline_time
+from meshplan.mesh import Group, Mesh
 from meshplan.specs.cluster import Curve
 from meshplan.specs.plan import SCHEDULES
 from tests.conftest import arrays
@@ -23,7 +23,7 @@ def flat(cluster, eff=0.8, latency=0.0):
 def test_ring_all_reduce_inside_a_node(h100):
     """Thakur et al. 2005: 2(n-1)/n * S / busbw on one tier."""
     c = flat(h100)
-    members = tier_members(c, ("tp",), arrays(tp=8))
+    members = Mesh(arrays(tp=8)).members(c, Group.TP)
     S = 1e9
     t = comm.all_reduce_time(c, members, S)
     assert float(t[0]) == pytest.approx(2 * 7 / 8 * S / (450e9 * 0.8))
@@ -35,7 +35,7 @@ def test_data_parallel_across_nodes_runs_at_nic_rate(h100):
     """tp=8 fills the node, so each dp ring member sits on its own node behind its own NIC."""
     c = flat(h100)
     P = arrays(tp=8, dp=4)
-    members = tier_members(c, ("cp", "dp"), P)
+    members = Mesh(P).members(c, Group.DP)
     assert [int(m[0]) for m in members] == [1, 4]
     t = comm.all_reduce_time(c, members, 1e9)
     assert float(t[0]) == pytest.approx(2 * 3 / 4 * 1e9 / (50e9 * 0.8))
@@ -44,7 +44,7 @@ def test_data_parallel_across_nodes_runs_at_nic_rate(h100):
 def test_node_pooled_ring_uses_all_nics(h100):
     """A 16-rank ring over 2 nodes pools 8 NICs per node (hardware.md Sec. 2)."""
     c = flat(h100)
-    members = tier_members(c, ("cp", "dp"), arrays(dp=16))
+    members = Mesh(arrays(dp=16)).members(c, Group.DP)
     assert [int(m[0]) for m in members] == [8, 16]
     t = comm.all_reduce_time(c, members, 1e9)
     busbw = min(450e9 * 0.8, 8 * 50e9 * 0.8)

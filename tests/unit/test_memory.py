@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshplan.cost import memory
+from meshplan.cost.train import memory
 from meshplan.specs import Job
 from tests.conftest import arrays, scalar
 

@@ -7,11 +7,11 @@ expressed in the schema of `presets/clusters/*.toml`, so calibration changes dat
 
 - peak_flops[dtype]: the fastest GEMM over a range of shapes (fp32, bf16, fp16 where the
   device runs them); gemm_efficiency: measured / peak against the FLOPs of one GEMM, for the
-  compute dtype (bf16), as the cost model's roofline reads it (`cost.compute.Kernels.gemm`);
+  compute dtype (bf16), as the cost model's roofline reads it (`cost.kernels.Kernels.gemm`);
 - memory_bandwidth: a large tensor copy (read + write); memory_efficiency: a mid-size
   element-wise add relative to it;
 - attention efficiencies: causal `scaled_dot_product_attention` forward and backward, inverted
-  through the cost model's own formula (`cost.compute.attention_times`);
+  through the cost model's own formula (`cost.train.passes.attention_times`);
 - kernel_overhead: a debug-model block timed at 128 and 256 tokens, minus what the calibrated
   roofline terms above predict for it, spread over the four per-layer overheads the cost
   model charges (`fit_overhead`; the block on 8 tokens, pure overhead, if that is negative);
@@ -47,13 +47,14 @@ def fit_overhead(data: dict[str, Any], blocks: dict[int, float], tiny: float) ->
     """`kernel_overhead`: what one block takes beyond the cost model's roofline terms.
 
     The calibrated figures (GEMM curve, attention, memory) price the block through the cost
-    model's own formulas (`cost.compute.attention_times` / `mlp_times`, overhead 0); the
+    model's own formulas (`cost.train.passes.attention_times` / `mlp_times`, overhead 0); the
     measured remainder, spread over the 4 overheads charged per layer (attention and MLP,
     forward and backward), is the overhead: launches, dispatch, autocast casts and whatever
     else the roofline leaves out. Falls back to the block on 8 tokens (pure overhead) if the
     roofline already over-explains the block.
     """
-    from meshplan.cost.compute import Kernels, attention_times, mlp_times
+    from meshplan.cost.kernels import Kernels
+    from meshplan.cost.train.passes import attention_times, mlp_times
     from meshplan.specs.cluster import Cluster
     from meshplan.specs.io import load_model
     from meshplan.specs.job import Job
@@ -64,7 +65,7 @@ def fit_overhead(data: dict[str, Any], blocks: dict[int, float], tiny: float) ->
     residuals = []
     for tokens, measured in blocks.items():
         job = Job(global_batch_size=1, seq_len=tokens, precision="bf16")
-        K = Kernels(cluster, job)
+        K = Kernels(cluster, job.precision)
         terms = (attention_times(model, job, K, plans), mlp_times(model, job, K, plans, False))
         roofline = sum(float(getattr(t, k)[0]) for t in terms
                        for k in ("forward", "backward_input", "backward_weight"))

@@ -1,7 +1,7 @@
 """Compute microbenchmarks of one rank's device, for `meshplan calibrate --local`.
 
 Each function times what the cost model prices, in the layout training runs it: the three
-GEMMs of a linear layer (`cost.compute.Kernels.gemm`), causal GQA attention through
+GEMMs of a linear layer (`cost.kernels.Kernels.gemm`), causal GQA attention through
 `scaled_dot_product_attention` (`attention_times`), a large copy and a mid-size element-wise
 add (memory roofline), a whole debug-model block (to fit `kernel_overhead`) and an AdamW step.
 `measure_device` runs them all; `calibrate.py` runs it on every rank of a node at once.
@@ -52,7 +52,7 @@ def measure_gemm(device: torch.device, budget_s: float) -> dict[str, list[tuple[
 
     Each point times the three GEMMs of a linear layer, in the layouts training runs them:
     forward `F.linear(x, w)`, input gradient `dy @ w`, weight gradient `dy.T @ x` (the cost
-    model charges all three at the forward's FLOPs, `cost.compute`)."""
+    model charges all three at the forward's FLOPs, `cost.train.passes`)."""
     out: dict[str, list[tuple[float, float]]] = {}
     for name, dtype in DTYPES.items():
         rows = []

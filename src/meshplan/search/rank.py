@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meshplan.cost.step import CostArrays, evaluate
-from meshplan.estimate import Estimate, axis_tiers, estimate_from_arrays, with_budget
+from meshplan.analytic import axis_tiers, estimate_from_arrays
+from meshplan.cost.train.step import CostArrays, evaluate
+from meshplan.estimate import Estimate, with_budget
 from meshplan.search.space import SpaceOptions, enumerate_plans
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job

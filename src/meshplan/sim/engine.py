@@ -20,28 +20,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from meshplan.cost.train.stages import StageCosts
 from meshplan.schedules.ir import ActionKind, Schedule
 
 _F, _B, _I, _W = ActionKind.F, ActionKind.B, ActionKind.I, ActionKind.W
-
-
-@dataclass(frozen=True)
-class StageCosts:
-    """Seconds and bytes per stage for one micro-batch."""
-
-    forward: tuple[float, ...]
-    backward_input: tuple[float, ...]
-    backward_weight: tuple[float, ...]
-    activation_bytes: tuple[float, ...]
-    p2p_time: float = 0.0
-    p2p_blocking: float = 0.0
-    w_share: float = 0.5
-    """Share of a stage's activations kept from I until W (inputs of the linear layers)."""
-    grad_reduce: float = 0.0
-    """Data-parallel gradient reduction each rank runs on its comm stream after its backward."""
-    grad_reduce_overlap: float = 0.0
-    """Share of the rank's last backward action the reduction may overlap (bucketed
-    reduce-scatter starts while the last micro-batch's gradients are still being produced)."""
 
 
 @dataclass(frozen=True)

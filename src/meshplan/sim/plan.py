@@ -1,9 +1,12 @@
-"""Simulate a plan: cost model durations per stage -> schedule -> timeline -> Estimate.
+"""Simulate a plan: the cost model's stage costs -> schedule -> timeline -> Estimate.
 
-The closed-form pipeline term of the analytic estimate is replaced by the simulated makespan
-(unequal end stages, transfers on their own stream, split backward); data-parallel traffic and
-the optimizer step are added as in the analytic model. Memory: the static part of each rank
-plus the activation peak the timeline reached on that rank.
+The pipeline part of the step comes from the timeline (unequal end stages, transfers on their
+own stream, split backward, the gradient reduction on each rank's comm stream), and so does
+its breakdown: the busiest rank's compute and exposed TP/CP/EP time (its actions' durations,
+split as the cost model composed them), its stalls on pipeline transfers, and its idle time
+until the pipeline drains (the bubble). The ZeRO traffic per micro-batch and the optimizer
+step are added as the cost model gives them. Memory: the static part of each rank plus the
+activation peak the timeline reached on that rank.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from meshplan.cost.step import CostArrays
+from meshplan.cost.train.stages import PASS_TERMS, StageCosts, StageTimes
+from meshplan.cost.train.step import CostArrays, utilisation
 from meshplan.estimate import Estimate
-from meshplan.schedules.ir import Schedule
+from meshplan.schedules.ir import ActionKind, Schedule
 from meshplan.schedules.registry import generate
-from meshplan.sim.engine import SimResult, StageCosts, simulate_schedule
+from meshplan.sim.engine import SimResult, simulate_schedule
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
@@ -36,80 +40,79 @@ class Simulation:
     costs: StageCosts
 
 
-def stage_costs(costs: CostArrays, i: int, plan: Plan, stage_rank: tuple[int, ...],
-                cluster: Cluster) -> StageCosts:
-    """Per-stage F, I, W and activation bytes for plan i of a costed batch."""
-    st, mem = costs.stage_times, costs.memory
-    v = plan.virtual_stages
+def transfer_stalls(schedule: Schedule, costs: StageCosts) -> list[float]:
+    """Per rank, the time its sends stall its compute stream (`p2p_blocking` of each transfer
+    to a stage on another rank), in rank order."""
+    where = schedule.stage_to_rank
+    last = schedule.num_stages - 1
+    out = []
+    for r in sorted(schedule.actions):
+        sends = 0
+        for a in schedule.actions[r]:
+            if a.kind == ActionKind.F and a.stage < last:
+                sends += where[a.stage + 1] != r
+            elif a.kind in (ActionKind.B, ActionKind.I) and a.stage > 0:
+                sends += where[a.stage - 1] != r
+        out.append(sends * costs.p2p_blocking * costs.p2p_time)
+    return out
 
-    def col(key: str) -> float:
-        return float(st[key][i])
 
-    # Per stage: the evenly split rank's work per chunk, scaled by its rank's share of layers
-    # (uneven splits give the first and last ranks their own counts).
-    by_rank = {0: col("scale_first"), plan.pp - 1: col("scale_last")}
-    scale = [by_rank.get(r, col("scale_mid")) for r in stage_rank]
-    unit = (col("unit_f") / v, col("unit_i") / v, col("unit_w") / v)
-    act = float(mem["activations_per_microbatch"][i]) / v
-    fw = [unit[0] * k for k in scale]
-    bi = [unit[1] * k for k in scale]
-    bw = [unit[2] * k for k in scale]
-    acts = [act * k for k in scale]
-    fw[0] += col("embedding_f")
-    bi[0] += col("embedding_i")
-    bw[0] += col("embedding_w")
-    fw[-1] += col("head_f")
-    bi[-1] += col("head_i")
-    bw[-1] += col("head_w")
-    acts[-1] += float(mem["head_activations"][i])
-    return StageCosts(tuple(fw), tuple(bi), tuple(bw), tuple(acts), p2p_time=col("p2p"),
-                      p2p_blocking=1.0 - cluster.overlap.pp, grad_reduce=col("dp_grad"),
-                      grad_reduce_overlap=cluster.overlap.dp if plan.overlap_grad_reduce else 0.0)
+def timeline_breakdown(result: SimResult, stalls: list[float], stages: StageTimes, i: int,
+                       plan: Plan, num_microbatches: int, pipeline: float) -> dict[str, float]:
+    """compute, tp/cp/ep/pp comm and bubble of the pipeline, read off the busiest rank."""
+    load = [b + s for b, s in zip(result.busy, stalls, strict=True)]
+    r = int(np.argmax(load))
+    terms = stages.rank_terms(i, r, plan.pp, plan.virtual_stages)
+    out = {t: num_microbatches * terms[t] for t in PASS_TERMS if t != "compute"}
+    out["compute"] = result.busy[r] - sum(out.values())
+    out["pp_comm"] = stalls[r]
+    out["bubble"] = max(pipeline - load[r], 0.0)
+    return out
 
 
 def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cluster,
                       trace: bool = False) -> Simulation:
-    """Refine an analytic estimate of plan i with the event simulation of its schedule."""
+    """Refine the analytic estimate of plan i of `costs` with the event simulation of its
+    schedule."""
     plan = analytic.plan
     m = analytic.num_microbatches
     schedule = generate(plan.schedule, plan.pp, m, plan.virtual_stages)
-    sc = stage_costs(costs, i, plan, schedule.stage_to_rank, cluster)
+    stages = costs.stages
+    sc = stages.stage_costs(i, schedule.stage_to_rank, plan.pp)
     result = simulate_schedule(schedule, sc, trace=trace)
-    pipeline = result.staggered_step if plan.schedule in STAGGERED else result.makespan
-    t = dict(analytic.time_breakdown_s)
-    closed_pipe = sum(t[k] for k in ("compute", "tp_comm", "cp_comm", "ep_comm", "pp_comm",
-                                     "bubble"))
-    busy_part = closed_pipe - t["bubble"]
-    # The gradient reduction now runs on the simulated comm streams: what sticks out past the
+    staggered = plan.schedule in STAGGERED
+    compute_end = max(result.compute_span) if staggered else result.compute_end
+    with_grad = result.staggered_step if staggered else result.makespan
+    t = timeline_breakdown(result, transfer_stalls(schedule, sc), stages, i, plan, m,
+                           compute_end)
+    # The gradient reduction runs on the simulated comm streams: what sticks out past the
     # compute replaces the analytic estimate of its exposed part.
-    compute_end = max(result.compute_span) if plan.schedule in STAGGERED else result.compute_end
-    t["dp_comm"] += (pipeline - compute_end) - float(costs.stage_times["dp_grad_exposed"][i])
-    pipeline = compute_end
-    # Transfers now run on their own stream: the simulated bubble absorbs what they expose.
-    t["bubble"] = max(pipeline - busy_part, 0.0)
-    t["pp_comm"] = max(t["pp_comm"] + min(pipeline - busy_part, 0.0), 0.0)
+    analytic_t = analytic.time_breakdown_s
+    t["dp_comm"] = (with_grad - compute_end) + analytic_t["dp_comm"] \
+        - float(stages.grad_reduce_exposed[i])
+    t["optimizer"] = analytic_t["optimizer"]
+    t = {k: t[k] for k in analytic_t}
     step = sum(t.values())
     mem = dict(analytic.memory_bytes)
-    static = [float(costs.memory["static_last"][i]) if r == plan.pp - 1 and plan.pp > 1
-              else float(costs.memory["static_first"][i]) for r in range(plan.pp)]
-    per_rank = [s + a for s, a in zip(static, result.peak_activation_bytes, strict=True)]
+    per_rank = [stages.static_memory_of(i, r, plan.pp) + a
+                for r, a in enumerate(result.peak_activation_bytes)]
     worst = int(np.argmax(per_rank))
     mem["activations"] = result.peak_activation_bytes[worst] + (
         mem["activations"] - float(costs.memory["activations"][i]))
-    reserved = mem["reserved"]
-    mem["peak"] = per_rank[worst] + reserved
+    mem["peak"] = per_rank[worst] + mem["reserved"]
+    peak = cluster.accelerator.peak("bf16")
     sim_estimate = replace(
         analytic,
         step_time_s=step,
         tokens_per_s=analytic.tokens_per_s * analytic.step_time_s / step,
-        mfu=analytic.mfu * analytic.step_time_s / step,
-        hfu=analytic.hfu * analytic.step_time_s / step,
+        mfu=float(utilisation(analytic.model_flops_per_step, step, plan.num_gpus, peak)),
+        hfu=float(utilisation(analytic.hardware_flops_per_step, step, plan.num_gpus, peak)),
         time_breakdown_s=t,
         memory_bytes=mem,
         fits=mem["peak"] <= analytic.memory_capacity_bytes,
         source="simulated",
         extra={**analytic.extra,
-               "simulated": {"pipeline_s": pipeline, "makespan_s": result.makespan,
+               "simulated": {"pipeline_s": compute_end, "makespan_s": result.makespan,
                              "bubble_fraction": result.bubble_fraction,
                              "busy_s": result.busy, "idle_s": result.idle,
                              "peak_activation_gib": [x / 2**30
@@ -122,7 +125,7 @@ def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cl
 def simulate_plan(model: Model, cluster: Cluster, job: Job, plan: Plan,
                   num_gpus: int | None = None, trace: bool = False) -> Simulation:
     """Cost one plan and simulate its schedule (a single-stage plan is simulated too)."""
-    from meshplan.estimate import analytic_estimate
+    from meshplan.analytic import analytic_estimate
 
     analytic, costs = analytic_estimate(model, cluster, job, plan, num_gpus)
     return simulate_estimate(analytic, costs, 0, cluster, trace=trace)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from meshplan.cost.step import evaluate
+from meshplan.cost.train.step import evaluate
 from meshplan.errors import MeshplanError
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.plan import PlanArrays

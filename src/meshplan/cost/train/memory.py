@@ -1,4 +1,4 @@
-"""Memory per GPU: model states under ZeRO/FSDP, activations, buffers.
+"""Training memory per GPU: model states under ZeRO/FSDP, activations, buffers, per rank.
 
 Sources:
 - Model states: ZeRO (Rajbhandari et al., SC20, Sec. 3.1 and Fig. 1): mixed-precision Adam
@@ -10,14 +10,19 @@ Sources:
   34 s b h / t, full recompute 2 s b h / t. meshplan counts the same tensors one by one so that
   GQA, gated MLPs, FlashAttention (no s^2 terms; a fp32 log-sum-exp instead), no-dropout models
   and MoE fall out of the same sum; with GPT-3 settings it reduces to the paper's formula.
-- In-flight micro-batches per schedule: see `pipeline.in_flight_microbatches`.
+- In-flight micro-batches per schedule: see `cost.pipeline.in_flight_microbatches`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from meshplan.cost.params import ParamCounts
+from meshplan.cost.pipeline import in_flight_microbatches
+from meshplan.mesh import Mesh
+from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import PlanArrays
@@ -131,3 +136,92 @@ def stage_params(counts: ParamCounts, model: Model, P: PlanArrays, layers: np.nd
     dense = dense + np.where(last, counts.head + tied_copy, 0) / P.tp
     expert = per_rank * (counts.num_moe_layers / L) * counts.expert / (P.ep * P.etp)
     return dense, expert
+
+
+def layer_mix(model: Model, P: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
+    """Dense and MoE layers on an evenly split pipeline rank (MoE layers spread evenly)."""
+    per_rank = model.num_layers / P.pp
+    moe = per_rank * model.num_moe_layers / model.num_layers
+    return per_rank - moe, moe
+
+
+@dataclass(frozen=True)
+class RankParams:
+    """(dense, expert) parameters on one GPU of the first and of the last pipeline rank."""
+
+    dense_first: np.ndarray
+    expert_first: np.ndarray
+    dense_last: np.ndarray
+    expert_last: np.ndarray
+
+    @property
+    def dense_max(self) -> np.ndarray:
+        return np.maximum(self.dense_first, self.dense_last)
+
+    @property
+    def expert_max(self) -> np.ndarray:
+        return np.maximum(self.expert_first, self.expert_last)
+
+
+def rank_params(counts: ParamCounts, model: Model, P: PlanArrays, l_first: np.ndarray,
+                l_last: np.ndarray) -> RankParams:
+    single = P.pp == 1
+    dense_first, expert_first = stage_params(counts, model, P, l_first, first=True, last=single)
+    dense_last, expert_last = stage_params(counts, model, P, l_last, first=single, last=True)
+    return RankParams(dense_first, expert_first, dense_last, expert_last)
+
+
+def step_memory(model: Model, cluster: Cluster, job: Job, mesh: Mesh, counts: ParamCounts,
+                m: np.ndarray, params: RankParams, s_first: np.ndarray,
+                s_last: np.ndarray) -> dict[str, np.ndarray]:
+    """Memory of the first and last pipeline ranks; the larger total is the peak."""
+    P = mesh.plans
+    dense_layers, moe_layers = layer_mix(model, P)
+    act_dense = layer_activation_bytes(model, job, P, moe=False)
+    act_moe = layer_activation_bytes(model, job, P, moe=True) if model.is_moe else act_dense
+    per_mb = dense_layers * act_dense + moe_layers * act_moe
+    # Full recompute rebuilds one layer at a time: that layer's whole activations are live.
+    working = np.where(P.recompute == 2, full_layer_bytes(model, job, P), 0.0)
+    in_flight = in_flight_microbatches(P.schedule, P.pp, m, P.vpp)
+    head_act = head_activation_bytes(model, job, P)
+
+    layer_params = (counts.per_dense_layer if not model.is_moe
+                    else counts.per_moe_layer_non_expert + counts.expert / (P.ep * P.etp))
+    prefetch = np.where(P.zero >= 3, 2 * 2.0 * layer_params / P.tp, 0.0)
+    T = mesh.tokens_per_microbatch(job.seq_len)
+    comm_buf = 2 * 2.0 * T * model.hidden_size * (P.tp > 1) + 2 * 2.0 * T * model.hidden_size / \
+        mesh.seq_shard * (P.pp > 1)
+
+    def rank(dense: np.ndarray, expert: np.ndarray, acts: np.ndarray) -> dict[str, np.ndarray]:
+        st = model_state_bytes(dense, P, mesh.shard, job)
+        e_states = model_state_bytes(expert, P, mesh.edp, job)
+        out = {k: st[k] + e_states[k] for k in st}
+        out["activations"] = acts + working
+        out["buffers"] = prefetch + comm_buf
+        return out
+
+    first_acts = in_flight * per_mb * s_first + np.where(P.pp > 1, 0.0, head_act)
+    last_acts = per_mb * s_last + head_act
+    a = rank(params.dense_first, params.expert_first, first_acts)
+    b = rank(params.dense_last, params.expert_last, last_acts)
+    total_a = sum(a.values())
+    total_b = sum(b.values())
+    pick_a = total_a >= total_b
+    out = {k: np.where(pick_a, a[k], b[k]) for k in a}
+    out["reserved"] = np.full(len(P), cluster.accelerator.reserved_memory_bytes)
+    out["peak"] = np.maximum(total_a, total_b) + out["reserved"]
+    # For the simulator: memory that does not depend on the schedule, per rank kind, and the
+    # activations of one micro-batch on an evenly split rank (all its chunks) and of the head.
+    out["static_first"] = total_a - a["activations"] + working
+    out["static_last"] = total_b - b["activations"] + working
+    out["activations_per_microbatch"] = per_mb
+    out["head_activations"] = head_act
+    return out
+
+
+def full_layer_bytes(model: Model, job: Job, P: PlanArrays) -> np.ndarray:
+    """One layer's activations without recompute (the working set while recomputing)."""
+    no_rc = PlanArrays(**{**{f: getattr(P, f) for f in P.__dataclass_fields__},
+                          "recompute": np.zeros_like(P.recompute)})
+    attn = attention_activation_bytes(model, job, no_rc)
+    return attn + mlp_activation_bytes(model, job, no_rc, moe=model.is_moe)

@@ -1,0 +1,109 @@
+"""Forward, backward and recompute time of one training micro-batch through one layer.
+
+Composed from the layer core's forward parts (`meshplan.cost.layer`). The backward pass of a
+linear layer is two GEMMs of the forward's size: input gradient (I) and weight gradient (W),
+as split by Zero Bubble (Qi et al. 2024); element-wise kernels move twice the forward's bytes;
+fused attention's backward does twice the forward's FLOPs at its own efficiency
+(FlashAttention-2, Dao 2023, Sec. 3.1: 2.5x the matmuls with the recomputed scores, folded
+into the calibrated backward efficiency).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshplan.cost.kernels import Kernels
+from meshplan.cost.layer import (
+    BatchShape,
+    LayerDegrees,
+    attention_core_flops,
+    attention_parts,
+    embedding_bytes,
+    head_parts,
+    mlp_parts,
+)
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+from meshplan.specs.plan import PlanArrays
+
+CE_FORWARD_BYTES = 12.0
+"""Bytes per logit for the vocab-parallel cross-entropy forward (read bf16, fp32 softmax)."""
+CE_BACKWARD_BYTES = 8.0
+
+
+@dataclass(frozen=True)
+class PassTimes:
+    """Seconds for one micro-batch through one unit (layer or end-stage extra) on one GPU."""
+
+    forward: np.ndarray
+    backward_input: np.ndarray
+    """I: gradients w.r.t. inputs (attention backward and element-wise included)."""
+    backward_weight: np.ndarray
+    """W: weight-gradient GEMMs (deferrable by zero-bubble schedules)."""
+    recompute: np.ndarray
+    """Extra forward work redone before the backward under the plan's recompute policy."""
+
+    @property
+    def backward(self) -> np.ndarray:
+        return self.backward_input + self.backward_weight
+
+
+def training_shape(job: Job, P: PlanArrays) -> BatchShape:
+    return BatchShape.training(P.mbs, job.seq_len, P.cp)
+
+
+def _recompute(P: PlanArrays, forward: np.ndarray, selective: np.ndarray | float) -> np.ndarray:
+    return np.where(P.recompute == 2, forward, np.where(P.recompute == 1, selective, 0.0))
+
+
+def attention_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTimes:
+    """Attention block: QKV and output GEMMs, the attention core, norms/residual/RoPE."""
+    shape, deg = training_shape(job, P), LayerDegrees.of(P)
+    parts = attention_parts(model, K, shape, deg, fused=job.flash_attention)
+    if job.flash_attention:
+        core_b = K.attention(2 * attention_core_flops(model, shape.causal_pairs, deg.tp),
+                             backward=True)
+    else:
+        core_b = 2 * parts.core
+    fwd = parts.time(K)
+    elem = parts.elementwise_bytes + parts.score_bytes
+    bwd_i = parts.gemm + core_b + K.memory(2 * elem) + K.overhead
+    # Selective recompute: the attention core when unfused (Korthikanti et al. 2022), the
+    # pre-attention norm when fused (see train.memory.attention_activation_bytes).
+    T, sp = shape.tokens, deg.seq_shard
+    selective = (parts.core + K.memory(parts.score_bytes) if not job.flash_attention
+                 else K.memory(4 * T * model.hidden_size / sp))
+    return PassTimes(fwd, bwd_i, parts.gemm, _recompute(P, fwd, selective))
+
+
+def mlp_times(model: Model, job: Job, K: Kernels, P: PlanArrays, moe: bool) -> PassTimes:
+    """MLP block of a dense layer, or the routed + shared experts of a MoE layer."""
+    shape, deg = training_shape(job, P), LayerDegrees.of(P)
+    parts = mlp_parts(model, K, shape, deg, moe)
+    fwd = parts.time(K)
+    bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead
+    # Selective recompute with fused attention redoes the norm and the activation function.
+    selective = (K.memory(4 * shape.tokens * model.hidden_size / deg.seq_shard
+                          + parts.elementwise_bytes) if job.flash_attention else 0.0)
+    return PassTimes(fwd, bwd_i, parts.gemm, _recompute(P, fwd, selective))
+
+
+def head_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTimes:
+    """Final norm, LM head GEMM and vocab-parallel cross-entropy (last pipeline stage)."""
+    shape, deg = training_shape(job, P), LayerDegrees.of(P)
+    T = shape.tokens
+    parts = head_parts(model, K, T, deg)
+    logits = T * model.vocab_size / deg.tp
+    fwd = parts.gemm + K.memory(parts.elementwise_bytes + CE_FORWARD_BYTES * logits)
+    bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes + CE_BACKWARD_BYTES * logits)
+    return PassTimes(fwd, bwd_i, parts.gemm, np.zeros_like(fwd))
+
+
+def embedding_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTimes:
+    """Token embedding gather (first stage) and its scatter-add gradient."""
+    shape, deg = training_shape(job, P), LayerDegrees.of(P)
+    gather = embedding_bytes(model, shape.tokens, deg)
+    fwd = K.memory(gather)
+    return PassTimes(fwd, np.zeros_like(fwd), K.memory(2 * gather), np.zeros_like(fwd))

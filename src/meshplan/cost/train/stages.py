@@ -1,0 +1,110 @@
+"""The typed bridge from the cost model to the pipeline simulator.
+
+`StageTimes` holds, for every plan of a costed batch, what one micro-batch costs on each kind
+of pipeline rank (its layers' F, I, W with their exposed TP/CP/EP communication, the
+embedding and head extras, the transfer between stages, the gradient reduction and the
+activation bytes); `stage_costs` turns plan i into the per-stage `StageCosts` the simulator
+runs. Built once, in `cost.train.step.evaluate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshplan.cost.train.passes import PassTimes
+
+PASS_TERMS = ("compute", "tp_comm", "cp_comm", "ep_comm")
+"""What one micro-batch's F + I + W on a rank is made of (they add up to it)."""
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """Seconds and bytes per stage for one micro-batch (one plan; what the simulator runs)."""
+
+    forward: tuple[float, ...]
+    backward_input: tuple[float, ...]
+    backward_weight: tuple[float, ...]
+    activation_bytes: tuple[float, ...]
+    p2p_time: float = 0.0
+    p2p_blocking: float = 0.0
+    w_share: float = 0.5
+    """Share of a stage's activations kept from I until W (inputs of the linear layers)."""
+    grad_reduce: float = 0.0
+    """Data-parallel gradient reduction each rank runs on its comm stream after its backward."""
+    grad_reduce_overlap: float = 0.0
+    """Share of the rank's last backward action the reduction may overlap (bucketed
+    reduce-scatter starts while the last micro-batch's gradients are still being produced)."""
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Per-plan arrays: the cost of one micro-batch on the pipeline ranks of each plan."""
+
+    unit: PassTimes
+    """F, I (recompute and exposed comm included), W of the L / pp layers of an evenly split
+    rank, all its chunks together; `recompute` is zero (folded into I)."""
+    unit_terms: dict[str, np.ndarray]
+    """`unit`'s F + I + W split by PASS_TERMS."""
+    rank_scale: tuple[np.ndarray, np.ndarray, np.ndarray]
+    """Layers of the (first, middle, last) rank over L / pp (uneven splits)."""
+    embedding: PassTimes
+    head: PassTimes
+    p2p: np.ndarray
+    """One activation or gradient transfer between stages."""
+    p2p_blocking: float
+    """Share of a transfer that stalls the sender (1 - overlap.pp)."""
+    grad_reduce: np.ndarray
+    grad_reduce_exposed: np.ndarray
+    """The analytic model's exposed share of `grad_reduce` (the simulator replaces it)."""
+    grad_reduce_overlap: np.ndarray
+    activation_bytes: np.ndarray
+    """One micro-batch's activations on an evenly split rank (all its chunks)."""
+    head_activation_bytes: np.ndarray
+    static_memory: tuple[np.ndarray, np.ndarray]
+    """(first, last) rank memory that does not depend on the schedule."""
+
+    def rank_scale_of(self, i: int, rank: int, pp: int) -> float:
+        first, mid, last = (float(x[i]) for x in self.rank_scale)
+        return first if rank == 0 else last if rank == pp - 1 else mid
+
+    def static_memory_of(self, i: int, rank: int, pp: int) -> float:
+        first, last = self.static_memory
+        return float(last[i]) if rank == pp - 1 and pp > 1 else float(first[i])
+
+    def rank_terms(self, i: int, rank: int, pp: int, chunks: int) -> dict[str, float]:
+        """PASS_TERMS of one micro-batch on `rank` (the end stages' extras are compute)."""
+        k = self.rank_scale_of(i, rank, pp)
+        out = {t: float(self.unit_terms[t][i]) * k for t in PASS_TERMS}
+        if rank == 0:
+            out["compute"] += _total(self.embedding, i)
+        if rank == pp - 1:
+            out["compute"] += _total(self.head, i)
+        return out
+
+    def stage_costs(self, i: int, stage_to_rank: tuple[int, ...], pp: int) -> StageCosts:
+        """Per-stage F, I, W and activation bytes of plan i: each stage does its rank's work
+        per chunk; the first stage adds the embedding, the last the LM head and loss."""
+        v = len(stage_to_rank) // pp
+        scale = [self.rank_scale_of(i, r, pp) for r in stage_to_rank]
+        u = self.unit
+        fw = [float(u.forward[i]) / v * k for k in scale]
+        bi = [float(u.backward_input[i]) / v * k for k in scale]
+        bw = [float(u.backward_weight[i]) / v * k for k in scale]
+        acts = [float(self.activation_bytes[i]) / v * k for k in scale]
+        fw[0] += float(self.embedding.forward[i])
+        bi[0] += float(self.embedding.backward_input[i])
+        bw[0] += float(self.embedding.backward_weight[i])
+        fw[-1] += float(self.head.forward[i])
+        bi[-1] += float(self.head.backward_input[i])
+        bw[-1] += float(self.head.backward_weight[i])
+        acts[-1] += float(self.head_activation_bytes[i])
+        return StageCosts(tuple(fw), tuple(bi), tuple(bw), tuple(acts),
+                          p2p_time=float(self.p2p[i]), p2p_blocking=self.p2p_blocking,
+                          grad_reduce=float(self.grad_reduce[i]),
+                          grad_reduce_overlap=float(self.grad_reduce_overlap[i]))
+
+
+def _total(p: PassTimes, i: int) -> float:
+    return float(p.forward[i] + p.backward_input[i] + p.backward_weight[i])
