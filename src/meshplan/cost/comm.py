@@ -9,7 +9,8 @@ with busbw = bandwidth * bus_efficiency(S) (Thakur, Rabenseifner & Gropp 2005 fo
 NCCL tuning.cc for the per-step latency). A group spanning several tiers is one ring whose
 busbw is set by its slowest crossing (see `_ring`).
 
-`members` is the list from `meshplan.mesh.Mesh.members`: group members inside one domain of each tier.
+`members` is the list from `meshplan.mesh.Mesh.members`: the group's members inside one domain
+of each network tier.
 """
 
 from __future__ import annotations

@@ -121,11 +121,15 @@ def attention_core_flops(model: Model, pairs: Num, tp: Num) -> Num:
 
 def attention_io_bytes(model: Model, shape: BatchShape, tp: Num,
                        kv_bytes_per_token: Num | None = None) -> Num:
-    """Bytes a fused attention kernel streams: queries and outputs once, K/V once per
-    sequence (`kv_bytes_per_token`: the KV cache's layout; default the expanded bf16 K/V)."""
+    """Bytes a fused attention kernel streams at least: queries and outputs once, K/V once
+    per sequence. `kv_bytes_per_token` is the K/V layout it reads; by default bf16 K/V of the
+    rank's KV heads (FlashAttention reads GQA heads unexpanded), and for MLA the per-head K/V
+    that training materialises from the latent."""
     a, dv = model.num_attention_heads, F.value_head_dim(model)
     if kv_bytes_per_token is None:
-        kv_bytes_per_token = ACTIVATION_BYTES * a / tp * (model.head_size + dv)
+        kv_bytes_per_token = (ACTIVATION_BYTES * a / tp * (model.head_size + dv)
+                              if model.mla is not None
+                              else kv_cache_bytes_per_token(model, tp, ACTIVATION_BYTES))
     return ACTIVATION_BYTES * shape.tokens * a / tp * (model.head_size + dv) \
         + shape.kv_tokens * kv_bytes_per_token
 
@@ -226,3 +230,11 @@ def kv_cache_bytes_per_token(model: Model, tp: Num = 1, dtype_bytes: float = 2.0
             + 0.0 * np.asarray(tp)
     local = model.kv_heads / np.minimum(tp, model.kv_heads)
     return 2 * local * model.head_size * dtype_bytes
+
+
+def layer_forward_time(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
+                       moe: bool, fused: bool = True,
+                       kv_bytes_per_token: Num | None = None) -> np.ndarray:
+    """One layer's forward on one GPU (attention and MLP or MoE block, no communication)."""
+    attn = attention_parts(model, K, shape, deg, fused, kv_bytes_per_token)
+    return attn.time(K) + mlp_parts(model, K, shape, deg, moe).time(K)
