@@ -62,6 +62,8 @@ GROUP_AXES: dict[Group, tuple[tuple[str, ...], bool]] = {
 }
 """Per group: the (pseudo-)axes it spans and whether they are those of the expert mesh."""
 
+Num = int | np.ndarray
+
 REPORTED_GROUPS: tuple[Group, ...] = (Group.TP, Group.CP, Group.DP, Group.PP, Group.EP)
 """Groups whose network tier an estimate reports, under their axis names."""
 
@@ -95,7 +97,7 @@ class Mesh:
 
     def num_microbatches(self, global_batch_size: int) -> np.ndarray:
         """Micro-batches per optimizer step of each data-parallel replica."""
-        return global_batch_size // (self.plans.dp * self.plans.mbs)
+        return num_microbatches(global_batch_size, self.plans.dp, self.plans.mbs)
 
     def tokens_per_microbatch(self, seq_len: int) -> np.ndarray:
         """Tokens of one micro-batch on one GPU (its context-parallel share)."""
@@ -151,6 +153,11 @@ class Mesh:
             if self.group_size(group)[i] > 1:
                 out[group.value] = cluster.network[int(self.tier_index(cluster, group)[i])].name
         return out
+
+
+def num_microbatches(global_batch_size: int, dp: Num, micro_batch_size: Num) -> Num:
+    """Micro-batches per optimizer step of one data-parallel replica (one plan or many)."""
+    return global_batch_size // (dp * micro_batch_size)
 
 
 def _strides(order: tuple[str, ...], sizes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshplan.cost.train import memory
+from meshplan.mesh import Mesh
 from meshplan.specs import Job
 from tests.conftest import arrays, scalar
 
@@ -34,7 +35,7 @@ def test_gpt3_layer_activations_match_paper(gpt3, job, t, sp, recompute):
     if recompute == "selective" and not sp and t > 1:
         pytest.skip("paper's 34 sbh/t assumes sequence parallelism")
     P = arrays(tp=t, micro_batch_size=1, sequence_parallel=sp, recompute=recompute)
-    got = scalar(memory.layer_activation_bytes(gpt3, job, P, moe=False))
+    got = scalar(memory.layer_activation_bytes(gpt3, job, Mesh(P), moe=False))
     h, a = gpt3.hidden_size, gpt3.num_attention_heads
     assert got == pytest.approx(korthikanti(2048, 1, h, a, t, sp, recompute), rel=1e-12)
 
@@ -43,7 +44,7 @@ def test_flash_attention_drops_the_s_squared_terms(gpt3, job):
     flash = job.model_copy(update={"flash_attention": True})
     P = arrays(tp=8, micro_batch_size=1)
     h = gpt3.hidden_size
-    got = scalar(memory.layer_activation_bytes(gpt3, flash, P, moe=False))
+    got = scalar(memory.layer_activation_bytes(gpt3, flash, Mesh(P), moe=False))
     lse = 4 * 2048 * gpt3.num_attention_heads / 8
     assert got == pytest.approx(34 * 2048 * h / 8 + lse, rel=1e-12)
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from meshplan.cost import flops as F
 from meshplan.cost.kernels import ACTIVATION_BYTES, Kernels, linear_bytes
+from meshplan.mesh import Mesh
 from meshplan.specs.model import Model
-from meshplan.specs.plan import PlanArrays
 
 Num = float | np.ndarray
 
@@ -83,8 +83,9 @@ class LayerDegrees:
     """tp with sequence parallelism, else 1: the split outside the TP regions."""
 
     @classmethod
-    def of(cls, P: PlanArrays) -> LayerDegrees:
-        return cls(P.tp, P.cp, P.ep, P.etp, np.where(P.sp, P.tp, 1))
+    def of(cls, mesh: Mesh) -> LayerDegrees:
+        P = mesh.plans
+        return cls(P.tp, P.cp, P.ep, P.etp, mesh.seq_shard)
 
 
 @dataclass(frozen=True)

@@ -55,13 +55,14 @@ def fit_overhead(data: dict[str, Any], blocks: dict[int, float], tiny: float) ->
     """
     from meshplan.cost.kernels import Kernels
     from meshplan.cost.train.passes import attention_times, mlp_times
+    from meshplan.mesh import Mesh
     from meshplan.specs.cluster import Cluster
     from meshplan.specs.io import load_model
     from meshplan.specs.job import Job
     from meshplan.specs.plan import Plan, PlanArrays
 
     cluster = Cluster.model_validate({**data, "kernel_overhead": 0.0})
-    model, plans = load_model("debug"), PlanArrays.from_plans([Plan()])
+    model, plans = load_model("debug"), Mesh(PlanArrays.from_plans([Plan()]))
     residuals = []
     for tokens, measured in blocks.items():
         job = Job(global_batch_size=1, seq_len=tokens, precision="bf16")

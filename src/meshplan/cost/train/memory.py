@@ -33,11 +33,10 @@ OPTIMIZER_BYTES = 12.0
 """fp32 master weights + Adam m and v (ZeRO paper, K = 12)."""
 
 
-def attention_activation_bytes(model: Model, job: Job, P: PlanArrays) -> np.ndarray:
+def attention_activation_bytes(model: Model, job: Job, mesh: Mesh) -> np.ndarray:
     """Bytes the attention block keeps for backward, one micro-batch, one GPU."""
-    b, t, c, s, h = P.mbs, P.tp, P.cp, job.seq_len, model.hidden_size
-    T = b * s / c
-    sp = np.where(P.sp, t, 1)
+    P, s, h = mesh.plans, job.seq_len, model.hidden_size
+    t, T, sp = P.tp, mesh.tokens_per_microbatch(s), mesh.seq_shard
     a, d = model.num_attention_heads, model.head_size
     kv_split = np.minimum(t, model.kv_heads)
     dv = model.mla.v_head_dim if model.mla is not None else d
@@ -49,7 +48,7 @@ def attention_activation_bytes(model: Model, job: Job, P: PlanArrays) -> np.ndar
     if job.flash_attention:
         scores = 4.0 * T * a / t  # fp32 log-sum-exp per row
     else:
-        scores = (2 + (3 if model.dropout else 0)) * b * a / t * (s / c) * s
+        scores = (2 + (3 if model.dropout else 0)) * a / t * T * s
         scores = np.where(P.recompute >= 1, 0.0, scores)  # selective drops the s^2 terms
     # Selective recompute with fused attention rebuilds the QKV input from the norm input
     # (torchtitan op-level SAC, Megatron-Core --recompute-modules layernorm).
@@ -63,11 +62,10 @@ def _gemm_input_bytes(job: Job) -> float:
     return 1.0 if job.precision == "fp8" else 2.0
 
 
-def mlp_activation_bytes(model: Model, job: Job, P: PlanArrays, moe: bool) -> np.ndarray:
+def mlp_activation_bytes(model: Model, job: Job, mesh: Mesh, moe: bool) -> np.ndarray:
     """Bytes the MLP (or MoE) block keeps for backward, one micro-batch, one GPU."""
-    b, t, c, s, h = P.mbs, P.tp, P.cp, job.seq_len, model.hidden_size
-    T = b * s / c
-    sp = np.where(P.sp, t, 1)
+    P, h = mesh.plans, model.hidden_size
+    t, T, sp = P.tp, mesh.tokens_per_microbatch(job.seq_len), mesh.seq_shard
     gemm_in = _gemm_input_bytes(job)
     # fc1 output (2 or 1 matrices' worth, kept for the activation's backward) + fc2 input
     per_f: float | np.ndarray = (4.0 if model.gated else 2.0) + gemm_in
@@ -88,18 +86,20 @@ def mlp_activation_bytes(model: Model, job: Job, P: PlanArrays, moe: bool) -> np
     return replicated + routed + shared + router
 
 
-def layer_activation_bytes(model: Model, job: Job, P: PlanArrays, moe: bool) -> np.ndarray:
+def layer_activation_bytes(model: Model, job: Job, mesh: Mesh, moe: bool) -> np.ndarray:
     """Korthikanti-style per-layer activation memory under the plan's recompute policy."""
-    full = attention_activation_bytes(model, job, P) + mlp_activation_bytes(model, job, P, moe)
-    layer_input = 2.0 * P.mbs * job.seq_len / P.cp * model.hidden_size / np.where(P.sp, P.tp, 1)
-    return np.where(P.recompute == 2, layer_input, full)
+    full = attention_activation_bytes(model, job, mesh) \
+        + mlp_activation_bytes(model, job, mesh, moe)
+    T = mesh.tokens_per_microbatch(job.seq_len)
+    layer_input = 2.0 * T * model.hidden_size / mesh.seq_shard
+    return np.where(mesh.plans.recompute == 2, layer_input, full)
 
 
-def head_activation_bytes(model: Model, job: Job, P: PlanArrays) -> np.ndarray:
+def head_activation_bytes(model: Model, job: Job, mesh: Mesh) -> np.ndarray:
     """Last stage: LM-head input and fp32 logits kept by the cross-entropy (one micro-batch)."""
-    T = P.mbs * job.seq_len / P.cp
-    sp = np.where(P.sp, P.tp, 1)
-    return 2 * T * model.hidden_size / sp + 4.0 * T * model.vocab_size / P.tp
+    T = mesh.tokens_per_microbatch(job.seq_len)
+    return 2 * T * model.hidden_size / mesh.seq_shard + 4.0 * T * model.vocab_size \
+        / mesh.plans.tp
 
 
 def model_state_bytes(params: np.ndarray, P: PlanArrays, shard: np.ndarray,
@@ -177,13 +177,13 @@ def step_memory(model: Model, cluster: Cluster, job: Job, mesh: Mesh, counts: Pa
     """Memory of the first and last pipeline ranks; the larger total is the peak."""
     P = mesh.plans
     dense_layers, moe_layers = layer_mix(model, P)
-    act_dense = layer_activation_bytes(model, job, P, moe=False)
-    act_moe = layer_activation_bytes(model, job, P, moe=True) if model.is_moe else act_dense
+    act_dense = layer_activation_bytes(model, job, mesh, moe=False)
+    act_moe = layer_activation_bytes(model, job, mesh, moe=True) if model.is_moe else act_dense
     per_mb = dense_layers * act_dense + moe_layers * act_moe
     # Full recompute rebuilds one layer at a time: that layer's whole activations are live.
     working = np.where(P.recompute == 2, full_layer_bytes(model, job, P), 0.0)
     in_flight = in_flight_microbatches(P.schedule, P.pp, m, P.vpp)
-    head_act = head_activation_bytes(model, job, P)
+    head_act = head_activation_bytes(model, job, mesh)
 
     layer_params = (counts.per_dense_layer if not model.is_moe
                     else counts.per_moe_layer_non_expert + counts.expert / (P.ep * P.etp))
@@ -223,5 +223,6 @@ def full_layer_bytes(model: Model, job: Job, P: PlanArrays) -> np.ndarray:
     """One layer's activations without recompute (the working set while recomputing)."""
     no_rc = PlanArrays(**{**{f: getattr(P, f) for f in P.__dataclass_fields__},
                           "recompute": np.zeros_like(P.recompute)})
-    attn = attention_activation_bytes(model, job, no_rc)
-    return attn + mlp_activation_bytes(model, job, no_rc, moe=model.is_moe)
+    mesh = Mesh(no_rc)
+    return attention_activation_bytes(model, job, mesh) \
+        + mlp_activation_bytes(model, job, mesh, moe=model.is_moe)

@@ -24,6 +24,7 @@ from meshplan.cost.layer import (
     head_parts,
     mlp_parts,
 )
+from meshplan.mesh import Mesh
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import PlanArrays
@@ -50,17 +51,18 @@ class PassTimes:
         return self.backward_input + self.backward_weight
 
 
-def training_shape(job: Job, P: PlanArrays) -> BatchShape:
-    return BatchShape.training(P.mbs, job.seq_len, P.cp)
+def _shape(job: Job, mesh: Mesh) -> tuple[BatchShape, LayerDegrees]:
+    P = mesh.plans
+    return BatchShape.training(P.mbs, job.seq_len, P.cp), LayerDegrees.of(mesh)
 
 
 def _recompute(P: PlanArrays, forward: np.ndarray, selective: np.ndarray | float) -> np.ndarray:
     return np.where(P.recompute == 2, forward, np.where(P.recompute == 1, selective, 0.0))
 
 
-def attention_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTimes:
+def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes:
     """Attention block: QKV and output GEMMs, the attention core, norms/residual/RoPE."""
-    shape, deg = training_shape(job, P), LayerDegrees.of(P)
+    shape, deg = _shape(job, mesh)
     parts = attention_parts(model, K, shape, deg, fused=job.flash_attention)
     if job.flash_attention:
         core_b = K.attention(2 * attention_core_flops(model, shape.causal_pairs, deg.tp),
@@ -75,24 +77,24 @@ def attention_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTi
     T, sp = shape.tokens, deg.seq_shard
     selective = (parts.core + K.memory(parts.score_bytes) if not job.flash_attention
                  else K.memory(4 * T * model.hidden_size / sp))
-    return PassTimes(fwd, bwd_i, parts.gemm, _recompute(P, fwd, selective))
+    return PassTimes(fwd, bwd_i, parts.gemm, _recompute(mesh.plans, fwd, selective))
 
 
-def mlp_times(model: Model, job: Job, K: Kernels, P: PlanArrays, moe: bool) -> PassTimes:
+def mlp_times(model: Model, job: Job, K: Kernels, mesh: Mesh, moe: bool) -> PassTimes:
     """MLP block of a dense layer, or the routed + shared experts of a MoE layer."""
-    shape, deg = training_shape(job, P), LayerDegrees.of(P)
+    shape, deg = _shape(job, mesh)
     parts = mlp_parts(model, K, shape, deg, moe)
     fwd = parts.time(K)
     bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead
     # Selective recompute with fused attention redoes the norm and the activation function.
     selective = (K.memory(4 * shape.tokens * model.hidden_size / deg.seq_shard
                           + parts.elementwise_bytes) if job.flash_attention else 0.0)
-    return PassTimes(fwd, bwd_i, parts.gemm, _recompute(P, fwd, selective))
+    return PassTimes(fwd, bwd_i, parts.gemm, _recompute(mesh.plans, fwd, selective))
 
 
-def head_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTimes:
+def head_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes:
     """Final norm, LM head GEMM and vocab-parallel cross-entropy (last pipeline stage)."""
-    shape, deg = training_shape(job, P), LayerDegrees.of(P)
+    shape, deg = _shape(job, mesh)
     T = shape.tokens
     parts = head_parts(model, K, T, deg)
     logits = T * model.vocab_size / deg.tp
@@ -101,9 +103,9 @@ def head_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTimes:
     return PassTimes(fwd, bwd_i, parts.gemm, np.zeros_like(fwd))
 
 
-def embedding_times(model: Model, job: Job, K: Kernels, P: PlanArrays) -> PassTimes:
+def embedding_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes:
     """Token embedding gather (first stage) and its scatter-add gradient."""
-    shape, deg = training_shape(job, P), LayerDegrees.of(P)
+    shape, deg = _shape(job, mesh)
     gather = embedding_bytes(model, shape.tokens, deg)
     fwd = K.memory(gather)
     return PassTimes(fwd, np.zeros_like(fwd), K.memory(2 * gather), np.zeros_like(fwd))

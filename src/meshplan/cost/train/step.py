@@ -77,9 +77,9 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     dense_layers, moe_layers = layer_mix(model, P)
     layers = dense_layers + moe_layers
 
-    attn = attention_times(model, job, K, P)
-    mlp_d = mlp_times(model, job, K, P, moe=False)
-    mlp_m = mlp_times(model, job, K, P, moe=True) if model.is_moe else mlp_d
+    attn = attention_times(model, job, K, mesh)
+    mlp_d = mlp_times(model, job, K, mesh, moe=False)
+    mlp_m = mlp_times(model, job, K, mesh, moe=True) if model.is_moe else mlp_d
 
     def per_rank(pick: str) -> np.ndarray:
         return (layers * getattr(attn, pick) + dense_layers * getattr(mlp_d, pick)
@@ -106,7 +106,7 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     unit = unit_f + unit_i + unit_w
     F_mid, I_mid, W_mid = unit_f * s_mid, unit_i * s_mid, unit_w * s_mid
     mid = unit * s_mid + pp_exposed
-    emb, head = embedding_times(model, job, K, P), head_times(model, job, K, P)
+    emb, head = embedding_times(model, job, K, mesh), head_times(model, job, K, mesh)
     first = unit * s_first + pp_exposed + emb.forward + emb.backward
     last = unit * s_last + pp_exposed + head.forward + head.backward
     single = unit + emb.forward + emb.backward + head.forward + head.backward
