@@ -6,6 +6,8 @@ The one place that checks a single plan and costs it (shared by `estimate`, `sim
 
 from __future__ import annotations
 
+import numpy as np
+
 from meshplan.cost.train.step import MEMORY_TERMS, TIME_TERMS, CostArrays, evaluate
 from meshplan.errors import MeshplanError
 from meshplan.estimate import Estimate
@@ -40,7 +42,7 @@ def estimate_from_arrays(costs: CostArrays, i: int, plan: Plan, capacity: float,
 
 def axis_tiers(cluster: Cluster, P: PlanArrays, i: int = 0) -> dict[str, str]:
     """Network tier each mesh axis lands on for plan i (only axes of degree > 1)."""
-    return Mesh(P).tiers(cluster, i)
+    return Mesh(P.select(np.array([i]))).tiers(cluster, 0)
 
 
 def analytic_estimate(model: Model, cluster: Cluster, job: Job, plan: Plan,

@@ -18,7 +18,7 @@ import numpy as np
 from meshplan.cost.train.stages import PASS_TERMS, StageCosts, StageTimes
 from meshplan.cost.train.step import CostArrays, utilisation
 from meshplan.estimate import Estimate
-from meshplan.schedules.ir import ActionKind, Schedule
+from meshplan.schedules.ir import Schedule
 from meshplan.schedules.registry import generate
 from meshplan.sim.engine import SimResult, simulate_schedule
 from meshplan.specs.cluster import Cluster
@@ -42,19 +42,15 @@ class Simulation:
 
 def transfer_stalls(schedule: Schedule, costs: StageCosts) -> list[float]:
     """Per rank, the time its sends stall its compute stream (`p2p_blocking` of each transfer
-    to a stage on another rank), in rank order."""
-    where = schedule.stage_to_rank
-    last = schedule.num_stages - 1
-    out = []
-    for r in sorted(schedule.actions):
-        sends = 0
-        for a in schedule.actions[r]:
-            if a.kind == ActionKind.F and a.stage < last:
-                sends += where[a.stage + 1] != r
-            elif a.kind in (ActionKind.B, ActionKind.I) and a.stage > 0:
-                sends += where[a.stage - 1] != r
-        out.append(sends * costs.p2p_blocking * costs.p2p_time)
-    return out
+    to a stage on another rank), in rank order: every micro-batch's forward of stage s sends
+    to stage s + 1 and its backward to stage s - 1."""
+    where, S = schedule.stage_to_rank, schedule.num_stages
+    per_send = costs.p2p_blocking * costs.p2p_time * schedule.num_microbatches
+    stalls = dict.fromkeys(schedule.actions, 0.0)
+    for s, r in enumerate(where):
+        crossings = (s + 1 < S and where[s + 1] != r) + (s > 0 and where[s - 1] != r)
+        stalls[r] += crossings * per_send
+    return [stalls[r] for r in sorted(stalls)]
 
 
 def timeline_breakdown(result: SimResult, stalls: list[float], stages: StageTimes, i: int,
