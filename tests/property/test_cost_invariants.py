@@ -81,3 +81,18 @@ def test_cost_is_deterministic():
     a, b = evaluate(model, cluster, job, P), evaluate(model, cluster, job, P)
     assert np.array_equal(a.step_time, b.step_time)
     assert np.array_equal(a.memory["peak"], b.memory["peak"])
+
+
+def test_utilisation_stays_below_one_at_long_sequences():
+    """MFU counts attention's causal half, as the time does: even at 256k tokens, where the
+    full s^2 count of PaLM's convention is twice the executed attention, MFU and HFU stay <= 1."""
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100")
+    job = Job(global_batch_size=8, seq_len=262144)
+    P, _ = enumerate_plans(model, job, 64)
+    c = evaluate(model, cluster, job, P)
+    peak = cluster.accelerator.peak("bf16")
+    n = P.dp * P.tp * P.pp * P.cp
+    causal = model_flops_per_step(model, job.global_batch_size, job.seq_len, causal=True)
+    assert np.all(c.step_time >= causal / (n * peak))
+    assert np.all(c.mfu <= 1.0) and np.all(c.hfu <= 1.0)
+    assert np.all(c.hfu >= c.mfu - 1e-12)

@@ -6,7 +6,10 @@ the weight). Sources:
   24 B s h^2 (1 + s/(6h)) and an iteration with full recompute is
   96 B s l h^2 (1 + s/(6h) + V/(16 l h)).
 - PaLM (Chowdhery et al. 2022, Appendix B): model FLOPs per token 6N + 12 L H Q T, i.e.
-  attention counted over the full (non-causal) s x s score matrix; meshplan's MFU follows it.
+  attention counted over the full (non-causal) s x s score matrix, as Megatron's Eq. 3 does.
+  meshplan's MFU counts the causal half instead (6N + 6 L H Q T), the work a causal model
+  needs and the work its time is costed for, so MFU cannot exceed 1 at long sequences;
+  `causal=False` gives the PaLM / Megatron count.
 - DeepSeek-V2 (arXiv:2405.04434) for the MLA projections.
 """
 
@@ -67,10 +70,12 @@ def head_flops(model: Model, tokens: Num) -> Num:
     return 2 * tokens * model.hidden_size * model.vocab_size
 
 
-def forward_flops(model: Model, batch: Num, seq_len: Num) -> Num:
-    """Forward FLOPs of the whole model for `batch` sequences (attention non-causal)."""
+def forward_flops(model: Model, batch: Num, seq_len: Num, causal: bool = False) -> Num:
+    """Forward FLOPs of the whole model for `batch` sequences; attention over the full s x s
+    matrix, or its causal half."""
     tokens = batch * seq_len
-    attn = qkv_flops(model, tokens) + attention_core_flops(model, batch, seq_len)
+    core = attention_core_flops(model, batch, seq_len) * (0.5 if causal else 1.0)
+    attn = qkv_flops(model, tokens) + core
     attn = attn + out_proj_flops(model, tokens)
     dense = model.num_layers - model.num_moe_layers
     total = model.num_layers * attn + dense * mlp_flops(model, tokens, model.ffn_hidden_size)
@@ -79,21 +84,37 @@ def forward_flops(model: Model, batch: Num, seq_len: Num) -> Num:
     return total + head_flops(model, tokens)
 
 
-def model_flops_per_step(model: Model, global_batch: Num, seq_len: Num) -> Num:
-    """Model FLOPs of one training step: 3 x forward (MFU numerator, PaLM convention)."""
-    return 3 * forward_flops(model, global_batch, seq_len)
+def model_flops_per_step(model: Model, global_batch: Num, seq_len: Num,
+                         causal: bool = False) -> Num:
+    """Model FLOPs of one training step: 3 x forward (PaLM Appendix B; `causal`: attention's
+    causal half, the MFU numerator meshplan reports)."""
+    return 3 * forward_flops(model, global_batch, seq_len, causal)
 
 
 def recompute_flops_per_step(model: Model, global_batch: Num, seq_len: Num,
-                             recompute: np.ndarray) -> Num:
+                             recompute: np.ndarray, causal: bool = False) -> Num:
     """Extra forward FLOPs spent on activation recomputation (HFU numerator minus model FLOPs).
 
     recompute: 0 none, 1 selective (attention core only, Korthikanti et al. 2022 Sec. 4.2),
     2 full (every layer's forward, not the LM head).
     """
-    full = forward_flops(model, global_batch, seq_len) - head_flops(model, global_batch * seq_len)
-    selective = model.num_layers * attention_core_flops(model, global_batch, seq_len)
+    full = forward_flops(model, global_batch, seq_len, causal) \
+        - head_flops(model, global_batch * seq_len)
+    core = attention_core_flops(model, global_batch, seq_len) * (0.5 if causal else 1.0)
+    selective = model.num_layers * core
     return np.where(recompute == 2, full, np.where(recompute == 1, selective, 0.0))
+
+
+def step_flops(model: Model, global_batch: int, seq_len: int, recompute: np.ndarray,
+               fused_attention: bool) -> tuple[float, np.ndarray]:
+    """(model FLOPs, hardware FLOPs) of one training step, counted as the time is costed: the
+    model needs attention's causal half; a fused kernel executes only that half, an unfused one
+    the whole score matrix (and the recomputation's forward FLOPs on top)."""
+    model_flops = float(model_flops_per_step(model, global_batch, seq_len, causal=True))
+    executed = 3 * forward_flops(model, global_batch, seq_len, causal=fused_attention)
+    hardware = executed + recompute_flops_per_step(model, global_batch, seq_len, recompute,
+                                                   causal=fused_attention)
+    return model_flops, np.asarray(hardware, dtype=float)
 
 
 def megatron_eq3_flops(model: Model, global_batch: int, seq_len: int) -> float:

@@ -4,8 +4,9 @@ Composition (all per optimizer step, one GPU):
     step = pipeline(F, B per micro-batch and rank, with exposed TP/CP/EP/PP communication)
            + exposed data-parallel / ZeRO traffic + optimizer step
 Each term's formula and source sits in its module (layer core, passes, comm, memory,
-pipeline, optimizer); this one only adds them up. MFU follows PaLM (model FLOPs / (time x
-GPUs x dense bf16 peak)); HFU adds the recomputed forward FLOPs.
+pipeline, optimizer); this one only adds them up. MFU is model FLOPs / (time x GPUs x dense
+bf16 peak) with attention's causal half (`flops.step_flops`); HFU counts what the kernels
+execute, recomputation included.
 """
 
 from __future__ import annotations
@@ -139,9 +140,8 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     }
 
     mem = step_memory(model, cluster, job, mesh, counts, m, params, s_first, s_last)
-    model_flops = float(F.model_flops_per_step(model, job.global_batch_size, job.seq_len))
-    hw_flops = np.asarray(model_flops + F.recompute_flops_per_step(
-        model, job.global_batch_size, job.seq_len, P.recompute), dtype=float)
+    model_flops, hw_flops = F.step_flops(model, job.global_batch_size, job.seq_len,
+                                         P.recompute, job.flash_attention)
     peak = cluster.accelerator.peak("bf16")
     stages = StageTimes(
         unit=PassTimes(unit_f, unit_i, unit_w, np.zeros_like(unit_f)),
