@@ -41,13 +41,13 @@ from meshplan.schedules.ir import (
     W,
 )
 
-_F, _BWD, _I, _W = Done.FORWARD, Done.BACKWARD, Done.INPUT_GRAD, Done.WEIGHT_GRAD
+_F, _BWD, _I, _W = (int(done) for done in Done)
 _SF, _RF, _SB, _RB = range(4, 8)
 """Completion tables: those of `deps.Done` (forward, any backward, I, W), then the four
 message kinds."""
 _TABLE_KIND = {_F: F, _BWD: B, _I: I, _W: W, _SF: SEND_F, _RF: RECV_F, _SB: SEND_B, _RB: RECV_B}
 _SETS: dict[ActionKind, tuple[int, ...]] = {
-    **{kind: tuple(done) for kind, done in COMPLETES.items()},
+    **{kind: tuple(int(d) for d in done) for kind, done in COMPLETES.items()},
     **{kind: (table,) for table, kind in _TABLE_KIND.items() if kind in COMM_KINDS},
 }
 """Tables each kind completes (`deps.COMPLETES` for compute kinds)."""

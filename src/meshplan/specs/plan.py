@@ -38,7 +38,8 @@ class Plan(Spec):
     """One hybrid-parallel layout. Degrees multiply to the GPU count: dp * tp * pp * cp.
 
     Fields a caller leaves out (or sets to None) that default from other fields hold their
-    resolved value once built: `sequence_parallel`, `etp`, `dp_shard` and `vpp`.
+    resolved value once built: `sequence_parallel`, `etp`, `dp_shard` and `vpp` (their
+    `default=None` is never seen: `_resolve_defaults` fills them first).
     """
 
     dp: int = Field(default=1, gt=0)
@@ -53,16 +54,16 @@ class Plan(Spec):
     """Expert-parallel degree (MoE only), carved out of dp * cp."""
     etp: int = Field(default=1, gt=0)
     """Expert tensor-parallel degree; defaults to 1 (Megatron-Core's usual setting for MoE)."""
-    sequence_parallel: bool = Field(default=None)
+    sequence_parallel: bool = Field(default=None)  # type: ignore[assignment]  # resolved
     """Megatron sequence parallelism; defaults to on whenever tp > 1."""
     zero_stage: Literal[0, 1, 2, 3] = 1
     """0: plain DDP; 1: optimizer states sharded (Megatron distributed optimizer); 2: + grads;
     3: + weights (FSDP full shard)."""
-    dp_shard: int = Field(default=None, gt=0)
+    dp_shard: int = Field(default=None, gt=0)  # type: ignore[assignment]  # resolved
     """ZeRO/FSDP sharding group size for hybrid sharding (HSDP); defaults to dp."""
     micro_batch_size: int = Field(default=1, gt=0)
     schedule: Schedule = "1f1b"
-    vpp: int = Field(default=None, gt=0)
+    vpp: int = Field(default=None, gt=0)  # type: ignore[assignment]  # resolved
     """Model chunks (virtual stages) per pipeline rank; defaults to the schedule's own
     (`ScheduleSpec.default_chunks`: 2 for interleaved and V-shaped schedules, 1 otherwise)."""
     first_stage_layers: int | None = Field(default=None, gt=0)
@@ -85,7 +86,8 @@ class Plan(Spec):
     @model_validator(mode="before")
     @classmethod
     def _resolve_defaults(cls, data: Any) -> Any:
-        """Fill the fields whose default depends on another field (left out or None)."""
+        """Fill the fields whose default depends on another field (left out or None). Where
+        that field is itself invalid, leave them: its own error is the one to report."""
         if not isinstance(data, dict):
             return data
         data = {k: v for k, v in data.items() if v is not None or k not in _DERIVED}
