@@ -15,6 +15,7 @@ from meshplan.schedules import (
     add_communication,
     from_csv,
     generate,
+    schedule_spec,
     to_csv,
     verify,
 )
@@ -63,7 +64,7 @@ def test_lowering_and_csv_keep_the_schedule(name, data):
 
 def _legal_schedule(name: str, p: int, m: int):
     """A generated schedule, skipping (p, m) the schedule does not accept."""
-    v = 2 if name in ("interleaved-1f1b", "looped-bfs", "zb-v", "dualpipe-v") else 1
+    v = schedule_spec(name).default_chunks
     assume(name != "interleaved-1f1b" or m % p == 0)
     assume(name != "dualpipe-v" or m >= 2 * p)
     return generate(name, p, m, v)

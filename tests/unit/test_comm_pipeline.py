@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from meshplan.cost import comm
-from meshplan.cost.pipeline import in_flight_microbatches, pipeline_time
+from meshplan.cost.train.pipeline import in_flight_microbatches, pipeline_time
 from meshplan.mesh import Group, Mesh
 from meshplan.specs.cluster import Curve
 from meshplan.specs.plan import SCHEDULES

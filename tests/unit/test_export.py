@@ -245,6 +245,8 @@ REFUSALS: list[tuple[str, str, dict[str, Any], dict[str, Any], str]] = [
     ("torchtitan", L8, {**J, "grad_bytes": 2}, {"dp": 8, "zero_stage": 3}, "grad_bytes"),
     ("torchtitan", L8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "zb-h1"}, "schedule"),
     ("torchtitan", L8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "zb-h2"}, "schedule"),
+    ("torchtitan", L8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "looped-bfs",
+                           "vpp": 1}, "vpp"),
     ("torchtitan", L8, J, {"tp": 2, "dp": 4, "zero_stage": 3, "sequence_parallel": False},
      "sequence_parallel"),
     ("torchtitan", "qwen3-8b", J, {"pp": 2, "dp": 4, "zero_stage": 3}, "pp"),

@@ -14,6 +14,7 @@ from meshplan.schedules import (
     ScheduleError,
     add_communication,
     generate,
+    schedule_spec,
     stage_to_rank,
     verify,
 )
@@ -164,8 +165,7 @@ def test_generate_rejects_bad_input_in_one_line(args, match):
 
 @pytest.mark.parametrize("name", SCHEDULE_NAMES)
 def test_every_schedule_runs_on_one_rank(name):
-    v = 2 if name in ("interleaved-1f1b", "looped-bfs", "zb-v", "dualpipe-v") else 1
-    verify(generate(name, 1, 4, v))
+    verify(generate(name, 1, 4, schedule_spec(name).default_chunks))
 
 
 # The verifier on broken schedules ------------------------------------------------------

@@ -16,16 +16,14 @@ from meshplan.schedules import (
     compute_only,
     from_csv,
     generate,
+    schedule_spec,
     to_csv,
     verify,
 )
 
 F, B, I, W = ActionKind.F, ActionKind.B, ActionKind.I, ActionKind.W  # noqa: E741
-CHUNKS = {"interleaved-1f1b": 2, "looped-bfs": 2, "zb-v": 2, "dualpipe-v": 2}
-
-
 def small(name: str, p: int = 3, m: int = 6) -> Schedule:
-    return generate(name, p, m, CHUNKS.get(name, 1))
+    return generate(name, p, m, schedule_spec(name).default_chunks)
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,7 @@ def plans_table(estimates: list[Estimate], title: str) -> Table:
         table.add_column(col, justify="right" if col not in ("schedule", "recompute") else "left")
     for i, e in enumerate(estimates, 1):
         p = e.plan
-        sched = "-" if p.pp == 1 else p.schedule + (f"/v{p.virtual_stages}"
-                                                     if p.virtual_stages > 1 else "")
+        sched = "-" if p.pp == 1 else p.schedule + (f"/v{p.vpp}" if p.vpp > 1 else "")
         table.add_row(str(i), str(p.tp), str(p.cp), str(p.pp), str(p.dp), str(p.ep),
                       str(p.micro_batch_size), sched, str(p.zero_stage), p.recompute,
                       f"{e.step_time_s:.3f}", f"{e.tokens_per_s_per_gpu:,.0f}", f"{e.mfu:.1%}",

@@ -58,8 +58,8 @@ def check_supported(spec: Model, plan: Plan, device_type: str = "cpu") -> None:
                else "not wired into meshplan run yet")
         raise MeshplanError(f"cp={plan.cp}: context parallelism is not supported on "
                             f"{device_type}: {why}")
-    if plan.ep > 1 or plan.expert_tp > 1:
-        raise MeshplanError(f"ep={plan.ep}, etp={plan.expert_tp}: expert parallelism is not "
+    if plan.ep > 1 or plan.etp > 1:
+        raise MeshplanError(f"ep={plan.ep}, etp={plan.etp}: expert parallelism is not "
                             "supported by meshplan run (torch has no expert-parallel API; "
                             "use ep=1, experts then follow the data-parallel sharding)")
     if spec.is_moe and plan.tp > 1:
@@ -91,7 +91,7 @@ def check_supported(spec: Model, plan: Plan, device_type: str = "cpu") -> None:
 
 
 def _hybrid(plan: Plan) -> bool:
-    return plan.zero_stage >= 1 and plan.shard_group < plan.dp
+    return plan.zero_stage >= 1 and plan.dp_shard < plan.dp
 
 
 def mesh_dims(plan: Plan) -> list[tuple[str, int]]:
@@ -101,8 +101,8 @@ def mesh_dims(plan: Plan) -> list[tuple[str, int]]:
         if axis == "ep":
             continue  # carved out of dp x cp for expert layers; not a dense mesh axis
         if axis == "dp" and _hybrid(plan):
-            dims += [("dp_replicate", plan.dp // plan.shard_group),
-                     ("dp_shard", plan.shard_group)]
+            dims += [("dp_replicate", plan.dp // plan.dp_shard),
+                     ("dp_shard", plan.dp_shard)]
         else:
             dims.append((axis, getattr(plan, axis)))
     return dims
@@ -117,7 +117,7 @@ def build_mesh(plan: Plan, device_type: str) -> DeviceMesh:
 def dp_coordinate(plan: Plan, mesh: DeviceMesh) -> int:
     """This rank's data-parallel index (which slice of the global batch it reads)."""
     if _hybrid(plan):
-        return (mesh["dp_replicate"].get_local_rank() * plan.shard_group
+        return (mesh["dp_replicate"].get_local_rank() * plan.dp_shard
                 + mesh["dp_shard"].get_local_rank())
     return mesh["dp"].get_local_rank()
 
@@ -189,7 +189,7 @@ def apply_dp(part: Transformer, mesh: DeviceMesh, plan: Plan) -> None:
 
 def parallelize_part(part: Transformer, mesh: DeviceMesh, plan: Plan) -> Transformer:
     if plan.tp > 1:
-        apply_tp(part, mesh["tp"], plan.sp)
+        apply_tp(part, mesh["tp"], plan.sequence_parallel)
     if plan.recompute != "none":
         apply_ac(part, plan.recompute)
     apply_dp(part, mesh, plan)
@@ -224,7 +224,7 @@ def parallelize(spec: Model, plan: Plan, num_microbatches: int, *, seed: int, se
     if plan.pp == 1:
         return Parallelized(mesh, [make(None, True, True)], None, True, True, dp_index)
     schedule, parts = _pipeline(spec, plan, num_microbatches, mesh, device, make)
-    num_stages = plan.pp * plan.virtual_stages
+    num_stages = plan.pp * plan.vpp
     return Parallelized(mesh, [p.submod for p in parts], schedule,
                         any(p.stage_index == 0 for p in parts),
                         any(p.stage_index == num_stages - 1 for p in parts), dp_index)
@@ -240,7 +240,7 @@ def _pipeline(spec: Model, plan: Plan, m: int, mesh: DeviceMesh, device: torch.d
     from meshplan.schedules.registry import generate
     from meshplan.specs.stages import stage_layer_ranges
 
-    sched = generate(plan.schedule, plan.pp, m, plan.virtual_stages)
+    sched = generate(plan.schedule, plan.pp, m, plan.vpp)
     num_stages = sched.num_stages
     layer_ranges = stage_layer_ranges(spec.num_layers, num_stages, sched.stage_to_rank, plan.pp,
                                       plan.first_stage_layers, plan.last_stage_layers)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from meshplan.errors import MeshplanError, invalid
+from meshplan.schedules.registry import SCHEDULE_SPECS, schedule_spec
+from meshplan.schedules.spec import ScheduleSpec
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import DEFAULT_AXIS_ORDER, Plan
@@ -44,6 +46,24 @@ def match_order(plan: Plan, engine: str, choices: dict[tuple[str, ...], str | No
                  f"builds ranks in the order {known} (innermost first) only")
 
 
+def engine_schedule(plan: Plan, engine: str, engine_key: str, hint: str) -> ScheduleSpec | None:
+    """The plan's schedule spec if the engine runs it (None when pp == 1), else a refusal.
+
+    `engine_key` names the `ScheduleSpec` field holding the engine's name for a schedule
+    (`megatron`, `torchtitan`, `deepspeed`); None there means the engine cannot run it.
+    `hint` ends the refusal (where to export instead, or why the engine lacks it).
+    """
+    if plan.pp == 1:
+        if plan.vpp > 1:
+            raise refuse(engine, "vpp", plan.vpp, "builds virtual stages only when pp > 1")
+        return None
+    spec = schedule_spec(plan.schedule)
+    if getattr(spec, engine_key) is None:
+        runs = ", ".join(s.name for s in SCHEDULE_SPECS if getattr(s, engine_key) is not None)
+        raise refuse(engine, "schedule", plan.schedule, f"runs only {runs}; {hint}")
+    return spec
+
+
 def microbatches(job: Job, plan: Plan) -> int:
     """Micro-batches per data-parallel rank per step (exact: the plan rules require it)."""
     return job.global_batch_size // (plan.dp * plan.micro_batch_size)
@@ -62,5 +82,5 @@ def header(engine: str, source: str, model: Model, job: Job, plan: Plan) -> list
     ]
 
 
-__all__ = ["DEFAULT_AXIS_ORDER", "active_order", "header", "match_order", "microbatches",
-           "refuse"]
+__all__ = ["DEFAULT_AXIS_ORDER", "active_order", "engine_schedule", "header", "match_order",
+           "microbatches", "refuse"]

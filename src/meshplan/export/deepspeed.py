@@ -14,7 +14,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from meshplan.export._common import DEFAULT_AXIS_ORDER, header, match_order, microbatches, refuse
+from meshplan.export._common import (
+    DEFAULT_AXIS_ORDER,
+    engine_schedule,
+    header,
+    match_order,
+    microbatches,
+    refuse,
+)
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
@@ -43,7 +50,7 @@ def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -
                                      "tp_overlap_comm": plan.tp_comm_overlap}
     if plan.ep > 1:
         config["expert_parallel"] = {"enabled": True, "autoep_size": plan.ep,
-                                     "expert_tensor_parallel_size": plan.expert_tp}
+                                     "expert_tensor_parallel_size": plan.etp}
     if plan.pp > 1:
         config["pipeline"] = {"stages": plan.pp}
     if plan.recompute == "full":
@@ -62,7 +69,7 @@ def _check(model: Model, job: Job, plan: Plan) -> None:
     if plan.cp > 1:
         raise refuse(ENGINE, "cp", plan.cp, "splits sequences with Ulysses all-to-all, not ring "
                      "context parallelism")
-    if plan.tp > 1 and plan.sp:
+    if plan.tp > 1 and plan.sequence_parallel:
         raise refuse(ENGINE, "sequence_parallel", True, "AutoTP has no Megatron-style sequence "
                      "parallelism; plan with sequence_parallel=False (--no-sp)")
     if plan.tp == 1 and plan.tp_comm_overlap:
@@ -71,8 +78,8 @@ def _check(model: Model, job: Job, plan: Plan) -> None:
     if plan.recompute == "selective":
         raise refuse(ENGINE, "recompute", "selective", "checkpoints whole layers "
                      "(deepspeed.checkpointing); it has no attention-only recompute")
-    if plan.zero_stage >= 1 and plan.shard_group < plan.dp:
-        raise refuse(ENGINE, "dp_shard", plan.shard_group, "shards ZeRO states over the whole "
+    if plan.zero_stage >= 1 and plan.dp_shard < plan.dp:
+        raise refuse(ENGINE, "dp_shard", plan.dp_shard, "shards ZeRO states over the whole "
                      "data-parallel group (MiCS was removed; ZeRO++ hpZ shards only a weight "
                      "copy)")
     _check_experts(plan)
@@ -81,8 +88,8 @@ def _check(model: Model, job: Job, plan: Plan) -> None:
 
 def _check_experts(plan: Plan) -> None:
     """AutoEP (module_inject/auto_ep_folding.py)."""
-    if plan.ep > 1 and plan.expert_tp != 1:
-        raise refuse(ENGINE, "etp", plan.expert_tp, "AutoEP reserves expert tensor parallelism "
+    if plan.ep > 1 and plan.etp != 1:
+        raise refuse(ENGINE, "etp", plan.etp, "AutoEP reserves expert tensor parallelism "
                      "(expert_tensor_parallel_size must be 1)")
     if plan.ep > 1 and plan.tp > 1 and plan.offload_optimizer:
         raise refuse(ENGINE, "offload_optimizer", True, "does not validate ZeRO offload with "
@@ -95,13 +102,10 @@ def _check_pipeline(plan: Plan) -> None:
         raise refuse(ENGINE, "first_stage_layers", plan.first_stage_layers or
                      plan.last_stage_layers, "partitions layers inside PipelineModule "
                      "(partition_method), which this config cannot set")
-    if plan.pp == 1:
-        if plan.virtual_stages > 1:
-            raise refuse(ENGINE, "vpp", plan.virtual_stages, "has no virtual pipeline stages")
+    # ScheduleSpec.deepspeed: runtime/pipe/schedule.py's TrainSchedule (1F1B) only.
+    if engine_schedule(plan, ENGINE, "deepspeed", "its pipeline engine has one schedule, "
+                       "TrainSchedule (runtime/pipe/schedule.py)") is None:
         return
-    if plan.schedule != "1f1b":
-        raise refuse(ENGINE, "schedule", plan.schedule, "pipeline engine runs only its 1F1B "
-                     "TrainSchedule")
     if plan.zero_stage >= 2:
         raise refuse(ENGINE, "zero_stage", plan.zero_stage, "pipeline engine refuses ZeRO-2 "
                      "and ZeRO-3 (\"incompatible with pipeline parallelism\")")

@@ -13,7 +13,13 @@ from __future__ import annotations
 import math
 import shlex
 
-from meshplan.export._common import DEFAULT_AXIS_ORDER, header, match_order, refuse
+from meshplan.export._common import (
+    DEFAULT_AXIS_ORDER,
+    engine_schedule,
+    header,
+    match_order,
+    refuse,
+)
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
@@ -21,8 +27,6 @@ from meshplan.specs.plan import Plan
 
 ENGINE = "Megatron-LM"
 SOURCE = "Megatron-LM megatron/training/arguments.py (Megatron-Core 0.16)"
-SCHEDULES = ("1f1b", "interleaved-1f1b")
-"""forward_backward_pipelining_{without,with}_interleaving (core/pipeline_parallel/schedules.py)."""
 ORDERS: dict[tuple[str, ...], str | None] = {
     DEFAULT_AXIS_ORDER: None,
     ("tp", "cp", "ep", "pp", "dp"): "--use-tp-pp-dp-mapping",
@@ -51,14 +55,14 @@ def _parallel(plan: Plan) -> list[Flag]:
     flags: list[Flag] = [("--tensor-model-parallel-size", str(plan.tp)),
                          ("--pipeline-model-parallel-size", str(plan.pp)),
                          ("--context-parallel-size", str(plan.cp))]
-    if plan.sp and plan.tp > 1:
+    if plan.sequence_parallel and plan.tp > 1:
         flags.append(("--sequence-parallel", None))
     flags += _schedule(plan)
     order_flag = match_order(plan, ENGINE, ORDERS)
     if order_flag:
         flags.append((order_flag, None))
     if plan.tp_comm_overlap:
-        if not (plan.tp > 1 and plan.sp):
+        if not (plan.tp > 1 and plan.sequence_parallel):
             raise refuse(ENGINE, "tp_comm_overlap", True,
                          "overlaps TP communication only with tp > 1 and sequence parallelism")
         flags.append(("--tp-comm-overlap", None))
@@ -66,15 +70,12 @@ def _parallel(plan: Plan) -> list[Flag]:
 
 
 def _schedule(plan: Plan) -> list[Flag]:
-    v = plan.virtual_stages
-    if plan.pp == 1:
-        if v > 1:
-            raise refuse(ENGINE, "vpp", v, "interleaves virtual stages only when pp > 1")
+    # ScheduleSpec.megatron: forward_backward_pipelining_{without,with}_interleaving
+    # (core/pipeline_parallel/schedules.py).
+    if engine_schedule(plan, ENGINE, "megatron", "core/pipeline_parallel/schedules.py; "
+                       "export to torchtitan for the other schedules") is None:
         return []
-    if plan.schedule not in SCHEDULES:
-        raise refuse(ENGINE, "schedule", plan.schedule,
-                     "runs only 1f1b and interleaved-1f1b (core/pipeline_parallel/schedules.py); "
-                     "export to torchtitan for the other schedules")
+    v = plan.vpp
     flags: list[Flag] = [("--num-virtual-stages-per-pipeline-rank", str(v))] if v > 1 else []
     # Uneven split: Megatron-Core's TransformerConfig.num_layers_in_first/last_pipeline_stage.
     for name, n in (("first_stage_layers", plan.first_stage_layers),
@@ -162,7 +163,7 @@ def _moe(model: Model, job: Job, plan: Plan) -> list[Flag]:
         dense, sparse = moe.num_dense_layers, model.num_layers - moe.num_dense_layers
         flags.append(("--moe-layer-freq", f"([0]*{dense}+[1]*{sparse})"))
     flags += [("--expert-model-parallel-size", str(plan.ep)),
-              ("--expert-tensor-parallel-size", str(plan.expert_tp))]
+              ("--expert-tensor-parallel-size", str(plan.etp))]
     if plan.ep > 1:
         flags.append(("--moe-token-dispatcher-type", "alltoall"))
     if job.precision != "fp16":
@@ -225,9 +226,9 @@ def _data_parallel(plan: Plan) -> list[Flag]:
                   ("--use-distributed-optimizer", None),
                   ("--no-gradient-accumulation-fusion", None),
                   ("--ckpt-format", "fsdp_dtensor")]
-    if z >= 1 and plan.shard_group < plan.dp:
+    if z >= 1 and plan.dp_shard < plan.dp:
         flags.append(("--num-distributed-optimizer-instances",
-                      str(plan.dp // plan.shard_group)))
+                      str(plan.dp // plan.dp_shard)))
     if plan.offload_optimizer:
         if z != 1:
             raise refuse(ENGINE, "offload_optimizer", True,

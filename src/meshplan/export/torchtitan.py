@@ -15,7 +15,14 @@ from typing import Any, NamedTuple
 
 import tomli_w
 
-from meshplan.export._common import DEFAULT_AXIS_ORDER, header, match_order, refuse
+from meshplan.export._common import (
+    DEFAULT_AXIS_ORDER,
+    engine_schedule,
+    header,
+    match_order,
+    refuse,
+)
+from meshplan.schedules.registry import schedule_spec
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
@@ -23,11 +30,6 @@ from meshplan.specs.plan import Plan
 
 ENGINE = "torchtitan 0.2.2"
 SOURCE = "torchtitan 0.2.2 torchtitan/config/job_config.py"
-SCHEDULES = {"1f1b": "1F1B", "gpipe": "GPipe", "interleaved-1f1b": "Interleaved1F1B",
-             "looped-bfs": "LoopedBFS", "zb-v": "ZBVZeroBubble", "dualpipe-v": "DualPipeV"}
-"""meshplan schedule -> torch schedule class name. ZB-H1 is torch's InterleavedZeroBubble with
-one stage per rank, which torchtitan refuses (multi-stage schedules need >= 2 stages per rank);
-torch has no ZB-H2."""
 
 
 class Flavor(NamedTuple):
@@ -148,7 +150,7 @@ def _check(model: Model, job: Job, plan: Plan, flavor: Flavor) -> list[str]:
     if job.grad_bytes == 2:
         raise refuse(ENGINE, "grad_bytes", 2, "reduces gradients in float32 only "
                      "(training.mixed_precision_reduce)")
-    if plan.tp > 1 and not plan.sp:
+    if plan.tp > 1 and not plan.sequence_parallel:
         raise refuse(ENGINE, "sequence_parallel", False, "always applies sequence parallelism "
                      "with tensor parallelism")
     if plan.pp > 1 and not flavor.pipelining:
@@ -156,12 +158,12 @@ def _check(model: Model, job: Job, plan: Plan, flavor: Flavor) -> list[str]:
     if plan.cp > 1 and not flavor.sdpa:
         raise refuse(ENGINE, "cp", plan.cp, f"context parallelism needs SDPA attention; "
                      f"{flavor.name}/{flavor.flavor} uses flex attention")
-    if plan.ep > 1 and plan.expert_tp not in (1, plan.tp):
-        raise refuse(ENGINE, "etp", plan.expert_tp, "supports expert tensor parallelism of 1 "
+    if plan.ep > 1 and plan.etp not in (1, plan.tp):
+        raise refuse(ENGINE, "etp", plan.etp, "supports expert tensor parallelism of 1 "
                      "or tp (parallel_dims.py)")
-    if (plan.shard_group * plan.cp * plan.tp) % (plan.ep * plan.expert_tp):
+    if (plan.dp_shard * plan.cp * plan.tp) % (plan.ep * plan.etp):
         raise refuse(ENGINE, "ep", plan.ep, "carves experts out of dp_shard * cp * tp "
-                     f"= {plan.shard_group * plan.cp * plan.tp} (parallel_dims.py)")
+                     f"= {plan.dp_shard * plan.cp * plan.tp} (parallel_dims.py)")
     return _check_data_parallel(plan) + _check_schedule(plan)
 
 
@@ -191,20 +193,17 @@ def _check_data_parallel(plan: Plan) -> list[str]:
 
 
 def _check_schedule(plan: Plan) -> list[str]:
-    v = plan.virtual_stages
     if plan.first_stage_layers or plan.last_stage_layers:
         raise refuse(ENGINE, "first_stage_layers", plan.first_stage_layers or
                      plan.last_stage_layers, "splits layers by equal stages with a count of "
                      "'less layers' on the ends, not by explicit end-rank layer counts; export "
                      "to Megatron-LM or use an even split")
-    if plan.pp == 1:
-        if v > 1:
-            raise refuse(ENGINE, "vpp", v, "builds virtual stages only when pp > 1")
-        return []
-    if plan.schedule not in SCHEDULES:
-        raise refuse(ENGINE, "schedule", plan.schedule, "runs torch's 1F1B, GPipe, "
-                     "Interleaved1F1B, LoopedBFS, ZBVZeroBubble and DualPipeV; "
-                     "InterleavedZeroBubble needs >= 2 stages per rank and torch has no ZB-H2")
+    # ScheduleSpec.torchtitan: torch's class names (pipelining.schedules.get_schedule_class).
+    spec = engine_schedule(plan, ENGINE, "torchtitan", "InterleavedZeroBubble (zb-h1) needs "
+                           ">= 2 stages per rank and torch has no ZB-H2")
+    if spec is not None and spec.takes_chunks and plan.vpp < 2:
+        raise refuse(ENGINE, "vpp", plan.vpp, f"runs {spec.torchtitan}, a multi-stage schedule, "
+                     "with >= 2 stages per rank only (distributed/pipeline_parallel.py)")
     return []
 
 
@@ -236,7 +235,7 @@ def _parallelism(model: Model, plan: Plan) -> dict[str, Any]:
     if plan.zero_stage == 0:
         replicate, shard = plan.dp, 1
     else:
-        replicate, shard = plan.dp // plan.shard_group, plan.shard_group
+        replicate, shard = plan.dp // plan.dp_shard, plan.dp_shard
     par: dict[str, Any] = {
         "data_parallel_replicate_degree": replicate,
         "data_parallel_shard_degree": shard,
@@ -247,12 +246,12 @@ def _parallelism(model: Model, plan: Plan) -> dict[str, Any]:
         "pipeline_parallel_degree": plan.pp,
         "context_parallel_degree": plan.cp,
         "expert_parallel_degree": plan.ep,
-        "expert_tensor_parallel_degree": plan.expert_tp if plan.ep > 1 else 1,
+        "expert_tensor_parallel_degree": plan.etp if plan.ep > 1 else 1,
     }
     if plan.pp > 1:
-        stages = plan.pp * plan.virtual_stages
+        stages = plan.pp * plan.vpp
         par.update({
-            "pipeline_parallel_schedule": SCHEDULES[plan.schedule],
+            "pipeline_parallel_schedule": schedule_spec(plan.schedule).torchtitan,
             "pipeline_parallel_microbatch_size": plan.micro_batch_size,
             "pipeline_parallel_layers_per_stage": model.num_layers // stages,
             "pipeline_parallel_first_stage_less_layers": 0,
@@ -271,7 +270,7 @@ def _activation_checkpoint(plan: Plan) -> dict[str, Any]:
 def _float8(plan: Plan) -> dict[str, Any]:
     """Float8 linears (torchao); tensorwise scaling with float8 all-gather under FSDP2."""
     fp8: dict[str, Any] = {"filter_fqns": ["output"]}
-    if plan.zero_stage >= 2 and plan.shard_group * plan.cp > 1:
+    if plan.zero_stage >= 2 and plan.dp_shard * plan.cp > 1:
         fp8.update({"enable_fsdp_float8_all_gather": True,
                     "precompute_float8_dynamic_scale_for_fsdp": True})
     return fp8

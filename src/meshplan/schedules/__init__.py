@@ -2,8 +2,10 @@
 
 A schedule is `Schedule` (a mapping rank -> list of actions such as `2F0`, `1I3`, `0SEND_F5`)
 plus its stage placement. Generators are pure functions of (ranks p, microbatches m, chunks
-per rank v); `generate(name, p, m, v)` picks one by its CLI name. `verify` dry-runs a schedule
-and raises `ScheduleError` with a step x rank grid if it deadlocks or is malformed.
+per rank v); `generate(name, p, m, v)` picks one by its CLI name, and `schedule_spec(name)`
+gives everything else known about it (`ScheduleSpec`: chunk rule, closed forms, engine names).
+`verify` dry-runs a schedule and raises `ScheduleError` with a step x rank grid if it
+deadlocks or is malformed.
 
 | name             | paper [ref]        | bubble time       | unit-step idle     | peak in flight |
 |------------------|--------------------|-------------------|--------------------|----------------|
@@ -52,24 +54,35 @@ from meshplan.schedules.ir import (
 from meshplan.schedules.registry import (
     SCHEDULE_GENERATORS,
     SCHEDULE_NAMES,
+    SCHEDULE_SPECS,
     generate,
+    schedule_code,
+    schedule_spec,
+    spec_by_code,
     stage_to_rank,
 )
+from meshplan.schedules.spec import PipelineTerms, ScheduleSpec
 from meshplan.schedules.verify import ScheduleError, VerifyReport, verify
 
 __all__ = [
     "SCHEDULE_GENERATORS",
     "SCHEDULE_NAMES",
+    "SCHEDULE_SPECS",
     "Action",
     "ActionKind",
+    "PipelineTerms",
     "RankOrders",
     "Schedule",
     "ScheduleError",
+    "ScheduleSpec",
     "VerifyReport",
     "add_communication",
     "compute_only",
     "from_csv",
     "generate",
+    "schedule_code",
+    "schedule_spec",
+    "spec_by_code",
     "stage_to_rank",
     "to_csv",
     "verify",

@@ -16,8 +16,11 @@ overlapped step.
 
 from __future__ import annotations
 
+import numpy as np
+
 from meshplan.schedules._common import Emitter, check_sizes, v_stage_to_rank
 from meshplan.schedules.ir import Action, ActionKind, B, F, I, Schedule
+from meshplan.schedules.spec import PipelineTerms, ScheduleSpec
 
 
 def _rank_order(rank: int, num_ranks: int, num_microbatches: int) -> list[Action]:
@@ -58,3 +61,23 @@ def dualpipe_v(num_ranks: int, num_microbatches: int) -> Schedule:
     p, m = num_ranks, num_microbatches
     orders = {r: _rank_order(r, p, m) for r in range(p)}
     return Schedule(orders, m, v_stage_to_rank(p), "dualpipe-v")
+
+
+def dualpipe_v_time(t: PipelineTerms) -> np.ndarray:
+    """DeepSeek-V3 report (arXiv:2412.19437, Table 2): (p/2 - 1)(F&B + B - 3W) for DualPipe;
+    DualPipe-V runs it on p ranks with 2 chunks each: (p - 1)(F_c + B_c - 3 W_c) with F&B
+    taken as F_c + B_c (no overlap credit)."""
+    f_c, i_c, w_c = t.fwd / t.v, t.bwd_i / t.v, t.bwd_w / t.v
+    return t.steady + (t.p - 1) * np.maximum(f_c + 2 * i_c - w_c, 0.0)
+
+
+def dualpipe_v_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """p + 1 micro-batches (DeepSeek-V3 Table 2)."""
+    return np.minimum(p + 1, m).astype(float)
+
+
+SPEC = ScheduleSpec(
+    name="dualpipe-v", generator=dualpipe_v, pipeline_time=dualpipe_v_time,
+    in_flight=dualpipe_v_in_flight, min_chunks=2, max_chunks=2, default_chunks=2,
+    placement="v", min_microbatches_per_rank=2, torchtitan="DualPipeV",
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from meshplan.schedules._common import check_sizes, loop_stage_to_rank
 from meshplan.schedules.ir import Action, B, F, Schedule
+from meshplan.schedules.spec import ScheduleSpec, all_in_flight, fill_drain_time
 
 
 def gpipe(num_ranks: int, num_microbatches: int) -> Schedule:
@@ -20,3 +21,9 @@ def gpipe(num_ranks: int, num_microbatches: int) -> Schedule:
         for r in range(num_ranks)
     }
     return Schedule(orders, num_microbatches, loop_stage_to_rank(num_ranks, 1), "gpipe")
+
+
+SPEC = ScheduleSpec(
+    name="gpipe", generator=gpipe, pipeline_time=fill_drain_time, in_flight=all_in_flight,
+    torchtitan="GPipe",
+)

@@ -9,10 +9,13 @@ capped at v*m; the order then equals torch's `ScheduleInterleaved1F1B` when m % 
 
 from __future__ import annotations
 
+import numpy as np
+
 from meshplan.errors import invalid
 from meshplan.schedules._common import check_chunks, check_sizes, loop_stage_to_rank
 from meshplan.schedules.ir import Schedule
 from meshplan.schedules.one_f_one_b import depth_first_order
+from meshplan.schedules.spec import ScheduleSpec, looped_time
 
 
 def interleaved_1f1b(num_ranks: int, num_microbatches: int, *, num_chunks: int = 2) -> Schedule:
@@ -35,3 +38,17 @@ def interleaved_1f1b(num_ranks: int, num_microbatches: int, *, num_chunks: int =
         for r in range(p)
     }
     return Schedule(orders, m, loop_stage_to_rank(p, v), "interleaved-1f1b")
+
+
+def interleaved_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """p + (p - 1)/v micro-batches on the first rank (Korthikanti et al. 2022 Sec. 4.2.3:
+    factor 1 + (p-1)/(p v) over 1F1B's p)."""
+    return np.minimum(p + (p - 1) / v, m)
+
+
+SPEC = ScheduleSpec(
+    name="interleaved-1f1b", generator=interleaved_1f1b, pipeline_time=looped_time,
+    in_flight=interleaved_in_flight, min_chunks=2, max_chunks=None, default_chunks=2,
+    min_microbatches_per_rank=1, microbatches_multiple_of_ranks=True,
+    megatron="forward_backward_pipelining_with_interleaving", torchtitan="Interleaved1F1B",
+)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from meshplan.schedules._common import check_chunks, check_sizes, loop_stage_to_rank
 from meshplan.schedules.ir import Action, B, F, Schedule
+from meshplan.schedules.spec import ScheduleSpec, all_in_flight, looped_time
 
 
 def looped_bfs(num_ranks: int, num_microbatches: int, *, num_chunks: int = 2) -> Schedule:
@@ -27,3 +28,10 @@ def looped_bfs(num_ranks: int, num_microbatches: int, *, num_chunks: int = 2) ->
         backwards = [Action(s, B, mb) for s in reversed(stages) for mb in reversed(range(m))]
         orders[r] = forwards + backwards
     return Schedule(orders, m, loop_stage_to_rank(p, v), "looped-bfs")
+
+
+SPEC = ScheduleSpec(
+    name="looped-bfs", generator=looped_bfs, pipeline_time=looped_time, in_flight=all_in_flight,
+    min_chunks=1, max_chunks=None, default_chunks=2, torchtitan="LoopedBFS",
+)
+"""One chunk is allowed: torch's `ScheduleLoopedBFS` takes any number of local stages."""

@@ -12,6 +12,7 @@ import functools
 
 from meshplan.schedules._common import check_sizes, loop_stage_to_rank
 from meshplan.schedules.ir import Action, B, F, Schedule, make_actions
+from meshplan.schedules.spec import ScheduleSpec, fill_drain_time, ranks_in_flight
 
 
 def depth_first_order(
@@ -49,3 +50,10 @@ def one_f_one_b(num_ranks: int, num_microbatches: int) -> Schedule:
     p, m = num_ranks, num_microbatches
     orders = {r: depth_first_order(r, p, 1, m, min(p - 1 - r, m)) for r in range(p)}
     return Schedule(orders, m, loop_stage_to_rank(p, 1), "1f1b")
+
+
+SPEC = ScheduleSpec(
+    name="1f1b", generator=one_f_one_b, pipeline_time=fill_drain_time,
+    in_flight=ranks_in_flight, megatron="forward_backward_pipelining_without_interleaving",
+    torchtitan="1F1B", deepspeed="TrainSchedule",
+)

@@ -1,8 +1,9 @@
-"""Schedule registry: CLI name -> generator, chunk rules and stage placement, one entry point.
+"""Schedule registry: every `ScheduleSpec`, collected once, and the one generate entry point.
 
-`generate` is the one place that checks a (name, ranks, microbatches, chunks) request and
-turns a mistake into a one-line `MeshplanError`; generators check their own size rules too,
-so they are safe to call directly.
+`SCHEDULE_SPECS` is in schedule-code order: a plan's `PlanArrays.schedule` is the index of its
+spec here, so new schedules go at the end. `generate` is the one place that checks a (name,
+ranks, microbatches, chunks) request and turns a mistake into a one-line `MeshplanError`;
+generators check their own size rules too, so they are safe to call directly.
 """
 
 from __future__ import annotations
@@ -10,80 +11,71 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from meshplan.errors import unknown_name
-from meshplan.schedules._common import (
-    check_chunks,
-    check_sizes,
-    loop_stage_to_rank,
-    v_stage_to_rank,
-)
+from meshplan.schedules import dualpipe_v, gpipe, interleaved, looped_bfs, one_f_one_b, zb_v
+from meshplan.schedules._common import check_sizes
 from meshplan.schedules._gc import gc_paused
-from meshplan.schedules.dualpipe_v import dualpipe_v
-from meshplan.schedules.gpipe import gpipe
-from meshplan.schedules.interleaved import interleaved_1f1b
 from meshplan.schedules.ir import Schedule
-from meshplan.schedules.looped_bfs import looped_bfs
-from meshplan.schedules.one_f_one_b import one_f_one_b
-from meshplan.schedules.zb_v import zb_v
-from meshplan.schedules.zero_bubble import zb_h1, zb_h2
+from meshplan.schedules.spec import ScheduleSpec, check_specs
+from meshplan.schedules.zero_bubble import ZB_H1, ZB_H2
+
+SCHEDULE_SPECS: tuple[ScheduleSpec, ...] = (
+    one_f_one_b.SPEC,
+    gpipe.SPEC,
+    interleaved.SPEC,
+    looped_bfs.SPEC,
+    ZB_H1,
+    ZB_H2,
+    zb_v.SPEC,
+    dualpipe_v.SPEC,
+)
+"""Every schedule family, in code order (never reorder: codes are indexes into this)."""
+check_specs(SCHEDULE_SPECS)
+
+SCHEDULE_NAMES: tuple[str, ...] = tuple(spec.name for spec in SCHEDULE_SPECS)
+"""CLI names, in code order."""
+_BY_NAME = {spec.name: spec for spec in SCHEDULE_SPECS}
 
 SCHEDULE_GENERATORS: dict[str, Callable[..., Schedule]] = {
-    "gpipe": gpipe,
-    "1f1b": one_f_one_b,
-    "interleaved-1f1b": interleaved_1f1b,
-    "looped-bfs": looped_bfs,
-    "zb-h1": zb_h1,
-    "zb-h2": zb_h2,
-    "zb-v": zb_v,
-    "dualpipe-v": dualpipe_v,
+    spec.name: spec.generator for spec in SCHEDULE_SPECS
 }
 """CLI name -> generator `(num_ranks, num_microbatches, **options) -> Schedule`."""
 
-SCHEDULE_NAMES: tuple[str, ...] = tuple(SCHEDULE_GENERATORS)
 
-LOOPED = frozenset({"interleaved-1f1b", "looped-bfs"})
-"""Schedules taking `num_chunks` chunks per rank, stage s on rank s % p."""
-V_SHAPED = frozenset({"zb-v", "dualpipe-v"})
-"""Schedules with exactly 2 chunks per rank, rank r holding stages r and 2p-1-r."""
-
-
-CHUNKS: dict[str, tuple[int, int | None]] = {
-    "interleaved-1f1b": (2, None),
-    "looped-bfs": (1, None),
-    "zb-v": (2, 2),
-    "dualpipe-v": (2, 2),
-}
-"""Allowed chunks per rank (least, most) where not exactly one."""
-
-
-def _check_chunks(name: str, num_chunks: int) -> None:
-    check_chunks(name, num_chunks, *CHUNKS.get(name, (1, 1)))
-
-
-def _check_name(name: str) -> None:
-    if name not in SCHEDULE_GENERATORS:
+def schedule_spec(name: str) -> ScheduleSpec:
+    """The spec of schedule `name`; `MeshplanError` with the known names otherwise."""
+    spec = _BY_NAME.get(name)
+    if spec is None:
         raise unknown_name("schedule", name, SCHEDULE_NAMES)
+    return spec
+
+
+def spec_by_code(code: int) -> ScheduleSpec:
+    """The spec of schedule code `code` (`PlanArrays.schedule`)."""
+    return SCHEDULE_SPECS[code]
+
+
+def schedule_code(name: str) -> int:
+    """The code of schedule `name`: its index in `SCHEDULE_SPECS`."""
+    return SCHEDULE_SPECS.index(schedule_spec(name))
 
 
 @gc_paused
 def generate(name: str, num_ranks: int, num_microbatches: int, num_chunks: int = 1) -> Schedule:
     """The compute-only schedule `name` for p ranks and m microbatches.
 
-    `num_chunks` is the model chunks (virtual stages) per rank: 1 for single-stage schedules,
-    2 for V-shaped ones, v >= 2 for interleaved 1F1B. Raises `MeshplanError` on bad input.
+    `num_chunks` is the model chunks (virtual stages) per rank, within the spec's chunk rule
+    (1 for single-stage schedules, 2 for V-shaped ones, v >= 2 for interleaved 1F1B).
+    Raises `MeshplanError` on bad input.
     """
-    _check_name(name)
-    _check_chunks(name, num_chunks)
+    spec = schedule_spec(name)
+    spec.check_chunks(num_chunks)
     check_sizes(name, num_ranks, num_microbatches)
-    if name in LOOPED:
-        return SCHEDULE_GENERATORS[name](num_ranks, num_microbatches, num_chunks=num_chunks)
-    return SCHEDULE_GENERATORS[name](num_ranks, num_microbatches)
+    return spec.generate(num_ranks, num_microbatches, num_chunks)
 
 
 def stage_to_rank(name: str, num_ranks: int, num_chunks: int = 1) -> tuple[int, ...]:
     """Rank of each stage: s % p for looped schedules, s or 2p-1-s for V-shaped ones."""
-    _check_name(name)
-    _check_chunks(name, num_chunks)
+    spec = schedule_spec(name)
+    spec.check_chunks(num_chunks)
     check_sizes(name, num_ranks, 1)
-    if name in V_SHAPED:
-        return v_stage_to_rank(num_ranks)
-    return loop_stage_to_rank(num_ranks, num_chunks)
+    return spec.stage_to_rank(num_ranks, num_chunks)

@@ -7,8 +7,8 @@ run is event-driven (each action is visited once), so it scales to 64 ranks x 10
 microbatches in a fraction of a second.
 
 Dependencies, with s a stage and b a microbatch:
-- F(s,b) needs F(s-1,b); B or I(s,b) needs F(s,b) and the backward (B or I) of (s+1,b);
-  W(s,b) needs I(s,b).
+- Those of `deps.NEEDS`: F(s,b) needs F(s-1,b); B or I(s,b) needs F(s,b) and the backward
+  (B or I) of (s+1,b); W(s,b) needs I(s,b).
 - When the schedule has SEND/RECV actions, a dependency that crosses ranks must go through
   them: F(s,b) needs RECV_F(s,b), which needs SEND_F(s-1,b), which needs F(s-1,b); the same
   for gradients with RECV_B/SEND_B.
@@ -25,6 +25,7 @@ from typing import NoReturn
 from meshplan.errors import MeshplanError
 from meshplan.schedules._gc import gc_paused
 from meshplan.schedules._grid import format_grid
+from meshplan.schedules.deps import COMPLETES, NEEDS, Done
 from meshplan.schedules.ir import (
     COMM_KINDS,
     RECV_B,
@@ -40,14 +41,19 @@ from meshplan.schedules.ir import (
     W,
 )
 
-_F, _BWD, _I, _W, _SF, _RF, _SB, _RB = range(8)
-"""Completion tables: forward, any backward (B or I), I, W and the four message kinds."""
+_F, _BWD, _I, _W = (int(done) for done in Done)
+_SF, _RF, _SB, _RB = range(4, 8)
+"""Completion tables: those of `deps.Done` (forward, any backward, I, W), then the four
+message kinds."""
 _TABLE_KIND = {_F: F, _BWD: B, _I: I, _W: W, _SF: SEND_F, _RF: RECV_F, _SB: SEND_B, _RB: RECV_B}
 _SETS: dict[ActionKind, tuple[int, ...]] = {
-    kind: (table,) for table, kind in _TABLE_KIND.items() if table != _I
+    **{kind: tuple(int(d) for d in done) for kind, done in COMPLETES.items()},
+    **{kind: (table,) for table, kind in _TABLE_KIND.items() if kind in COMM_KINDS},
 }
-_SETS[I] = (_BWD, _I)
-"""Tables each kind completes: B and I both count as "the backward" of their microbatch."""
+"""Tables each kind completes (`deps.COMPLETES` for compute kinds)."""
+_RECV = {-1: _RF, 1: _RB}
+"""The receive a cross-rank need goes through, by stage offset: activations from below,
+gradients from above."""
 _MESSAGES = {SEND_F: (_F, 0, 1), RECV_F: (_SF, -1, -1), SEND_B: (_BWD, 0, -1), RECV_B: (_SB, 1, 1)}
 """Per message kind: the table it waits on, that action's stage offset, the peer's offset."""
 
@@ -128,18 +134,15 @@ class _DryRun:
         """(table, stage) of each action that must finish first; None if `kind` cannot run
         at `stage` (a message to or from a stage that does not exist)."""
         last = len(self.owner) - 1
-        crosses_down = stage < last and self.owner[stage + 1] != self.owner[stage]
-        crosses_up = stage > 0 and self.owner[stage - 1] != self.owner[stage]
-        if kind is F:
-            if stage == 0:
-                return []
-            return [(_RF, stage)] if self.comm and crosses_up else [(_F, stage - 1)]
-        if kind is B or kind is I:
-            if stage == last:
-                return [(_F, stage)]
-            return [(_F, stage), (_RB, stage) if self.comm and crosses_down else (_BWD, stage + 1)]
-        if kind is W:
-            return [(_I, stage)]
+        if kind in NEEDS:
+            out = []
+            for done, shift in NEEDS[kind]:
+                other = stage + shift
+                if not 0 <= other <= last:
+                    continue
+                crosses = self.comm and self.owner[other] != self.owner[stage]
+                out.append((_RECV[shift], stage) if crosses else (int(done), other))
+            return out
         table, shift, peer = _MESSAGES[kind]
         return [(table, stage + shift)] if 0 <= stage + peer <= last else None
 

@@ -10,8 +10,11 @@ the authors' handcrafted schedule), so the orders match it exactly.
 
 from __future__ import annotations
 
+import numpy as np
+
 from meshplan.schedules._common import Emitter, check_sizes, v_stage_to_rank
 from meshplan.schedules.ir import Action, F, I, Schedule, W
+from meshplan.schedules.spec import PipelineTerms, ScheduleSpec, ranks_in_flight
 
 
 def _rank_order(rank: int, num_ranks: int, num_microbatches: int) -> list[Action]:
@@ -39,3 +42,17 @@ def zb_v(num_ranks: int, num_microbatches: int) -> Schedule:
     p, m = num_ranks, num_microbatches
     orders = {r: _rank_order(r, p, m) for r in range(p)}
     return Schedule(orders, m, v_stage_to_rank(p), "zb-v")
+
+
+def zb_v_time(t: PipelineTerms) -> np.ndarray:
+    """The V-shape with chunk times halves the 1F1B warm-up and reaches (p - 1)(F_c + I_c -
+    2 W_c), floored at 0 (Qi et al. 2024, "Pipeline Parallelism with Controllable Memory")."""
+    f_c, i_c, w_c = t.fwd / t.v, t.bwd_i / t.v, t.bwd_w / t.v
+    return t.steady + (t.p - 1) * np.maximum(f_c + i_c - 2 * w_c, 0.0)
+
+
+SPEC = ScheduleSpec(
+    name="zb-v", generator=zb_v, pipeline_time=zb_v_time, in_flight=ranks_in_flight,
+    min_chunks=2, max_chunks=2, default_chunks=2, placement="v", min_microbatches_per_rank=1,
+    staggered=True, torchtitan="ZBVZeroBubble",
+)

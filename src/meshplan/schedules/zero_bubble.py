@@ -15,8 +15,11 @@ up with `warmup` forwards, then for each microbatch b runs I(b), W(b - lag), F(n
 
 from __future__ import annotations
 
+import numpy as np
+
 from meshplan.schedules._common import check_sizes, loop_stage_to_rank
 from meshplan.schedules.ir import Action, F, I, Schedule, W
+from meshplan.schedules.spec import PipelineTerms, ScheduleSpec, ranks_in_flight
 
 
 def lagged_zero_bubble_order(
@@ -54,3 +57,33 @@ def zb_h2(num_ranks: int, num_microbatches: int) -> Schedule:
     p, m = num_ranks, num_microbatches
     orders = {r: lagged_zero_bubble_order(r, m, min(2 * (p - r) - 1, m), 2 * r) for r in range(p)}
     return Schedule(orders, m, loop_stage_to_rank(p, 1), "zb-h2")
+
+
+def zb_h1_time(t: PipelineTerms) -> np.ndarray:
+    """Bubble (p - 1)(F + I - W), floored at 0 (Qi et al. 2024 Sec. 3). Zero Bubble overlaps
+    iterations (optimizer post-validation, Sec. 4), so the (p-1) F warm-up of the last rank is
+    not in it."""
+    return t.steady + (t.p - 1) * np.maximum(t.fwd + t.bwd_i - t.bwd_w, 0.0)
+
+
+def zb_h2_time(t: PipelineTerms) -> np.ndarray:
+    """Bubble (p - 1)(F + I - 2W), floored at 0 (Qi et al. 2024 Sec. 3)."""
+    return t.steady + (t.p - 1) * np.maximum(t.fwd + t.bwd_i - 2 * t.bwd_w, 0.0)
+
+
+def zb_h2_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """2p - 1 micro-batches (Qi et al. 2024 Table 1: about 2 p M_B)."""
+    return np.minimum(2 * p - 1, m).astype(float)
+
+
+ZB_H1 = ScheduleSpec(
+    name="zb-h1", generator=zb_h1, pipeline_time=zb_h1_time, in_flight=ranks_in_flight,
+    min_microbatches_per_rank=1, staggered=True,
+)
+"""torch's InterleavedZeroBubble with one stage per rank, which torchtitan refuses
+(multi-stage schedules need >= 2 stages per rank)."""
+ZB_H2 = ScheduleSpec(
+    name="zb-h2", generator=zb_h2, pipeline_time=zb_h2_time, in_flight=zb_h2_in_flight,
+    min_microbatches_per_rank=1, staggered=True,
+)
+"""torch has no ZB-H2."""

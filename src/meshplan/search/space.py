@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from meshplan.schedules.registry import schedule_code, schedule_spec
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import DEFAULT_AXIS_ORDER, RECOMPUTE, SCHEDULES, PlanArrays
@@ -52,16 +53,13 @@ def _product(**axes: list[int] | np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _schedule_options(model: Model, opts: SpaceOptions) -> tuple[np.ndarray, np.ndarray]:
-    """(schedule code, vpp) pairs: one per single-chunk schedule, each vpp for interleaved."""
+    """(schedule code, vpp) pairs: every chunk count each schedule's spec allows, up to
+    `max_vpp` where the spec sets no limit."""
     codes, vpps = [], []
     for name in opts.schedules:
-        if name in ("interleaved-1f1b", "looped-bfs"):
-            for v in range(2, opts.max_vpp + 1):
-                codes.append(SCHEDULES.index(name))
-                vpps.append(v)
-        else:
-            codes.append(SCHEDULES.index(name))
-            vpps.append(2 if name in ("zb-v", "dualpipe-v") else 1)
+        for v in schedule_spec(name).chunk_choices(opts.max_vpp):
+            codes.append(schedule_code(name))
+            vpps.append(v)
     return np.array(codes), np.array(vpps)
 
 

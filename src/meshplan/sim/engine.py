@@ -1,14 +1,14 @@
 """Run a schedule (per-rank action lists) with per-stage durations, on compute and comm streams.
 
 Each rank executes its actions in order on its compute stream. An action starts when the rank
-is free and its input is there: F of stage s needs F of stage s-1 (plus the transfer if the
-stages sit on different ranks), B or I of stage s needs the gradient from stage s+1 (the last
-stage needs its own F), W needs its own I. A transfer runs on the sender's communication stream
-(FIFO), so it overlaps the sender's next computation, as torch.distributed.pipelining's batched
-isend/irecv and Megatron's async p2p do; `p2p_blocking` is the share of a transfer that still
-stalls the sender (Megatron's synchronous 1F1B exchange: 1.0). Activation memory is tracked per
-rank: F allocates the stage's activations, I frees all but the part W still needs (the inputs
-of the linear layers, `w_share`), W and B free the rest.
+is free and its input is there (`schedules.deps`: F of stage s needs F of stage s-1, plus the
+transfer if the stages sit on different ranks; B or I of stage s needs the gradient from stage
+s+1, the last stage its own F; W needs its own I). A transfer runs on the sender's
+communication stream (FIFO), so it overlaps the sender's next computation, as
+torch.distributed.pipelining's batched isend/irecv and Megatron's async p2p do; `p2p_blocking`
+is the share of a transfer that still stalls the sender (Megatron's synchronous 1F1B exchange:
+1.0). Activation memory is tracked per rank: F allocates the stage's activations, I frees all
+but the part W still needs (the inputs of the linear layers, `w_share`), W and B free the rest.
 
 The loop is event-driven on data dependencies (a rank blocked on an input is woken when it
 arrives), so it costs O(actions) and a 64-stage x 1,024-micro-batch 1F1B step runs in well
@@ -21,9 +21,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from meshplan.cost.train.stages import StageCosts
+from meshplan.schedules.deps import COMPLETES, Done, awaited
 from meshplan.schedules.ir import ActionKind, Schedule
 
 _F, _B, _I, _W = ActionKind.F, ActionKind.B, ActionKind.I, ActionKind.W
+_KINDS = (_F, _B, _I, _W)
+"""Kind codes 0..3 of the inner loop (durations are looked up by (code, stage))."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,34 @@ class SimResult:
         return sum(self.idle) / (len(self.busy) * self.makespan)
 
 
+def _wiring(num_stages: int, num_microbatches: int, where: tuple[int, ...]) -> tuple[
+        list[list[int]], list[list[tuple[tuple[int, int, str], ...]]]]:
+    """From `deps`, once per run: per (kind code, stage), the `ready` slot base it waits on
+    (-1: none; add the microbatch) and the (slot base, destination rank, trace label) of each
+    waiting action its result is delivered to.
+
+    Slots are keyed by the awaited (what, stage): each is awaited by one kind of action on one
+    stage (B and I share theirs), so the transfer to that action's rank is known."""
+    S, M = num_stages, num_microbatches
+    waits = [[-1] * S for _ in _KINDS]
+    consumer: dict[tuple[int, int], int] = {}  # (what, stage) -> the awaiting stage
+    for c, kind in enumerate(_KINDS):
+        for s in range(S):
+            need = awaited(kind, s, S)
+            if need is not None:
+                assert need[0] != Done.WEIGHT_GRAD, "nothing waits on W"
+                waits[c][s] = (need[0] * S + need[1]) * M
+                consumer[need[0], need[1]] = s
+    sends: list[list[tuple[tuple[int, int, str], ...]]] = [[()] * S for _ in _KINDS]
+    for c, kind in enumerate(_KINDS):
+        for s in range(S):
+            sends[c][s] = tuple(
+                ((int(done) * S + s) * M, where[consumer[done, s]],
+                 f"send {s}{'F' if kind is _F else 'B'}")
+                for done in COMPLETES[kind] if (done, s) in consumer)
+    return waits, sends
+
+
 def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False) -> SimResult:
     """Time every action of `schedule` (compute actions only; transfers are implied)."""
     from meshplan.schedules.verify import ScheduleError
@@ -88,16 +119,15 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
     assert len(costs.forward) == S, f"costs for {len(costs.forward)} stages, schedule has {S}"
     where = schedule.stage_to_rank
     ranks = sorted(schedule.actions)
-    # Kind codes: 0 F, 1 B, 2 I, 3 W; durations looked up by (code, stage).
-    code = {_F: 0, _B: 1, _I: 2, _W: 3}
+    code = {kind: c for c, kind in enumerate(_KINDS)}
     orders = {r: [(a.stage, code[a.kind], a.microbatch, a) for a in schedule.actions[r]
                   if a.kind in code] for r in ranks}
     durations = (costs.forward,
                  tuple(i + w for i, w in zip(costs.backward_input, costs.backward_weight,
                                              strict=True)),
                  costs.backward_input, costs.backward_weight)
-    # ready[k]: time the input of (slot, stage, mb) is available; slot 0 = F input,
-    # 1 = gradient input of B/I, 2 = I done (W may start). -1 = not yet.
+    waits, sends = _wiring(S, M, where)
+    # ready[k]: time the awaited input of an action is there (k from `_wiring`); -1 = not yet.
     ready = [-1.0] * (3 * S * M)
     waiting: dict[int, int] = {}
     pos = dict.fromkeys(ranks, 0)
@@ -112,15 +142,14 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
     p2p, blocking, w_share = costs.p2p_time, costs.p2p_blocking, costs.w_share
     acts = costs.activation_bytes
 
-    def deliver(key: int, src: int, dst: int, t: float, label: str) -> None:
-        nonlocal queue
+    def deliver(key: int, src: int, dst: int, t: float, label: str, mb: int) -> None:
         if src != dst and p2p > 0:
             start = max(t, comm_free[src])
             t = start + p2p
             comm_free[src] = t
             free[src] += blocking * p2p
             if trace:
-                intervals.append(Interval(src, "comm", label, start, t))
+                intervals.append(Interval(src, "comm", f"{label}{mb}", start, t))
         ready[key] = t
         if key in waiting:
             queue.append(waiting.pop(key))
@@ -132,13 +161,15 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
         order, i = orders[r], pos[r]
         while i < len(order):
             s, kind, mb, a = order[i]
-            # slot of the input this action waits for (see `ready`)
-            key = (2 * S + s) * M + mb if kind == 3 else (
-                ((S + s) * M + mb) if kind else (s * M + mb if s > 0 else -1))
-            t_in = ready[key] if key >= 0 else 0.0
-            if t_in < 0:
-                waiting[key] = r
-                break
+            key = waits[kind][s]
+            if key >= 0:
+                key += mb
+                t_in = ready[key]
+                if t_in < 0:
+                    waiting[key] = r
+                    break
+            else:
+                t_in = 0.0
             start = free[r] if free[r] > t_in else t_in
             if first[r] < 0:
                 first[r] = start
@@ -160,16 +191,8 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
             if trace:
                 intervals.append(Interval(r, "compute", str(a), start, end))
                 mem_tl[r].append((end, held[r]))
-            if kind == 0:
-                if s + 1 < S:
-                    deliver((s + 1) * M + mb, r, where[s + 1], end, f"send {s}F{mb}")
-                else:
-                    deliver((S + s) * M + mb, r, r, end, "")
-            elif kind != 3:
-                if kind == 2:
-                    deliver((2 * S + s) * M + mb, r, r, end, "")
-                if s > 0:
-                    deliver((S + s - 1) * M + mb, r, where[s - 1], end, f"send {s}B{mb}")
+            for base, dst, label in sends[kind][s]:
+                deliver(base + mb, r, dst, end, label, mb)
             i += 1
         pos[r] = i
     stuck = [r for r in ranks if pos[r] < len(orders[r])]

@@ -19,17 +19,12 @@ from meshplan.cost.train.stages import PASS_TERMS, StageCosts, StageTimes
 from meshplan.cost.train.step import CostArrays, utilisation
 from meshplan.estimate import Estimate
 from meshplan.schedules.ir import Schedule
-from meshplan.schedules.registry import generate
+from meshplan.schedules.registry import generate, schedule_spec
 from meshplan.sim.engine import SimResult, simulate_schedule
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import Plan
-
-STAGGERED = ("zb-h1", "zb-h2", "zb-v")
-"""Schedules whose reference implementation overlaps consecutive iterations by validating the
-optimizer step after the fact (Zero Bubble, Qi et al. 2024, Sec. 4): the step is the longest
-rank span, not the makespan."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,7 @@ def timeline_breakdown(result: SimResult, stalls: list[float], stages: StageTime
     """compute, tp/cp/ep/pp comm and bubble of the pipeline, read off the busiest rank."""
     load = [b + s for b, s in zip(result.busy, stalls, strict=True)]
     r = int(np.argmax(load))
-    terms = stages.rank_terms(i, r, plan.pp, plan.virtual_stages)
+    terms = stages.rank_terms(i, r, plan.pp)
     out = {t: num_microbatches * terms[t] for t in PASS_TERMS if t != "compute"}
     out["compute"] = result.busy[r] - sum(out.values())
     out["pp_comm"] = stalls[r]
@@ -72,11 +67,13 @@ def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cl
     schedule."""
     plan = analytic.plan
     m = analytic.num_microbatches
-    schedule = generate(plan.schedule, plan.pp, m, plan.virtual_stages)
+    schedule = generate(plan.schedule, plan.pp, m, plan.vpp)
     stages = costs.stages
     sc = stages.stage_costs(i, schedule.stage_to_rank, plan.pp)
     result = simulate_schedule(schedule, sc, trace=trace)
-    staggered = plan.schedule in STAGGERED
+    # Zero Bubble's post-validated optimizer step lets iterations overlap (Qi et al. 2024
+    # Sec. 4): the step is the longest rank span, not the makespan.
+    staggered = schedule_spec(plan.schedule).staggered
     compute_end = max(result.compute_span) if staggered else result.compute_end
     with_grad = result.staggered_step if staggered else result.makespan
     t = timeline_breakdown(result, transfer_stalls(schedule, sc), stages, i, plan, m,

@@ -8,11 +8,12 @@ one-element `PlanArrays`, so a single plan and a whole search share one implemen
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from meshplan.schedules.registry import SCHEDULE_NAMES, schedule_code, schedule_spec
 from meshplan.specs._base import Spec
 
 AXES = ("tp", "cp", "ep", "dp", "pp")
@@ -21,33 +22,25 @@ AXES = ("tp", "cp", "ep", "dp", "pp")
 DEFAULT_AXIS_ORDER: tuple[str, ...] = ("tp", "cp", "ep", "dp", "pp")
 """Innermost (fastest-varying rank) first: Megatron-Core's default `--order tp-cp-ep-dp-pp`."""
 
-SCHEDULES = (
-    "1f1b",
-    "gpipe",
-    "interleaved-1f1b",
-    "looped-bfs",
-    "zb-h1",
-    "zb-h2",
-    "zb-v",
-    "dualpipe-v",
-)
-"""Pipeline schedules, by their CLI names."""
-
-V_SHAPED = ("zb-v", "dualpipe-v")
-"""Schedules that put two stages on each rank in a V (stage i and 2p-1-i)."""
-
-MULTI_CHUNK = ("interleaved-1f1b", "looped-bfs", *V_SHAPED)
-"""Schedules with more than one model chunk (virtual stage) per rank."""
+SCHEDULES: tuple[str, ...] = SCHEDULE_NAMES
+"""Pipeline schedules, by their CLI names; a schedule's code is its index here."""
 
 RECOMPUTE = ("none", "selective", "full")
 
-Schedule = Literal[
-    "1f1b", "gpipe", "interleaved-1f1b", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "dualpipe-v"
-]
+Schedule = Literal[SCHEDULES]  # type: ignore[valid-type]
+
+
+_DERIVED = ("sequence_parallel", "etp", "dp_shard", "vpp")
+"""Fields whose None means "the default", resolved by `Plan` when built."""
 
 
 class Plan(Spec):
-    """One hybrid-parallel layout. Degrees multiply to the GPU count: dp * tp * pp * cp."""
+    """One hybrid-parallel layout. Degrees multiply to the GPU count: dp * tp * pp * cp.
+
+    Fields a caller leaves out (or sets to None) that default from other fields hold their
+    resolved value once built: `sequence_parallel`, `etp`, `dp_shard` and `vpp` (their
+    `default=None` is never seen: `_resolve_defaults` fills them first).
+    """
 
     dp: int = Field(default=1, gt=0)
     """Data-parallel degree (replicas or ZeRO/FSDP shards)."""
@@ -59,20 +52,20 @@ class Plan(Spec):
     """Context-parallel degree (sequence split for attention, ring exchange of K/V)."""
     ep: int = Field(default=1, gt=0)
     """Expert-parallel degree (MoE only), carved out of dp * cp."""
-    etp: int | None = Field(default=None, gt=0)
-    """Expert tensor-parallel degree; defaults to 1 for MoE (Megatron-Core's usual setting)."""
-    sequence_parallel: bool | None = None
+    etp: int = Field(default=1, gt=0)
+    """Expert tensor-parallel degree; defaults to 1 (Megatron-Core's usual setting for MoE)."""
+    sequence_parallel: bool = Field(default=None)  # type: ignore[assignment]  # resolved
     """Megatron sequence parallelism; defaults to on whenever tp > 1."""
     zero_stage: Literal[0, 1, 2, 3] = 1
     """0: plain DDP; 1: optimizer states sharded (Megatron distributed optimizer); 2: + grads;
     3: + weights (FSDP full shard)."""
-    dp_shard: int | None = Field(default=None, gt=0)
+    dp_shard: int = Field(default=None, gt=0)  # type: ignore[assignment]  # resolved
     """ZeRO/FSDP sharding group size for hybrid sharding (HSDP); defaults to dp."""
     micro_batch_size: int = Field(default=1, gt=0)
     schedule: Schedule = "1f1b"
-    vpp: int | None = Field(default=None, gt=0)
-    """Model chunks (virtual stages) per pipeline rank; defaults to the schedule's own (2 for
-    interleaved and V-shaped schedules, 1 otherwise)."""
+    vpp: int = Field(default=None, gt=0)  # type: ignore[assignment]  # resolved
+    """Model chunks (virtual stages) per pipeline rank; defaults to the schedule's own
+    (`ScheduleSpec.default_chunks`: 2 for interleaved and V-shaped schedules, 1 otherwise)."""
     first_stage_layers: int | None = Field(default=None, gt=0)
     """Layers on the first pipeline rank when the split is uneven (Megatron-LM
     --decoder-first-pipeline-num-layers); the other ranks share the rest evenly."""
@@ -90,46 +83,38 @@ class Plan(Spec):
     axis_order: tuple[str, ...] = Field(default=DEFAULT_AXIS_ORDER, strict=False)
     """Rank order of the mesh axes, innermost first."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_defaults(cls, data: Any) -> Any:
+        """Fill the fields whose default depends on another field (left out or None). Where
+        that field is itself invalid, leave them: its own error is the one to report."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if v is not None or k not in _DERIVED}
+        tp, dp, schedule = data.get("tp", 1), data.get("dp", 1), data.get("schedule", "1f1b")
+        if isinstance(tp, int):
+            data.setdefault("sequence_parallel", tp > 1)
+        if isinstance(dp, int):
+            data.setdefault("dp_shard", dp)
+        if schedule in SCHEDULE_NAMES:
+            data.setdefault("vpp", schedule_spec(schedule).default_chunks)
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Plan:
         if sorted(self.axis_order) != sorted(AXES):
             raise ValueError(f"axis_order must be a permutation of {AXES}, got {self.axis_order}")
-        v = self.virtual_stages
-        if self.schedule in V_SHAPED and v != 2:
-            raise ValueError(
-                f"schedule {self.schedule} runs exactly 2 chunks per rank, got vpp={v}")
-        if self.schedule in ("interleaved-1f1b", "looped-bfs") and v < 2:
-            raise ValueError(f"schedule {self.schedule} needs vpp >= 2 (use 1f1b for vpp=1)")
-        if self.schedule not in MULTI_CHUNK and v != 1:
-            raise ValueError(
-                f"vpp={v} needs a multi-chunk schedule ({', '.join(MULTI_CHUNK)}), "
-                f"not {self.schedule}"
-            )
-        if self.dp_shard is not None and self.dp % self.dp_shard:
+        spec = schedule_spec(self.schedule)
+        if not spec.allows_chunks(self.vpp):
+            raise ValueError(f"schedule {self.schedule} runs {spec.chunk_rule()} chunks per "
+                             f"rank, got vpp={self.vpp}")
+        if self.dp % self.dp_shard:
             raise ValueError(f"dp_shard ({self.dp_shard}) must divide dp ({self.dp})")
         return self
 
     @property
-    def virtual_stages(self) -> int:
-        if self.vpp is not None:
-            return self.vpp
-        return 2 if self.schedule in MULTI_CHUNK else 1
-
-    @property
-    def sp(self) -> bool:
-        return self.tp > 1 if self.sequence_parallel is None else self.sequence_parallel
-
-    @property
-    def expert_tp(self) -> int:
-        return 1 if self.etp is None else self.etp
-
-    @property
     def num_gpus(self) -> int:
         return self.dp * self.tp * self.pp * self.cp
-
-    @property
-    def shard_group(self) -> int:
-        return self.dp if self.dp_shard is None else self.dp_shard
 
     def describe(self) -> str:
         """Compact one-line summary, e.g. `tp8 pp12 dp16 mbs1 1f1b zero1 rc=full`."""
@@ -139,8 +124,7 @@ class Plan(Spec):
             parts.append(f"L{self.first_stage_layers or '='}/{self.last_stage_layers or '='}")
         parts.append(f"mbs{self.micro_batch_size}")
         if self.pp > 1:
-            v = self.virtual_stages
-            parts.append(self.schedule + (f"/v{v}" if v > 1 else ""))
+            parts.append(self.schedule + (f"/v{self.vpp}" if self.vpp > 1 else ""))
         parts.append(f"zero{self.zero_stage}")
         parts.append(f"rc={self.recompute}")
         return " ".join(parts)
@@ -192,13 +176,13 @@ class PlanArrays:
             pp=col(lambda p: p.pp),
             cp=col(lambda p: p.cp),
             ep=col(lambda p: p.ep),
-            etp=col(lambda p: p.expert_tp),
-            sp=col(lambda p: p.sp, bool),
+            etp=col(lambda p: p.etp),
+            sp=col(lambda p: p.sequence_parallel, bool),
             zero=col(lambda p: p.zero_stage),
-            dp_shard=col(lambda p: p.shard_group),
+            dp_shard=col(lambda p: p.dp_shard),
             mbs=col(lambda p: p.micro_batch_size),
-            vpp=col(lambda p: p.virtual_stages),
-            schedule=col(lambda p: SCHEDULES.index(p.schedule)),
+            vpp=col(lambda p: p.vpp),
+            schedule=col(lambda p: schedule_code(p.schedule)),
             recompute=col(lambda p: RECOMPUTE.index(p.recompute)),
             offload=col(lambda p: p.offload_optimizer, bool),
             overlap_grad=col(lambda p: p.overlap_grad_reduce, bool),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshplan.errors import MeshplanError
+from meshplan.schedules.registry import SCHEDULE_SPECS
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import SCHEDULES, PlanArrays
@@ -35,12 +36,19 @@ def _m(job: Job, P: PlanArrays) -> np.ndarray:
     return job.global_batch_size // (P.dp * P.mbs)
 
 
-_CODE = {name: i for i, name in enumerate(SCHEDULES)}
-
-
 def _uneven(P: PlanArrays) -> np.ndarray:
     return (P.first_layers > 0) | (P.last_layers > 0)
-_NEEDS_M_GE_P = [_CODE[n] for n in ("interleaved-1f1b", "zb-h1", "zb-h2", "zb-v", "dualpipe-v")]
+
+
+_MIN_M_PER_RANK = np.array([spec.min_microbatches_per_rank for spec in SCHEDULE_SPECS])
+"""Per schedule code: plans need m >= this * pp micro-batches."""
+_NEEDS_M_MULTIPLE_OF_P = [code for code, spec in enumerate(SCHEDULE_SPECS)
+                          if spec.microbatches_multiple_of_ranks]
+
+
+def _least_m(code: int, pp: int) -> str:
+    k = int(_MIN_M_PER_RANK[code])
+    return f"pp={pp}" if k == 1 else f"{k}*pp={k * pp}"
 
 
 RULES: tuple[Rule, ...] = (
@@ -85,18 +93,16 @@ RULES: tuple[Rule, ...] = (
                                "parallelism (Megatron-Core)"),
     Rule("sp_tp", lambda M, J, n, P: ~P.sp | (P.tp > 1),
          lambda M, J, n, P, i: "sequence_parallel=True: needs tp > 1"),
-    Rule("schedule_m", lambda M, J, n, P: (P.pp == 1) | ~np.isin(P.schedule, _NEEDS_M_GE_P)
-         | (_m(J, P) >= P.pp),
-         lambda M, J, n, P, i: f"schedule={SCHEDULES[int(P.schedule[i])]}: needs at least pp="
-                               f"{int(P.pp[i])} micro-batches, got {int(_m(J, P)[i])}"),
-    Rule("dualpipe_m", lambda M, J, n, P: (P.pp == 1) | (P.schedule != _CODE["dualpipe-v"])
-         | (_m(J, P) >= 2 * P.pp),
-         lambda M, J, n, P, i: f"schedule=dualpipe-v: needs at least 2*pp={2 * int(P.pp[i])} "
-                               f"micro-batches, got {int(_m(J, P)[i])}"),
-    Rule("interleaved_m", lambda M, J, n, P: (P.pp == 1) | (P.schedule != _CODE[
-            "interleaved-1f1b"]) | (_m(J, P) % P.pp == 0),
-         lambda M, J, n, P, i: f"schedule=interleaved-1f1b: micro-batches ({int(_m(J, P)[i])}) "
-                               f"must be a multiple of pp ({int(P.pp[i])}) (Megatron-LM)"),
+    Rule("schedule_m", lambda M, J, n, P: (P.pp == 1)
+         | (_m(J, P) >= _MIN_M_PER_RANK[P.schedule] * P.pp),
+         lambda M, J, n, P, i: f"schedule={SCHEDULES[int(P.schedule[i])]}: needs at least "
+                               f"{_least_m(int(P.schedule[i]), int(P.pp[i]))} micro-batches, "
+                               f"got {int(_m(J, P)[i])}"),
+    Rule("schedule_m_multiple", lambda M, J, n, P: (P.pp == 1)
+         | ~np.isin(P.schedule, _NEEDS_M_MULTIPLE_OF_P) | (_m(J, P) % P.pp == 0),
+         lambda M, J, n, P, i: f"schedule={SCHEDULES[int(P.schedule[i])]}: micro-batches "
+                               f"({int(_m(J, P)[i])}) must be a multiple of pp "
+                               f"({int(P.pp[i])}) (Megatron-LM)"),
     Rule("offload_zero", lambda M, J, n, P: ~P.offload | (P.zero >= 1),
          lambda M, J, n, P, i: "offload_optimizer=True: needs zero_stage >= 1"),
 )

@@ -10,7 +10,7 @@ Sources:
   34 s b h / t, full recompute 2 s b h / t. meshplan counts the same tensors one by one so that
   GQA, gated MLPs, FlashAttention (no s^2 terms; a fp32 log-sum-exp instead), no-dropout models
   and MoE fall out of the same sum; with GPT-3 settings it reduces to the paper's formula.
-- In-flight micro-batches per schedule: see `cost.pipeline.in_flight_microbatches`.
+- In-flight micro-batches per schedule: see `cost.train.pipeline.in_flight_microbatches`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshplan.cost.params import ParamCounts
-from meshplan.cost.pipeline import in_flight_microbatches
+from meshplan.cost.train.pipeline import in_flight_microbatches
 from meshplan.mesh import Mesh
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job

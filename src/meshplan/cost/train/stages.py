@@ -73,7 +73,7 @@ class StageTimes:
         first, last = self.static_memory
         return float(last[i]) if rank == pp - 1 and pp > 1 else float(first[i])
 
-    def rank_terms(self, i: int, rank: int, pp: int, chunks: int) -> dict[str, float]:
+    def rank_terms(self, i: int, rank: int, pp: int) -> dict[str, float]:
         """PASS_TERMS of one micro-batch on `rank` (the end stages' extras are compute)."""
         k = self.rank_scale_of(i, rank, pp)
         out = {t: float(self.unit_terms[t][i]) * k for t in PASS_TERMS}

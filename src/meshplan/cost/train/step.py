@@ -18,7 +18,6 @@ import numpy as np
 from meshplan.cost import flops as F
 from meshplan.cost.kernels import Kernels
 from meshplan.cost.params import count_params
-from meshplan.cost.pipeline import pipeline_time
 from meshplan.cost.train import comm
 from meshplan.cost.train.memory import layer_mix, rank_params, step_memory
 from meshplan.cost.train.optimizer import optimizer_time
@@ -29,6 +28,7 @@ from meshplan.cost.train.passes import (
     head_times,
     mlp_times,
 )
+from meshplan.cost.train.pipeline import pipeline_time
 from meshplan.cost.train.stages import StageTimes
 from meshplan.mesh import Mesh
 from meshplan.specs.cluster import Cluster
