@@ -71,9 +71,10 @@ def dualpipe_v_time(t: PipelineTerms) -> np.ndarray:
     return t.steady + (t.p - 1) * np.maximum(f_c + 2 * i_c - w_c, 0.0)
 
 
-def dualpipe_v_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """p + 1 micro-batches (DeepSeek-V3 Table 2)."""
-    return np.minimum(p + 1, m).astype(float)
+def dualpipe_v_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray,
+                         rank: np.ndarray) -> np.ndarray:
+    """p + 1 micro-batches on every rank (DeepSeek-V3 Table 2: PP + 1, balanced by the V)."""
+    return np.broadcast_to(np.minimum(p + 1, m), np.broadcast(p, rank).shape).astype(float)
 
 
 SPEC = ScheduleSpec(

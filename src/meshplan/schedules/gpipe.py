@@ -25,5 +25,6 @@ def gpipe(num_ranks: int, num_microbatches: int) -> Schedule:
 
 SPEC = ScheduleSpec(
     name="gpipe", generator=gpipe, pipeline_time=fill_drain_time, in_flight=all_in_flight,
+    forward_first=True,
     torchtitan="GPipe",
 )

@@ -40,10 +40,14 @@ def interleaved_1f1b(num_ranks: int, num_microbatches: int, *, num_chunks: int =
     return Schedule(orders, m, loop_stage_to_rank(p, v), "interleaved-1f1b")
 
 
-def interleaved_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """p + (p - 1)/v micro-batches on the first rank (Korthikanti et al. 2022 Sec. 4.2.3:
-    factor 1 + (p-1)/(p v) over 1F1B's p)."""
-    return np.minimum(p + (p - 1) / v, m)
+def interleaved_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray,
+                          rank: np.ndarray) -> np.ndarray:
+    """Rank r runs 2(p - r - 1) + (v - 1) p warm-up chunk forwards (Megatron-LM's
+    forward_backward_pipelining_with_interleaving) and holds one more chunk: p + (p - 1)/v
+    micro-batches on the first rank (Korthikanti et al. 2022 Sec. 4.2.3: factor
+    1 + (p-1)/(p v) over 1F1B's p), 1 less every rank after it by 2/v."""
+    chunks = 2 * (p - rank - 1) + (v - 1) * p + 1
+    return np.minimum(chunks / v, m)
 
 
 SPEC = ScheduleSpec(

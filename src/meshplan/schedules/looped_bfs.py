@@ -32,6 +32,7 @@ def looped_bfs(num_ranks: int, num_microbatches: int, *, num_chunks: int = 2) ->
 
 SPEC = ScheduleSpec(
     name="looped-bfs", generator=looped_bfs, pipeline_time=looped_time, in_flight=all_in_flight,
+    forward_first=True,
     min_chunks=1, max_chunks=None, default_chunks=2, torchtitan="LoopedBFS",
 )
 """One chunk is allowed: torch's `ScheduleLoopedBFS` takes any number of local stages."""

@@ -62,8 +62,10 @@ class PipelineTerms:
 
 
 PipelineTime = Callable[[PipelineTerms], np.ndarray]
-InFlight = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-"""(p, m, v) -> micro-batches' worth of one rank's activations held at the peak (rank 0)."""
+InFlight = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""(p, m, v, rank) -> micro-batches' worth of that rank's activations held at its peak (a
+whole rank's share of the model counts 1). Non-increasing or constant over the middle ranks,
+so a rank's neighbours bound it (`cost.train.memory` relies on that; a test checks it)."""
 
 
 def fill_drain_time(t: PipelineTerms) -> np.ndarray:
@@ -76,14 +78,29 @@ def looped_time(t: PipelineTerms) -> np.ndarray:
     return t.steady + (t.ranks_total - t.slowest) / t.v
 
 
-def ranks_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """1F1B's first rank holds p micro-batches (fewer when m < p)."""
-    return np.minimum(p, m).astype(float)
+def ranks_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray,
+                    rank: np.ndarray) -> np.ndarray:
+    """1F1B: rank r runs p - r warm-up forwards before its first backward, so it holds
+    p - r micro-batches (fewer when m is smaller; Narayanan et al. 2021 Sec. 2.2.1)."""
+    return np.minimum(p - rank, m).astype(float)
 
 
-def all_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """All-forward-first schedules hold every micro-batch at the turn."""
-    return m.astype(float)
+def all_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray,
+                  rank: np.ndarray) -> np.ndarray:
+    """All-forward-first schedules hold every micro-batch at the turn, on every rank."""
+    return np.broadcast_to(m, np.broadcast(m, rank).shape).astype(float)
+
+
+W_ACTIVATION_SHARE = 0.5
+"""Share of a stage's activations a deferred weight-gradient pass (W) still needs: the inputs
+of the linear layers (the rest is freed by the input-gradient pass I)."""
+
+
+def same_in_flight(count: InFlight) -> InFlight:
+    """A schedule whose every rank holds what its first rank holds (balanced memory)."""
+    def on_rank(p: np.ndarray, m: np.ndarray, v: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        return count(p, m, v, np.zeros_like(rank))
+    return on_rank
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,9 @@ class ScheduleSpec:
     pipeline_time: PipelineTime
     """Closed-form time of all micro-batches through the pipeline, flush included."""
     in_flight: InFlight
+    forward_first: bool = False
+    """Every forward runs before any backward (GPipe, looped BFS): the last stage holds all
+    m micro-batches' LM-head activations, not one."""
     min_chunks: int = 1
     """Least model chunks (virtual stages) per rank."""
     max_chunks: int | None = 1

@@ -14,7 +14,7 @@ import numpy as np
 
 from meshplan.schedules._common import Emitter, check_sizes, v_stage_to_rank
 from meshplan.schedules.ir import Action, F, I, Schedule, W
-from meshplan.schedules.spec import PipelineTerms, ScheduleSpec, ranks_in_flight
+from meshplan.schedules.spec import PipelineTerms, ScheduleSpec, ranks_in_flight, same_in_flight
 
 
 def _rank_order(rank: int, num_ranks: int, num_microbatches: int) -> list[Action]:
@@ -52,7 +52,7 @@ def zb_v_time(t: PipelineTerms) -> np.ndarray:
 
 
 SPEC = ScheduleSpec(
-    name="zb-v", generator=zb_v, pipeline_time=zb_v_time, in_flight=ranks_in_flight,
+    name="zb-v", generator=zb_v, pipeline_time=zb_v_time, in_flight=same_in_flight(ranks_in_flight),
     min_chunks=2, max_chunks=2, default_chunks=2, placement="v", min_microbatches_per_rank=1,
     staggered=True, torchtitan="ZBVZeroBubble",
 )

@@ -19,7 +19,7 @@ import numpy as np
 
 from meshplan.schedules._common import check_sizes, loop_stage_to_rank
 from meshplan.schedules.ir import Action, F, I, Schedule, W
-from meshplan.schedules.spec import PipelineTerms, ScheduleSpec, ranks_in_flight
+from meshplan.schedules.spec import W_ACTIVATION_SHARE, PipelineTerms, ScheduleSpec
 
 
 def lagged_zero_bubble_order(
@@ -71,13 +71,21 @@ def zb_h2_time(t: PipelineTerms) -> np.ndarray:
     return t.steady + (t.p - 1) * np.maximum(t.fwd + t.bwd_i - 2 * t.bwd_w, 0.0)
 
 
-def zb_h2_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """2p - 1 micro-batches (Qi et al. 2024 Table 1: about 2 p M_B)."""
-    return np.minimum(2 * p - 1, m).astype(float)
+def zb_h1_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray,
+                    rank: np.ndarray) -> np.ndarray:
+    """1F1B's p - r micro-batches, plus the r whose W rank r defers (Qi et al. 2024 Fig. 3),
+    each holding only the W share of its activations: peak p on the first rank, as 1F1B."""
+    return np.minimum(p - rank + W_ACTIVATION_SHARE * rank, m).astype(float)
+
+
+def zb_h2_in_flight(p: np.ndarray, m: np.ndarray, v: np.ndarray,
+                    rank: np.ndarray) -> np.ndarray:
+    """2p - 1 micro-batches on every rank (Qi et al. 2024 Table 1: about 2 p M_B)."""
+    return np.broadcast_to(np.minimum(2 * p - 1, m), np.broadcast(p, rank).shape).astype(float)
 
 
 ZB_H1 = ScheduleSpec(
-    name="zb-h1", generator=zb_h1, pipeline_time=zb_h1_time, in_flight=ranks_in_flight,
+    name="zb-h1", generator=zb_h1, pipeline_time=zb_h1_time, in_flight=zb_h1_in_flight,
     min_microbatches_per_rank=1, staggered=True,
 )
 """torch's InterleavedZeroBubble with one stage per rank, which torchtitan refuses

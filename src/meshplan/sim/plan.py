@@ -49,12 +49,12 @@ def transfer_stalls(schedule: Schedule, costs: StageCosts) -> list[float]:
 
 
 def timeline_breakdown(result: SimResult, stalls: list[float], stages: StageTimes, i: int,
-                       plan: Plan, num_microbatches: int, pipeline: float) -> dict[str, float]:
+                       plan: Plan, schedule: Schedule, pipeline: float) -> dict[str, float]:
     """compute, tp/cp/ep/pp comm and bubble of the pipeline, read off the busiest rank."""
     load = [b + s for b, s in zip(result.busy, stalls, strict=True)]
     r = int(np.argmax(load))
-    terms = stages.rank_terms(i, r, plan.pp)
-    out = {t: num_microbatches * terms[t] for t in PASS_TERMS if t != "compute"}
+    terms = stages.rank_terms(i, r, plan.pp, schedule.stage_to_rank[-1])
+    out = {t: schedule.num_microbatches * terms[t] for t in PASS_TERMS if t != "compute"}
     out["compute"] = result.busy[r] - sum(out.values())
     out["pp_comm"] = stalls[r]
     out["bubble"] = max(pipeline - load[r], 0.0)
@@ -76,7 +76,7 @@ def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cl
     staggered = schedule_spec(plan.schedule).staggered
     compute_end = max(result.compute_span) if staggered else result.compute_end
     with_grad = result.staggered_step if staggered else result.makespan
-    t = timeline_breakdown(result, transfer_stalls(schedule, sc), stages, i, plan, m,
+    t = timeline_breakdown(result, transfer_stalls(schedule, sc), stages, i, plan, schedule,
                            compute_end)
     # The gradient reduction runs on the simulated comm streams: what sticks out past the
     # compute replaces the analytic estimate of its exposed part.

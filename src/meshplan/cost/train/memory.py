@@ -20,12 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshplan.cost.params import ParamCounts
-from meshplan.cost.train.pipeline import in_flight_microbatches
+from meshplan.cost.train.pipeline import head_in_flight, head_rank, in_flight_microbatches
 from meshplan.mesh import Mesh
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import PlanArrays
+from meshplan.specs.stages import rank_layers
 
 WEIGHT_BYTES = 2.0
 """bf16 working copy of the weights."""
@@ -145,36 +146,58 @@ def layer_mix(model: Model, P: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
     return per_rank - moe, moe
 
 
-@dataclass(frozen=True)
-class RankParams:
-    """(dense, expert) parameters on one GPU of the first and of the last pipeline rank."""
+RANK_POSITIONS = ("first", "second", "last")
+"""The pipeline ranks whose memory can be the step's peak: the first (embedding, the most
+micro-batches in flight), the second (the most loaded middle rank: middle ranks hold equal
+layers and no schedule's in-flight count grows over them) and the last; ranks 0,
+min(1, p - 1) and p - 1. The LM head sits on the rank of the last stage (`head_rank`)."""
 
-    dense_first: np.ndarray
-    expert_first: np.ndarray
-    dense_last: np.ndarray
-    expert_last: np.ndarray
+
+@dataclass(frozen=True)
+class RankLayout:
+    """Per rank position (RANK_POSITIONS) and plan: what that rank holds."""
+
+    index: tuple[np.ndarray, ...]
+    """The rank's index in the pipeline."""
+    layers: tuple[np.ndarray, ...]
+    scale: tuple[np.ndarray, ...]
+    """Its layers over an evenly split rank's L / pp."""
+    embedding: tuple[np.ndarray, ...]
+    head: tuple[np.ndarray, ...]
+    dense: tuple[np.ndarray, ...]
+    """Dense (non-expert) parameters on one of its GPUs."""
+    expert: tuple[np.ndarray, ...]
 
     @property
     def dense_max(self) -> np.ndarray:
-        return np.maximum(self.dense_first, self.dense_last)
+        """The most dense parameters any rank holds (the data-parallel and optimizer work)."""
+        return np.maximum.reduce(self.dense)
 
     @property
     def expert_max(self) -> np.ndarray:
-        return np.maximum(self.expert_first, self.expert_last)
+        return np.maximum.reduce(self.expert)
 
 
-def rank_params(counts: ParamCounts, model: Model, P: PlanArrays, l_first: np.ndarray,
-                l_last: np.ndarray) -> RankParams:
-    single = P.pp == 1
-    dense_first, expert_first = stage_params(counts, model, P, l_first, first=True, last=single)
-    dense_last, expert_last = stage_params(counts, model, P, l_last, first=single, last=True)
-    return RankParams(dense_first, expert_first, dense_last, expert_last)
+def rank_layout(counts: ParamCounts, model: Model, P: PlanArrays) -> RankLayout:
+    """Layers, embedding/head placement and parameters of each rank position."""
+    l_first, l_mid, l_last = rank_layers(model.num_layers, P)
+    even = model.num_layers / P.pp
+    last = P.pp - 1
+    hr = head_rank(P.schedule, P.pp)
+    index = (np.zeros_like(P.pp), np.minimum(1, last), last)
+    layers = tuple(np.where(r == 0, l_first, np.where(r == last, l_last, l_mid)) for r in index)
+    embedding = tuple(r == 0 for r in index)
+    head = tuple(r == hr for r in index)
+    params = [stage_params(counts, model, P, n, first=e, last=h)
+              for n, e, h in zip(layers, embedding, head, strict=True)]
+    return RankLayout(index, layers, tuple(n / even for n in layers), embedding, head,
+                      tuple(d for d, _ in params), tuple(x for _, x in params))
 
 
 def step_memory(model: Model, cluster: Cluster, job: Job, mesh: Mesh, counts: ParamCounts,
-                m: np.ndarray, params: RankParams, s_first: np.ndarray,
-                s_last: np.ndarray) -> dict[str, np.ndarray]:
-    """Memory of the first and last pipeline ranks; the larger total is the peak."""
+                m: np.ndarray, ranks: RankLayout) -> dict[str, np.ndarray]:
+    """Memory of every pipeline rank that can hold the peak; the largest total is the peak,
+    and the breakdown is that rank's (`peak_rank`)."""
     P = mesh.plans
     dense_layers, moe_layers = layer_mix(model, P)
     act_dense = layer_activation_bytes(model, job, mesh, moe=False)
@@ -182,8 +205,8 @@ def step_memory(model: Model, cluster: Cluster, job: Job, mesh: Mesh, counts: Pa
     per_mb = dense_layers * act_dense + moe_layers * act_moe
     # Full recompute rebuilds one layer at a time: that layer's whole activations are live.
     working = np.where(P.recompute == 2, full_layer_bytes(model, job, P), 0.0)
-    in_flight = in_flight_microbatches(P.schedule, P.pp, m, P.vpp)
     head_act = head_activation_bytes(model, job, mesh)
+    heads_held = np.where(P.pp > 1, head_in_flight(P.schedule, m), 1.0)
 
     layer_params = (counts.per_dense_layer if not model.is_moe
                     else counts.per_moe_layer_non_expert + counts.expert / (P.ep * P.etp))
@@ -192,28 +215,27 @@ def step_memory(model: Model, cluster: Cluster, job: Job, mesh: Mesh, counts: Pa
     comm_buf = 2 * 2.0 * T * model.hidden_size * (P.tp > 1) + 2 * 2.0 * T * model.hidden_size / \
         mesh.seq_shard * (P.pp > 1)
 
-    def rank(dense: np.ndarray, expert: np.ndarray, acts: np.ndarray) -> dict[str, np.ndarray]:
-        st = model_state_bytes(dense, P, mesh.shard, job)
-        e_states = model_state_bytes(expert, P, mesh.edp, job)
-        out = {k: st[k] + e_states[k] for k in st}
-        out["activations"] = acts + working
-        out["buffers"] = prefetch + comm_buf
-        return out
-
-    first_acts = in_flight * per_mb * s_first + np.where(P.pp > 1, 0.0, head_act)
-    last_acts = per_mb * s_last + head_act
-    a = rank(params.dense_first, params.expert_first, first_acts)
-    b = rank(params.dense_last, params.expert_last, last_acts)
-    total_a = sum(a.values())
-    total_b = sum(b.values())
-    pick_a = total_a >= total_b
-    out = {k: np.where(pick_a, a[k], b[k]) for k in a}
+    by_rank = []
+    for k in range(len(RANK_POSITIONS)):
+        in_flight = in_flight_microbatches(P.schedule, P.pp, m, P.vpp, ranks.index[k])
+        acts = in_flight * per_mb * ranks.scale[k] + np.where(ranks.head[k], heads_held, 0.0) \
+            * head_act
+        st = model_state_bytes(ranks.dense[k], P, mesh.shard, job)
+        e_states = model_state_bytes(ranks.expert[k], P, mesh.edp, job)
+        one = {key: st[key] + e_states[key] for key in st}
+        one["activations"] = acts + working
+        one["buffers"] = prefetch + comm_buf
+        by_rank.append(one)
+    totals = np.stack([sum(r.values()) for r in by_rank])
+    worst = np.argmax(totals, axis=0)  # ties: the earlier position
+    out = {key: np.choose(worst, [r[key] for r in by_rank]) for key in by_rank[0]}
     out["reserved"] = np.full(len(P), cluster.accelerator.reserved_memory_bytes)
-    out["peak"] = np.maximum(total_a, total_b) + out["reserved"]
-    # For the simulator: memory that does not depend on the schedule, per rank kind, and the
-    # activations of one micro-batch on an evenly split rank (all its chunks) and of the head.
-    out["static_first"] = total_a - a["activations"] + working
-    out["static_last"] = total_b - b["activations"] + working
+    out["peak"] = totals.max(axis=0) + out["reserved"]
+    out["peak_rank"] = np.choose(worst, ranks.index)
+    # For the simulator: memory that does not depend on the schedule, per rank position, and
+    # the activations of one micro-batch on an evenly split rank (all its chunks) and of the head.
+    for k, name in enumerate(RANK_POSITIONS):
+        out[f"static_{name}"] = totals[k] - by_rank[k]["activations"] + working
     out["activations_per_microbatch"] = per_mb
     out["head_activations"] = head_act
     return out

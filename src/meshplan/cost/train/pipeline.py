@@ -30,10 +30,24 @@ def pipeline_time(schedule: np.ndarray, p: np.ndarray, m: np.ndarray, v: np.ndar
 
 
 def in_flight_microbatches(schedule: np.ndarray, p: np.ndarray, m: np.ndarray,
-                           v: np.ndarray) -> np.ndarray:
-    """Micro-batches' worth of one rank's activations held at the peak, on the first rank."""
-    out = _by_schedule(schedule, lambda spec: spec.in_flight(p, m, v))
+                           v: np.ndarray, rank: np.ndarray | int = 0) -> np.ndarray:
+    """Micro-batches' worth of one rank's activations held at the peak, on `rank`."""
+    r = np.broadcast_to(np.asarray(rank), np.broadcast(p, rank).shape)
+    out = _by_schedule(schedule, lambda spec: spec.in_flight(p, m, v, r))
     return np.where(p > 1, out, 1.0)
+
+
+def head_rank(schedule: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Rank of the last stage (LM head and loss): p - 1, or 0 for V-shaped placements."""
+    v_shaped = _by_schedule(schedule, lambda spec: np.float64(spec.placement == "v"))
+    return np.where(v_shaped > 0, 0, p - 1)
+
+
+def head_in_flight(schedule: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Micro-batches whose LM-head activations the last stage holds at once: m when every
+    forward runs first, else 1 (its backward follows its forward at once)."""
+    first = _by_schedule(schedule, lambda spec: np.float64(spec.forward_first))
+    return np.where(first > 0, m, 1).astype(float)
 
 
 def _by_schedule(schedule: np.ndarray,

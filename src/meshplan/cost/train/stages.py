@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshplan.cost.train.passes import PassTimes
+from meshplan.schedules.spec import W_ACTIVATION_SHARE
 
 PASS_TERMS = ("compute", "tp_comm", "cp_comm", "ep_comm")
 """What one micro-batch's F + I + W on a rank is made of (they add up to it)."""
@@ -29,7 +30,7 @@ class StageCosts:
     activation_bytes: tuple[float, ...]
     p2p_time: float = 0.0
     p2p_blocking: float = 0.0
-    w_share: float = 0.5
+    w_share: float = W_ACTIVATION_SHARE
     """Share of a stage's activations kept from I until W (inputs of the linear layers)."""
     grad_reduce: float = 0.0
     """Data-parallel gradient reduction each rank runs on its comm stream after its backward."""
@@ -62,24 +63,27 @@ class StageTimes:
     activation_bytes: np.ndarray
     """One micro-batch's activations on an evenly split rank (all its chunks)."""
     head_activation_bytes: np.ndarray
-    static_memory: tuple[np.ndarray, np.ndarray]
-    """(first, last) rank memory that does not depend on the schedule."""
+    static_memory: tuple[np.ndarray, np.ndarray, np.ndarray]
+    """Memory that does not depend on the schedule, of the first, a middle and the last rank
+    (`memory.RANK_POSITIONS`)."""
 
     def rank_scale_of(self, i: int, rank: int, pp: int) -> float:
         first, mid, last = (float(x[i]) for x in self.rank_scale)
         return first if rank == 0 else last if rank == pp - 1 else mid
 
     def static_memory_of(self, i: int, rank: int, pp: int) -> float:
-        first, last = self.static_memory
-        return float(last[i]) if rank == pp - 1 and pp > 1 else float(first[i])
+        first, middle, last = self.static_memory
+        kind = first if rank == 0 else last if rank == pp - 1 else middle
+        return float(kind[i])
 
-    def rank_terms(self, i: int, rank: int, pp: int) -> dict[str, float]:
-        """PASS_TERMS of one micro-batch on `rank` (the end stages' extras are compute)."""
+    def rank_terms(self, i: int, rank: int, pp: int, head_rank: int) -> dict[str, float]:
+        """PASS_TERMS of one micro-batch on `rank` (the embedding on rank 0 and the head on
+        `head_rank` count as compute)."""
         k = self.rank_scale_of(i, rank, pp)
         out = {t: float(self.unit_terms[t][i]) * k for t in PASS_TERMS}
         if rank == 0:
             out["compute"] += _total(self.embedding, i)
-        if rank == pp - 1:
+        if rank == head_rank:
             out["compute"] += _total(self.head, i)
         return out
 

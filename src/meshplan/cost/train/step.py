@@ -19,7 +19,7 @@ from meshplan.cost import flops as F
 from meshplan.cost.kernels import Kernels
 from meshplan.cost.params import count_params
 from meshplan.cost.train import comm
-from meshplan.cost.train.memory import layer_mix, rank_params, step_memory
+from meshplan.cost.train.memory import RANK_POSITIONS, layer_mix, rank_layout, step_memory
 from meshplan.cost.train.optimizer import optimizer_time
 from meshplan.cost.train.passes import (
     PassTimes,
@@ -28,7 +28,7 @@ from meshplan.cost.train.passes import (
     head_times,
     mlp_times,
 )
-from meshplan.cost.train.pipeline import pipeline_time
+from meshplan.cost.train.pipeline import head_rank, pipeline_time
 from meshplan.cost.train.stages import StageTimes
 from meshplan.mesh import Mesh
 from meshplan.specs.cluster import Cluster
@@ -108,15 +108,19 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     F_mid, I_mid, W_mid = unit_f * s_mid, unit_i * s_mid, unit_w * s_mid
     mid = unit * s_mid + pp_exposed
     emb, head = embedding_times(model, job, K, mesh), head_times(model, job, K, mesh)
-    first = unit * s_first + pp_exposed + emb.forward + emb.backward
-    last = unit * s_last + pp_exposed + head.forward + head.backward
+    # The LM head sits on the last stage's rank: the last rank, or the first in a V.
+    head_fb = head.forward + head.backward
+    head_first = head_rank(P.schedule, P.pp) == 0
+    first = unit * s_first + pp_exposed + emb.forward + emb.backward \
+        + np.where(head_first, head_fb, 0.0)
+    last = unit * s_last + pp_exposed + np.where(head_first, 0.0, head_fb)
     single = unit + emb.forward + emb.backward + head.forward + head.backward
     first = np.where(P.pp > 1, first, single)
     pipe = pipeline_time(P.schedule, P.pp, m, P.vpp, first, mid, last, F_mid, I_mid, W_mid)
 
     # Data parallel, ZeRO and optimizer, on the rank holding the most parameters.
-    params = rank_params(counts, model, P, l_first, l_last)
-    dense_p, expert_p = params.dense_max, params.expert_max
+    ranks = rank_layout(counts, model, P)
+    dense_p, expert_p = ranks.dense_max, ranks.expert_max
     dp = comm.dp_times(cluster, job, mesh, dense_p, expert_p, unit_f, unit_i + unit_w)
     dp_exposed = dp.per_step + m * dp.per_microbatch
     opt = optimizer_time(cluster, mesh, dense_p, expert_p)
@@ -139,7 +143,7 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
         "optimizer": opt,
     }
 
-    mem = step_memory(model, cluster, job, mesh, counts, m, params, s_first, s_last)
+    mem = step_memory(model, cluster, job, mesh, counts, m, ranks)
     model_flops, hw_flops = F.step_flops(model, job.global_batch_size, job.seq_len,
                                          P.recompute, job.flash_attention)
     peak = cluster.accelerator.peak("bf16")
@@ -152,7 +156,7 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
         grad_reduce_overlap=np.where(P.overlap_grad, cluster.overlap.dp, 0.0),
         activation_bytes=mem.pop("activations_per_microbatch"),
         head_activation_bytes=mem.pop("head_activations"),
-        static_memory=(mem.pop("static_first"), mem.pop("static_last")),
+        static_memory=tuple(mem.pop(f"static_{k}") for k in RANK_POSITIONS),
     )
     return CostArrays(
         step_time=step,
