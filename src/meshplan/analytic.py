@@ -37,6 +37,7 @@ def estimate_from_arrays(costs: CostArrays, i: int, plan: Plan, capacity: float,
         axis_tiers=axis_tiers,
         model_flops_per_step=costs.model_flops,
         hardware_flops_per_step=float(costs.hardware_flops[i]),
+        peak_memory_rank=int(costs.memory["peak_rank"][i]),
     )
 
 

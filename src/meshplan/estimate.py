@@ -34,7 +34,9 @@ class Estimate:
     """Network tier each mesh axis's collectives run on."""
     model_flops_per_step: float
     hardware_flops_per_step: float = 0.0
-    """Model FLOPs plus recomputed forward FLOPs (the HFU numerator)."""
+    """FLOPs the kernels execute, recomputation included (the HFU numerator)."""
+    peak_memory_rank: int = 0
+    """The pipeline rank whose memory is the peak; `memory_bytes` is its breakdown."""
     source: str = "analytic"
     """'analytic' (closed-form pipeline) or 'simulated' (event simulation of the schedule)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +64,7 @@ class Estimate:
             "hfu": self.hfu,
             "num_microbatches": self.num_microbatches,
             "memory_gib": {k: v / GIB for k, v in self.memory_bytes.items()},
+            "peak_memory_rank": self.peak_memory_rank,
             "fits": self.fits,
             "fit_reason": self.fit_reason,
             "time_breakdown_s": dict(self.time_breakdown_s),

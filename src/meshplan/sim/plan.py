@@ -86,13 +86,16 @@ def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cl
     t["optimizer"] = analytic_t["optimizer"]
     t = {k: t[k] for k in analytic_t}
     step = sum(t.values())
-    mem = dict(analytic.memory_bytes)
-    per_rank = [stages.static_memory_of(i, r, plan.pp) + a
-                for r, a in enumerate(result.peak_activation_bytes)]
-    worst = int(np.argmax(per_rank))
-    mem["activations"] = result.peak_activation_bytes[worst] + (
-        mem["activations"] - float(costs.memory["activations"][i]))
-    mem["peak"] = per_rank[worst] + mem["reserved"]
+    per_rank = []
+    for r, held in enumerate(result.peak_activation_bytes):
+        terms = stages.static_memory_of(i, r, plan.pp)
+        terms["activations"] += held
+        per_rank.append(terms)
+    totals = [sum(terms.values()) for terms in per_rank]
+    worst = int(np.argmax(totals))
+    reserved = analytic.memory_bytes["reserved"]
+    mem = {**per_rank[worst], "reserved": reserved, "peak": totals[worst] + reserved}
+    mem = {k: mem[k] for k in analytic.memory_bytes}
     peak = cluster.accelerator.peak("bf16")
     sim_estimate = replace(
         analytic,
@@ -102,6 +105,7 @@ def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cl
         hfu=float(utilisation(analytic.hardware_flops_per_step, step, plan.num_gpus, peak)),
         time_breakdown_s=t,
         memory_bytes=mem,
+        peak_memory_rank=worst,
         fits=mem["peak"] <= analytic.memory_capacity_bytes,
         source="simulated",
         extra={**analytic.extra,

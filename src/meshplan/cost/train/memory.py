@@ -235,7 +235,8 @@ def step_memory(model: Model, cluster: Cluster, job: Job, mesh: Mesh, counts: Pa
     # For the simulator: memory that does not depend on the schedule, per rank position, and
     # the activations of one micro-batch on an evenly split rank (all its chunks) and of the head.
     for k, name in enumerate(RANK_POSITIONS):
-        out[f"static_{name}"] = totals[k] - by_rank[k]["activations"] + working
+        for key, value in by_rank[k].items():
+            out[f"static_{name}_{key}"] = working if key == "activations" else value
     out["activations_per_microbatch"] = per_mb
     out["head_activations"] = head_act
     return out

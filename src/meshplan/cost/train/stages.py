@@ -63,18 +63,19 @@ class StageTimes:
     activation_bytes: np.ndarray
     """One micro-batch's activations on an evenly split rank (all its chunks)."""
     head_activation_bytes: np.ndarray
-    static_memory: tuple[np.ndarray, np.ndarray, np.ndarray]
-    """Memory that does not depend on the schedule, of the first, a middle and the last rank
-    (`memory.RANK_POSITIONS`)."""
+    static_memory: tuple[dict[str, np.ndarray], ...]
+    """Memory that does not depend on the schedule, by term, of the first, a middle and the
+    last rank (`memory.RANK_POSITIONS`; 'activations' is full recompute's rebuilt layer)."""
 
     def rank_scale_of(self, i: int, rank: int, pp: int) -> float:
         first, mid, last = (float(x[i]) for x in self.rank_scale)
         return first if rank == 0 else last if rank == pp - 1 else mid
 
-    def static_memory_of(self, i: int, rank: int, pp: int) -> float:
+    def static_memory_of(self, i: int, rank: int, pp: int) -> dict[str, float]:
+        """By term, the schedule-independent memory of `rank`."""
         first, middle, last = self.static_memory
         kind = first if rank == 0 else last if rank == pp - 1 else middle
-        return float(kind[i])
+        return {k: float(v[i]) for k, v in kind.items()}
 
     def rank_terms(self, i: int, rank: int, pp: int, head_rank: int) -> dict[str, float]:
         """PASS_TERMS of one micro-batch on `rank` (the embedding on rank 0 and the head on

@@ -40,6 +40,9 @@ from meshplan.specs.stages import rank_layers
 TIME_TERMS = ("compute", "tp_comm", "cp_comm", "ep_comm", "pp_comm", "bubble", "dp_comm",
               "optimizer")
 MEMORY_TERMS = ("weights", "gradients", "optimizer", "activations", "buffers", "reserved")
+STATIC_TERMS = ("weights", "gradients", "optimizer", "activations", "buffers")
+"""A rank's memory that does not depend on the schedule ('activations': the layer a full
+recompute rebuilds), handed to the simulator per rank position."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,8 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
         grad_reduce_overlap=np.where(P.overlap_grad, cluster.overlap.dp, 0.0),
         activation_bytes=mem.pop("activations_per_microbatch"),
         head_activation_bytes=mem.pop("head_activations"),
-        static_memory=tuple(mem.pop(f"static_{k}") for k in RANK_POSITIONS),
+        static_memory=tuple({key: mem.pop(f"static_{k}_{key}") for key in STATIC_TERMS}
+                            for k in RANK_POSITIONS),
     )
     return CostArrays(
         step_time=step,
