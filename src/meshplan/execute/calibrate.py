@@ -147,7 +147,7 @@ def calibrate_local(out: str | Path = "meshplan-local.toml", *, threads: int = 1
         },
         "network": [fit_network(fit_from)],
         "overlap": {"tp_backward": overlap, "tp_overlapped": overlap, "dp": overlap,
-                    "pp": 0.0, "cp": overlap},
+                    "pp": 0.0, "cp": overlap, "ep_overlapped": overlap},
         "host": {"bandwidth": float(f"{dev['copy_bw']:.4g}"),
                  "cpu_adam_params_per_s": float(f"{dev['adam']:.4g}"),
                  "memory_bytes": float(f"{mem_bytes:.6g}")},

@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 from meshplan.specs.cluster import Cluster
-from meshplan.specs.io import load_cluster
+from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster
 
 GIB = 1024**3
 
@@ -58,8 +58,8 @@ LINKS: tuple[tuple[str, str, str], ...] = (
 
 
 @cache
-def _preset(name: str) -> Cluster:
-    return load_cluster(name)
+def _preset(name: str, calibration: str | None) -> Cluster:
+    return load_cluster(name, calibration)
 
 
 def gpu_rule(gpu_type: str) -> GpuRule | None:
@@ -84,15 +84,18 @@ def inter_node_gbps_per_gpu(text: str, gpus_per_node: int) -> tuple[float | None
     return None, ""
 
 
-def build_cluster(row: dict[str, Any]) -> tuple[Cluster, str, list[str]] | str:
-    """(cluster, accelerator label, notes) for a row, or the reason it cannot be built."""
+def build_cluster(row: dict[str, Any], calibration: CalibrationRef = CALIBRATION_FILE
+                  ) -> tuple[Cluster, str, list[str]] | str:
+    """(cluster, accelerator label, notes) for a row, or the reason it cannot be built.
+
+    The preset gets its fitted factors from `calibration` (as in `specs.io.load_cluster`)."""
     gpu_type = row["gpu_type"] or ""
     rule = gpu_rule(gpu_type)
     if rule is None:
         return f"unknown hardware {gpu_type!r}"
     if rule.preset is None:
         return rule.why
-    cluster = _preset(rule.preset)
+    cluster = _preset(rule.preset, None if calibration is None else str(calibration))
     notes = list(rule.notes)
     acc = cluster.accelerator
     preset_gb = round(acc.memory_bytes / GIB)
