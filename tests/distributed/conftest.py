@@ -59,5 +59,6 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from meshplan.execute.calibrate import calibrate_local
 
     path = tmp_path_factory.mktemp("calibrate") / "local.toml"
-    calibrate_local(path, ranks=(2,), budget_s=0.02, message_sizes=(4096, 65536, 1 << 20))
+    _, text = calibrate_local(ranks=(2,), budget_s=0.02, message_sizes=(4096, 65536, 1 << 20))
+    path.write_text(text)
     return path

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from meshplan.specs._base import Spec
 
+
 class Curve(Spec):
     """A piecewise-linear curve in log10(x), clamped at both ends.
 
