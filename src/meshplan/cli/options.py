@@ -145,7 +145,7 @@ def build_inputs(values: dict[str, Any]) -> Inputs:
     if values["num_gpus"] <= 0:
         raise MeshplanError(f"--num-gpus={values['num_gpus']}: must be positive")
     plan_flags = {name: values.get(name) for name, _, _ in PLAN_FLAGS}
-    calibration = calibration_ref(values["calibration"])
+    calibration = calibration_ref(values.get("calibration"))
     return Inputs(load_model(values["model"]), load_cluster(values["cluster"], calibration),
                   job, values["num_gpus"], plan_flags)
 
