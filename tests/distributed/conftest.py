@@ -24,14 +24,9 @@ class CliResult:
 
 
 def _app():  # noqa: ANN202
-    """The meshplan app with `run` and `calibrate` (registered here until main.py does)."""
+    """The meshplan CLI module (its app registers `run` and `calibrate`)."""
     from meshplan.cli import main as cli_main
-    from meshplan.cli.run_cmd import register
 
-    names = {c.name or (c.callback.__name__ if c.callback else "")
-             for c in cli_main.app.registered_commands}
-    if "run" not in names:
-        register(cli_main.app)
     return cli_main
 
 
