@@ -23,6 +23,7 @@ from typing import Any
 from meshplan.errors import MeshplanError
 from meshplan.execute.runtime import RunConfig
 
+
 def torchrun_command(config: Path, out: Path, nproc_per_node: int,
                      torchrun_args: Sequence[str] = ()) -> list[str]:
     """The torchrun command line for one run."""
