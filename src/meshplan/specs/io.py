@@ -1,4 +1,5 @@
-"""Loading specs from preset names, meshplan TOML/JSON files and Hugging Face config.json.
+"""Loading specs from preset names, meshplan TOML/JSON files and Hugging Face config.json,
+and the calibration file whose fitted factors the cluster presets get (`load_calibration`).
 
 Everything funnels through `_validate`, so an unknown key or a wrong type is one
 `MeshplanError` naming the file, the field and the value.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from meshplan.specs.cluster import Cluster
@@ -58,8 +59,16 @@ LINKS: tuple[tuple[str, str, str], ...] = (
 
 
 @cache
-def _preset(name: str, calibration: str | None) -> Cluster:
+def _preset(name: str, calibration: str | None, mtime_ns: int) -> Cluster:
     return load_cluster(name, calibration)
+
+
+def _preset_for(name: str, calibration: CalibrationRef) -> Cluster:
+    """The preset with its factors from `calibration`, cached per file version."""
+    if calibration is None or str(calibration) == "none":
+        return _preset(name, None, 0)
+    path = Path(calibration)
+    return _preset(name, str(path), path.stat().st_mtime_ns if path.is_file() else 0)
 
 
 def gpu_rule(gpu_type: str) -> GpuRule | None:
@@ -95,7 +104,7 @@ def build_cluster(row: dict[str, Any], calibration: CalibrationRef = CALIBRATION
         return f"unknown hardware {gpu_type!r}"
     if rule.preset is None:
         return rule.why
-    cluster = _preset(rule.preset, None if calibration is None else str(calibration))
+    cluster = _preset_for(rule.preset, calibration)
     notes = list(rule.notes)
     acc = cluster.accelerator
     preset_gb = round(acc.memory_bytes / GIB)
