@@ -3,7 +3,18 @@
 The stable surface is `__all__`; subpackages are importable for power users.
 """
 
-from meshplan.api import estimate, plan
+from meshplan.api import (
+    LocalCalibration,
+    PlanResult,
+    RunResult,
+    RunsCalibration,
+    Simulation,
+    calibrate,
+    estimate,
+    plan,
+    run,
+    simulate,
+)
 from meshplan.errors import MeshplanError
 from meshplan.estimate import Estimate
 from meshplan.export.api import export
@@ -16,12 +27,20 @@ __all__ = [
     "Cluster",
     "Estimate",
     "Job",
+    "LocalCalibration",
     "MeshplanError",
     "Model",
     "Plan",
+    "PlanResult",
+    "RunResult",
+    "RunsCalibration",
+    "Simulation",
+    "calibrate",
     "estimate",
     "export",
-    "plan",
     "load_cluster",
     "load_model",
+    "plan",
+    "run",
+    "simulate",
 ]

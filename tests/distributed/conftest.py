@@ -24,14 +24,9 @@ class CliResult:
 
 
 def _app():  # noqa: ANN202
-    """The meshplan app with `run` and `calibrate` (registered here until main.py does)."""
+    """The meshplan CLI module (its app registers `run` and `calibrate`)."""
     from meshplan.cli import main as cli_main
-    from meshplan.cli.run_cmd import register
 
-    names = {c.name or (c.callback.__name__ if c.callback else "")
-             for c in cli_main.app.registered_commands}
-    if "run" not in names:
-        register(cli_main.app)
     return cli_main
 
 
@@ -59,5 +54,6 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from meshplan.execute.calibrate import calibrate_local
 
     path = tmp_path_factory.mktemp("calibrate") / "local.toml"
-    calibrate_local(path, ranks=(2,), budget_s=0.02, message_sizes=(4096, 65536, 1 << 20))
+    _, text = calibrate_local(ranks=(2,), budget_s=0.02, message_sizes=(4096, 65536, 1 << 20))
+    path.write_text(text)
     return path

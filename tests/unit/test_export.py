@@ -21,7 +21,7 @@ import typer
 from typer.testing import CliRunner
 
 from meshplan import Job, MeshplanError, Plan, estimate, load_model
-from meshplan.cli.export_cmd import export_best, register
+from meshplan.cli.export_cmd import register, write
 from meshplan.cli.options import build_inputs
 from meshplan.export import SUFFIXES, TARGETS, export
 
@@ -341,7 +341,8 @@ def test_export_best(tmp_path: Path) -> None:
                            "token_budget": None})
     est = estimate(inputs.model, inputs.cluster, inputs.job, Plan(dp=8, zero_stage=3))
     out = tmp_path / "job.toml"
-    export_best(est, inputs, "torchtitan", out)
+    write(export(est, "torchtitan", model=inputs.model, job=inputs.job, cluster=inputs.cluster),
+          out)
     assert tomllib.loads(out.read_text())["parallelism"]["data_parallel_shard_degree"] == 8
 
 

@@ -1,8 +1,7 @@
 """`meshplan export --to TARGET`: write the engine configuration of one plan.
 
 `register(app)` adds the command (the shared model/cluster/job/plan flags come from
-`with_inputs`); `export_best` is what `meshplan plan ... --export TARGET --out FILE` calls with
-the best plan it found.
+`with_inputs`); `write` also writes what `meshplan plan ... --export TARGET --out FILE` found.
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ from typing import Annotated
 
 import typer
 
-from meshplan.cli.options import Inputs, with_inputs
+from meshplan.cli.options import Inputs, check_out, with_inputs
 from meshplan.errors import MeshplanError
-from meshplan.estimate import Estimate
 from meshplan.export import TARGETS, export
 from meshplan.specs.plan import Plan
 
@@ -32,23 +30,14 @@ def register(app: typer.Typer) -> None:
     @with_inputs()
     def export_command(inputs: Inputs, to: ToOption, out: OutOption = None) -> None:
         """Write the Megatron-LM, torchtitan or DeepSpeed configuration of one plan."""
+        check_out("--out", out)
         plan = inputs.plan()
         if plan.num_gpus != inputs.num_gpus:
             raise MeshplanError(f"dp*tp*pp*cp={plan.num_gpus}: must equal --num-gpus "
                                 f"({inputs.num_gpus})")
-        text = _export(plan, inputs, to)
+        text = export(plan, to, model=inputs.model, job=inputs.job, cluster=inputs.cluster)
         _warn_if_unfit(plan, inputs)
         write(text, out)
-
-
-def export_best(estimate: Estimate, inputs: Inputs, target: str, out: Path | None) -> None:
-    """Export the plan of `estimate` (e.g. the best one `meshplan plan` found) to `target`."""
-    write(_export(estimate, inputs, target), out)
-
-
-def _export(plan_or_estimate: Plan | Estimate, inputs: Inputs, target: str) -> str:
-    return export(plan_or_estimate, target, model=inputs.model, job=inputs.job,
-                  cluster=inputs.cluster)
 
 
 def _warn_if_unfit(plan: Plan, inputs: Inputs) -> None:

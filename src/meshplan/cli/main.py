@@ -8,14 +8,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from meshplan import api
-from meshplan.cli.options import Inputs, with_inputs
+from meshplan.cli.options import Inputs, check_out, with_inputs
 from meshplan.cli.render import breakdown_tables, console, plans_table, print_json, summary_line
 from meshplan.errors import MeshplanError
 from meshplan.specs.io import load_cluster, load_model, preset_names
@@ -77,8 +76,6 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
              "--out", help="File for --export (default: stdout)")] = None,
          json_out: JsonFlag = False) -> None:
     """Search every legal layout and rank those that fit by throughput."""
-    from meshplan.search.rank import search
-
     if top <= 0:
         raise MeshplanError(f"--top={top}: must be positive")
     if simulate_top < 0:
@@ -89,28 +86,44 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
 
         if export not in TARGETS:
             raise unknown_name("export target", export, TARGETS)
-    # With --export, look further down the ranking for plans the target engine can express.
-    pool = max(top, 5000) if export is not None else top
+        check_out("--out", out)
     with console.status("searching plans...", spinner="dots") if not json_out else _quiet():
-        result = search(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=pool,
-                        simulate_top=simulate_top)
+        result = api.plan(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=top,
+                          simulate_top=simulate_top, export_target=export)
     if export is not None:
-        _export_best_expressible(result.plans, inputs, export, out)
-        result = replace(result, plans=result.plans[:top])
+        _export_best(result, Path(out) if out else None)
         if out is None:
             return
+    plans = result.ranking(top)
     if json_out:
-        print_json({"plans": [e.to_json() for e in result.plans], "evaluated": result.evaluated,
+        print_json({"plans": [e.to_json() for e in plans], "evaluated": result.evaluated,
                     "num_fitting": result.num_fitting, "search_seconds": result.search_seconds})
         return
     title = (f"{inputs.model.name} on {inputs.num_gpus} x {inputs.cluster.accelerator.name}, "
              f"batch {inputs.job.global_batch_size} x {inputs.job.seq_len}")
-    if not result.plans:
+    if not plans:
         console.print(f"no plan fits ({result.evaluated} legal plans evaluated)")
         raise typer.Exit(1)
-    console.print(plans_table(result.plans, title))
+    console.print(plans_table(plans, title))
     console.print(f"{result.evaluated:,} plans evaluated in {result.search_seconds:.3f} s; "
                   f"{result.num_fitting:,} fit in memory")
+
+
+def _export_best(result: api.PlanResult, out: Path | None) -> None:
+    """Write the best expressible plan's config; say which better-ranked ones were refused."""
+    from meshplan.cli.export_cmd import write
+
+    target, skipped = result.export_target, result.skipped
+    first = (f"#{skipped[0].rank} ({skipped[0].estimate.plan.describe()}): {skipped[0].reason}"
+             if skipped else None)
+    if not result.plans:
+        raise MeshplanError(f"--export={target}: none of the {len(skipped)} best plans can be "
+                            f"expressed; first refusal: {first}")
+    assert result.config is not None
+    write(result.config, out)
+    if result.ranks[0] > 1:
+        print(f"note: exported plan #{result.ranks[0]} ({result.plans[0].plan.describe()}); "
+              f"{target} cannot express {first}", file=sys.stderr)
 
 
 @app.command()
@@ -133,11 +146,11 @@ def simulate(inputs: Inputs,
                  "--trace", help="Write a Chrome/Perfetto trace (JSON) of the step here")] = None,
              json_out: JsonFlag = False) -> None:
     """Simulate the plan's pipeline schedule event by event; optionally write a trace."""
-    from meshplan.sim.plan import simulate_plan
     from meshplan.sim.trace import write_trace
 
-    sim = simulate_plan(inputs.model, inputs.cluster, inputs.job, inputs.plan(), inputs.num_gpus,
-                        trace=trace is not None)
+    check_out("--trace", trace)
+    sim = api.simulate(inputs.model, inputs.cluster, inputs.job, inputs.plan(), inputs.num_gpus,
+                       trace=trace is not None)
     if trace is not None:
         try:
             write_trace(sim.result, trace)
@@ -164,32 +177,14 @@ def _quiet() -> Iterator[None]:
     yield
 
 
-def _export_best_expressible(plans: list, inputs: Inputs, target: str, out: str | None) -> None:
-    """Export the fastest plan the target engine can express; say which ones it skipped."""
-    from meshplan.cli.export_cmd import export_best
-
-    first_refusal = None
-    for rank, e in enumerate(plans, 1):
-        try:
-            export_best(e, inputs, target, Path(out) if out else None)
-        except MeshplanError as err:
-            first_refusal = first_refusal or f"#{rank} ({e.plan.describe()}): {err}"
-            continue
-        if rank > 1:
-            print(f"note: exported plan #{rank} ({e.plan.describe()}); {target} cannot express "
-                  f"{first_refusal}", file=sys.stderr)
-        return
-    raise MeshplanError(f"--export={target}: none of the {len(plans)} best plans can be "
-                        f"expressed; first refusal: {first_refusal}")
-
-
 def _register_extensions() -> None:
     """Subcommands that live in their own modules (validate, export, run, calibrate)."""
-    from meshplan.cli import export_cmd, run_cmd, validate_cmd
+    from meshplan.cli import calibrate_cmd, export_cmd, run_cmd, validate_cmd
 
     validate_cmd.register(app)
     export_cmd.register(app)
     run_cmd.register(app)
+    calibrate_cmd.register(app)
 
 
 _register_extensions()

@@ -1,8 +1,8 @@
 """The inputs every planning command shares (model, cluster, job, plan flags), declared once.
 
 `with_inputs` adds these options to a typer command and hands the command one `Inputs`
-object, so `estimate`, `simulate`, `export` and `run` take exactly the same flags without
-repeating them.
+object, so `plan`, `estimate`, `simulate`, `export` and `run` take exactly the same flags
+without repeating them. `check_out` is the shared "can this file be written" check.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.specs.cluster import Cluster
-from meshplan.specs.io import load_cluster, load_model
+from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, load_model
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import Plan
@@ -78,6 +79,11 @@ COMMON: list[tuple[str, Any, Any]] = [
     ("token_budget", Annotated[float | None, _opt("--token-budget",
                                                   "Tokens to train on (time-to-train)")],
      None),
+    ("calibration", Annotated[str | None, _opt(
+        "--calibration", "Fitted factors for the cluster presets: a calibration file (from "
+                         "`meshplan calibrate --runs ... --out`), or 'none' for the raw "
+                         "efficiency curves (default: the shipped presets/calibration.toml)")],
+     None),
 ]
 
 PLAN_FLAGS: list[tuple[str, Any, Any]] = [
@@ -117,6 +123,18 @@ PLAN_FLAGS: list[tuple[str, Any, Any]] = [
 ]
 
 
+def calibration_ref(value: str | None) -> CalibrationRef:
+    """What `--calibration` names: the shipped file (not given), a file, or None ('none')."""
+    if value is None:
+        return CALIBRATION_FILE
+    if value == "none":
+        return None
+    if not Path(value).is_file():
+        raise MeshplanError(f"--calibration={value!r}: no such file; give a calibration file "
+                            "(format of presets/calibration.toml) or 'none'")
+    return Path(value)
+
+
 def build_inputs(values: dict[str, Any]) -> Inputs:
     """Load the model and cluster and build the Job from the shared flags."""
     try:
@@ -127,8 +145,9 @@ def build_inputs(values: dict[str, Any]) -> Inputs:
     if values["num_gpus"] <= 0:
         raise MeshplanError(f"--num-gpus={values['num_gpus']}: must be positive")
     plan_flags = {name: values.get(name) for name, _, _ in PLAN_FLAGS}
-    return Inputs(load_model(values["model"]), load_cluster(values["cluster"]), job,
-                  values["num_gpus"], plan_flags)
+    calibration = calibration_ref(values.get("calibration"))
+    return Inputs(load_model(values["model"]), load_cluster(values["cluster"], calibration),
+                  job, values["num_gpus"], plan_flags)
 
 
 def with_inputs(plan_flags: bool = True, overrides: dict[str, tuple[Any, Any]] | None = None,
@@ -163,3 +182,14 @@ def with_inputs(plan_flags: bool = True, overrides: dict[str, tuple[Any, Any]] |
         return command
 
     return wrap
+
+
+def check_out(flag: str, path: str | Path | None) -> None:
+    """Refuse, before any work, an output file whose directory does not exist."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise MeshplanError(f"{flag}={str(p)!r}: is a directory; give a file name")
+    if not p.parent.is_dir():
+        raise MeshplanError(f"{flag}={str(p)!r}: directory {str(p.parent)!r} does not exist")

@@ -1,7 +1,7 @@
 """`meshplan validate`: predict every published run and print the error tables.
 
-Registered on the main app by `register(app)`; parsing and printing only, the work is in
-`meshplan.validate`.
+Registered on the main app by `register(app)`; parsing and printing only, the work is
+`meshplan.api.validate`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from meshplan import api
+from meshplan.cli.options import COMMON, calibration_ref
 from meshplan.cli.render import console, print_json
+
+CalibrationOption = next(ann for name, ann, _ in COMMON if name == "calibration")
 
 
 def _pct(x: float | None) -> str:
@@ -105,11 +109,11 @@ def register(app: typer.Typer) -> None:
         analytic: Annotated[bool, typer.Option(
             "--analytic", help="Closed-form pipeline time instead of the event simulation "
                                "(faster)")] = False,
+        calibration: CalibrationOption = None,
     ) -> None:
         """Predict published training runs and report the error against each measurement."""
-        from meshplan.validate import load_runs, select, validate
-
-        result = validate(select(load_runs(runs), source, headline_only), simulate=not analytic)
+        result = api.validate(runs, source=source, headline_only=headline_only,
+                              simulate=not analytic, calibration=calibration_ref(calibration))
         if json_out:
             print_json(result)
             return

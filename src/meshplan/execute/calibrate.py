@@ -1,4 +1,4 @@
-"""Measure this machine and write it as a meshplan cluster file (`meshplan calibrate --local`).
+"""Measure this machine as a meshplan cluster file (`meshplan calibrate --local`).
 
 One "accelerator" is what one rank of `meshplan run` gets: on a CPU, `threads` cores (torchrun
 gives each rank one thread by default); on a GPU, one device. Each figure is measured, then
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import statistics
-from pathlib import Path
+import tomllib
 from typing import Any
 
 import tomli_w
@@ -38,7 +38,7 @@ import torch
 
 from meshplan.execute.collectives import fit_network, measure_collectives
 from meshplan.execute.kernels import FIT_TOKENS, local_device
-from meshplan.specs.io import load_cluster
+from meshplan.specs.cluster import Cluster
 
 MESSAGE_SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20)
 
@@ -56,7 +56,6 @@ def fit_overhead(data: dict[str, Any], blocks: dict[int, float], tiny: float) ->
     from meshplan.cost.kernels import Kernels
     from meshplan.cost.train.passes import attention_times, mlp_times
     from meshplan.mesh import Mesh
-    from meshplan.specs.cluster import Cluster
     from meshplan.specs.io import load_model
     from meshplan.specs.job import Job
     from meshplan.specs.plan import Plan, PlanArrays
@@ -96,10 +95,11 @@ def _median_over_ranks(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def calibrate_local(out: str | Path = "meshplan-local.toml", *, threads: int = 1,
-                    ranks: tuple[int, ...] = (2, 4), budget_s: float = 0.05,
-                    message_sizes: tuple[int, ...] = MESSAGE_SIZES) -> dict[str, Any]:
-    """Measure this machine, write the cluster TOML to `out`, return the data written.
+def calibrate_local(*, threads: int = 1, ranks: tuple[int, ...] = (2, 4),
+                    budget_s: float = 0.05, message_sizes: tuple[int, ...] = MESSAGE_SIZES
+                    ) -> tuple[dict[str, Any], str]:
+    """Measure this machine: the cluster data and the text of its cluster TOML file (the
+    data, with the raw measurements as comments). Writing it is the caller's choice.
 
     The compute figures are measured on every rank of a full node at once (one rank per
     `threads` cores, or per GPU), because that is how a multi-rank plan meets the machine:
@@ -149,24 +149,22 @@ def calibrate_local(out: str | Path = "meshplan-local.toml", *, threads: int = 1
         },
         "network": [fit_network(fit_from)],
         "overlap": {"tp_backward": overlap, "tp_overlapped": overlap, "dp": overlap,
-                    "pp": 0.0, "cp": overlap},
+                    "pp": 0.0, "cp": overlap, "ep_overlapped": overlap},
         "host": {"bandwidth": float(f"{dev['copy_bw']:.4g}"),
                  "cpu_adam_params_per_s": float(f"{dev['adam']:.4g}"),
                  "memory_bytes": float(f"{mem_bytes:.6g}")},
     }
     blocks = {n: dev[f"block_{n}"] for n in FIT_TOKENS}
     data["kernel_overhead"] = float(f"{fit_overhead(data, blocks, dev['overhead']):.4g}")
-    path = Path(out)
     header = _header(device, threads, len(fit_from["device"]), fit_from["backend"])
-    path.write_text(header + tomli_w.dumps(data) + _raw(gemm, colls))
-    with path.open("a") as f:
-        f.write("# debug block fwd+bwd (tokens:ms) " + ", ".join(
-            f"{n}:{t * 1e3:.2f}" for n, t in {8: 4 * dev["overhead"], **blocks}.items()) + "\n")
-        f.write(f"# async all-reduce hidden behind concurrent compute (microbenchmark): "
-                f"{fit_from['overlap']:.2f}; latency inside a compute loop: "
-                f"{fit_from['latency_in_loop_s'] * 1e6:.0f} us\n")
-    load_cluster(path)  # what we write must load
-    return data
+    text = (header + tomli_w.dumps(data) + _raw(gemm, colls)
+            + "# debug block fwd+bwd (tokens:ms) " + ", ".join(
+                f"{n}:{t * 1e3:.2f}" for n, t in {8: 4 * dev["overhead"], **blocks}.items())
+            + "\n# async all-reduce hidden behind concurrent compute (microbenchmark): "
+            f"{fit_from['overlap']:.2f}; latency inside a compute loop: "
+            f"{fit_from['latency_in_loop_s'] * 1e6:.0f} us\n")
+    Cluster.model_validate(tomllib.loads(text))  # what we hand back must load
+    return data, text
 
 
 def _header(device: torch.device, threads: int, busy: int, backend: str) -> str:

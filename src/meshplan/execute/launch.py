@@ -23,9 +23,6 @@ from typing import Any
 from meshplan.errors import MeshplanError
 from meshplan.execute.runtime import RunConfig
 
-MULTI_NODE_FLAGS = ("--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-backend",
-                    "--rdzv-id", "--master-addr", "--master-port", "--max-restarts")
-
 
 def torchrun_command(config: Path, out: Path, nproc_per_node: int,
                      torchrun_args: Sequence[str] = ()) -> list[str]:

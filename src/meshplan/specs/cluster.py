@@ -6,14 +6,10 @@ calibration changes data, not code (DESIGN.md, Conventions).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from pydantic import Field, model_validator
 
 from meshplan.specs._base import Spec
-
-Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 
 
 class Curve(Spec):
@@ -122,23 +118,23 @@ class HostLink(Spec):
 class Overlap(Spec):
     """How much communication the engine hides behind compute, as fractions in [0, 1].
 
-    These are software behaviour (Megatron-LM/FSDP defaults), kept as data so that
-    `meshplan calibrate` can fit them.
+    These are software behaviour (Megatron-LM/FSDP defaults), kept as data (the `[overlap]`
+    table of every cluster file, required) so that `meshplan calibrate` can fit them.
     """
 
-    tp_backward: float = Field(default=0.5, ge=0, le=1)
+    tp_backward: float = Field(ge=0, le=1)
     """Backward TP collectives hidden behind weight-gradient GEMMs (Megatron's async
     all-reduce of the input gradient)."""
-    tp_overlapped: float = Field(default=0.8, ge=0, le=1)
+    tp_overlapped: float = Field(ge=0, le=1)
     """TP collectives hidden when the plan turns on tp_comm_overlap (userbuffers / async TP)."""
-    dp: float = Field(default=0.9, ge=0, le=1)
+    dp: float = Field(ge=0, le=1)
     """Share of the overlap window (backward of the last micro-batch, or each micro-batch's
     compute for ZeRO-3) in which data-parallel traffic can run."""
-    pp: float = Field(default=0.0, ge=0, le=1)
+    pp: float = Field(ge=0, le=1)
     """Pipeline send/receive hidden behind compute (Megatron 1F1B exchanges synchronously)."""
-    cp: float = Field(default=0.9, ge=0, le=1)
+    cp: float = Field(ge=0, le=1)
     """Ring-attention K/V exchange hidden behind the attention kernel."""
-    ep_overlapped: float = Field(default=0.7, ge=0, le=1)
+    ep_overlapped: float = Field(ge=0, le=1)
     """Expert all-to-all hidden when the plan turns on ep_comm_overlap (Megatron-Core
     --overlap-moe-expert-parallel-comm, DeepSeek's dual-micro-batch overlap)."""
 
@@ -170,7 +166,7 @@ class Cluster(Spec):
     network: tuple[NetworkTier, ...] = Field(min_length=1, strict=False)
     """Tiers from the innermost (NVLink) to the outermost (scale-out fabric)."""
     host: HostLink
-    overlap: Overlap = Overlap()
+    overlap: Overlap
     calibration: Calibration = Calibration()
     kernel_overhead: float = Field(default=0.0, ge=0)
     """Fixed time per transformer layer per pass (launches, small kernels), seconds."""

@@ -1,4 +1,5 @@
-"""Loading specs from preset names, meshplan TOML/JSON files and Hugging Face config.json.
+"""Loading specs from preset names, meshplan TOML/JSON files and Hugging Face config.json,
+and the calibration file whose fitted factors the cluster presets get (`load_calibration`).
 
 Everything funnels through `_validate`, so an unknown key or a wrong type is one
 `MeshplanError` naming the file, the field and the value.
@@ -74,28 +75,56 @@ def load_model(ref: str | Path | Model) -> Model:
     return _validate(Model, read_file(PRESETS / "models" / f"{ref_s}.toml"), f"preset {ref_s}")
 
 
-def load_cluster(ref: str | Path | Cluster) -> Cluster:
-    """A Cluster from a preset name or a meshplan cluster file (TOML or JSON)."""
+CALIBRATION_FILE = PRESETS / "calibration.toml"
+"""Factors fitted by `meshplan calibrate` for the cluster presets, one table per preset."""
+
+CalibrationRef = str | Path | None
+"""Where fitted factors come from: a calibration file (default: the shipped one), or None /
+"none" for the raw efficiency curves of the cluster files."""
+
+_FITTED_KEYS = {"gemm_scale", "attention_scale", "kernel_overhead", "pp_overlap", "source"}
+
+
+def load_calibration(ref: CalibrationRef = CALIBRATION_FILE) -> dict[str, dict[str, Any]]:
+    """Fitted factors per cluster preset name from a calibration file ({} for None/"none")."""
+    if ref is None or str(ref) == "none":
+        return {}
+    path = Path(ref)
+    if path == CALIBRATION_FILE and not path.is_file():
+        return {}
+    data = read_file(path)
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise MeshplanError(f"{path}: [{name}] must be a table of fitted factors")
+        unknown = sorted(set(table) - _FITTED_KEYS)
+        if unknown:
+            raise MeshplanError(f"{path}: [{name}] unknown key {unknown[0]!r}; known: "
+                                f"{', '.join(sorted(_FITTED_KEYS))}")
+    return data
+
+
+def load_cluster(ref: str | Path | Cluster,
+                 calibration: CalibrationRef = CALIBRATION_FILE) -> Cluster:
+    """A Cluster from a preset name or a meshplan cluster file (TOML or JSON).
+
+    A preset gets the fitted factors of its name from `calibration` (a file in the format of
+    `presets/calibration.toml`; None or "none": no factors). A cluster file is taken as
+    written, but a given calibration file is still read, so a bad one is always an error.
+    """
     if isinstance(ref, Cluster):
         return ref
+    fitted = load_calibration(calibration)
     ref_s = str(ref)
     if isinstance(ref, Path) or _looks_like_path(ref_s) or Path(ref_s).is_file():
         return _validate(Cluster, read_file(Path(ref_s)), ref_s)
     if ref_s not in preset_names("clusters"):
         raise unknown_name("cluster", ref_s, preset_names("clusters"))
     data = read_file(PRESETS / "clusters" / f"{ref_s}.toml")
-    return _validate(Cluster, with_calibration(data, ref_s), f"preset {ref_s}")
+    return _validate(Cluster, with_calibration(data, fitted.get(ref_s)), f"preset {ref_s}")
 
 
-CALIBRATION_FILE = PRESETS / "calibration.toml"
-"""Factors fitted by `meshplan calibrate` for the cluster presets, one table per preset."""
-
-
-def with_calibration(data: dict[str, Any], name: str) -> dict[str, Any]:
-    """A preset's data with its fitted factors (`presets/calibration.toml`) merged in."""
-    if not CALIBRATION_FILE.is_file():
-        return data
-    fitted = read_file(CALIBRATION_FILE).get(name)
+def with_calibration(data: dict[str, Any], fitted: dict[str, Any] | None) -> dict[str, Any]:
+    """A preset's data with its fitted factors (one table of a calibration file) merged in."""
     if not fitted:
         return data
     fitted = dict(fitted)
@@ -106,8 +135,3 @@ def with_calibration(data: dict[str, Any], name: str) -> dict[str, Any]:
         out["overlap"] = {**data.get("overlap", {}), "pp": fitted.pop("pp_overlap")}
     out["calibration"] = {**data.get("calibration", {}), **fitted}
     return out
-
-
-def dump_spec(spec: Spec) -> dict[str, Any]:
-    """A spec as a plain dict that `load_*` accepts back (None values dropped, for TOML)."""
-    return spec.model_dump(mode="json", exclude_none=True)

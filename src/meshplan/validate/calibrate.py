@@ -183,7 +183,8 @@ def calibrate(rows: Iterable[dict[str, Any]], leave_one_source_out: bool = True,
 
 
 def calibration_toml(result: FitResult, source: str) -> str:
-    """The `presets/calibration.toml` text for fitted factors."""
+    """A calibration file's text for fitted factors (the format of presets/calibration.toml,
+    which `--calibration FILE` reads)."""
     lines = ["# Efficiency factors fitted by `meshplan calibrate` "
              "(meshplan/validate/calibrate.py).",
              f"# Data: {source}. Do not edit by hand: rerun the command.", ""]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from meshplan.specs.cluster import Cluster
-from meshplan.specs.io import load_cluster
+from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster
 
 GIB = 1024**3
 
@@ -58,8 +59,16 @@ LINKS: tuple[tuple[str, str, str], ...] = (
 
 
 @cache
-def _preset(name: str) -> Cluster:
-    return load_cluster(name)
+def _preset(name: str, calibration: str | None, mtime_ns: int) -> Cluster:
+    return load_cluster(name, calibration)
+
+
+def _preset_for(name: str, calibration: CalibrationRef) -> Cluster:
+    """The preset with its factors from `calibration`, cached per file version."""
+    if calibration is None or str(calibration) == "none":
+        return _preset(name, None, 0)
+    path = Path(calibration)
+    return _preset(name, str(path), path.stat().st_mtime_ns if path.is_file() else 0)
 
 
 def gpu_rule(gpu_type: str) -> GpuRule | None:
@@ -84,15 +93,18 @@ def inter_node_gbps_per_gpu(text: str, gpus_per_node: int) -> tuple[float | None
     return None, ""
 
 
-def build_cluster(row: dict[str, Any]) -> tuple[Cluster, str, list[str]] | str:
-    """(cluster, accelerator label, notes) for a row, or the reason it cannot be built."""
+def build_cluster(row: dict[str, Any], calibration: CalibrationRef = CALIBRATION_FILE
+                  ) -> tuple[Cluster, str, list[str]] | str:
+    """(cluster, accelerator label, notes) for a row, or the reason it cannot be built.
+
+    The preset gets its fitted factors from `calibration` (as in `specs.io.load_cluster`)."""
     gpu_type = row["gpu_type"] or ""
     rule = gpu_rule(gpu_type)
     if rule is None:
         return f"unknown hardware {gpu_type!r}"
     if rule.preset is None:
         return rule.why
-    cluster = _preset(rule.preset)
+    cluster = _preset_for(rule.preset, calibration)
     notes = list(rule.notes)
     acc = cluster.accelerator
     preset_gb = round(acc.memory_bytes / GIB)

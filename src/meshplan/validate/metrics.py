@@ -24,7 +24,6 @@ from meshplan.validate.rows import Case
 
 METRICS = ("iteration_time_s", "tokens_per_sec_per_gpu", "tokens_per_sec_total",
            "samples_per_sec_per_gpu", "tflops_per_gpu", "mfu", "hfu")
-FLOP_METRICS = ("tflops_per_gpu", "mfu", "hfu")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 
 from meshplan.api import estimate
 from meshplan.errors import MeshplanError, unknown_name
+from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef
 from meshplan.validate.metrics import Comparison, compare, pick_metric
 from meshplan.validate.rows import Case, Skip, build_case
 
@@ -65,6 +66,7 @@ def _ranks(v: np.ndarray) -> np.ndarray:
 
 
 def stats(errors: Iterable[float]) -> dict[str, Any]:
+    """Count, median and p90 of |error|, and the mean error (bias); None where empty."""
     e = np.asarray(list(errors), dtype=float)
     if not len(e):
         return {"count": 0, "median_abs_error": None, "p90_abs_error": None, "bias": None}
@@ -86,16 +88,17 @@ def _row_json(case: Case, cmp: Comparison, fits: bool) -> dict[str, Any]:
     }
 
 
-def validate_row(row: dict[str, Any], simulate: bool = True
+def validate_row(row: dict[str, Any], simulate: bool = True,
+                 calibration: CalibrationRef = CALIBRATION_FILE
                  ) -> tuple[dict[str, Any], tuple[float, float]] | Skip:
     """One run: (row JSON, (measured, predicted) tokens/s per GPU) or a Skip.
 
     `simulate` as in `meshplan.estimate`: the pipeline part from the event simulation
-    (default) or from the closed form (faster)."""
+    (default) or from the closed form (faster); `calibration` as in `specs.io.load_cluster`."""
     metric = pick_metric(row)
     if metric is None:
         return Skip(row["id"], "no measured throughput, time or utilisation figure")
-    case = build_case(row)
+    case = build_case(row, calibration)
     if isinstance(case, Skip):
         return case
     try:
@@ -120,13 +123,14 @@ def select(rows: list[dict[str, Any]], source: str | None = None,
     return rows
 
 
-def validate(rows: list[dict[str, Any]], simulate: bool = True) -> dict[str, Any]:
+def validate(rows: list[dict[str, Any]], simulate: bool = True,
+             calibration: CalibrationRef = CALIBRATION_FILE) -> dict[str, Any]:
     """Validate runs (already loaded and filtered): rows, skipped and summary."""
     out_rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     throughput: dict[str, tuple[float, float]] = {}
     for row in rows:
-        result = validate_row(row, simulate)
+        result = validate_row(row, simulate, calibration)
         if isinstance(result, Skip):
             skipped.append({"id": result.id, "reason": result.reason})
             continue

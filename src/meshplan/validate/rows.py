@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.specs.cluster import Cluster
+from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import Plan
@@ -126,10 +127,10 @@ def gradient_bytes(row: dict[str, Any], notes: list[str]) -> Literal[2, 4]:
     return 4
 
 
-def _build(row: dict[str, Any]) -> Case | Skip:
+def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
     notes: list[str] = []
     need(row, *REQUIRED)  # name every missing field at once
-    hw = build_cluster(row)
+    hw = build_cluster(row, calibration)
     if isinstance(hw, str):
         return Skip(row["id"], hw)
     cluster, gpu, hw_notes = hw
@@ -181,10 +182,12 @@ def _build(row: dict[str, Any]) -> Case | Skip:
                 notes + hw_notes)
 
 
-def build_case(row: dict[str, Any]) -> Case | Skip:
-    """Rebuild one run, or say in one line why it cannot be rebuilt."""
+def build_case(row: dict[str, Any], calibration: CalibrationRef = CALIBRATION_FILE
+               ) -> Case | Skip:
+    """Rebuild one run (its preset calibrated from `calibration`), or say in one line why it
+    cannot be rebuilt."""
     try:
-        return _build(row)
+        return _build(row, calibration)
     except Unbuildable as why:
         return Skip(row["id"], str(why))
     except ValidationError as err:

@@ -1,0 +1,49 @@
+"""Predict one plan: `estimate` (analytic, pipeline simulated) and `simulate` (the event
+simulation itself, with its timeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshplan.analytic import analytic_estimate
+from meshplan.estimate import Estimate, with_budget
+from meshplan.sim.plan import Simulation, simulate_estimate, simulate_plan
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, load_model
+from meshplan.specs.job import Job
+from meshplan.specs.model import Model
+from meshplan.specs.plan import Plan
+
+ModelRef = str | Path | Model
+ClusterRef = str | Path | Cluster
+
+__all__ = ["ClusterRef", "ModelRef", "Simulation", "estimate", "simulate"]
+
+
+def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
+             num_gpus: int | None = None, simulate: bool = True,
+             calibration: CalibrationRef = CALIBRATION_FILE) -> Estimate:
+    """Predict step time, throughput and memory of one plan (raises MeshplanError if illegal).
+
+    `num_gpus`, when given, must equal the plan's dp * tp * pp * cp. With `simulate` (the
+    default) the pipeline part comes from the event simulation of the plan's schedule;
+    otherwise from the closed form.
+    """
+    cluster = load_cluster(cluster, calibration)
+    analytic, costs = analytic_estimate(load_model(model), cluster, job, plan, num_gpus)
+    if simulate and plan.pp > 1:
+        analytic = simulate_estimate(analytic, costs, 0, cluster).estimate
+    return with_budget(analytic, job.token_budget)
+
+
+def simulate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
+             num_gpus: int | None = None, trace: bool = False,
+             calibration: CalibrationRef = CALIBRATION_FILE) -> Simulation:
+    """Simulate the plan's schedule event by event (a single-stage plan too).
+
+    The `Simulation` holds the simulated `estimate`, the engine's `result` (per-rank
+    timeline, with the events kept for `meshplan.sim.trace.write_trace` when `trace`), the
+    `schedule` and the per-stage `costs`.
+    """
+    return simulate_plan(load_model(model), load_cluster(cluster, calibration), job, plan,
+                         num_gpus, trace=trace)
