@@ -3,16 +3,21 @@ export target can express."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from meshplan.api.predict import ClusterRef, ModelRef
+from meshplan.cost.params import count_params
+from meshplan.cost.train.memory import WEIGHT_BYTES
 from meshplan.errors import MeshplanError, unknown_name
 from meshplan.estimate import Estimate
+from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, load_model
 from meshplan.specs.job import Job
+from meshplan.specs.model import Model
 
-EXPORT_POOL = 5000
-"""With an export target, how far down the ranking to look for plans it can express."""
+MAX_TOP = 1000
+"""Most plans one search returns."""
 
 
 @dataclass(frozen=True)
@@ -43,14 +48,12 @@ class PlanResult:
     """With an export target: the better-ranked plans it cannot express."""
     config: str | None = None
     """With an export target: the configuration of the best plan it can express."""
+    full: list[Estimate] = field(default_factory=list)
+    """With an export target: the best plans of the whole space, expressible or not."""
 
     def ranking(self, top: int) -> list[Estimate]:
         """The first `top` plans of the full ranking, expressible or not."""
-        if self.export_target is None:
-            return self.plans[:top]
-        merged = sorted([(r, e) for r, e in zip(self.ranks, self.plans, strict=True)]
-                        + [(s.rank, s.estimate) for s in self.skipped], key=lambda x: x[0])
-        return [e for _, e in merged[:top]]
+        return (self.plans if self.export_target is None else self.full)[:top]
 
 
 def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int = 10,
@@ -58,42 +61,61 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
          calibration: CalibrationRef = CALIBRATION_FILE) -> PlanResult:
     """Search every legal plan and return the `top` fastest that fit, best first.
 
-    The best `max(top, simulate_top)` pipelined candidates are re-ranked with the event
-    simulator (0: closed form only). With `export_target` (megatron, torchtitan, deepspeed),
-    the plans are the best the target can express, looked for among the best `EXPORT_POOL`;
-    `skipped` lists the better-ranked ones it refused, with the reason, and `config` holds
-    the configuration of the best one.
+    The best `max(top, simulate_top)` pipelined candidates (at most `MAX_SIMULATED`) are
+    re-ranked with the event simulator (0: closed form only). With `export_target`
+    (megatron, torchtitan, deepspeed) the space is first filtered to the plans the target can
+    express (its refusals, vectorised), so the plans are the best it can express; `skipped`
+    lists the better-ranked ones of the full ranking it refused, with the reason, and
+    `config` holds the configuration of the best one.
     """
-    from meshplan.export.api import TARGETS, export
-    from meshplan.search.rank import search
+    from meshplan.export.api import TARGETS, export, expressible_mask, refusal
+    from meshplan.search.rank import best_plans, rank_space
 
     if num_gpus <= 0:
         raise MeshplanError(f"num_gpus={num_gpus}: must be a positive integer")
-    if top <= 0:
-        raise MeshplanError(f"top={top}: must be a positive integer")
+    if not 0 < top <= MAX_TOP:
+        raise MeshplanError(f"top={top}: must be between 1 and {MAX_TOP} (the ranking below "
+                            "is noise at that depth; narrow the space instead)")
     if simulate_top < 0:
         raise MeshplanError(f"simulate_top={simulate_top}: must be 0 or more")
     if export_target is not None and export_target not in TARGETS:
         raise unknown_name("export target", export_target, TARGETS)
     model, cluster = load_model(model), load_cluster(cluster, calibration)
-    pool = top if export_target is None else max(top, EXPORT_POOL)
-    found = search(model, cluster, job, num_gpus, top=pool, include_unfit=include_unfit,
-                   simulate_top=simulate_top)
-    stats = {"evaluated": found.evaluated, "generated": found.generated,
-             "num_fitting": found.num_fitting, "search_seconds": found.search_seconds}
+    check_weights_fit(model, cluster, num_gpus)
+    space = rank_space(model, cluster, job, num_gpus, include_unfit=include_unfit)
+    full = best_plans(space, cluster, job, top, include_unfit, simulate_top)
+    stats = {"evaluated": len(space.plans), "generated": space.generated,
+             "num_fitting": space.num_fitting}
     if export_target is None:
-        return PlanResult(found.plans, **stats)
-    plans, ranks, skipped, config = [], [], [], None
-    for rank, e in enumerate(found.plans, 1):
-        try:
-            text = export(e, export_target, model=model, job=job, cluster=cluster)
-        except MeshplanError as err:
-            skipped.append(Refusal(rank, e, str(err)))
-            continue
-        config = config if config is not None else text
-        plans.append(e)
-        ranks.append(rank)
-        if len(plans) == top:
-            break
-    return PlanResult(plans, **stats, export_target=export_target, ranks=ranks,
-                      skipped=skipped, config=config)
+        return PlanResult(full, **stats, search_seconds=time.perf_counter() - space.start)
+    keep = expressible_mask(export_target, model, job, space.plans)
+    plans = best_plans(space, cluster, job, top, include_unfit, simulate_top, keep=keep)
+    ranks = _ranks(plans, full)
+    last = ranks[-1] if ranks else len(full) + 1
+    skipped = [Refusal(rank, e, str(why)) for rank, e in enumerate(full, 1)
+               if rank < last and (why := refusal(export_target, model, job, e.plan))]
+    config = export(plans[0], export_target, model=model, job=job, cluster=cluster) \
+        if plans else None
+    return PlanResult(plans, **stats, search_seconds=time.perf_counter() - space.start,
+                      export_target=export_target, ranks=ranks, skipped=skipped,
+                      config=config, full=full)
+
+
+def _ranks(plans: list[Estimate], full: list[Estimate]) -> list[int]:
+    """1-based position of each plan in the full ranking; plans below its shown part follow
+    it in their own order."""
+    position = {e.plan.model_dump_json(): r for r, e in enumerate(full, 1)}
+    beyond = iter(range(len(full) + 1, len(full) + 1 + len(plans)))
+    return sorted(position.get(e.plan.model_dump_json()) or next(beyond) for e in plans)
+
+
+def check_weights_fit(model: Model, cluster: Cluster, num_gpus: int) -> None:
+    """Refuse a search no plan can pass: the bf16 weights alone, spread over every GPU (the
+    most any sharding achieves), must fit in one GPU's memory."""
+    per_gpu = WEIGHT_BYTES * count_params(model).total / num_gpus
+    capacity = cluster.accelerator.memory_bytes
+    if per_gpu > capacity:
+        raise MeshplanError(
+            f"num_gpus={num_gpus}: no plan can fit {model.name}: its weights alone need "
+            f"{per_gpu / 2**30:,.1f} GiB per GPU even fully sharded over {num_gpus} GPUs, "
+            f"and a {cluster.accelerator.name} has {capacity / 2**30:,.1f} GiB")

@@ -117,8 +117,8 @@ def _export_best(result: api.PlanResult, out: Path | None) -> None:
     first = (f"#{skipped[0].rank} ({skipped[0].estimate.plan.describe()}): {skipped[0].reason}"
              if skipped else None)
     if not result.plans:
-        raise MeshplanError(f"--export={target}: none of the {len(skipped)} best plans can be "
-                            f"expressed; first refusal: {first}")
+        raise MeshplanError(f"--export={target}: it can express no plan of this space that "
+                            f"fits; first refusal: {first}")
     assert result.config is not None
     write(result.config, out)
     if result.ranks[0] > 1:

@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from meshplan.errors import unknown_name
+import numpy as np
+
+from meshplan.errors import MeshplanError, unknown_name
 from meshplan.estimate import Estimate
 from meshplan.export import deepspeed, megatron, torchtitan
+from meshplan.export._common import Refusal, expressible, first_refusal
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import load_cluster, load_model
 from meshplan.specs.job import Job
@@ -28,6 +31,15 @@ TARGETS: dict[str, Render] = {
     "deepspeed": deepspeed.render,
 }
 """Target name -> renderer: Megatron-LM launch script, torchtitan TOML, DeepSpeed JSON."""
+
+REFUSALS: dict[str, tuple[Refusal, ...]] = {
+    "megatron": megatron.REFUSALS,
+    "torchtitan": torchtitan.REFUSALS,
+    "deepspeed": deepspeed.REFUSALS,
+}
+"""Target name -> what it cannot express (vectorised, see `_common.Refusal`)."""
+ENGINES = {"megatron": megatron.ENGINE, "torchtitan": torchtitan.ENGINE,
+           "deepspeed": deepspeed.ENGINE}
 
 SUFFIXES = {"megatron": ".sh", "torchtitan": ".toml", "deepspeed": ".json"}
 """The file suffix each target's text is meant for."""
@@ -48,3 +60,13 @@ def export(estimate_or_plan: Estimate | Plan, target: str, *, model: str | Path 
     cluster = None if cluster is None else load_cluster(cluster)
     check_plan(model, job, plan.num_gpus, PlanArrays.from_plans([plan]))
     return TARGETS[target](model, job, plan, cluster)
+
+
+def expressible_mask(target: str, model: Model, job: Job, P: PlanArrays) -> np.ndarray:
+    """True for the plans of `P` the target can express (the refusals `export` applies)."""
+    return expressible(REFUSALS[target], model, job, P)
+
+
+def refusal(target: str, model: Model, job: Job, plan: Plan) -> MeshplanError | None:
+    """Why the target cannot express `plan` (one line), or None when it can."""
+    return first_refusal(ENGINES[target], REFUSALS[target], model, job, plan)

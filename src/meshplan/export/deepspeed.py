@@ -16,16 +16,21 @@ from typing import Any
 
 from meshplan.export._common import (
     DEFAULT_AXIS_ORDER,
-    engine_schedule,
+    Refusal,
+    check,
+    constant,
+    field_value,
     header,
-    match_order,
     microbatches,
-    refuse,
+    order_refusal,
+    schedule_refusals,
+    uneven,
+    uneven_value,
 )
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
-from meshplan.specs.plan import Plan
+from meshplan.specs.plan import RECOMPUTE, Plan
 
 ENGINE = "DeepSpeed 0.19"
 SOURCE = "DeepSpeed 0.19.8 deepspeed/runtime/config.py"
@@ -35,7 +40,7 @@ BUCKET_BYTES = 500_000_000
 
 def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -> str:
     """The JSON config; `_meshplan` (ignored by DeepSpeed) carries the plan and the caveats."""
-    _check(model, job, plan)
+    check(ENGINE, REFUSALS, model, job, plan)
     config: dict[str, Any] = {
         "_meshplan": {"header": header(ENGINE, SOURCE, model, job, plan),
                       "notes": _notes(plan)},
@@ -60,59 +65,46 @@ def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -
     return json.dumps(config, indent=2) + "\n"
 
 
-def _check(model: Model, job: Job, plan: Plan) -> None:
-    """Refuse what a DeepSpeed config cannot express."""
-    match_order(plan, ENGINE, {DEFAULT_AXIS_ORDER: None})
-    if job.precision == "fp8":
-        raise refuse(ENGINE, "precision", "fp8", "has no FP8 GEMM setting in its config (FP8 "
-                     "lives in the model code, e.g. Transformer Engine)")
-    if plan.cp > 1:
-        raise refuse(ENGINE, "cp", plan.cp, "splits sequences with Ulysses all-to-all, not ring "
-                     "context parallelism")
-    if plan.tp > 1 and plan.sequence_parallel:
-        raise refuse(ENGINE, "sequence_parallel", True, "AutoTP has no Megatron-style sequence "
-                     "parallelism; plan with sequence_parallel=False (--no-sp)")
-    if plan.tp == 1 and plan.tp_comm_overlap:
-        raise refuse(ENGINE, "tp_comm_overlap", True, "overlaps only AutoTP's all-reduce, which "
-                     "needs tp > 1")
-    if plan.recompute == "selective":
-        raise refuse(ENGINE, "recompute", "selective", "checkpoints whole layers "
-                     "(deepspeed.checkpointing); it has no attention-only recompute")
-    if plan.zero_stage >= 1 and plan.dp_shard < plan.dp:
-        raise refuse(ENGINE, "dp_shard", plan.dp_shard, "shards ZeRO states over the whole "
-                     "data-parallel group (MiCS was removed; ZeRO++ hpZ shards only a weight "
-                     "copy)")
-    _check_experts(plan)
-    _check_pipeline(plan)
+_TP_OR_EP = "AutoTP/AutoEP shard Hugging Face models, while its pipeline engine runs a " \
+    "PipelineModule; use pp=1 or Megatron-LM"
 
-
-def _check_experts(plan: Plan) -> None:
-    """AutoEP (module_inject/auto_ep_folding.py)."""
-    if plan.ep > 1 and plan.etp != 1:
-        raise refuse(ENGINE, "etp", plan.etp, "AutoEP reserves expert tensor parallelism "
-                     "(expert_tensor_parallel_size must be 1)")
-    if plan.ep > 1 and plan.tp > 1 and plan.offload_optimizer:
-        raise refuse(ENGINE, "offload_optimizer", True, "does not validate ZeRO offload with "
-                     "AutoEP+AutoTP folding")
-
-
-def _check_pipeline(plan: Plan) -> None:
-    """The pipeline engine (runtime/pipe/engine.py): a PipelineModule, 1F1B, ZeRO <= 1."""
-    if plan.first_stage_layers or plan.last_stage_layers:
-        raise refuse(ENGINE, "first_stage_layers", plan.first_stage_layers or
-                     plan.last_stage_layers, "partitions layers inside PipelineModule "
-                     "(partition_method), which this config cannot set")
+REFUSALS: tuple[Refusal, ...] = (
+    order_refusal({DEFAULT_AXIS_ORDER: None}),
+    Refusal("precision", lambda M, J, P: J.precision == "fp8", constant("fp8"),
+            "has no FP8 GEMM setting in its config (FP8 lives in the model code, e.g. "
+            "Transformer Engine)"),
+    Refusal("cp", lambda M, J, P: P.cp > 1, field_value("cp"),
+            "splits sequences with Ulysses all-to-all, not ring context parallelism"),
+    Refusal("sequence_parallel", lambda M, J, P: (P.tp > 1) & P.sp, constant(True),
+            "AutoTP has no Megatron-style sequence parallelism; plan with "
+            "sequence_parallel=False (--no-sp)"),
+    Refusal("tp_comm_overlap", lambda M, J, P: (P.tp == 1) & P.tp_overlap, constant(True),
+            "overlaps only AutoTP's all-reduce, which needs tp > 1"),
+    Refusal("recompute", lambda M, J, P: P.recompute == RECOMPUTE.index("selective"),
+            constant("selective"), "checkpoints whole layers (deepspeed.checkpointing); it "
+            "has no attention-only recompute"),
+    Refusal("dp_shard", lambda M, J, P: (P.zero >= 1) & (P.dp_shard < P.dp),
+            field_value("dp_shard"), "shards ZeRO states over the whole data-parallel group "
+            "(MiCS was removed; ZeRO++ hpZ shards only a weight copy)"),
+    # AutoEP (module_inject/auto_ep_folding.py).
+    Refusal("etp", lambda M, J, P: (P.ep > 1) & (P.etp != 1), field_value("etp"),
+            "AutoEP reserves expert tensor parallelism (expert_tensor_parallel_size must be 1)"),
+    Refusal("offload_optimizer", lambda M, J, P: (P.ep > 1) & (P.tp > 1) & P.offload,
+            constant(True), "does not validate ZeRO offload with AutoEP+AutoTP folding"),
+    # The pipeline engine (runtime/pipe/engine.py): a PipelineModule, 1F1B, ZeRO <= 1.
+    Refusal("first_stage_layers", lambda M, J, P: uneven(P), uneven_value,
+            "partitions layers inside PipelineModule (partition_method), which this config "
+            "cannot set"),
     # ScheduleSpec.deepspeed: runtime/pipe/schedule.py's TrainSchedule (1F1B) only.
-    if engine_schedule(plan, ENGINE, "deepspeed", "its pipeline engine has one schedule, "
-                       "TrainSchedule (runtime/pipe/schedule.py)") is None:
-        return
-    if plan.zero_stage >= 2:
-        raise refuse(ENGINE, "zero_stage", plan.zero_stage, "pipeline engine refuses ZeRO-2 "
-                     "and ZeRO-3 (\"incompatible with pipeline parallelism\")")
-    if plan.tp > 1 or plan.ep > 1:
-        field, value = ("tp", plan.tp) if plan.tp > 1 else ("ep", plan.ep)
-        raise refuse(ENGINE, field, value, "AutoTP/AutoEP shard Hugging Face models, while its "
-                     "pipeline engine runs a PipelineModule; use pp=1 or Megatron-LM")
+    *schedule_refusals("deepspeed", "its pipeline engine has one schedule, TrainSchedule "
+                       "(runtime/pipe/schedule.py)"),
+    Refusal("zero_stage", lambda M, J, P: (P.pp > 1) & (P.zero >= 2), field_value("zero"),
+            "pipeline engine refuses ZeRO-2 and ZeRO-3 (\"incompatible with pipeline "
+            "parallelism\")"),
+    Refusal("tp", lambda M, J, P: (P.pp > 1) & (P.tp > 1), field_value("tp"), _TP_OR_EP),
+    Refusal("ep", lambda M, J, P: (P.pp > 1) & (P.ep > 1), field_value("ep"), _TP_OR_EP),
+)
+"""What a DeepSpeed 0.19 config cannot express."""
 
 
 def _precision(job: Job) -> dict[str, Any]:

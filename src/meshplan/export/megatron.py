@@ -15,10 +15,15 @@ import shlex
 
 from meshplan.export._common import (
     DEFAULT_AXIS_ORDER,
+    Refusal,
+    check,
+    constant,
     engine_schedule,
+    field_value,
     header,
     match_order,
-    refuse,
+    order_refusal,
+    schedule_refusals,
 )
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
@@ -36,10 +41,50 @@ FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
 """Megatron-FSDP `--data-parallel-sharding-strategy` for ZeRO-2 and ZeRO-3."""
 
 Flag = tuple[str, str | None]
+POSITIONS = {"rope": "rope", "learned": "learned_absolute"}
+MLPS = {"swiglu": [("--swiglu", None)], "gelu": []}
+"""--swiglu, or gelu (the default)."""
+
+
+def _uneven_not_whole(name: str) -> Refusal:
+    column = {"first_stage_layers": "first_layers", "last_stage_layers": "last_layers"}[name]
+    return Refusal(name, lambda M, J, P: (P.pp > 1) & (getattr(P, column) % P.vpp > 0),
+                   field_value(column), lambda M, J, P, i: f"needs whole layers in each of "
+                   f"the {int(P.vpp[i])} virtual stages of a rank")
+
+
+REFUSALS: tuple[Refusal, ...] = (
+    # ScheduleSpec.megatron: forward_backward_pipelining_{without,with}_interleaving
+    # (core/pipeline_parallel/schedules.py). Uneven splits: TransformerConfig's
+    # num_layers_in_first/last_pipeline_stage, whole layers per virtual stage.
+    *schedule_refusals("megatron", "core/pipeline_parallel/schedules.py; export to "
+                       "torchtitan for the other schedules"),
+    _uneven_not_whole("first_stage_layers"),
+    _uneven_not_whole("last_stage_layers"),
+    order_refusal(ORDERS),
+    Refusal("tp_comm_overlap", lambda M, J, P: P.tp_overlap & ~((P.tp > 1) & P.sp),
+            constant(True), "overlaps TP communication only with tp > 1 and sequence "
+            "parallelism"),
+    Refusal("mlp_type", lambda M, J, P: M.mlp_type not in MLPS,
+            lambda M, J, P, i: M.mlp_type,
+            "builds swiglu or gelu MLPs (--swiglu; gelu is the default), not geglu or relu"),
+    Refusal("position_embedding", lambda M, J, P: M.position_embedding not in POSITIONS,
+            lambda M, J, P, i: M.position_embedding,
+            "supports rope and learned position embeddings, not alibi"),
+    Refusal("ep", lambda M, J, P: M.is_moe & (P.ep > 1) & (J.precision == "fp16"),
+            field_value("ep"), "supports expert parallelism only with bf16 or fp8"),
+    Refusal("zero_stage", lambda M, J, P: (P.zero >= 2) & (P.pp > 1), field_value("zero"),
+            "shards gradients and weights only with Megatron-FSDP, which supports TP, EP and "
+            "CP but not pp > 1"),
+    Refusal("offload_optimizer", lambda M, J, P: P.offload & (P.zero != 1), constant(True),
+            "offloads the optimizer with its distributed optimizer (zero_stage 1)"),
+)
+"""What a Megatron-LM launch cannot express (megatron/training/arguments.py validate_args)."""
 
 
 def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -> str:
     """The launch script: header comments, torchrun line, one `--flag value` per line."""
+    check(ENGINE, REFUSALS, model, job, plan)
     flags = [*_parallel(plan), *_batch(job, plan), *_shape(model, job, plan),
              *_moe(model, job, plan), *_mla(model), *_precision(job), *_recompute(plan),
              *_data_parallel(plan)]
@@ -62,27 +107,15 @@ def _parallel(plan: Plan) -> list[Flag]:
     if order_flag:
         flags.append((order_flag, None))
     if plan.tp_comm_overlap:
-        if not (plan.tp > 1 and plan.sequence_parallel):
-            raise refuse(ENGINE, "tp_comm_overlap", True,
-                         "overlaps TP communication only with tp > 1 and sequence parallelism")
         flags.append(("--tp-comm-overlap", None))
     return flags
 
 
 def _schedule(plan: Plan) -> list[Flag]:
-    # ScheduleSpec.megatron: forward_backward_pipelining_{without,with}_interleaving
-    # (core/pipeline_parallel/schedules.py).
-    if engine_schedule(plan, ENGINE, "megatron", "core/pipeline_parallel/schedules.py; "
-                       "export to torchtitan for the other schedules") is None:
+    if engine_schedule(plan, "megatron") is None:
         return []
     v = plan.vpp
     flags: list[Flag] = [("--num-virtual-stages-per-pipeline-rank", str(v))] if v > 1 else []
-    # Uneven split: Megatron-Core's TransformerConfig.num_layers_in_first/last_pipeline_stage.
-    for name, n in (("first_stage_layers", plan.first_stage_layers),
-                    ("last_stage_layers", plan.last_stage_layers)):
-        if n and n % v:
-            raise refuse(ENGINE, name, n, f"needs whole layers in each of the {v} virtual "
-                                          "stages of a rank")
     if plan.first_stage_layers:
         flags.append(("--decoder-first-pipeline-num-layers", str(plan.first_stage_layers)))
     if plan.last_stage_layers:
@@ -118,22 +151,13 @@ def _shape(model: Model, job: Job, plan: Plan) -> list[Flag]:
 
 
 def _activation(model: Model) -> list[Flag]:
-    if model.mlp_type == "swiglu":
-        return [("--swiglu", None)]
-    if model.mlp_type == "gelu":
-        return []
-    raise refuse(ENGINE, "mlp_type", model.mlp_type,
-                 "builds swiglu or gelu MLPs (--swiglu; gelu is the default), not geglu or relu")
+    return list(MLPS[model.mlp_type])
 
 
 def _layout(model: Model) -> list[Flag]:
     """Position embedding, norm, biases, embeddings tying and dropout."""
-    positions = {"rope": "rope", "learned": "learned_absolute"}
-    if model.position_embedding not in positions:
-        raise refuse(ENGINE, "position_embedding", model.position_embedding,
-                     "supports rope and learned position embeddings, not alibi")
     norm = "RMSNorm" if model.norm == "rmsnorm" else "LayerNorm"
-    flags: list[Flag] = [("--position-embedding-type", positions[model.position_embedding]),
+    flags: list[Flag] = [("--position-embedding-type", POSITIONS[model.position_embedding]),
                          ("--normalization", norm)]
     if model.qk_norm:
         flags.append(("--qk-layernorm", None))
@@ -151,8 +175,6 @@ def _moe(model: Model, job: Job, plan: Plan) -> list[Flag]:
     if model.moe is None:
         return []
     moe = model.moe
-    if plan.ep > 1 and job.precision == "fp16":
-        raise refuse(ENGINE, "ep", plan.ep, "supports expert parallelism only with bf16 or fp8")
     flags: list[Flag] = [("--num-experts", str(moe.num_experts)),
                          ("--moe-router-topk", str(moe.top_k)),
                          ("--moe-ffn-hidden-size", str(moe.expert_ffn_hidden_size))]
@@ -218,9 +240,6 @@ def _data_parallel(plan: Plan) -> list[Flag]:
     if z == 1:
         flags.append(("--use-distributed-optimizer", None))
     elif z >= 2:
-        if plan.pp > 1:
-            raise refuse(ENGINE, "zero_stage", z, "shards gradients and weights only with "
-                         "Megatron-FSDP, which supports TP, EP and CP but not pp > 1")
         flags += [("--use-megatron-fsdp", None),
                   ("--data-parallel-sharding-strategy", FSDP_STRATEGY[z]),
                   ("--use-distributed-optimizer", None),
@@ -230,9 +249,6 @@ def _data_parallel(plan: Plan) -> list[Flag]:
         flags.append(("--num-distributed-optimizer-instances",
                       str(plan.dp // plan.dp_shard)))
     if plan.offload_optimizer:
-        if z != 1:
-            raise refuse(ENGINE, "offload_optimizer", True,
-                         "offloads the optimizer with its distributed optimizer (zero_stage 1)")
         flags += [("--optimizer-cpu-offload", None), ("--use-precision-aware-optimizer", None)]
     if plan.overlap_grad_reduce:
         flags.append(("--overlap-grad-reduce", None))

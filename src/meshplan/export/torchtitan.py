@@ -13,16 +13,22 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
 import tomli_w
 
 from meshplan.export._common import (
     DEFAULT_AXIS_ORDER,
-    engine_schedule,
+    Refusal,
+    check,
+    constant,
+    field_value,
     header,
-    match_order,
-    refuse,
+    order_refusal,
+    schedule_refusals,
+    uneven,
+    uneven_value,
 )
-from meshplan.schedules.registry import schedule_spec
+from meshplan.schedules.registry import SCHEDULE_SPECS, schedule_spec
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
@@ -108,21 +114,12 @@ def model_shape(model: Model) -> tuple[Any, ...]:
             model.qk_norm, moe, mla)
 
 
-def find_flavor(model: Model) -> Flavor:
-    """The registered flavor with exactly this shape; torchtitan's TOML cannot carry a shape."""
-    shape = model_shape(model)
-    for flavor in FLAVORS:
-        if flavor.shape == shape:
-            return flavor
-    known = ", ".join(f"{f.name}/{f.flavor}" for f in FLAVORS)
-    raise refuse(ENGINE, "model", model.name, "builds only its registered flavors "
-                 f"({known}) and a TOML job config cannot carry other shapes")
-
-
 def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -> str:
     """The TOML job config, opened by comment lines that name the plan and any caveats."""
-    flavor = find_flavor(model)
-    notes = _check(model, job, plan, flavor)
+    check(ENGINE, REFUSALS, model, job, plan)
+    flavor = _flavor(model)
+    assert flavor is not None
+    notes = _notes(plan)
     config: dict[str, Any] = {
         "job": {"description": f"meshplan: {model.name} {plan.describe()}"},
         "model": _model(job, flavor),
@@ -141,46 +138,78 @@ def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -
     return "".join(f"# {line}\n" for line in lines) + "\n" + tomli_w.dumps(config)
 
 
-def _check(model: Model, job: Job, plan: Plan, flavor: Flavor) -> list[str]:
-    """Refuse what torchtitan cannot run as planned; return caveats worth a comment."""
-    match_order(plan, ENGINE, {DEFAULT_AXIS_ORDER: None})
-    if job.precision == "fp16":
-        raise refuse(ENGINE, "precision", "fp16", "trains in bfloat16 or float32 "
-                     "(training.mixed_precision_param), plus float8 GEMMs for fp8")
-    if job.grad_bytes == 2:
-        raise refuse(ENGINE, "grad_bytes", 2, "reduces gradients in float32 only "
-                     "(training.mixed_precision_reduce)")
-    if plan.tp > 1 and not plan.sequence_parallel:
-        raise refuse(ENGINE, "sequence_parallel", False, "always applies sequence parallelism "
-                     "with tensor parallelism")
-    if plan.pp > 1 and not flavor.pipelining:
-        raise refuse(ENGINE, "pp", plan.pp, f"has no pipelining function for {flavor.name}")
-    if plan.cp > 1 and not flavor.sdpa:
-        raise refuse(ENGINE, "cp", plan.cp, f"context parallelism needs SDPA attention; "
-                     f"{flavor.name}/{flavor.flavor} uses flex attention")
-    if plan.ep > 1 and plan.etp not in (1, plan.tp):
-        raise refuse(ENGINE, "etp", plan.etp, "supports expert tensor parallelism of 1 "
-                     "or tp (parallel_dims.py)")
-    if (plan.dp_shard * plan.cp * plan.tp) % (plan.ep * plan.etp):
-        raise refuse(ENGINE, "ep", plan.ep, "carves experts out of dp_shard * cp * tp "
-                     f"= {plan.dp_shard * plan.cp * plan.tp} (parallel_dims.py)")
-    return _check_data_parallel(plan) + _check_schedule(plan)
+def _flavor(model: Model) -> Flavor | None:
+    """The registered flavor with exactly this shape (torchtitan's TOML cannot carry a shape),
+    or None."""
+    shape = model_shape(model)
+    return next((f for f in FLAVORS if f.shape == shape), None)
 
 
-def _check_data_parallel(plan: Plan) -> list[str]:
-    z = plan.zero_stage
-    if z == 1:
-        raise refuse(ENGINE, "zero_stage", 1, "shards with FSDP2 (zero_stage 3, or 2 with "
-                     "reshard_after_forward=never) or replicates with DDP (zero_stage 0); it "
-                     "has no optimizer-only sharding")
-    if z == 0 and plan.dp > 1 and max(plan.tp, plan.pp, plan.cp) > 1:
-        raise refuse(ENGINE, "zero_stage", 0, "runs DDP only without other parallelism "
-                     "(\"DDP has not supported > 1D parallelism\")")
-    if z == 0 and plan.cp > 1:
-        raise refuse(ENGINE, "zero_stage", 0, "always shards weights over the cp ranks "
-                     "with FSDP2 (parallel_dims.py)")
+def _flavor_lacks(model: Model, feature: str) -> bool:
+    flavor = _flavor(model)
+    return flavor is not None and not getattr(flavor, feature)
+
+
+def _named(model: Model, with_flavor: bool = False) -> str:
+    f = _flavor(model)
+    assert f is not None
+    return f"{f.name}/{f.flavor}" if with_flavor else f.name
+
+
+_MULTI_STAGE = [i for i, s in enumerate(SCHEDULE_SPECS) if s.takes_chunks]
+_KNOWN = ", ".join(f"{f.name}/{f.flavor}" for f in FLAVORS)
+
+REFUSALS: tuple[Refusal, ...] = (
+    Refusal("model", lambda M, J, P: _flavor(M) is None, lambda M, J, P, i: M.name,
+            f"builds only its registered flavors ({_KNOWN}) and a TOML job config cannot "
+            "carry other shapes"),
+    order_refusal({DEFAULT_AXIS_ORDER: None}),
+    Refusal("precision", lambda M, J, P: J.precision == "fp16", constant("fp16"),
+            "trains in bfloat16 or float32 (training.mixed_precision_param), plus float8 "
+            "GEMMs for fp8"),
+    Refusal("grad_bytes", lambda M, J, P: J.grad_bytes == 2, constant(2),
+            "reduces gradients in float32 only (training.mixed_precision_reduce)"),
+    Refusal("sequence_parallel", lambda M, J, P: (P.tp > 1) & ~P.sp, constant(False),
+            "always applies sequence parallelism with tensor parallelism"),
+    Refusal("pp", lambda M, J, P: (P.pp > 1) & _flavor_lacks(M, "pipelining"),
+            field_value("pp"),
+            lambda M, J, P, i: f"has no pipelining function for {_named(M)}"),
+    Refusal("cp", lambda M, J, P: (P.cp > 1) & _flavor_lacks(M, "sdpa"), field_value("cp"),
+            lambda M, J, P, i: f"context parallelism needs SDPA attention; {_named(M, True)} "
+            "uses flex attention"),
+    Refusal("etp", lambda M, J, P: (P.ep > 1) & (P.etp != 1) & (P.etp != P.tp),
+            field_value("etp"), "supports expert tensor parallelism of 1 or tp "
+            "(parallel_dims.py)"),
+    Refusal("ep", lambda M, J, P: (P.dp_shard * P.cp * P.tp) % (P.ep * P.etp) > 0,
+            field_value("ep"), lambda M, J, P, i: "carves experts out of dp_shard * cp * tp "
+            f"= {int(P.dp_shard[i] * P.cp[i] * P.tp[i])} (parallel_dims.py)"),
+    Refusal("zero_stage", lambda M, J, P: P.zero == 1, constant(1),
+            "shards with FSDP2 (zero_stage 3, or 2 with reshard_after_forward=never) or "
+            "replicates with DDP (zero_stage 0); it has no optimizer-only sharding"),
+    Refusal("zero_stage", lambda M, J, P: (P.zero == 0) & (P.dp > 1)
+            & (np.maximum(np.maximum(P.tp, P.pp), P.cp) > 1), constant(0),
+            "runs DDP only without other parallelism (\"DDP has not supported > 1D "
+            "parallelism\")"),
+    Refusal("zero_stage", lambda M, J, P: (P.zero == 0) & (P.cp > 1), constant(0),
+            "always shards weights over the cp ranks with FSDP2 (parallel_dims.py)"),
+    Refusal("first_stage_layers", lambda M, J, P: uneven(P), uneven_value,
+            "splits layers by equal stages with a count of 'less layers' on the ends, not by "
+            "explicit end-rank layer counts; export to Megatron-LM or use an even split"),
+    # ScheduleSpec.torchtitan: torch's class names (pipelining.schedules.get_schedule_class).
+    *schedule_refusals("torchtitan", "InterleavedZeroBubble (zb-h1) needs >= 2 stages per "
+                       "rank and torch has no ZB-H2"),
+    Refusal("vpp", lambda M, J, P: (P.pp > 1) & np.isin(P.schedule, _MULTI_STAGE) & (P.vpp < 2),
+            field_value("vpp"), lambda M, J, P, i: f"runs "
+            f"{SCHEDULE_SPECS[int(P.schedule[i])].torchtitan}, a multi-stage schedule, with "
+            ">= 2 stages per rank only (distributed/pipeline_parallel.py)"),
+)
+"""What torchtitan 0.2.2 cannot run as planned (parallel_dims.py, pipeline_parallel.py)."""
+
+
+def _notes(plan: Plan) -> list[str]:
+    """Caveats worth a comment: where torchtitan runs its nearest equivalent."""
     notes = []
-    if z == 2:
+    if plan.zero_stage == 2:
         notes.append("zero_stage 2 -> FSDP2 with reshard_after_forward=never (ZeRO-2-like: "
                      "weights stay gathered between forward and backward)")
     if plan.offload_optimizer:
@@ -190,21 +219,6 @@ def _check_data_parallel(plan: Plan) -> list[str]:
         notes.append("recompute selective -> op-level SAC, torchtitan's nearest policy: it "
                      "saves matmul and attention outputs (recomputes every other matmul)")
     return notes
-
-
-def _check_schedule(plan: Plan) -> list[str]:
-    if plan.first_stage_layers or plan.last_stage_layers:
-        raise refuse(ENGINE, "first_stage_layers", plan.first_stage_layers or
-                     plan.last_stage_layers, "splits layers by equal stages with a count of "
-                     "'less layers' on the ends, not by explicit end-rank layer counts; export "
-                     "to Megatron-LM or use an even split")
-    # ScheduleSpec.torchtitan: torch's class names (pipelining.schedules.get_schedule_class).
-    spec = engine_schedule(plan, ENGINE, "torchtitan", "InterleavedZeroBubble (zb-h1) needs "
-                           ">= 2 stages per rank and torch has no ZB-H2")
-    if spec is not None and spec.takes_chunks and plan.vpp < 2:
-        raise refuse(ENGINE, "vpp", plan.vpp, f"runs {spec.torchtitan}, a multi-stage schedule, "
-                     "with >= 2 stages per rank only (distributed/pipeline_parallel.py)")
-    return []
 
 
 def _model(job: Job, flavor: Flavor) -> dict[str, Any]:
