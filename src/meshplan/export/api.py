@@ -1,13 +1,15 @@
 """`export(estimate_or_plan, target, model=..., job=...)`: hand a plan to a training engine.
 
-Each target is a pure `(model, job, plan, cluster) -> str` in its own module; `TARGETS` maps the
-CLI names to them. Before any target runs, the plan passes the same legality rules as
-`meshplan.estimate` (`specs.rules.check_plan`), so an export never carries an illegal plan.
+Each target is a pure `(model, job, plan, cluster) -> str` in its own module, with the refusals
+that say what it cannot express; `REGISTRY` maps the CLI names to them. Before any target runs,
+the plan passes the same legality rules as `meshplan.estimate` (`specs.rules.check_plan`), so
+an export never carries an illegal plan.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +27,27 @@ from meshplan.specs.rules import check_plan
 
 Render = Callable[[Model, Job, Plan, Cluster | None], str]
 
-TARGETS: dict[str, Render] = {
-    "megatron": megatron.render,
-    "torchtitan": torchtitan.render,
-    "deepspeed": deepspeed.render,
-}
-"""Target name -> renderer: Megatron-LM launch script, torchtitan TOML, DeepSpeed JSON."""
 
-REFUSALS: dict[str, tuple[Refusal, ...]] = {
-    "megatron": megatron.REFUSALS,
-    "torchtitan": torchtitan.REFUSALS,
-    "deepspeed": deepspeed.REFUSALS,
-}
-"""Target name -> what it cannot express (vectorised, see `_common.Refusal`)."""
-ENGINES = {"megatron": megatron.ENGINE, "torchtitan": torchtitan.ENGINE,
-           "deepspeed": deepspeed.ENGINE}
+@dataclass(frozen=True)
+class Target:
+    """One export target: its engine's name, renderer, refusals and file suffix."""
 
-SUFFIXES = {"megatron": ".sh", "torchtitan": ".toml", "deepspeed": ".json"}
+    engine: str
+    render: Render
+    refusals: tuple[Refusal, ...]
+    suffix: str
+
+
+REGISTRY: dict[str, Target] = {
+    "megatron": Target(megatron.ENGINE, megatron.render, megatron.REFUSALS, ".sh"),
+    "torchtitan": Target(torchtitan.ENGINE, torchtitan.render, torchtitan.REFUSALS, ".toml"),
+    "deepspeed": Target(deepspeed.ENGINE, deepspeed.render, deepspeed.REFUSALS, ".json"),
+}
+"""CLI name -> target: Megatron-LM launch script, torchtitan TOML, DeepSpeed JSON. Adding a
+target is a module with ENGINE, render and REFUSALS, and one entry here."""
+
+TARGETS: dict[str, Render] = {name: t.render for name, t in REGISTRY.items()}
+SUFFIXES: dict[str, str] = {name: t.suffix for name, t in REGISTRY.items()}
 """The file suffix each target's text is meant for."""
 
 
@@ -59,14 +65,15 @@ def export(estimate_or_plan: Estimate | Plan, target: str, *, model: str | Path 
     model = load_model(model)
     cluster = None if cluster is None else load_cluster(cluster)
     check_plan(model, job, plan.num_gpus, PlanArrays.from_plans([plan]))
-    return TARGETS[target](model, job, plan, cluster)
+    return REGISTRY[target].render(model, job, plan, cluster)
 
 
 def expressible_mask(target: str, model: Model, job: Job, P: PlanArrays) -> np.ndarray:
     """True for the plans of `P` the target can express (the refusals `export` applies)."""
-    return expressible(REFUSALS[target], model, job, P)
+    return expressible(REGISTRY[target].refusals, model, job, P)
 
 
 def refusal(target: str, model: Model, job: Job, plan: Plan) -> MeshplanError | None:
     """Why the target cannot express `plan` (one line), or None when it can."""
-    return first_refusal(ENGINES[target], REFUSALS[target], model, job, plan)
+    t = REGISTRY[target]
+    return first_refusal(t.engine, t.refusals, model, job, plan)
