@@ -11,6 +11,12 @@ from typing import Any
 from meshplan.specs.plan import Plan
 
 GIB = 1024**3
+MEMORY_BOUND_HEADROOM = 0.05
+"""A plan with less free memory than this share of the GPU's is reported as memory-bound: a
+few percent is what allocator fragmentation and workspaces take beyond the modelled peak."""
+OVERHEAD_BINDS = 0.10
+"""A non-compute term (bubble, an axis's exposed communication, optimizer) this share of the
+step or more is what binds the plan; below it, compute does."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class Estimate:
     """FLOPs the kernels execute, recomputation included (the HFU numerator)."""
     peak_memory_rank: int = 0
     """The pipeline rank whose memory is the peak; `memory_bytes` is its breakdown."""
+    equivalent_plans: int = 1
+    """Plans with the same degrees within 0.5 % of this one's step time that it stands for in
+    a ranking (`search.rank.group_equivalents`)."""
     source: str = "analytic"
     """'analytic' (closed-form pipeline) or 'simulated' (event simulation of the schedule)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -54,6 +63,21 @@ class Estimate:
         top = max(terms, key=lambda k: self.memory_bytes[k])
         return f"needs {peak:.1f} GiB of {cap:.1f} GiB (largest: {top})"
 
+    @property
+    def headroom_bytes(self) -> float:
+        """Free memory on the peak rank (negative when the plan does not fit)."""
+        return self.memory_capacity_bytes - self.memory_bytes["peak"]
+
+    @property
+    def binding(self) -> str:
+        """What limits the plan: 'memory' when almost full, else the largest non-compute term
+        of the step if it takes at least OVERHEAD_BINDS of it, else 'compute'."""
+        if self.headroom_bytes < MEMORY_BOUND_HEADROOM * self.memory_capacity_bytes:
+            return "memory"
+        others = {k: v for k, v in self.time_breakdown_s.items() if k != "compute"}
+        term = max(others, key=lambda k: others[k])
+        return term if others[term] >= OVERHEAD_BINDS * self.step_time_s else "compute"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "plan": self.plan.model_dump(mode="json"),
@@ -70,6 +94,9 @@ class Estimate:
             "time_breakdown_s": dict(self.time_breakdown_s),
             "axis_tiers": dict(self.axis_tiers),
             "source": self.source,
+            "binds": self.binding,
+            "headroom_gib": self.headroom_bytes / GIB,
+            "equivalent_plans": self.equivalent_plans,
             **self.extra,
         }
 

@@ -74,10 +74,16 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
          ] = None,
          out: Annotated[str | None, typer.Option(
              "--out", help="File for --export (default: stdout)")] = None,
+         explain: Annotated[int | None, typer.Option(
+             "--explain", help="Show plan N's breakdowns and why its neighbours rank where "
+                               "they do")] = None,
          json_out: JsonFlag = False) -> None:
     """Search every legal layout and rank those that fit by throughput."""
     if top <= 0:
         raise MeshplanError(f"--top={top}: must be positive")
+    if explain is not None and not 1 <= explain <= top:
+        raise MeshplanError(f"--explain={explain}: must be a plan number from 1 to --top "
+                            f"({top})")
     if simulate_top < 0:
         raise MeshplanError(f"--simulate-top={simulate_top}: must be 0 or more")
     if export is not None:
@@ -107,6 +113,23 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
     console.print(plans_table(plans, title))
     console.print(f"{result.evaluated:,} plans evaluated in {result.search_seconds:.3f} s; "
                   f"{result.num_fitting:,} fit in memory")
+    if explain is not None:
+        _explain(plans, explain)
+
+
+def _explain(plans: list, n: int) -> None:
+    """Plan n's time and memory breakdowns, and why the plans next to it rank where they do."""
+    from meshplan.compare import difference
+
+    if n > len(plans):
+        raise MeshplanError(f"--explain={n}: only {len(plans)} plans were found")
+    chosen = plans[n - 1]
+    console.print(f"plan {n}: {summary_line(chosen)}")
+    for table in breakdown_tables(chosen):
+        console.print(table)
+    for i in (j for j in (n - 1, n + 1, n + 2) if 1 <= j <= len(plans)):
+        d = difference(chosen, plans[i - 1])
+        console.print(f"#{i} {plans[i - 1].plan.describe()}: {d.why()}")
 
 
 def _export_best(result: api.PlanResult, out: Path | None) -> None:

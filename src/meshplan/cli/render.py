@@ -19,17 +19,22 @@ def print_json(obj: Any) -> None:
 
 
 def plans_table(estimates: list[Estimate], title: str) -> Table:
+    """One row per group of equivalent plans ("alike": how many it stands for), with its free
+    memory and what binds it."""
     table = Table(title=title, header_style="bold")
+    left = ("schedule", "recompute", "binds")
     for col in ("#", "tp", "cp", "pp", "dp", "ep", "mbs", "schedule", "zero", "recompute",
-                "step (s)", "tok/s/GPU", "MFU", "mem (GiB)", "fits"):
-        table.add_column(col, justify="right" if col not in ("schedule", "recompute") else "left")
+                "step (s)", "tok/s/GPU", "MFU", "mem (GiB)", "free (GiB)", "binds", "alike",
+                "fits"):
+        table.add_column(col, justify="left" if col in left else "right")
     for i, e in enumerate(estimates, 1):
         p = e.plan
         sched = "-" if p.pp == 1 else p.schedule + (f"/v{p.vpp}" if p.vpp > 1 else "")
         table.add_row(str(i), str(p.tp), str(p.cp), str(p.pp), str(p.dp), str(p.ep),
                       str(p.micro_batch_size), sched, str(p.zero_stage), p.recompute,
                       f"{e.step_time_s:.3f}", f"{e.tokens_per_s_per_gpu:,.0f}", f"{e.mfu:.1%}",
-                      f"{e.memory_bytes['peak'] / GIB:.1f}", "yes" if e.fits else "NO")
+                      f"{e.memory_bytes['peak'] / GIB:.1f}", f"{e.headroom_bytes / GIB:.1f}",
+                      e.binding, str(e.equivalent_plans), "yes" if e.fits else "NO")
     return table
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from meshplan.search.space import SpaceOptions, enumerate_plans
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
-from meshplan.specs.plan import PlanArrays
+from meshplan.specs.plan import Plan, PlanArrays
 
 
 @dataclass(frozen=True)
@@ -64,23 +64,92 @@ def rank_space(model: Model, cluster: Cluster, job: Job, num_gpus: int,
     return RankedSpace(P, costs, order, generated, start)
 
 
+EQUIVALENT_STEP = 0.005
+"""Plans with the same degrees whose step times are within this share of each other are one
+row of a ranking: what tells them apart (ZeRO stage, micro-batch, recompute) costs nothing."""
+GROUP_WALK = 50_000
+"""Most ranked plans read to form the groups of one search."""
+
+
 def best_plans(space: RankedSpace, cluster: Cluster, job: Job, top: int = 10,
                include_unfit: bool = False, simulate_top: int = 10,
                keep: np.ndarray | None = None) -> list[Estimate]:
-    """The `top` best plans of `space` (only those `keep` marks, when given), the best
-    `min(max(top, simulate_top), MAX_SIMULATED)` pipelined candidates re-ranked with the event
-    simulator (simulate_top 0: closed form only)."""
+    """The `top` best groups of equivalent plans of `space` (only the plans `keep` marks, when
+    given), each shown by its representative (`group_equivalents`); the best
+    `min(max(top, simulate_top), MAX_SIMULATED)` pipelined representatives re-ranked with the
+    event simulator (simulate_top 0: closed form only)."""
     P, costs = space.plans, space.costs
     order = space.order if keep is None else space.order[keep[space.order]]
+    if not include_unfit:
+        order = order[costs.fits[order]]
     simulated = min(max(simulate_top, top), MAX_SIMULATED) if simulate_top > 0 else 0
     # Extra candidates stand by for those the simulator finds slower or not fitting.
-    pool = max(top, 3 * simulated)
-    chosen = [int(i) for i in order[:pool] if include_unfit or costs.fits[i]]
-    best = [estimate_from_arrays(costs, i, P.plan(i), cluster.accelerator.memory_bytes,
-                                 axis_tiers(cluster, P, i)) for i in chosen]
+    chosen, counts = _group_heads(space, order, max(top, 3 * simulated))
+    best = [replace(estimate_from_arrays(costs, i, P.plan(i), cluster.accelerator.memory_bytes,
+                                         axis_tiers(cluster, P, i)), equivalent_plans=n)
+            for i, n in zip(chosen, counts, strict=True)]
     if simulated > 0:
         best = _simulate_and_rerank(best, chosen, costs, cluster, simulated, include_unfit)
-    return [with_budget(e, job.token_budget) for e in best[:top]]
+    return [with_budget(e, job.token_budget) for e in group_equivalents(best)[:top]]
+
+
+def _degrees(plan: Plan) -> tuple[int, ...]:
+    return (plan.tp, plan.cp, plan.pp, plan.dp, plan.ep)
+
+
+def _better_representative(a: tuple[float, int], b: tuple[float, int]) -> bool:
+    """(peak memory, ZeRO stage): more headroom first, then the lower stage."""
+    return a < b
+
+
+def _group_heads(space: RankedSpace, order: np.ndarray, groups: int) -> tuple[list[int],
+                                                                             list[int]]:
+    """Representatives of the first `groups` groups of equivalent plans along `order`, and
+    how many plans each stands for (a group: same degrees, step within EQUIVALENT_STEP of its
+    fastest; its representative: the most memory headroom, then the lowest ZeRO stage)."""
+    P, costs = space.plans, space.costs
+    walk = order[:GROUP_WALK]
+    keys = np.stack([P.tp[walk], P.cp[walk], P.pp[walk], P.dp[walk], P.ep[walk]], axis=1)
+    step, peak, zero = costs.step_time[walk], costs.memory["peak"][walk], P.zero[walk]
+    heads: list[list[float]] = []  # per group: [fastest step, rep peak, rep zero, rep, count]
+    latest: dict[tuple[int, ...], int] = {}
+    for j in range(len(walk)):
+        if len(heads) >= groups and step[j] > (1 + EQUIVALENT_STEP) * heads[-1][0]:
+            break
+        key = tuple(keys[j].tolist())
+        g = latest.get(key)
+        if g is None or step[j] > (1 + EQUIVALENT_STEP) * heads[g][0]:
+            if len(heads) >= groups:
+                continue
+            latest[key] = len(heads)
+            heads.append([float(step[j]), float(peak[j]), int(zero[j]), int(walk[j]), 1])
+            continue
+        head = heads[g]
+        head[4] += 1
+        if _better_representative((float(peak[j]), int(zero[j])), (head[1], head[2])):
+            head[1], head[2], head[3] = float(peak[j]), int(zero[j]), int(walk[j])
+    return [int(h[3]) for h in heads], [int(h[4]) for h in heads]
+
+
+def group_equivalents(ranked: list[Estimate]) -> list[Estimate]:
+    """Merge ranked estimates with the same degrees whose step times are within
+    EQUIVALENT_STEP of the group's fastest into one, the representative being the one with the
+    most memory headroom, then the lowest ZeRO stage; counts add up."""
+    groups: list[list[Estimate]] = []
+    latest: dict[tuple[int, ...], int] = {}
+    for e in ranked:
+        key = _degrees(e.plan)
+        g = latest.get(key)
+        if g is not None and e.step_time_s <= (1 + EQUIVALENT_STEP) * groups[g][0].step_time_s:
+            groups[g].append(e)
+            continue
+        latest[key] = len(groups)
+        groups.append([e])
+    out = []
+    for members in groups:
+        rep = min(members, key=lambda e: (e.memory_bytes["peak"], e.plan.zero_stage))
+        out.append(replace(rep, equivalent_plans=sum(e.equivalent_plans for e in members)))
+    return out
 
 
 def search(model: Model, cluster: Cluster, job: Job, num_gpus: int, top: int = 10,
