@@ -1,0 +1,113 @@
+"""`meshplan serve simulate`: simulate a request stream through a serving deployment.
+
+Parsing and printing only; the work is `meshplan.serve.simulate`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from meshplan.cli.render import console, print_json
+from meshplan.errors import from_validation_error
+from meshplan.serve import DeploymentSpec, Lengths, Workload, simulate
+from meshplan.specs.io import load_cluster, load_model
+
+serve_app = typer.Typer(no_args_is_help=True, help="Serving: simulate LLM inference deployments.")
+
+
+def _opt(flag: str, help_text: str) -> Any:
+    return typer.Option(flag, help=help_text)
+
+
+@serve_app.command("simulate")
+def simulate_cmd(
+    model: Annotated[str, _opt("--model", "Model: preset name, meshplan file or HF config")
+                     ] = "llama3-8b",
+    cluster: Annotated[str, _opt("--cluster", "Cluster: preset name or cluster file")
+                       ] = "dgx-h100",
+    tp: Annotated[int, _opt("--tp", "Tensor-parallel degree of one instance")] = 1,
+    instances: Annotated[int, _opt("--instances", "Instances behind the router")] = 1,
+    engine: Annotated[str, _opt("--engine", "Engine profile (presets/engines)")] = "vllm",
+    router: Annotated[str, _opt("--router", "round-robin, least-requests or least-tokens")
+                      ] = "round-robin",
+    workload: Annotated[str, _opt("--workload", "Arrivals: poisson, gamma, constant, burst")
+                        ] = "poisson",
+    rate: Annotated[float | None, _opt("--rate", "Requests per second")] = None,
+    cv: Annotated[float, _opt("--cv", "Gap coefficient of variation (gamma)")] = 1.0,
+    num_requests: Annotated[int, _opt("--num-requests", "Requests to simulate")] = 1000,
+    input_len: Annotated[int, _opt("--input-len", "Mean prompt tokens")] = 1024,
+    output_len: Annotated[int, _opt("--output-len", "Mean output tokens")] = 256,
+    lengths: Annotated[str, _opt("--lengths", "fixed, uniform, normal or lognormal")] = "fixed",
+    spread: Annotated[float, _opt("--spread", "Length spread (see Lengths)")] = 0.0,
+    max_num_seqs: Annotated[int | None, _opt("--max-num-seqs", "Engine max sequences")] = None,
+    max_num_batched_tokens: Annotated[int | None, _opt(
+        "--max-num-batched-tokens", "Engine token budget per iteration")] = None,
+    gpu_memory_utilization: Annotated[float | None, _opt(
+        "--gpu-memory-utilization", "Share of HBM the engine may use")] = None,
+    no_chunked_prefill: Annotated[bool, _opt("--no-chunked-prefill",
+                                             "Prefill prompts whole")] = False,
+    kv_cache_dtype: Annotated[str, _opt("--kv-cache-dtype", "bf16, fp16 or fp8")] = "bf16",
+    seed: Annotated[int, _opt("--seed", "Workload seed")] = 0,
+    slo_ttft_ms: Annotated[float | None, _opt("--slo-ttft-ms", "TTFT bound for goodput")
+                           ] = None,
+    slo_tpot_ms: Annotated[float | None, _opt("--slo-tpot-ms", "TPOT bound for goodput")
+                           ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")
+                        ] = False,
+) -> None:
+    """Simulate a request stream through a deployment; print latencies and throughput."""
+    try:
+        spec = DeploymentSpec(tp=tp, instances=instances, engine=engine,
+                              router=router,  # type: ignore[arg-type]
+                              kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
+                              max_num_seqs=max_num_seqs,
+                              max_num_batched_tokens=max_num_batched_tokens,
+                              gpu_memory_utilization=gpu_memory_utilization,
+                              enable_chunked_prefill=False if no_chunked_prefill else None)
+        kind = lengths
+        work = Workload(arrival=workload, rate=rate, cv=cv,  # type: ignore[arg-type]
+                        num_requests=num_requests, seed=seed,
+                        input=Lengths(kind=kind, mean=input_len, spread=spread),  # type: ignore[arg-type]
+                        output=Lengths(kind=kind, mean=output_len, spread=spread))  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise from_validation_error(err, "serve simulate") from None
+    result = simulate(load_model(model), load_cluster(cluster), spec, work)
+    slo_ttft = None if slo_ttft_ms is None else slo_ttft_ms / 1e3
+    slo_tpot = None if slo_tpot_ms is None else slo_tpot_ms / 1e3
+    out = result.to_json(slo_ttft, slo_tpot)
+    if json_out:
+        print_json(out)
+        return
+    d = out["deployment"]
+    console.print(f"{d['model']} on {d['num_gpus']} x {result.deployment.cluster.accelerator.name}"
+                  f": {d['instances']} x tp{d['tp']} {d['engine']} (max_num_seqs "
+                  f"{d['max_num_seqs']}, max_num_batched_tokens {d['max_num_batched_tokens']})")
+    if not result.fits:
+        console.print(f"does not fit: {result.why_not}")
+        raise typer.Exit(1)
+    m = out["metrics"]
+    t = Table(title=f"{out['num_completed']} of {out['num_requests']} requests",
+              header_style="bold")
+    for col in ("metric", "mean", "p50", "p90", "p99"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queueing_ms"):
+        s = m[key]
+        t.add_row(key, *("-" if s[p] is None else f"{s[p]:.1f}"
+                         for p in ("mean", "p50", "p90", "p99")))
+    console.print(t)
+    console.print(f"{m['requests_per_s']:.2f} req/s, {m['output_tokens_per_s']:,.0f} output "
+                  f"tok/s ({m['output_tokens_per_s_per_gpu']:,.0f} per GPU); KV cache "
+                  f"{out['memory']['kv_cache_gib']:.1f} GiB per GPU, peak use "
+                  f"{out['kv_usage_peak']:.0%}, {out['preemptions']} preemptions")
+    if slo_ttft is not None or slo_tpot is not None:
+        console.print(f"goodput {m['goodput_requests_per_s']:.2f} req/s "
+                      f"({m['slo_attainment']:.1%} of requests within the SLOs)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the meshplan app."""
+    app.add_typer(serve_app, name="serve")

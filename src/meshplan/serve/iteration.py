@@ -1,0 +1,117 @@
+"""Time of one engine iteration and the KV-cache capacity of one instance, from the layer core.
+
+An iteration runs the scheduled tokens of every request in the batch (prefill chunks after
+their cached prefixes, one token per decoding request) through the model once: the embedding,
+every layer (`cost.layer.layer_forward_time` on the batch's shape, with the KV cache's own
+layout), the TP all-reduces after the attention and MLP blocks (`cost.collectives`, no
+sequence parallelism in serving engines), the LM head over the positions that sample a
+token, and the engine's host overhead per step (engine profile data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshplan.cost.collectives import tp_block_time, tp_blocks_per_layer
+from meshplan.cost.kernels import Kernels
+from meshplan.cost.layer import (
+    BatchShape,
+    LayerDegrees,
+    embedding_bytes,
+    head_parts,
+    kv_cache_bytes_per_token,
+    layer_forward_time,
+)
+from meshplan.cost.params import count_params
+from meshplan.mesh import Group, Mesh
+from meshplan.serve.deployment import DTYPE_BYTES, Deployment
+from meshplan.specs.plan import Plan, PlanArrays
+
+SAMPLER_BYTES_PER_LOGIT = 4.0
+"""fp32 logits the sampler holds per vocabulary entry (vLLM upcasts before sampling)."""
+
+
+@dataclass(frozen=True)
+class KVCapacity:
+    """How an instance's GPU memory divides (bytes per GPU) and the KV blocks left."""
+
+    budget_bytes: float
+    """gpu_memory_utilization x HBM."""
+    weights_bytes: float
+    workspace_bytes: float
+    """Peak activations of the engine's profiling run (max_num_batched_tokens dummy tokens)."""
+    reserved_bytes: float
+    """CUDA context, NCCL and CUDA-graph memory outside the allocator."""
+    block_bytes: float
+    """One KV block of every layer."""
+    num_blocks: int
+
+    @property
+    def fits(self) -> bool:
+        return self.num_blocks > 0
+
+    def to_json(self) -> dict[str, float]:
+        gib = 2**30
+        return {"budget_gib": self.budget_bytes / gib, "weights_gib": self.weights_bytes / gib,
+                "workspace_gib": self.workspace_bytes / gib,
+                "reserved_gib": self.reserved_bytes / gib, "kv_blocks": self.num_blocks,
+                "kv_cache_gib": self.num_blocks * self.block_bytes / gib}
+
+
+def kv_capacity(d: Deployment) -> KVCapacity:
+    """vLLM's accounting (worker `determine_available_memory`): KV cache = utilization x HBM
+    minus the weights, the profiled peak activations and the non-torch memory. The profiled
+    peak is meshplan's estimate: per token the hidden state, the QKV output and the gated MLP
+    input (bf16), plus the sampler's fp32 logits of max_num_seqs sequences."""
+    m, acc, t = d.model, d.cluster.accelerator, d.tp
+    budget = d.gpu_memory_utilization * acc.memory_bytes
+    weights = DTYPE_BYTES[d.spec.weights_dtype] * count_params(m).total / t
+    qkv = (m.num_attention_heads + 2 * m.kv_heads) * m.head_size / t
+    ffn = m.ffn_hidden_size if m.moe is None else m.moe.expert_ffn_hidden_size * m.moe.top_k
+    per_token = 2.0 * (2 * m.hidden_size + qkv + 2 * ffn / t)
+    logits = min(d.max_num_seqs, d.max_num_batched_tokens) * m.vocab_size / t
+    workspace = d.max_num_batched_tokens * per_token + SAMPLER_BYTES_PER_LOGIT * logits
+    reserved = acc.reserved_memory_bytes
+    per_token_kv = kv_cache_bytes_per_token(m, t, DTYPE_BYTES[d.spec.kv_cache_dtype])
+    block = float(d.block_size * m.num_layers * per_token_kv)
+    free = budget - weights - workspace - reserved
+    return KVCapacity(budget, weights, workspace, reserved, block,
+                      max(int(free // block), 0))
+
+
+class IterationCost:
+    """Seconds of one iteration of one instance, for a batch given by its sums."""
+
+    def __init__(self, d: Deployment):
+        m = d.model
+        self.model = m
+        precision = "fp8" if d.spec.weights_dtype == "fp8" else "bf16"
+        self.K = Kernels(d.cluster, precision)
+        self.deg = LayerDegrees(tp=d.tp)
+        self.kv_bytes = kv_cache_bytes_per_token(m, d.tp, DTYPE_BYTES[d.spec.kv_cache_dtype])
+        mesh = Mesh(PlanArrays.from_plans([Plan(tp=d.tp)]))
+        self.tp_members = mesh.members(d.cluster, Group.TP)
+        self.cluster = d.cluster
+        self.dense_layers = m.num_layers - m.num_moe_layers
+        self.moe_layers = m.num_moe_layers
+        self.overhead = d.iteration_overhead_s
+
+    def time(self, num_seqs: int, tokens: float, query_prefix: float, query_squares: float,
+             kv_tokens: float, sampled: int) -> float:
+        """One forward of a batch: `tokens` query tokens of `num_seqs` sequences (with
+        sum(q x prefix), sum(q^2) and the keys read, as `BatchShape.from_sums`), of which
+        `sampled` positions sample a token."""
+        m, K, deg = self.model, self.K, self.deg
+        shape = BatchShape.from_sums(num_seqs, tokens, query_prefix, query_squares, kv_tokens)
+        total = float(K.memory(embedding_bytes(m, tokens, deg)))
+        block = float(tp_block_time(self.cluster, self.tp_members, tokens, m.hidden_size, False)
+                      [0]) if deg.tp > 1 else 0.0
+        for layers, moe in ((self.dense_layers, False), (self.moe_layers, True)):
+            if layers:
+                work = float(np.asarray(layer_forward_time(m, K, shape, deg, moe,
+                                                           kv_bytes_per_token=self.kv_bytes)))
+                total += layers * (work + float(tp_blocks_per_layer(moe, True)) * block)
+        total += float(np.asarray(head_parts(m, K, max(sampled, 1), deg).time(K)))
+        return total + self.overhead

@@ -1,0 +1,85 @@
+"""Per-request latencies and their aggregates, as vLLM's benchmark defines them
+(`benchmarks/benchmark_serving.py`): TTFT from arrival to the first output token, TPOT over
+the output tokens after the first ((E2E - TTFT) / (output - 1)), inter-token latency (ITL)
+over every gap between consecutive tokens, E2E from arrival to the last token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def summary(x: np.ndarray, scale: float = 1.0) -> dict[str, float | None]:
+    """mean and p50/p90/p95/p99 of `x` times `scale` (None when empty)."""
+    if len(x) == 0:
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    v = np.asarray(x, dtype=float) * scale
+    return {"mean": float(v.mean()), **{f"p{p}": float(np.percentile(v, p))
+                                        for p in PERCENTILES}}
+
+
+@dataclass(frozen=True)
+class RequestMetrics:
+    """Per request (arrays aligned with the workload's requests)."""
+
+    arrival_s: np.ndarray
+    first_scheduled_s: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    input_len: np.ndarray
+    output_len: np.ndarray
+    itl_s: np.ndarray
+    """Every gap between consecutive output tokens of a request, all requests together."""
+
+    @property
+    def ttft_s(self) -> np.ndarray:
+        return self.first_token_s - self.arrival_s
+
+    @property
+    def e2e_s(self) -> np.ndarray:
+        return self.finish_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> np.ndarray:
+        many = self.output_len > 1
+        return (self.e2e_s[many] - self.ttft_s[many]) / (self.output_len[many] - 1)
+
+    @property
+    def queueing_s(self) -> np.ndarray:
+        return self.first_scheduled_s - self.arrival_s
+
+    def aggregate(self, num_gpus: int, slo_ttft_s: float | None = None,
+                  slo_tpot_s: float | None = None) -> dict[str, Any]:
+        """Latency summaries (ms), throughput (per s and per GPU) and goodput under SLOs."""
+        duration = float(self.finish_s.max() - self.arrival_s.min()) if len(self.finish_s) \
+            else 0.0
+        n, out = len(self.finish_s), float(self.output_len.sum())
+        total = out + float(self.input_len.sum())
+        rate = (lambda x: x / duration) if duration > 0 else (lambda x: 0.0)
+        norm = self.e2e_s / self.output_len
+        good = np.ones(n, dtype=bool)
+        if slo_ttft_s is not None:
+            good &= self.ttft_s <= slo_ttft_s
+        if slo_tpot_s is not None:
+            tpot = np.where(self.output_len > 1, (self.e2e_s - self.ttft_s)
+                            / np.maximum(self.output_len - 1, 1), 0.0)
+            good &= tpot <= slo_tpot_s
+        return {
+            "ttft_ms": summary(self.ttft_s, 1e3),
+            "tpot_ms": summary(self.tpot_s, 1e3),
+            "itl_ms": summary(self.itl_s, 1e3),
+            "e2e_ms": summary(self.e2e_s, 1e3),
+            "queueing_ms": summary(self.queueing_s, 1e3),
+            "normalized_latency_s_per_token": summary(norm),
+            "duration_s": duration,
+            "requests_per_s": rate(n),
+            "output_tokens_per_s": rate(out),
+            "total_tokens_per_s": rate(total),
+            "output_tokens_per_s_per_gpu": rate(out) / num_gpus,
+            "goodput_requests_per_s": rate(float(good.sum())),
+            "slo_attainment": float(good.mean()) if n else None,
+        }
