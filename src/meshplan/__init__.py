@@ -1,8 +1,10 @@
-"""meshplan: plan, predict and prove hybrid-parallel layouts for transformer training.
+"""meshplan: plan, predict and prove how a transformer is split across GPUs, for training
+and for serving (`meshplan.serve`).
 
 The stable surface is `__all__`; subpackages are importable for power users.
 """
 
+from meshplan import serve
 from meshplan.api import (
     LocalCalibration,
     PlanResult,
@@ -24,6 +26,7 @@ from meshplan.specs.io import load_cluster, load_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "serve",
     "Cluster",
     "Estimate",
     "Job",
