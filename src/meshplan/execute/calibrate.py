@@ -134,8 +134,11 @@ def calibrate_local(*, threads: int = 1, ranks: tuple[int, ...] = (2, 4),
         "name": "local",
         "gpus_per_node": per_node,
         "kernel_overhead": 0.0,  # fitted below
-        "source": f"meshplan calibrate --local on {os.uname().nodename} "
-                  f"({cores} cores, torch {torch.__version__}, {fit_from['backend']})",
+        # the host and device measured: `meshplan run` counts this file as this machine
+        # (`api.running.measured_host`)
+        "source": f"meshplan calibrate --local on host={os.uname().nodename} "
+                  f"({cores} cores, device={device.type}, torch {torch.__version__}, "
+                  f"{fit_from['backend']})",
         "accelerator": {
             "name": name,
             "peak_flops": peaks,
