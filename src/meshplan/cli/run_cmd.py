@@ -134,7 +134,9 @@ def run(inputs: Inputs,
         if not isinstance(exc, Interrupted):
             raise
         _report_interrupted(exc, warmup, json_out)
-        raise typer.Exit(exc.exit_code) from None
+        # sys.exit, not typer.Exit: under standalone_mode=False click returns an Exit's code
+        # from app() instead of raising it, and cli.main would exit 0
+        sys.exit(exc.exit_code)
     if result is None:  # a node without rank 0: rank 0's node reports
         return
     if json_out:
