@@ -60,7 +60,7 @@ def main() -> None:
         path = Path(args.cluster)
     else:
         path = Path(tempfile.mkdtemp(prefix="meshplan-bench-")) / "local.toml"
-        calibrate_local(path)
+        path.write_text(calibrate_local()[1])
     cluster = load_cluster(path)
     acc, net = cluster.accelerator, cluster.network[0]
     print(f"calibrated {path}: bf16 peak {acc.peak('bf16') / 1e9:.0f} GFLOP/s, fp32 "
