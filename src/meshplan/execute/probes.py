@@ -11,7 +11,8 @@ than `benchmarks/run_vs_predict.py` uses, so that benchmark stays a held-out che
     single       one rank                  -> kernel_overhead (per layer and pass)
     dp2 zero1    FSDP2, gradients once     \
     fsdp2 zero3  FSDP2 gathers per block    |-> network latency and bandwidth (the one
-    tp2 sp       DTensor TP + SP           |   loopback tier every group lands on)
+    tp2 sp       DTensor TP + SP           |   loopback tier every group lands on; the bus
+                                           |   efficiency from 1 MiB up gets its own factor)
     pp2 1f1b     pipelining send / recv    /
 
 each repeated (`repeats`, interleaved so load drifts hit every probe alike) with the median
@@ -88,10 +89,19 @@ def run_probes(max_ranks: int, threads: int = 1, repeats: int = 3,
     return out
 
 
+LARGE_MESSAGE = 1 << 20
+"""Bytes from which the bus-efficiency curve gets its own fitted factor: data-parallel and
+FSDP2 traffic (whole blocks' weights and gradients) against the tens of KiB of TP and PP."""
+
+
 def _with(data: dict[str, Any], overhead: float, latency: float, bw_scale: float,
-          base_bw: float) -> dict[str, Any]:
-    net = dict(data["network"][0], latency=float(f"{latency:.4g}"),
-               bandwidth=float(f"{base_bw * bw_scale:.4g}"))
+          large_scale: float, base: dict[str, Any]) -> dict[str, Any]:
+    curve = base["bus_efficiency"]
+    ys = [round(min(1.0, max(1e-4, y * (large_scale if x >= LARGE_MESSAGE else 1.0))), 4)
+          for x, y in zip(curve["x"], curve["y"], strict=True)]
+    net = dict(base, latency=float(f"{latency:.4g}"),
+               bandwidth=float(f"{base['bandwidth'] * bw_scale:.4g}"),
+               bus_efficiency={"x": list(curve["x"]), "y": ys})
     return {**data, "kernel_overhead": float(f"{overhead:.4g}"),
             "network": [net, *data["network"][1:]]}
 
@@ -113,27 +123,28 @@ def _loss(data: dict[str, Any], probes: dict[str, dict[str, Any]]) -> float:
 
 def fit_to_probes(data: dict[str, Any], probes: dict[str, dict[str, Any]],
                   rounds: int = 7) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The cluster `data` with kernel_overhead, the first tier's latency and bandwidth and
-    reserved_memory_bytes fitted to the probes; and a report (errors before / after)."""
-    base_bw = data["network"][0]["bandwidth"]
+    """The cluster `data` with kernel_overhead, the first tier's latency, bandwidth and
+    large-message bus efficiency, and reserved_memory_bytes fitted to the probes; and a
+    report (errors before / after)."""
+    base = data["network"][0]
     before = {k: e.step_time_s for k, e in predict(data, probes).items()}
-    x = [max(data["kernel_overhead"], 1e-6), max(data["network"][0]["latency"], 1e-6), 1.0]
+    x = [max(data["kernel_overhead"], 1e-6), max(base["latency"], 1e-6), 1.0, 1.0]
     multi = any(r["plan"].num_gpus > 1 for r in probes.values())
-    free = [0, 1, 2] if multi else [0]
-    best = _loss(_with(data, *x, base_bw), probes)
+    free = [0, 1, 2, 3] if multi else [0]
+    best = _loss(_with(data, *x, base), probes)
     for r in range(rounds):
         span = 4.0 ** (0.6 ** r)  # search x / span .. x * span, narrowing
         for i in free:
             grid = [x[i] * span ** (j / 6.0) for j in range(-6, 7)]
-            if i == 2:
-                grid = [min(g, 4.0) for g in grid]
+            if i >= 2:  # bandwidth at most 4x the microbenchmark's; efficiency <= 1
+                grid = [min(g, 4.0 if i == 2 else 1.0) for g in grid]
             for g in grid:
                 trial = list(x)
                 trial[i] = g
-                loss = _loss(_with(data, *trial, base_bw), probes)
+                loss = _loss(_with(data, *trial, base), probes)
                 if loss < best:
                     best, x = loss, trial
-    fitted = _with(data, *x, base_bw)
+    fitted = _with(data, *x, base)
     est = predict(fitted, probes)
     reserved = fitted["accelerator"]["reserved_memory_bytes"]
     extra = [r["memory_bytes"] - (est[k].memory_bytes["peak"] - reserved)
