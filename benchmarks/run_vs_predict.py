@@ -3,9 +3,12 @@
 Steps: `calibrate_local` writes the machine's cluster file; each plan then runs on the debug
 model (bf16 autocast, gloo) in its own torchrun launch, and `meshplan.api.estimate` predicts it
 on the calibrated cluster. Prints predicted vs measured step time (median after warm-up; the
-best step too) and peak memory per plan, and the median absolute step-time error (issue 5
-target: <= 20%). The load average is printed before and after: other work on a shared box
-(or its host) slows the runs.
+best step too) and peak memory per plan (what the executor reports: max RSS on a CPU), the
+median and worst absolute step-time error (issue 10 targets: median <= 15 %, every plan within
+30 %) and the median and worst memory error (target: within 15 %). The calibration fits the
+executor probes of `meshplan.execute.probes` at batch 4 x 128; the plans here run at 8 x 256,
+so they are not the data the file was fitted to. The load average is printed before and after:
+other work on a shared box (or its host) slows the runs.
 
 Only plans whose ranks fit the cores run by default (one rank per core: an oversubscribed run
 measures the scheduler, not the plan); `--four` adds the 4-rank plans anyway.
@@ -49,7 +52,7 @@ FOUR = {
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cluster", help="use this calibrated file instead of calibrating")
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--global-batch-size", type=int, default=8)
     ap.add_argument("--four", action="store_true", help="also run the 4-rank plans")
@@ -60,7 +63,7 @@ def main() -> None:
         path = Path(args.cluster)
     else:
         path = Path(tempfile.mkdtemp(prefix="meshplan-bench-")) / "local.toml"
-        calibrate_local(path)
+        path.write_text(calibrate_local()[1])
     cluster = load_cluster(path)
     acc, net = cluster.accelerator, cluster.network[0]
     print(f"calibrated {path}: bf16 peak {acc.peak('bf16') / 1e9:.0f} GFLOP/s, fp32 "
@@ -79,7 +82,7 @@ def main() -> None:
           f"{args.steps} steps (median after 3 warm-up), {cores} cores\n")
     print(f"{'plan':18} {'ranks':>5} {'pred ms':>9} {'meas ms':>9} {'best ms':>9} {'error':>8} "
           f"{'pred GiB':>9} {'meas GiB':>9}")
-    errors = []
+    errors, mem_errors = [], []
     for name, plan in plans.items():
         pred = estimate(model, cluster, job, plan)
         cfg = RunConfig(model=model.model_dump(mode="json"), plan=plan.model_dump(mode="json"),
@@ -88,16 +91,20 @@ def main() -> None:
         res = launch(cfg, plan.num_gpus)
         t_m, t_p = res["step_time_s"], pred.step_time_s
         err = (t_p - t_m) / t_m
+        mem_err = (pred.memory_bytes["peak"] - res["peak_memory_bytes"]) / res["peak_memory_bytes"]
         if plan.num_gpus <= cores:
             errors.append(abs(err))
+            mem_errors.append(abs(mem_err))
         flag = "" if plan.num_gpus <= cores else "  (oversubscribed: not in the median)"
         print(f"{name:18} {plan.num_gpus:5d} {t_p * 1e3:9.1f} {t_m * 1e3:9.1f} "
               f"{res['step_time_min_s'] * 1e3:9.1f} {err:+8.1%} "
               f"{pred.memory_bytes['peak'] / GIB:9.2f} {res['peak_memory_bytes'] / GIB:9.2f}"
               f"{flag}")
-    print(f"\nmedian |step-time error| over {len(errors)} plans: "
-          f"{statistics.median(errors):.1%} (target <= 20%); load average before "
-          f"{load_before:.2f}, after {os.getloadavg()[0]:.2f}")
+    print(f"\n|step-time error| over {len(errors)} plans: median "
+          f"{statistics.median(errors):.1%} (target <= 15%), worst {max(errors):.1%} (target "
+          f"<= 30%); |memory error| median {statistics.median(mem_errors):.1%}, worst "
+          f"{max(mem_errors):.1%} (target <= 15%); load average before {load_before:.2f}, "
+          f"after {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -50,10 +50,12 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  #
 
 @pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A quick `calibrate --local` of this machine (2 ranks, three message sizes)."""
+    """A quick `calibrate --local` of this machine (2 ranks, three message sizes, the
+    executor probes once each)."""
     from meshplan.execute.calibrate import calibrate_local
 
     path = tmp_path_factory.mktemp("calibrate") / "local.toml"
-    _, text = calibrate_local(ranks=(2,), budget_s=0.02, message_sizes=(4096, 65536, 1 << 20))
+    _, text = calibrate_local(ranks=(2,), budget_s=0.02, message_sizes=(4096, 65536, 1 << 20),
+                              repeats=1)
     path.write_text(text)
     return path

@@ -43,3 +43,44 @@ def test_calibrated_file_feeds_the_estimate(local_cluster: Path) -> None:
 def test_calibrate_without_local_is_a_one_line_error(cli) -> None:  # noqa: ANN001
     res = cli("calibrate")
     assert res.code == 2 and res.err.count("\n") == 1 and "--local" in res.err
+
+
+def _probe_rows(data: dict, spread: float = 0.02) -> dict:
+    from meshplan.execute.probes import _plans, predict
+
+    probes = {k: {"plan": p, "step_time_s": 1.0, "spread": spread, "memory_bytes": None}
+              for k, p in _plans(2).items()}
+    est = predict(data, probes)
+    for k, r in probes.items():
+        r["step_time_s"] = est[k].step_time_s
+        r["memory_bytes"] = est[k].memory_bytes["peak"] + 50e6 if k == "single" else None
+    return probes
+
+
+def test_fit_to_probes_recovers_a_known_machine(local_cluster: Path) -> None:
+    import tomllib
+
+    from meshplan.execute.probes import _with, fit_to_probes, load_warnings
+
+    start = tomllib.loads(local_cluster.read_text())
+    net = start["network"][0]
+    truth = _with(start, 3 * start["kernel_overhead"], 5 * net["latency"], 0.5, 0.6, net)
+    probes = _probe_rows(truth)
+    fitted, report = fit_to_probes(start, probes)
+    for name, row in report.items():
+        assert row["after_s"] == pytest.approx(row["measured_s"], rel=0.05), name
+    assert fitted["accelerator"]["reserved_memory_bytes"] == pytest.approx(
+        start["accelerator"]["reserved_memory_bytes"] + 50e6, rel=0.01)
+    assert load_warnings(report, None) == []
+    notes: list[str] = []
+    noisy = {**report, "tp2 sp": {**report["tp2 sp"], "spread": 0.4}}
+    assert len(load_warnings(noisy, notes.append)) == 1 and "tp2 sp 40%" in notes[0]
+
+
+def test_calibrated_file_records_this_host_and_the_probes(local_cluster: Path) -> None:
+    from meshplan.api.running import check_machine, measured_host, this_host
+
+    c = load_cluster(local_cluster)
+    assert measured_host(c) == (this_host(), "cpu")
+    check_machine(c, None, "cpu")  # counts as this machine
+    assert "executor probes" in local_cluster.read_text()

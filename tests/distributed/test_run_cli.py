@@ -64,3 +64,24 @@ def test_run_reports_measured_and_predicted(cli, local_cluster: Path) -> None:  
     assert p["plan"]["dp"] == 2 and p["step_time_s"] > 0
     assert data["error"] == pytest.approx((p["step_time_s"] - m["step_time_s"])
                                           / m["step_time_s"])
+
+
+def test_more_ranks_than_cores_is_warned(local_cluster: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import meshplan.execute.launch as launch_mod
+    from meshplan.api.running import run
+    from meshplan.specs.job import Job
+    from meshplan.specs.plan import Plan
+
+    fake = {"step_time_s": 0.1, "peak_memory_bytes": 1 << 28, "losses": [1.0, 0.9],
+            "step_times_s": [0.1, 0.1], "peak_memory_bytes_per_rank": [1 << 28] * 2,
+            "device": "cpu"}
+    monkeypatch.setattr(launch_mod, "launch", lambda *a, **k: fake)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    notes: list[str] = []
+    res = run("debug", local_cluster, Job(global_batch_size=4, seq_len=32), Plan(dp=2),
+              steps=2, warmup=1, notify=notes.append)
+    assert res is not None and res.measured["oversubscribed"]
+    assert any("time-share the CPU" in n for n in notes), notes

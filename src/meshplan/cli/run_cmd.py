@@ -81,6 +81,25 @@ def _report(inputs: Inputs, result: api.RunResult, nodes: int) -> None:
     console.print("loss: " + " ".join(f"{x:.4f}" for x in measured["losses"]))
 
 
+def _report_interrupted(exc: Any, warmup: int, json_out: bool) -> None:
+    """What rank 0 finished before SIGINT / SIGTERM: steps, their times and losses."""
+    import statistics
+
+    rows = exc.progress
+    timed = [r["time_s"] for r in rows[warmup:]] or [r["time_s"] for r in rows]
+    so_far = {"steps_done": len(rows), "step_times_s": [r["time_s"] for r in rows],
+              "losses": [r["loss"] for r in rows],
+              "step_time_s": statistics.median(timed) if timed else None}
+    name = str(exc).split()[-1]
+    if json_out:
+        print_json({"interrupted": name, "measured_so_far": so_far})
+    msg = f"interrupted by {name} after {len(rows)} step(s); every rank stopped"
+    if timed:
+        msg += (f"; median step so far {so_far['step_time_s'] * 1e3:.1f} ms (rank 0), loss "
+                + " ".join(f"{x:.4f}" for x in so_far["losses"]))
+    print(msg, file=sys.stderr)
+
+
 def run(inputs: Inputs,
         steps: Annotated[int, typer.Option("--steps", help="Optimizer steps to run")] = 10,
         warmup: Annotated[int, typer.Option("--warmup", help="Steps left out of the timing")
@@ -96,13 +115,28 @@ def run(inputs: Inputs,
         optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd")] = "adamw",
         threads: Annotated[int, typer.Option("--threads-per-rank",
                                              help="CPU threads per rank")] = 1,
+        compare_to: Annotated[str | None, typer.Option(
+            "--compare-to", help="Compare with the prediction for this --cluster although it "
+                                 "is not this machine (its name)")] = None,
         json_out: JsonFlag = False) -> None:
     """Run a plan on torch.distributed, measure it and compare with the prediction."""
-    result = api.run(inputs.model, inputs.cluster, inputs.job, inputs.plan(), steps=steps,
-                     warmup=warmup, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
-                     rdzv_endpoint=rdzv_endpoint, seed=seed, optimizer=optimizer,
-                     threads_per_rank=threads,
-                     notify=None if json_out else lambda msg: print(msg, file=sys.stderr))
+    try:
+        result = api.run(inputs.model, inputs.cluster, inputs.job, inputs.plan(), steps=steps,
+                         warmup=warmup, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+                         rdzv_endpoint=rdzv_endpoint, seed=seed, optimizer=optimizer,
+                         threads_per_rank=threads, compare_to=compare_to,
+                         notify=lambda msg: print(msg, file=sys.stderr))
+    except MeshplanError:  # user errors: one line, exit 2 (cli.main)
+        raise
+    except Exception as exc:  # the launch's Interrupted (torch is imported by then)
+        from meshplan.execute.launch import Interrupted
+
+        if not isinstance(exc, Interrupted):
+            raise
+        _report_interrupted(exc, warmup, json_out)
+        # sys.exit, not typer.Exit: under standalone_mode=False click returns an Exit's code
+        # from app() instead of raising it, and cli.main would exit 0
+        sys.exit(exc.exit_code)
     if result is None:  # a node without rank 0: rank 0's node reports
         return
     if json_out:

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tomllib
+from collections.abc import Callable
 from typing import Any
 
 import tomli_w
@@ -39,6 +41,11 @@ import torch
 from meshplan.execute.collectives import fit_network, measure_collectives
 from meshplan.execute.kernels import FIT_TOKENS, local_device
 from meshplan.specs.cluster import Cluster
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
 
 MESSAGE_SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20)
 
@@ -96,7 +103,9 @@ def _median_over_ranks(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def calibrate_local(*, threads: int = 1, ranks: tuple[int, ...] = (2, 4),
-                    budget_s: float = 0.05, message_sizes: tuple[int, ...] = MESSAGE_SIZES
+                    budget_s: float = 0.05, message_sizes: tuple[int, ...] = MESSAGE_SIZES,
+                    probes: bool = True, repeats: int = 3,
+                    notify: Callable[[str], None] | None = _stderr
                     ) -> tuple[dict[str, Any], str]:
     """Measure this machine: the cluster data and the text of its cluster TOML file (the
     data, with the raw measurements as comments). Writing it is the caller's choice.
@@ -106,6 +115,11 @@ def calibrate_local(*, threads: int = 1, ranks: tuple[int, ...] = (2, 4),
     on a CPU the ranks share caches, memory bandwidth and whatever else runs there. The
     network is fitted from the largest rank count that fits the node (at least 2); the
     other counts are kept as comments.
+
+    With `probes`, the executor itself is then measured (`probes.py`: one rank, FSDP2, DTensor
+    TP with SP, pipelining; `repeats` times each, the median kept) and kernel_overhead, the
+    network's latency and bandwidth and reserved_memory_bytes are fitted to it; repeats that
+    disagree by more than 15 % are reported through `notify` and in the file.
     """
     device = local_device()
     cores = os.cpu_count() or 1
@@ -134,8 +148,11 @@ def calibrate_local(*, threads: int = 1, ranks: tuple[int, ...] = (2, 4),
         "name": "local",
         "gpus_per_node": per_node,
         "kernel_overhead": 0.0,  # fitted below
-        "source": f"meshplan calibrate --local on {os.uname().nodename} "
-                  f"({cores} cores, torch {torch.__version__}, {fit_from['backend']})",
+        # the host and device measured: `meshplan run` counts this file as this machine
+        # (`api.running.measured_host`)
+        "source": f"meshplan calibrate --local on host={os.uname().nodename} "
+                  f"({cores} cores, device={device.type}, torch {torch.__version__}, "
+                  f"{fit_from['backend']})",
         "accelerator": {
             "name": name,
             "peak_flops": peaks,
@@ -156,13 +173,28 @@ def calibrate_local(*, threads: int = 1, ranks: tuple[int, ...] = (2, 4),
     }
     blocks = {n: dev[f"block_{n}"] for n in FIT_TOKENS}
     data["kernel_overhead"] = float(f"{fit_overhead(data, blocks, dev['overhead']):.4g}")
+    probe_lines: list[str] = []
+    if probes:
+        from meshplan.execute.probes import fit_to_probes, load_warnings, report_lines, run_probes
+
+        micro = (data["kernel_overhead"], data["network"][0]["latency"],
+                 data["network"][0]["bandwidth"], data["accelerator"]["reserved_memory_bytes"])
+        measured = run_probes(per_node, threads, repeats)
+        data, report = fit_to_probes(data, measured)
+        warnings = load_warnings(report, notify)
+        probe_lines = ["", *report_lines(report), *(f"# {w}" for w in warnings)]
+        probe_lines.append("# fitted to the probes: kernel_overhead, network latency and "
+                           "bandwidth, reserved_memory_bytes; the microbenchmarks gave "
+                           f"{micro[0] * 1e6:.0f} us, {micro[1] * 1e6:.0f} us, "
+                           f"{micro[2] / 1e9:.3g} GB/s, {micro[3] / 2**30:.3f} GiB")
     header = _header(device, threads, len(fit_from["device"]), fit_from["backend"])
     text = (header + tomli_w.dumps(data) + _raw(gemm, colls)
             + "# debug block fwd+bwd (tokens:ms) " + ", ".join(
                 f"{n}:{t * 1e3:.2f}" for n, t in {8: 4 * dev["overhead"], **blocks}.items())
             + "\n# async all-reduce hidden behind concurrent compute (microbenchmark): "
             f"{fit_from['overlap']:.2f}; latency inside a compute loop: "
-            f"{fit_from['latency_in_loop_s'] * 1e6:.0f} us\n")
+            f"{fit_from['latency_in_loop_s'] * 1e6:.0f} us\n"
+            + "".join(line + "\n" for line in probe_lines))
     Cluster.model_validate(tomllib.loads(text))  # what we hand back must load
     return data, text
 

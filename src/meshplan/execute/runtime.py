@@ -13,6 +13,7 @@ is measured against).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -20,6 +21,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +31,15 @@ from meshplan.execute.model import loss_fn
 from meshplan.execute.parallelize import Parallelized, model_parameters, parallelize
 from meshplan.specs.model import Model
 from meshplan.specs.plan import Plan
+
+PIDS_DIR = "pids"
+"""Folder next to the result where each rank writes its pid (so `launch.stop` can reap it)."""
+
+
+def progress_path(out_path: str | Path) -> Path:
+    """Where rank 0 appends one JSON line per finished step (read after an interrupt)."""
+    return Path(str(out_path) + ".progress.jsonl")
+
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """Compute dtype name -> autocast dtype (fp32: no autocast). Parameters stay fp32."""
@@ -120,8 +131,9 @@ def train_step(par: Parallelized, plan: Plan, x: torch.Tensor, y: torch.Tensor,
     return loss.float()
 
 
-def run(cfg: RunConfig) -> dict[str, Any]:
-    """Train on this rank; return the summary (meaningful on every rank)."""
+def run(cfg: RunConfig, progress: Path | None = None, index: int = 0) -> dict[str, Any]:
+    """Train on this rank; return the summary (meaningful on every rank). Rank 0 appends
+    each finished step (its own time, the loss) to `progress`."""
     if default_device_type() == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -153,6 +165,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             dist.all_reduce(loss, group=pp_group)
         dist.all_reduce(loss)  # each replica counted tp*pp times: the mean is the dp mean
         losses.append(loss.item() / world)
+        if progress is not None and dist.get_rank() == 0:
+            with open(progress, "a") as f:
+                f.write(json.dumps({"config": index, "step": len(losses) - 1,
+                                    "time_s": times[-1], "loss": losses[-1]}) + "\n")
 
     slowest = torch.tensor(times, dtype=torch.float64)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
@@ -180,8 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     with open(config_path) as f:
         data = json.load(f)
     configs = [RunConfig(**c) for c in (data if isinstance(data, list) else [data])]
+    pids = Path(out_path).parent / PIDS_DIR
+    with contextlib.suppress(OSError):
+        pids.mkdir(exist_ok=True)
+        (pids / str(os.getpid())).write_text(str(os.getpid()))
     dist.init_process_group("nccl" if default_device_type() == "cuda" else "gloo")
-    results = [run(cfg) for cfg in configs]
+    progress = progress_path(out_path)
+    results = [run(cfg, progress, i) for i, cfg in enumerate(configs)]
     if dist.get_rank() == 0:
         with open(out_path, "w") as f:
             json.dump(results if isinstance(data, list) else results[0], f)
