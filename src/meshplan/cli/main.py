@@ -217,7 +217,8 @@ _register_extensions()
 def main() -> None:
     """Console entry: run the app, turning user errors into one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns an Exit's code instead of raising it.
+        code = app(standalone_mode=False)
     except MeshplanError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -229,3 +230,4 @@ def main() -> None:
         message = err.format_message() if hasattr(err, "format_message") else str(err)
         print(f"error: {' '.join(message.split())}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
