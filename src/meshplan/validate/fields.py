@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from meshplan.errors import MeshplanError
@@ -65,3 +66,26 @@ def need(row: dict[str, Any], *keys: str) -> list[int]:
 def text_field(row: dict[str, Any], key: str) -> str:
     v = row[key]
     return v if isinstance(v, str) else ""
+
+
+MEASURED = ("tflops_per_gpu", "mfu", "hfu", "pct_of_peak_reported", "tokens_per_sec_per_gpu",
+            "tokens_per_sec_total", "samples_per_sec_per_gpu", "iteration_time_s",
+            "aggregate_pflops", "peak_memory_gb")
+"""The measured figures a row may give; each must be positive, the fractions at most 1."""
+FRACTIONS = ("mfu", "hfu", "pct_of_peak_reported")
+
+
+def check_figures(row: dict[str, Any]) -> None:
+    """Raise Unbuildable for a row with a non-finite number anywhere, or a measured figure
+    that is not positive (or, for a fraction of peak, above 1)."""
+    for key in SCHEMA_KEYS:
+        v = row[key]
+        if isinstance(v, float) and not math.isfinite(v):
+            raise Unbuildable(f"{key}={v!r}: not a finite number")
+    for key in MEASURED:
+        v = row[key]
+        if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if v <= 0 or (key in FRACTIONS and v > 1):
+            allowed = "a fraction in (0, 1]" if key in FRACTIONS else "positive"
+            raise Unbuildable(f"{key}={v!r}: impossible measurement, must be {allowed}")
