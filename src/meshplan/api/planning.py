@@ -10,6 +10,7 @@ from meshplan.errors import MeshplanError, unknown_name
 from meshplan.estimate import Estimate
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, load_model
 from meshplan.specs.job import Job
+from meshplan.specs.rules import check_inputs
 
 EXPORT_POOL = 5000
 """With an export target, how far down the ranking to look for plans it can express."""
@@ -67,8 +68,6 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
     from meshplan.export.api import TARGETS, export
     from meshplan.search.rank import search
 
-    if num_gpus <= 0:
-        raise MeshplanError(f"num_gpus={num_gpus}: must be a positive integer")
     if top <= 0:
         raise MeshplanError(f"top={top}: must be a positive integer")
     if simulate_top < 0:
@@ -76,6 +75,7 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
     if export_target is not None and export_target not in TARGETS:
         raise unknown_name("export target", export_target, TARGETS)
     model, cluster = load_model(model), load_cluster(cluster, calibration)
+    check_inputs(model, cluster, job, num_gpus)
     pool = top if export_target is None else max(top, EXPORT_POOL)
     found = search(model, cluster, job, num_gpus, top=pool, include_unfit=include_unfit,
                    simulate_top=simulate_top)
