@@ -27,6 +27,7 @@ from meshplan.validate.arch import build_model
 from meshplan.validate.fields import (
     PRE_FLASH,
     SCHEMA_KEYS,
+    TEXT_KEYS,
     Unbuildable,
     check_figures,
     int_field,
@@ -94,6 +95,9 @@ def load_runs(path: Path | None = None) -> list[dict[str, Any]]:
             raise MeshplanError(f"{name}: unknown keys {', '.join(map(repr, extra))}")
         if not isinstance(row["id"], str) or not isinstance(row["source_id"], str):
             raise MeshplanError(f"{name}: id and source_id must be strings")
+        text = next((k for k in TEXT_KEYS if not isinstance(row[k], str | None)), None)
+        if text is not None:
+            raise MeshplanError(f"{name}: {text}={row[text]!r}: must be a string or null")
         if row["id"] in seen:
             raise MeshplanError(f"{name}: duplicate id")
         seen.add(row["id"])
@@ -141,8 +145,8 @@ def _beyond_peak(case: Case) -> str | None:
     peak = max(case.cluster.accelerator.peak_flops.values())
     for key, flops in implied_flops_per_gpu(case).items():
         if flops > peak:
-            return (f"{key}={case.row[key]!r}: implies {flops / 1e12:,.0f} TFLOP/s per GPU, "
-                    f"above {case.gpu}'s peak of {peak / 1e12:,.0f}")
+            return (f"{key}={case.row[key]!r}: implies more FLOP/s per GPU than {case.gpu}'s "
+                    f"peak of {peak / 1e12:,.0f} TFLOP/s")
     return None
 
 
