@@ -187,3 +187,12 @@ def test_valid_inputs_still_load():
     assert Job(global_batch_size=8, seq_len=8, token_budget=1e13).token_budget == 1e13
     for name in ("dgx-h100", "dgx-b200", "gb200-nvl72", "mi300x"):
         load_cluster(name)
+
+
+def test_endless_and_unnameable_files(tmp_path):
+    if Path("/dev/zero").exists():
+        assert "larger than" in refused("validate", "--runs", "/dev/zero")
+    long = "a" * 300
+    assert "File name too long" in refused("estimate", *JOB, "--model", f"{long}.toml")
+    assert "file name longer" in refused("export", *JOB, "--to", "megatron", "--out",
+                                         str(tmp_path / long))

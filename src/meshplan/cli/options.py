@@ -132,7 +132,7 @@ def calibration_ref(value: str | None) -> CalibrationRef:
         return CALIBRATION_FILE
     if value == "none":
         return None
-    if not Path(value).is_file():
+    if not os.path.isfile(value):
         raise MeshplanError(f"--calibration={value!r}: no such file; give a calibration file "
                             "(format of presets/calibration.toml) or 'none'")
     return Path(value)
@@ -205,9 +205,19 @@ def check_out(flag: str, path: str | Path | None, stdout_ok: bool = False) -> No
     if is_stdout(p):
         raise MeshplanError(f"{flag}='-': standard output is not an option here; give a file "
                             "name")
-    if p.is_dir():
+    if os.path.isdir(p):
         raise MeshplanError(f"{flag}={str(p)!r}: is a directory; give a file name")
-    if not p.parent.is_dir():
+    if not os.path.isdir(p.parent):
         raise MeshplanError(f"{flag}={str(p)!r}: directory {str(p.parent)!r} does not exist")
-    if not os.access(p.parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+    if not os.access(p.parent, os.W_OK | os.X_OK) or (os.path.exists(p)
+                                                       and not os.access(p, os.W_OK)):
         raise MeshplanError(f"{flag}={str(p)!r}: not writable")
+    if len(os.fsencode(p.name)) > _name_max(p.parent):
+        raise MeshplanError(f"{flag}={str(p)!r}: file name longer than the folder allows")
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX: the common limit
+        return 255

@@ -204,4 +204,7 @@ class Cluster(Spec):
             raise ValueError(f"network domain sizes must grow outward, got {sizes}")
         if any(b % a for a, b in zip(sizes, sizes[1:], strict=False)):
             raise ValueError(f"each network domain size must divide the next, got {sizes}")
+        if self.num_gpus is not None and self.num_gpus > sizes[-1]:
+            raise ValueError(f"num_gpus ({self.num_gpus}) exceeds the outermost network "
+                             f"domain ({sizes[-1]} GPUs)")
         return self

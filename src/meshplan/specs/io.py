@@ -8,6 +8,7 @@ Everything funnels through `_validate`, so an unknown key or a wrong type is one
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,15 +34,16 @@ MAX_FILE_BYTES = 64 * 2**20
 
 
 def read_text(path: Path) -> str:
-    """A file's text, read as bytes and decoded as UTF-8; an unreadable, oversized or
-    undecodable file is a MeshplanError."""
+    """A file's text, read as bytes (at most `MAX_FILE_BYTES`) and decoded as UTF-8; an
+    unreadable, oversized or undecodable file is a MeshplanError."""
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise MeshplanError(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB; not a "
-                                "meshplan input file")
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise MeshplanError(f"cannot read {path}: {err.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise MeshplanError(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB; not a "
+                            "meshplan input file")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -89,9 +91,9 @@ def load_model(ref: str | Path | Model) -> Model:
     if isinstance(ref, Model):
         return ref
     ref_s = str(ref)
-    if isinstance(ref, Path) or _looks_like_path(ref_s) or Path(ref_s).is_file():
+    if isinstance(ref, Path) or _looks_like_path(ref_s) or os.path.isfile(ref_s):
         path = Path(ref_s)
-        if path.is_dir():
+        if os.path.isdir(path):
             path = path / "config.json"
         data = read_file(path)
         if "architectures" in data or "model_type" in data:
@@ -144,7 +146,7 @@ def load_cluster(ref: str | Path | Cluster,
         return ref
     fitted = load_calibration(calibration)
     ref_s = str(ref)
-    if isinstance(ref, Path) or _looks_like_path(ref_s) or Path(ref_s).is_file():
+    if isinstance(ref, Path) or _looks_like_path(ref_s) or os.path.isfile(ref_s):
         return _validate(Cluster, read_file(Path(ref_s)), ref_s)
     if ref_s not in preset_names("clusters"):
         raise unknown_name("cluster", ref_s, preset_names("clusters"))
