@@ -126,6 +126,7 @@ def test_more_gpus_than_the_outer_network_tier(tmp_path):
     (["--schedule", "interleaved-1f1b"], "pp > 1"),
     (["--tp-overlap"], "tp > 1"),
     (["--ep-overlap"], "ep > 1"),
+    (["--zero", "0", "--dp-shard", "2"], "zero_stage >= 1"),
 ])
 def test_flags_that_would_be_ignored_are_refused(flags, needle):
     assert needle in refused("estimate", *JOB, "--pp", "1", "--tp", "1", *flags)
@@ -196,3 +197,9 @@ def test_endless_and_unnameable_files(tmp_path):
     assert "File name too long" in refused("estimate", *JOB, "--model", f"{long}.toml")
     assert "file name longer" in refused("export", *JOB, "--to", "megatron", "--out",
                                          str(tmp_path / long))
+
+
+def test_simulate_applies_the_token_budget():
+    code, out, err = invoke("simulate", *JOB, "--pp", "2", "--token-budget", "1e12", "--json")
+    assert code == 0, err
+    assert json.loads(out)["token_budget"] == 1e12

@@ -17,6 +17,7 @@ from meshplan import api
 from meshplan.cli.options import Inputs, check_out, is_stdout, with_inputs
 from meshplan.cli.render import breakdown_tables, console, plans_table, print_json, summary_line
 from meshplan.errors import MeshplanError
+from meshplan.estimate import with_budget
 from meshplan.specs.io import load_cluster, load_model, preset_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -162,7 +163,7 @@ def simulate(inputs: Inputs,
             write_trace(sim.result, trace)
         except OSError as err:
             raise MeshplanError(f"--trace={trace}: cannot write: {err.strerror}") from None
-    e = sim.estimate
+    e = with_budget(sim.estimate, inputs.job.token_budget)
     if json_out:
         print_json(e.to_json())
         return

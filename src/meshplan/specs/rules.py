@@ -116,6 +116,9 @@ RULES: tuple[Rule, ...] = (
          lambda M, J, n, P, i: "tp_comm_overlap=True: needs tp > 1"),
     Rule("ep_overlap", lambda M, J, n, P: ~P.ep_overlap | (P.ep > 1),
          lambda M, J, n, P, i: "ep_comm_overlap=True: needs ep > 1"),
+    Rule("dp_shard_zero", lambda M, J, n, P: (P.dp_shard == P.dp) | (P.zero >= 1),
+         lambda M, J, n, P, i: f"dp_shard={int(P.dp_shard[i])}: hybrid sharding needs "
+                               "zero_stage >= 1 (zero_stage 0 shards nothing)"),
     Rule("offload_zero", lambda M, J, n, P: ~P.offload | (P.zero >= 1),
          lambda M, J, n, P, i: "offload_optimizer=True: needs zero_stage >= 1"),
 )
