@@ -28,7 +28,7 @@ def _local(source: str):  # noqa: ANN202
     (["--steps", "0"], "--steps=0"),
     (["--warmup", "5", "--steps", "5"], "--warmup=5"),
     (["--threads-per-rank", "0"], "--threads-per-rank=0"),
-    (["--precision", "fp8"], "--precision=fp8"),
+    (["--precision", "fp8"], "fp8"),
     (["--nnodes", "3"], "--nnodes=3"),
     (["--nnodes", "2"], "--rdzv-endpoint"),
     (["--nproc", "0"], "--nproc=0"),

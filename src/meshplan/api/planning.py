@@ -15,6 +15,7 @@ from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, load_model
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
+from meshplan.specs.rules import check_inputs
 
 MAX_TOP = 1000
 """Most plans one search returns."""
@@ -81,6 +82,7 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
     if export_target is not None and export_target not in TARGETS:
         raise unknown_name("export target", export_target, TARGETS)
     model, cluster = load_model(model), load_cluster(cluster, calibration)
+    check_inputs(model, cluster, job, num_gpus)
     check_weights_fit(model, cluster, num_gpus)
     space = rank_space(model, cluster, job, num_gpus, include_unfit=include_unfit)
     full = best_plans(space, cluster, job, top, include_unfit, simulate_top)

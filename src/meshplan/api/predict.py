@@ -13,6 +13,7 @@ from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, lo
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import Plan
+from meshplan.specs.rules import check_inputs
 
 ModelRef = str | Path | Model
 ClusterRef = str | Path | Cluster
@@ -29,8 +30,9 @@ def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
     default) the pipeline part comes from the event simulation of the plan's schedule;
     otherwise from the closed form.
     """
-    cluster = load_cluster(cluster, calibration)
-    analytic, costs = analytic_estimate(load_model(model), cluster, job, plan, num_gpus)
+    model, cluster = load_model(model), load_cluster(cluster, calibration)
+    check_inputs(model, cluster, job, num_gpus or plan.num_gpus)
+    analytic, costs = analytic_estimate(model, cluster, job, plan, num_gpus)
     if simulate and plan.pp > 1:
         analytic = simulate_estimate(analytic, costs, 0, cluster).estimate
     return with_budget(analytic, job.token_budget)
@@ -45,5 +47,6 @@ def simulate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
     timeline, with the events kept for `meshplan.sim.trace.write_trace` when `trace`), the
     `schedule` and the per-stage `costs`.
     """
-    return simulate_plan(load_model(model), load_cluster(cluster, calibration), job, plan,
-                         num_gpus, trace=trace)
+    model, cluster = load_model(model), load_cluster(cluster, calibration)
+    check_inputs(model, cluster, job, num_gpus or plan.num_gpus)
+    return simulate_plan(model, cluster, job, plan, num_gpus, trace=trace)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from meshplan.cli.options import Inputs, check_out, with_inputs
+from meshplan.cli.options import Inputs, check_out, is_stdout, with_inputs
 from meshplan.errors import MeshplanError
 from meshplan.export import TARGETS, export
 from meshplan.specs.plan import Plan
@@ -20,7 +20,8 @@ from meshplan.specs.plan import Plan
 TARGET_HELP = f"Engine to export to: {', '.join(TARGETS)}"
 ToOption = Annotated[str, typer.Option("--to", help=TARGET_HELP)]
 OutOption = Annotated[Path | None, typer.Option(
-    "--out", help="Write to this file instead of standard output", dir_okay=False)]
+    "--out", help="Write to this file instead of standard output ('-': standard output)",
+    dir_okay=False)]
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
     @with_inputs()
     def export_command(inputs: Inputs, to: ToOption, out: OutOption = None) -> None:
         """Write the Megatron-LM, torchtitan or DeepSpeed configuration of one plan."""
-        check_out("--out", out)
+        check_out("--out", out, stdout_ok=True)
         plan = inputs.plan()
         if plan.num_gpus != inputs.num_gpus:
             raise MeshplanError(f"dp*tp*pp*cp={plan.num_gpus}: must equal --num-gpus "
@@ -52,7 +53,7 @@ def _warn_if_unfit(plan: Plan, inputs: Inputs) -> None:
 
 def write(text: str, out: Path | None) -> None:
     """Print `text`, or write it to `out` (a script also gets the executable bit)."""
-    if out is None:
+    if out is None or is_stdout(out):
         sys.stdout.write(text)
         return
     try:

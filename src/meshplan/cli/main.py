@@ -14,9 +14,10 @@ from typing import Annotated, Any
 import typer
 
 from meshplan import api
-from meshplan.cli.options import Inputs, check_out, with_inputs
+from meshplan.cli.options import Inputs, check_out, is_stdout, with_inputs
 from meshplan.cli.render import breakdown_tables, console, plans_table, print_json, summary_line
 from meshplan.errors import MeshplanError
+from meshplan.estimate import with_budget
 from meshplan.specs.io import load_cluster, load_model, preset_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -73,7 +74,7 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
              "--export", help="Write the best plan's config: megatron, torchtitan, deepspeed")
          ] = None,
          out: Annotated[str | None, typer.Option(
-             "--out", help="File for --export (default: stdout)")] = None,
+             "--out", help="File for --export (default or '-': stdout)")] = None,
          explain: Annotated[int | None, typer.Option(
              "--explain", help="Show plan N's breakdowns and why its neighbours rank where "
                                "they do")] = None,
@@ -92,13 +93,19 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
 
         if export not in TARGETS:
             raise unknown_name("export target", export, TARGETS)
-        check_out("--out", out)
+        check_out("--out", out, stdout_ok=True)
+        if json_out and (out is None or is_stdout(out)):
+            raise MeshplanError("--json with --export: the config goes to standard output; "
+                                "give --out FILE to print the ranking as JSON as well")
+    elif out is not None:
+        raise MeshplanError(f"--out={out!r}: only with --export TARGET (the file the best "
+                            "plan's config is written to)")
     with console.status("searching plans...", spinner="dots") if not json_out else _quiet():
         result = api.plan(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=top,
                           simulate_top=simulate_top, export_target=export)
     if export is not None:
-        _export_best(result, Path(out) if out else None)
-        if out is None:
+        _export_best(result, None if out is None or is_stdout(out) else Path(out))
+        if out is None or is_stdout(out):
             return
     plans = result.ranking(top)
     if json_out:
@@ -179,7 +186,7 @@ def simulate(inputs: Inputs,
             write_trace(sim.result, trace)
         except OSError as err:
             raise MeshplanError(f"--trace={trace}: cannot write: {err.strerror}") from None
-    e = sim.estimate
+    e = with_budget(sim.estimate, inputs.job.token_budget)
     if json_out:
         print_json(e.to_json())
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, lo
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import Plan
+from meshplan.specs.rules import check_inputs
 
 EXAMPLE = {"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 64,
            "global_batch_size": 512, "seq_len": 8192}
@@ -47,10 +49,11 @@ class Inputs:
             flags["axis_order"] = tuple(flags["axis_order"].split("-"))
         if "dp" not in flags:
             other = flags.get("tp", 1) * flags.get("pp", 1) * flags.get("cp", 1)
-            if self.num_gpus % other:
+            if other > 0 and self.num_gpus % other:
                 raise MeshplanError(
                     f"tp*pp*cp={other}: must divide --num-gpus ({self.num_gpus})")
-            flags["dp"] = self.num_gpus // other
+            # A degree below 1 leaves dp at 1: the Plan names the bad degree.
+            flags["dp"] = self.num_gpus // other if other > 0 else 1
         try:
             return Plan(**flags)
         except ValidationError as err:
@@ -129,7 +132,7 @@ def calibration_ref(value: str | None) -> CalibrationRef:
         return CALIBRATION_FILE
     if value == "none":
         return None
-    if not Path(value).is_file():
+    if not os.path.isfile(value):
         raise MeshplanError(f"--calibration={value!r}: no such file; give a calibration file "
                             "(format of presets/calibration.toml) or 'none'")
     return Path(value)
@@ -146,8 +149,9 @@ def build_inputs(values: dict[str, Any]) -> Inputs:
         raise MeshplanError(f"--num-gpus={values['num_gpus']}: must be positive")
     plan_flags = {name: values.get(name) for name, _, _ in PLAN_FLAGS}
     calibration = calibration_ref(values.get("calibration"))
-    return Inputs(load_model(values["model"]), load_cluster(values["cluster"], calibration),
-                  job, values["num_gpus"], plan_flags)
+    model, cluster = load_model(values["model"]), load_cluster(values["cluster"], calibration)
+    check_inputs(model, cluster, job, values["num_gpus"])
+    return Inputs(model, cluster, job, values["num_gpus"], plan_flags)
 
 
 def with_inputs(plan_flags: bool = True, overrides: dict[str, tuple[Any, Any]] | None = None,
@@ -184,12 +188,36 @@ def with_inputs(plan_flags: bool = True, overrides: dict[str, tuple[Any, Any]] |
     return wrap
 
 
-def check_out(flag: str, path: str | Path | None) -> None:
-    """Refuse, before any work, an output file whose directory does not exist."""
-    if path is None:
+STDOUT = "-"
+"""The output path that means standard output, where a command allows it."""
+
+
+def is_stdout(path: str | Path | None) -> bool:
+    return path is not None and str(path) == STDOUT
+
+
+def check_out(flag: str, path: str | Path | None, stdout_ok: bool = False) -> None:
+    """Refuse, before any work, an output file that cannot be written: a directory, a missing
+    or unwritable folder, a read-only file; `-` (standard output) only where `stdout_ok`."""
+    if path is None or (stdout_ok and is_stdout(path)):
         return
     p = Path(path)
-    if p.is_dir():
+    if is_stdout(p):
+        raise MeshplanError(f"{flag}='-': standard output is not an option here; give a file "
+                            "name")
+    if os.path.isdir(p):
         raise MeshplanError(f"{flag}={str(p)!r}: is a directory; give a file name")
-    if not p.parent.is_dir():
+    if not os.path.isdir(p.parent):
         raise MeshplanError(f"{flag}={str(p)!r}: directory {str(p.parent)!r} does not exist")
+    if not os.access(p.parent, os.W_OK | os.X_OK) or (os.path.exists(p)
+                                                       and not os.access(p, os.W_OK)):
+        raise MeshplanError(f"{flag}={str(p)!r}: not writable")
+    if len(os.fsencode(p.name)) > _name_max(p.parent):
+        raise MeshplanError(f"{flag}={str(p)!r}: file name longer than the folder allows")
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX: the common limit
+        return 255

@@ -15,7 +15,9 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Print strict JSON: a NaN or infinity is a bug upstream (inputs are validated so that
+    none arises), refused here rather than written as invalid JSON."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def plans_table(estimates: list[Estimate], title: str) -> Table:

@@ -7,9 +7,24 @@ calibration changes data, not code (DESIGN.md, Conventions).
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from meshplan.errors import MeshplanError
 from meshplan.specs._base import Spec
+
+MAX_PEAK_FLOPS = 1e18
+"""Upper bound of any peak FLOP/s: 100x the best dense peak of today's accelerators (GB200,
+FP4 10 PFLOP/s, hardware_catalog.yaml). A figure above it is a typo or a unit slip."""
+MAX_BANDWIDTH = 1e15
+"""Upper bound of any bandwidth, bytes/s: 100x the fastest memory today (B200 / MI355X HBM3e,
+8 TB/s, hardware_catalog.yaml); network and host links are slower still."""
+MAX_MEMORY_BYTES = 3e13
+"""Upper bound of any memory size: about 100x the largest HBM today (288 GB, MI355X / B300)."""
+MIN_EFFICIENCY = 1e-4
+"""Lower bound of any efficiency (achieved / peak): below 0.01 % is a unit slip, and times
+divided by it stay finite. Rates (FLOP/s, bytes/s, parameters/s) are at least 1 per second."""
+MAX_LATENCY_S = 1.0
+"""Upper bound of a per-step latency or per-layer overhead: today's are microseconds."""
 
 
 class Curve(Spec):
@@ -28,8 +43,8 @@ class Curve(Spec):
             raise ValueError(f"x has {len(self.x)} points but y has {len(self.y)}")
         if any(b <= a for a, b in zip(self.x, self.x[1:], strict=False)) or min(self.x) <= 0:
             raise ValueError(f"x must be positive and strictly increasing, got {self.x}")
-        if any(not 0 < v <= 1.5 for v in self.y):
-            raise ValueError(f"efficiencies must be in (0, 1.5], got {self.y}")
+        if any(not MIN_EFFICIENCY <= v <= 1.5 for v in self.y):
+            raise ValueError(f"efficiencies must be in [{MIN_EFFICIENCY:g}, 1.5], got {self.y}")
         return self
 
     def __call__(self, x: np.ndarray | float) -> np.ndarray:
@@ -48,21 +63,30 @@ class Accelerator(Spec):
     name: str
     peak_flops: dict[str, float]
     """Dense peak FLOP/s per precision (bf16, fp16, fp8, fp32)."""
-    memory_bytes: float = Field(gt=0)
+    memory_bytes: float = Field(gt=0, le=MAX_MEMORY_BYTES)
     """HBM capacity."""
-    memory_bandwidth: float = Field(gt=0)
+    memory_bandwidth: float = Field(ge=1, le=MAX_BANDWIDTH)
     """Peak HBM bandwidth, bytes/s."""
     gemm_efficiency: Curve
     """Achieved / peak for one GEMM, against that GEMM's FLOPs."""
     fp8_gemm_efficiency: Curve | None = None
     """Same for FP8 GEMMs (defaults to `gemm_efficiency`)."""
-    attention_efficiency: float = Field(gt=0, le=1)
+    attention_efficiency: float = Field(ge=MIN_EFFICIENCY, le=1)
     """Fused (flash) attention forward kernel: achieved / peak of the compute dtype."""
-    attention_backward_efficiency: float = Field(gt=0, le=1)
-    memory_efficiency: float = Field(gt=0, le=1)
+    attention_backward_efficiency: float = Field(ge=MIN_EFFICIENCY, le=1)
+    memory_efficiency: float = Field(ge=MIN_EFFICIENCY, le=1)
     """Achieved / peak HBM bandwidth for element-wise kernels."""
-    reserved_memory_bytes: float = Field(ge=0)
+    reserved_memory_bytes: float = Field(ge=0, le=MAX_MEMORY_BYTES)
     """Memory lost to the CUDA context, allocator fragmentation and workspaces."""
+
+    @field_validator("peak_flops")
+    @classmethod
+    def _peaks(cls, peaks: dict[str, float]) -> dict[str, float]:
+        for precision, value in peaks.items():
+            if not 1 <= value <= MAX_PEAK_FLOPS:
+                raise ValueError(f"{precision}={value!r}: must be in [1, {MAX_PEAK_FLOPS:g}] "
+                                 "FLOP/s")
+        return peaks
 
     @model_validator(mode="after")
     def _check(self) -> Accelerator:
@@ -76,7 +100,8 @@ class Accelerator(Spec):
             return self.peak_flops[precision]
         if precision in ("bf16", "fp16"):
             return self.peak_flops.get("bf16") or self.peak_flops["fp16"]
-        raise ValueError(f"accelerator {self.name} has no {precision} peak")
+        raise MeshplanError(f"precision={precision!r}: accelerator {self.name} has no "
+                            f"{precision} peak; its peaks: {', '.join(self.peak_flops)}")
 
     def gemm_curve(self, precision: str) -> Curve:
         if precision == "fp8" and self.fp8_gemm_efficiency is not None:
@@ -92,26 +117,26 @@ class NetworkTier(Spec):
     domain_size: int = Field(gt=0)
     """GPUs in one domain of this tier (8 for an NVLink node, 72 for NVL72, the whole
     cluster for the scale-out fabric)."""
-    bandwidth: float = Field(gt=0)
+    bandwidth: float = Field(ge=1, le=MAX_BANDWIDTH)
     """Per-GPU unidirectional bandwidth, bytes/s (compare with nccl-tests busbw)."""
-    latency: float = Field(ge=0)
+    latency: float = Field(ge=0, le=MAX_LATENCY_S)
     """Per-step latency of a collective (alpha term), seconds."""
     bus_efficiency: Curve
     """nccl-tests busbw / `bandwidth`, against the message size in bytes."""
-    all_reduce_boost: float = Field(default=1.0, gt=0)
+    all_reduce_boost: float = Field(default=1.0, ge=MIN_EFFICIENCY, le=10)
     """Extra all-reduce busbw from in-network reduction (NVLS / SHARP), as a factor."""
-    oversubscription: float = Field(default=1.0, ge=1.0)
+    oversubscription: float = Field(default=1.0, ge=1.0, le=1e4)
     """Fabric oversubscription: bandwidth is divided by this factor."""
 
 
 class HostLink(Spec):
     """Host memory and the GPU-host link, for optimizer offload."""
 
-    bandwidth: float = Field(gt=0)
+    bandwidth: float = Field(ge=1, le=MAX_BANDWIDTH)
     """Per-GPU host link bandwidth, one direction, bytes/s (PCIe or C2C)."""
-    cpu_adam_params_per_s: float = Field(gt=0)
+    cpu_adam_params_per_s: float = Field(ge=1, le=MAX_PEAK_FLOPS)
     """Parameters per second that the CPU Adam step of one GPU's shard processes."""
-    memory_bytes: float = Field(gt=0)
+    memory_bytes: float = Field(gt=0, le=MAX_MEMORY_BYTES)
     """Host memory per GPU."""
 
 
@@ -168,7 +193,7 @@ class Cluster(Spec):
     host: HostLink
     overlap: Overlap
     calibration: Calibration = Calibration()
-    kernel_overhead: float = Field(default=0.0, ge=0)
+    kernel_overhead: float = Field(default=0.0, ge=0, le=MAX_LATENCY_S)
     """Fixed time per transformer layer per pass (launches, small kernels), seconds."""
     source: str = ""
 
@@ -179,4 +204,7 @@ class Cluster(Spec):
             raise ValueError(f"network domain sizes must grow outward, got {sizes}")
         if any(b % a for a, b in zip(sizes, sizes[1:], strict=False)):
             raise ValueError(f"each network domain size must divide the next, got {sizes}")
+        if self.num_gpus is not None and self.num_gpus > sizes[-1]:
+            raise ValueError(f"num_gpus ({self.num_gpus}) exceeds the outermost network "
+                             f"domain ({sizes[-1]} GPUs)")
         return self

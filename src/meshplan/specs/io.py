@@ -8,6 +8,7 @@ Everything funnels through `_validate`, so an unknown key or a wrong type is one
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,17 +29,47 @@ def preset_names(kind: str) -> list[str]:
     return sorted(p.stem for p in (PRESETS / kind).glob("*.toml"))
 
 
-def read_file(path: Path) -> dict[str, Any]:
-    """Parse a TOML or JSON file into a dict; a parse error is a MeshplanError."""
+MAX_FILE_BYTES = 64 * 2**20
+"""Largest input file read (64 MiB; the shipped runs file is ~1 MiB)."""
+
+
+def read_text(path: Path) -> str:
+    """A file's text, read as bytes (at most `MAX_FILE_BYTES`) and decoded as UTF-8; an
+    unreadable, oversized or undecodable file is a MeshplanError."""
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise MeshplanError(f"cannot read {path}: {err.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise MeshplanError(f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB; not a "
+                            "meshplan input file")
     try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        kind = path.suffix.lstrip(".") or "TOML"
-        raise MeshplanError(f"{path}: malformed {kind}: {err}") from None
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MeshplanError(f"{path}: not UTF-8 text (byte {err.start}: "
+                            f"{raw[err.start:err.start + 1]!r})") from None
+
+
+def parse_json(text: str, where: str) -> Any:
+    """Parse JSON text; malformed JSON is a MeshplanError naming `where`."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, int digit limit, depth
+        raise MeshplanError(f"{where}: malformed JSON: {' '.join(str(err).split())}") from None
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML or JSON file into a dict; a parse error is a MeshplanError."""
+    text = read_text(path)
+    if path.suffix == ".json":
+        data = parse_json(text, str(path))
+    else:
+        try:
+            data = tomllib.loads(text)
+        except (ValueError, RecursionError) as err:  # TOMLDecodeError is a ValueError
+            raise MeshplanError(f"{path}: malformed TOML: {' '.join(str(err).split())}"
+                                ) from None
     if not isinstance(data, dict):
         raise MeshplanError(f"{path}: expected an object at the top level")
     return data
@@ -60,9 +91,9 @@ def load_model(ref: str | Path | Model) -> Model:
     if isinstance(ref, Model):
         return ref
     ref_s = str(ref)
-    if isinstance(ref, Path) or _looks_like_path(ref_s) or Path(ref_s).is_file():
+    if isinstance(ref, Path) or _looks_like_path(ref_s) or os.path.isfile(ref_s):
         path = Path(ref_s)
-        if path.is_dir():
+        if os.path.isdir(path):
             path = path / "config.json"
         data = read_file(path)
         if "architectures" in data or "model_type" in data:
@@ -115,7 +146,7 @@ def load_cluster(ref: str | Path | Cluster,
         return ref
     fitted = load_calibration(calibration)
     ref_s = str(ref)
-    if isinstance(ref, Path) or _looks_like_path(ref_s) or Path(ref_s).is_file():
+    if isinstance(ref, Path) or _looks_like_path(ref_s) or os.path.isfile(ref_s):
         return _validate(Cluster, read_file(Path(ref_s)), ref_s)
     if ref_s not in preset_names("clusters"):
         raise unknown_name("cluster", ref_s, preset_names("clusters"))

@@ -23,8 +23,9 @@ class Job(Spec):
     """Bytes per gradient element (Megatron accumulates in fp32; FSDP bf16 reduce gives 2)."""
     flash_attention: bool = True
     """Fused attention kernel (FlashAttention); False models the unfused softmax of 2021."""
-    token_budget: float | None = Field(default=None, gt=0)
-    """Tokens to train on, for time-to-train and GPU-hours."""
+    token_budget: float | None = Field(default=None, ge=1, le=1e18)
+    """Tokens to train on, for time-to-train and GPU-hours (at most 1e18: ~30,000x the
+    largest pre-training corpora today, ~3.6e13 tokens)."""
 
     @property
     def tokens_per_step(self) -> int:

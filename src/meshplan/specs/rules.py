@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meshplan.errors import MeshplanError
+from meshplan.errors import MeshplanError, invalid
 from meshplan.schedules.registry import SCHEDULE_SPECS
+from meshplan.specs._base import MAX_INT
+from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import SCHEDULES, PlanArrays
@@ -42,6 +44,8 @@ def _uneven(P: PlanArrays) -> np.ndarray:
 
 _MIN_M_PER_RANK = np.array([spec.min_microbatches_per_rank for spec in SCHEDULE_SPECS])
 """Per schedule code: plans need m >= this * pp micro-batches."""
+_SINGLE_STAGE = SCHEDULES.index("1f1b")
+"""The schedule code a single-stage plan holds (the default; any other would be ignored)."""
 _NEEDS_M_MULTIPLE_OF_P = [code for code, spec in enumerate(SCHEDULE_SPECS)
                           if spec.microbatches_multiple_of_ranks]
 
@@ -103,6 +107,18 @@ RULES: tuple[Rule, ...] = (
          lambda M, J, n, P, i: f"schedule={SCHEDULES[int(P.schedule[i])]}: micro-batches "
                                f"({int(_m(J, P)[i])}) must be a multiple of pp "
                                f"({int(P.pp[i])}) (Megatron-LM)"),
+    Rule("schedule_pp", lambda M, J, n, P: (P.pp > 1) | ((P.schedule == _SINGLE_STAGE)
+                                                          & (P.vpp == 1)),
+         lambda M, J, n, P, i: f"schedule={SCHEDULES[int(P.schedule[i])]}, vpp="
+                               f"{int(P.vpp[i])}: a pipeline schedule and virtual stages "
+                               "need pp > 1"),
+    Rule("tp_overlap", lambda M, J, n, P: ~P.tp_overlap | (P.tp > 1),
+         lambda M, J, n, P, i: "tp_comm_overlap=True: needs tp > 1"),
+    Rule("ep_overlap", lambda M, J, n, P: ~P.ep_overlap | (P.ep > 1),
+         lambda M, J, n, P, i: "ep_comm_overlap=True: needs ep > 1"),
+    Rule("dp_shard_zero", lambda M, J, n, P: (P.dp_shard == P.dp) | (P.zero >= 1),
+         lambda M, J, n, P, i: f"dp_shard={int(P.dp_shard[i])}: hybrid sharding needs "
+                               "zero_stage >= 1 (zero_stage 0 shards nothing)"),
     Rule("offload_zero", lambda M, J, n, P: ~P.offload | (P.zero >= 1),
          lambda M, J, n, P, i: "offload_optimizer=True: needs zero_stage >= 1"),
 )
@@ -121,3 +137,22 @@ def check_plan(model: Model, job: Job, num_gpus: int, P: PlanArrays) -> None:
     for rule in RULES:
         if not bool(np.asarray(rule.ok(model, job, num_gpus, P), dtype=bool).reshape(-1)[0]):
             raise MeshplanError(rule.why(model, job, num_gpus, P, 0))
+
+
+def check_inputs(model: Model, cluster: Cluster, job: Job, num_gpus: int) -> None:
+    """Raise MeshplanError where the job cannot run on this model and cluster at any plan:
+    a sequence beyond the model's `max_seq_len`, a precision the accelerator has no peak
+    for, more GPUs than the outermost network tier (or the cluster) holds."""
+    if not 0 < num_gpus <= MAX_INT:
+        raise invalid("num_gpus", num_gpus, f"must be in [1, {MAX_INT:,}]")
+    if model.max_seq_len is not None and job.seq_len > model.max_seq_len:
+        raise invalid("seq_len", job.seq_len, f"{model.name} holds at most max_seq_len="
+                      f"{model.max_seq_len} positions; give a model file with a larger one")
+    cluster.accelerator.peak(job.precision)
+    outer = cluster.network[-1]
+    if num_gpus > outer.domain_size:
+        raise invalid("num_gpus", num_gpus, f"cluster {cluster.name}'s outermost network tier "
+                      f"({outer.name}) connects at most {outer.domain_size:,} GPUs")
+    if cluster.num_gpus is not None and num_gpus > cluster.num_gpus:
+        raise invalid("num_gpus", num_gpus, f"cluster {cluster.name} has only "
+                      f"{cluster.num_gpus}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from meshplan.errors import MeshplanError
@@ -30,6 +31,14 @@ SCHEMA_KEYS: tuple[str, ...] = (
     "flops_accounting", "is_sweep", "notes", "derived",
 )
 """The 66 keys every row has (null when the source does not give the value)."""
+
+TEXT_KEYS: tuple[str, ...] = (
+    "source_title", "source_location", "source_url", "source_version", "model_name",
+    "model_family", "mlp_type", "arch_notes", "arch_source", "gpu_type",
+    "intra_node_interconnect", "inter_node_interconnect", "system", "pipeline_schedule",
+    "activation_recompute", "precision", "framework", "optimizations", "tflops_definition",
+    "flops_accounting", "notes")
+"""Keys whose value is text (or null)."""
 
 PRE_FLASH = frozenset({"megatron2021", "mtnlg2022", "bloom_tr11", "opt2022"})
 """Runs from 2021-22, before FlashAttention: unfused softmax attention."""
@@ -59,9 +68,37 @@ def need(row: dict[str, Any], *keys: str) -> list[int]:
     missing = [k for k, v in zip(keys, vals, strict=True) if v is None]
     if missing:
         raise Unbuildable(f"{', '.join(missing)} not given")
+    for k, v in zip(keys, vals, strict=True):
+        if v <= 0:  # type: ignore[operator]
+            raise Unbuildable(f"{k}={v}: must be positive")
     return vals  # type: ignore[return-value]
 
 
 def text_field(row: dict[str, Any], key: str) -> str:
     v = row[key]
     return v if isinstance(v, str) else ""
+
+
+MEASURED = ("tflops_per_gpu", "mfu", "hfu", "pct_of_peak_reported", "tokens_per_sec_per_gpu",
+            "tokens_per_sec_total", "samples_per_sec_per_gpu", "iteration_time_s",
+            "aggregate_pflops", "peak_memory_gb")
+"""The measured figures a row may give; each must be positive, the fractions at most 1."""
+FRACTIONS = ("mfu", "hfu", "pct_of_peak_reported")
+
+
+def check_figures(row: dict[str, Any]) -> None:
+    """Raise Unbuildable for a row with a non-finite number anywhere, or a measured figure
+    that is not positive (or, for a fraction of peak, above 1)."""
+    for key in SCHEMA_KEYS:
+        v = row[key]
+        if isinstance(v, float) and not math.isfinite(v):
+            raise Unbuildable(f"{key}: not a finite number")
+    for key in MEASURED:
+        v = row[key]
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise MeshplanError(f"run {row['id']!r}: {key}={v!r}: must be a number or null")
+        if v <= 0 or (key in FRACTIONS and v > 1):
+            allowed = "a fraction in (0, 1]" if key in FRACTIONS else "positive"
+            raise Unbuildable(f"{key}={v!r}: impossible measurement, must be {allowed}")

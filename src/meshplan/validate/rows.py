@@ -8,7 +8,6 @@ tables: `arch` (model conventions, tokenizers), `layout` (engine defaults for th
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,9 +16,10 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from meshplan.cost.flops import model_flops_per_step
 from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.specs.cluster import Cluster
-from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef
+from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, parse_json, read_text
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import Plan
@@ -27,7 +27,9 @@ from meshplan.validate.arch import build_model
 from meshplan.validate.fields import (
     PRE_FLASH,
     SCHEMA_KEYS,
+    TEXT_KEYS,
     Unbuildable,
+    check_figures,
     int_field,
     need,
     text_field,
@@ -76,15 +78,8 @@ def load_runs(path: Path | None = None) -> list[dict[str, Any]]:
         text = (files("meshplan") / "data" / "published_training_runs.json").read_text()
         where = "published_training_runs.json"
     else:
-        try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise MeshplanError(f"cannot read {path}: {err.strerror}") from None
-        where = str(path)
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise MeshplanError(f"{where}: malformed JSON: {err}") from None
+        text, where = read_text(Path(path)), str(path)
+    rows = parse_json(text, where)
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise MeshplanError(f"{where}: expected a JSON list of run objects")
     if not rows:
@@ -100,6 +95,9 @@ def load_runs(path: Path | None = None) -> list[dict[str, Any]]:
             raise MeshplanError(f"{name}: unknown keys {', '.join(map(repr, extra))}")
         if not isinstance(row["id"], str) or not isinstance(row["source_id"], str):
             raise MeshplanError(f"{name}: id and source_id must be strings")
+        text = next((k for k in TEXT_KEYS if not isinstance(row[k], str | None)), None)
+        if text is not None:
+            raise MeshplanError(f"{name}: {text}={row[text]!r}: must be a string or null")
         if row["id"] in seen:
             raise MeshplanError(f"{name}: duplicate id")
         seen.add(row["id"])
@@ -127,8 +125,34 @@ def gradient_bytes(row: dict[str, Any], notes: list[str]) -> Literal[2, 4]:
     return 4
 
 
+def implied_flops_per_gpu(case: Case) -> dict[str, float]:
+    """FLOP/s per GPU that each measured throughput of the row implies, counting the model
+    FLOPs meshplan reports (causal attention: a lower bound of what any engine executes)."""
+    row, g, seq = case.row, case.num_gpus, case.job.seq_len
+    per_token = float(model_flops_per_step(case.source_model, 1, seq, causal=True)) / seq
+    step_tokens = case.job.global_batch_size * seq
+    rates = {"tflops_per_gpu": 1e12, "aggregate_pflops": 1e15 / g,
+             "tokens_per_sec_per_gpu": per_token, "tokens_per_sec_total": per_token / g,
+             "samples_per_sec_per_gpu": per_token * seq}
+    out = {k: float(row[k]) * scale for k, scale in rates.items() if row[k] is not None}
+    if row["iteration_time_s"] is not None:
+        out["iteration_time_s"] = step_tokens * per_token / g / float(row["iteration_time_s"])
+    return out
+
+
+def _beyond_peak(case: Case) -> str | None:
+    """Why the row's measured throughput is impossible on its accelerator, or None."""
+    peak = max(case.cluster.accelerator.peak_flops.values())
+    for key, flops in implied_flops_per_gpu(case).items():
+        if flops > peak:
+            return (f"{key}={case.row[key]!r}: implies more FLOP/s per GPU than {case.gpu}'s "
+                    f"peak of {peak / 1e12:,.0f} TFLOP/s")
+    return None
+
+
 def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
     notes: list[str] = []
+    check_figures(row)
     need(row, *REQUIRED)  # name every missing field at once
     hw = build_cluster(row, calibration)
     if isinstance(hw, str):
@@ -187,7 +211,9 @@ def build_case(row: dict[str, Any], calibration: CalibrationRef = CALIBRATION_FI
     """Rebuild one run (its preset calibrated from `calibration`), or say in one line why it
     cannot be rebuilt."""
     try:
-        return _build(row, calibration)
+        case = _build(row, calibration)
+        why = None if isinstance(case, Skip) else _beyond_peak(case)
+        return case if why is None else Skip(row["id"], why)
     except Unbuildable as why:
         return Skip(row["id"], str(why))
     except ValidationError as err:
