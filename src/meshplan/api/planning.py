@@ -3,11 +3,11 @@ export target can express."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meshplan.api.predict import ClusterRef, ModelRef
 from meshplan.errors import MeshplanError, unknown_name
-from meshplan.estimate import Estimate
+from meshplan.estimate import Estimate, calibration_info, with_calibration_info
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, load_model
 from meshplan.specs.job import Job
 
@@ -79,6 +79,8 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
     pool = top if export_target is None else max(top, EXPORT_POOL)
     found = search(model, cluster, job, num_gpus, top=pool, include_unfit=include_unfit,
                    simulate_top=simulate_top)
+    info = calibration_info(cluster)  # every result names the calibration it was costed with
+    found = replace(found, plans=[with_calibration_info(e, info) for e in found.plans])
     stats = {"evaluated": found.evaluated, "generated": found.generated,
              "num_fitting": found.num_fitting, "search_seconds": found.search_seconds}
     if export_target is None:

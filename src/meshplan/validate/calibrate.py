@@ -3,7 +3,9 @@
 Procedure (`meshplan calibrate --runs FILE`):
 1. Rebuild every run (`rows.build_case`) and convert its measurement to a measured step time
    on the source's own accounting (`metrics.compare`).
-2. Group runs by the cluster preset they map to (one group per accelerator / system kind).
+2. Group runs by the silicon of the accelerator they map to (`Accelerator.calibration_key`:
+   one group, and one table of the calibration file, per die and operating point; every
+   preset and cluster file declaring that silicon reads the table).
 3. For each group, fit `gemm_scale`, `attention_scale` (multipliers on the measured efficiency
    curves), `kernel_overhead` (seconds per layer and pass) and `pp_overlap` (share of pipeline
    send/receive hidden behind compute) by coordinate descent with a
@@ -52,6 +54,7 @@ class FitCase:
     case: Case
     measured_step: float
     group: str
+    """The calibration key (accelerator silicon) whose factors the run fits."""
     source: str
     key: str
     """Runs with the same key share model, job and cluster: they are costed in one batch."""
@@ -84,7 +87,8 @@ def prepare(rows: Iterable[dict[str, Any]]) -> list[FitCase]:
         cmp = compare(case, est, metric)
         measured_step = est.step_time_s * (1 + cmp.throughput_error)
         key = "|".join(x.model_dump_json() for x in (case.model, case.job, case.cluster))
-        out.append(FitCase(case, measured_step, case.cluster.name, row["source_id"], key))
+        out.append(FitCase(case, measured_step, case.cluster.accelerator.calibration_key,
+                           row["source_id"], key))
     return out
 
 
