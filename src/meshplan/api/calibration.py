@@ -78,4 +78,4 @@ def _fit_runs(path: str | None, loso: bool,
                 "headline": stats(e for i, e in errors.items() if i in headline)}
 
     return RunsCalibration(result.factors, split(result.in_sample), split(result.held_out),
-                           calibration_toml(result, path or "shipped published runs"))
+                           calibration_toml(result, path or SHIPPED))

@@ -79,13 +79,16 @@ class FitResult:
 
 
 def prepare(rows: Iterable[dict[str, Any]]) -> list[FitCase]:
-    """Runs that can be rebuilt and compared (the same ones `meshplan validate` compares)."""
+    """Runs that can be rebuilt and compared (the same ones `meshplan validate` compares).
+
+    Rebuilt without any calibration file: the fit sets every factor itself, so what it
+    produces never depends on the file it is about to replace."""
     from meshplan.api import estimate
 
     out = []
     for row in rows:
         metric = pick_metric(row)
-        case = build_case(row) if metric else None
+        case = build_case(row, None) if metric else None
         if metric is None or not isinstance(case, Case):
             continue
         try:
@@ -286,10 +289,13 @@ def presets_reading(key: str) -> list[str]:
 
 def calibration_toml(result: FitResult, source: str) -> str:
     """A calibration file's text for fitted factors (the format of presets/calibration.toml,
-    which `--calibration FILE` reads): one table per accelerator silicon."""
-    lines = ["# Efficiency factors fitted by `meshplan calibrate` "
-             "(meshplan/validate/calibrate.py).",
-             f"# Data: {source}. Do not edit by hand: rerun the command.",
+    which `--calibration FILE` reads): one table per accelerator silicon. `source` is the
+    runs file, or "shipped"."""
+    data = ("the published runs shipped with meshplan (meshplan/data/"
+            "published_training_runs.json)" if source == "shipped" else source)
+    lines = ["# Efficiency factors fitted by `meshplan calibrate --runs "
+             f"{source}` (meshplan/validate/calibrate.py).",
+             f"# Data: {data}. Do not edit by hand: rerun the command.",
              "# One table per accelerator silicon: every cluster (preset or file) whose",
              "# [accelerator] declares that `silicon` (else has that name) reads it.", ""]
     for name, f in sorted(result.factors.items()):
