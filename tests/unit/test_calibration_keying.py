@@ -52,6 +52,9 @@ def test_a_user_written_file_with_the_same_silicon_gets_the_same_factors(tmp_pat
                               if not line.startswith("silicon")))
     raw = load_cluster(bare)
     assert raw.calibration.key is None and raw.calibration.gemm_scale == 1.0
+    claims = tmp_path / "claims.toml"  # a file cannot claim a table it did not get
+    claims.write_text(bare.read_text() + '\n[calibration]\nkey = "H100"\n')
+    assert load_cluster(claims).calibration.key is None
     assert raw.kernel_overhead == 3e-5  # the file's own value, taken as written
 
 

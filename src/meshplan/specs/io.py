@@ -165,7 +165,8 @@ def with_calibration(data: dict[str, Any], fitted: dict[str, Any] | None,
     merged in over the file's own values; `file` names the calibration file in the result."""
     out = dict(data)
     cal = data.get("calibration", {})
-    if file is not None and isinstance(cal, dict):
+    if file is not None and isinstance(cal, dict):  # what was applied is this load's to say
+        cal = {k: v for k, v in cal.items() if k != "key"}
         out["calibration"] = cal = {**cal, "file": file}
     if not fitted:
         return out
