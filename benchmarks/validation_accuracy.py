@@ -6,12 +6,14 @@ Prints median / p90 absolute throughput error and bias for headline and sweep ro
 in-sample next to held-out. Uses the closed-form pipeline (as the fit does); `meshplan validate`
 prints the simulated figures.
 
-Run: python benchmarks/validation_accuracy.py [--runs FILE]   (several minutes on 2 cores)
+Run: python benchmarks/validation_accuracy.py [--runs FILE]   (minutes on 2 cores; progress on
+stderr)
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import defaultdict
 
@@ -35,9 +37,18 @@ def main() -> None:
     args = ap.parse_args()
     rows = load_runs(args.runs)
     meta = {r["id"]: r for r in rows}
-    t0 = time.perf_counter()
-    result = calibrate(rows, leave_one_source_out=True)
-    print(f"fit + leave-one-source-out in {time.perf_counter() - t0:.0f} s\n")
+    t0, c0 = time.perf_counter(), time.process_time()
+    seen: list[str] = []
+
+    def progress(what: str, done: int, total: int) -> None:
+        if what not in seen:
+            seen.append(what)
+            print(f"[{time.perf_counter() - t0:5.0f} s] {what} ({done / total:.0%})",
+                  file=sys.stderr)
+
+    result = calibrate(rows, leave_one_source_out=True, progress=progress)
+    print(f"fit + leave-one-source-out in {time.perf_counter() - t0:.0f} s "
+          f"({time.process_time() - c0:.0f} s CPU)\n")
     print("fitted factors:")
     for group, f in sorted(result.factors.items()):
         print(f"  {group:18} " + "  ".join(f"{k}={v:.4g}" for k, v in f.items()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from meshplan.specs.cluster import Cluster
 from meshplan.specs.plan import Plan
 
 GIB = 1024**3
@@ -48,6 +49,9 @@ class Estimate:
     a ranking (`search.rank.group_equivalents`)."""
     source: str = "analytic"
     """'analytic' (closed-form pipeline) or 'simulated' (event simulation of the schedule)."""
+    calibration: dict[str, Any] | None = None
+    """The calibration in use (`calibration_info`): file, the accelerator's key, whether a
+    table of the file was applied, and the factors; None: not recorded."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -97,6 +101,7 @@ class Estimate:
             "binds": self.binding,
             "headroom_gib": self.headroom_bytes / GIB,
             "equivalent_plans": self.equivalent_plans,
+            **({} if self.calibration is None else {"calibration": self.calibration}),
             **self.extra,
         }
 
@@ -109,3 +114,34 @@ def with_budget(e: Estimate, token_budget: float | None) -> Estimate:
     budget = {"token_budget": token_budget, "time_to_train_days": seconds / 86400,
               "gpu_hours": seconds * e.num_gpus / 3600}
     return replace(e, extra={**e.extra, **budget})
+
+
+def with_calibration_info(e: Estimate, info: dict[str, Any]) -> Estimate:
+    """The estimate naming the calibration it was costed with (`calibration_info`)."""
+    return replace(e, calibration=info)
+
+
+def calibration_info(cluster: Cluster) -> dict[str, Any]:
+    """The calibration a cluster was loaded with: `file` ("shipped", "none", a path; "" for a
+    cluster built directly), `key` (the table its accelerator reads: its silicon), `table`
+    (the table applied, None when the file has none for it) and the factors in use."""
+    cal = cluster.calibration
+    return {"file": cal.file, "key": cluster.accelerator.calibration_key, "table": cal.key,
+            "factors": {"gemm_scale": cal.gemm_scale, "attention_scale": cal.attention_scale,
+                        "kernel_overhead": cluster.kernel_overhead,
+                        "pp_overlap": cluster.overlap.pp}}
+
+
+def calibration_line(info: dict[str, Any]) -> str:
+    """One line naming the calibration in use, for the table output."""
+    f, key = info["factors"], info["key"]
+    where = {"shipped": "the shipped presets/calibration.toml", "": "the cluster as given"
+             }.get(info["file"], info["file"])
+    if info["table"] is None:
+        why = ("--calibration none" if info["file"] == "none"
+               else f"no [{key}] table in {where}")
+        return (f"calibration: none for {key} ({why}): the cluster's own efficiency curves, "
+                f"gemm x{f['gemm_scale']:.3g}, attention x{f['attention_scale']:.3g}")
+    return (f"calibration: [{info['table']}] from {where}: gemm x{f['gemm_scale']:.3g}, "
+            f"attention x{f['attention_scale']:.3g}, kernel overhead "
+            f"{f['kernel_overhead'] * 1e6:.3g} us/layer/pass, pp overlap {f['pp_overlap']:.2f}")

@@ -1,5 +1,5 @@
-"""`calibrate`: fit the presets' efficiency factors to measured runs, or measure this
-machine. Both return data and the text of the file they describe; writing it is the
+"""`calibrate`: fit the efficiency factors of each accelerator silicon to measured runs, or
+measure this machine. Both return data and the text of the file they describe; writing it is the
 caller's choice (`meshplan calibrate --out`)."""
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ SHIPPED = "shipped"
 
 @dataclass(frozen=True)
 class RunsCalibration:
-    """Factors fitted per cluster preset, their errors, and the calibration file's text."""
+    """Factors fitted per accelerator silicon, their errors, and the calibration file's text."""
 
     factors: dict[str, dict[str, float]]
+    """silicon (the calibration key of the accelerators that read it) -> fitted factors."""
     in_sample: dict[str, dict[str, Any]]
     """"all" and "headline" error statistics with the factors fitted on every run."""
     held_out: dict[str, dict[str, Any]]
@@ -42,10 +43,13 @@ class LocalCalibration:
 
 def calibrate(runs: str | Path | None = None, *, local: bool = False,
               leave_one_source_out: bool = True, threads: int = 1,
-              progress: Callable[[str], None] | None = None
+              progress: Callable[[str, int, int], None] | None = None
               ) -> RunsCalibration | LocalCalibration:
     """Fit to `runs` (a runs file in the published_training_runs.json schema, or "shipped"),
-    or with `local` measure this machine (`threads` CPU threads per rank; needs torch)."""
+    or with `local` measure this machine (`threads` CPU threads per rank; needs torch).
+
+    With runs, `progress(what, done, total)` is called as the fit advances (`done` of
+    `total` loss evaluations over every fit, `what` naming the current one)."""
     if local == (runs is not None):
         raise MeshplanError("calibrate: give exactly one of local=True or runs=FILE")
     if local:
@@ -59,7 +63,7 @@ def calibrate(runs: str | Path | None = None, *, local: bool = False,
 
 
 def _fit_runs(path: str | None, loso: bool,
-              progress: Callable[[str], None] | None) -> RunsCalibration:
+              progress: Callable[[str, int, int], None] | None) -> RunsCalibration:
     from meshplan.validate.calibrate import calibrate as fit
     from meshplan.validate.calibrate import calibration_toml
     from meshplan.validate.report import stats
@@ -74,4 +78,4 @@ def _fit_runs(path: str | None, loso: bool,
                 "headline": stats(e for i, e in errors.items() if i in headline)}
 
     return RunsCalibration(result.factors, split(result.in_sample), split(result.held_out),
-                           calibration_toml(result, path or "shipped published runs"))
+                           calibration_toml(result, path or SHIPPED))

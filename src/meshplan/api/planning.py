@@ -10,7 +10,7 @@ from meshplan.api.predict import ClusterRef, ModelRef
 from meshplan.cost.params import count_params
 from meshplan.cost.train.memory import WEIGHT_BYTES
 from meshplan.errors import MeshplanError, unknown_name
-from meshplan.estimate import Estimate
+from meshplan.estimate import Estimate, calibration_info, with_calibration_info
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, load_model
 from meshplan.specs.job import Job
@@ -85,13 +85,16 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
     check_inputs(model, cluster, job, num_gpus)
     check_weights_fit(model, cluster, num_gpus)
     space = rank_space(model, cluster, job, num_gpus, include_unfit=include_unfit)
-    full = best_plans(space, cluster, job, top, include_unfit, simulate_top)
+    info = calibration_info(cluster)  # every result names the calibration it was costed with
+    full = [with_calibration_info(e, info)
+            for e in best_plans(space, cluster, job, top, include_unfit, simulate_top)]
     stats = {"evaluated": len(space.plans), "generated": space.generated,
              "num_fitting": space.num_fitting}
     if export_target is None:
         return PlanResult(full, **stats, search_seconds=time.perf_counter() - space.start)
     keep = expressible_mask(export_target, model, job, space.plans)
-    plans = best_plans(space, cluster, job, top, include_unfit, simulate_top, keep=keep)
+    plans = [with_calibration_info(e, info) for e in
+             best_plans(space, cluster, job, top, include_unfit, simulate_top, keep=keep)]
     ranks = _ranks(plans, full)
     last = ranks[-1] if ranks else len(full) + 1
     skipped = [Refusal(rank, e, str(why)) for rank, e in enumerate(full, 1)

@@ -3,10 +3,11 @@ simulation itself, with its timeline)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from meshplan.analytic import analytic_estimate
-from meshplan.estimate import Estimate, with_budget
+from meshplan.estimate import Estimate, calibration_info, with_budget, with_calibration_info
 from meshplan.sim.plan import Simulation, simulate_estimate, simulate_plan
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, load_model
@@ -35,7 +36,8 @@ def estimate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
     analytic, costs = analytic_estimate(model, cluster, job, plan, num_gpus)
     if simulate and plan.pp > 1:
         analytic = simulate_estimate(analytic, costs, 0, cluster).estimate
-    return with_budget(analytic, job.token_budget)
+    return with_calibration_info(with_budget(analytic, job.token_budget),
+                                 calibration_info(cluster))
 
 
 def simulate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
@@ -49,4 +51,5 @@ def simulate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
     """
     model, cluster = load_model(model), load_cluster(cluster, calibration)
     check_inputs(model, cluster, job, num_gpus or plan.num_gpus)
-    return simulate_plan(model, cluster, job, plan, num_gpus, trace=trace)
+    sim = simulate_plan(model, cluster, job, plan, num_gpus, trace=trace)
+    return replace(sim, estimate=with_calibration_info(sim.estimate, calibration_info(cluster)))

@@ -1,5 +1,6 @@
-"""`meshplan calibrate`: fit the presets' efficiency factors to runs (--runs FILE) or measure
-this machine (--local); the work is `meshplan.api.calibrate`, this module parses and prints.
+"""`meshplan calibrate`: fit the efficiency factors of each accelerator silicon to runs (--runs
+FILE) or measure this machine (--local); the work is `meshplan.api.calibrate`, this module
+parses and prints (progress on stderr, the result on stdout).
 
 Fitted factors go to a user file (`--out CAL.toml`) that every predicting command reads with
 `--calibration CAL.toml`; nothing is written into the installed package.
@@ -7,10 +8,21 @@ Fitted factors go to a user file (`--out CAL.toml`) that every predicting comman
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from meshplan import api
 from meshplan.cli.options import check_out
@@ -51,8 +63,8 @@ def calibrate(
         out = Path(LOCAL_CLUSTER)
     check_out("--out", out)
     if runs is not None:
-        progress = None if json_out else console.print
-        fitted = api.calibrate(runs, leave_one_source_out=loso, progress=progress)
+        with _progress_bar() as progress:
+            fitted = api.calibrate(runs, leave_one_source_out=loso, progress=progress)
         assert isinstance(fitted, api.RunsCalibration)
         _save(fitted.text, out)
         _print_fit(fitted, out, json_out)
@@ -70,6 +82,30 @@ def calibrate(
                   f"{acc['memory_bandwidth'] / 1e9:.1f} GB/s; {net['name']} busbw "
                   f"{net['bandwidth'] / 1e9:.2f} GB/s, latency {net['latency'] * 1e6:.0f} us; "
                   f"kernel overhead {data['kernel_overhead'] * 1e6:.0f} us")
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar on stderr (stdout stays for the result, JSON included); on a stderr that
+    is not a terminal, one status line per fit instead."""
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        last: list[str] = []
+
+        def lines(what: str, done: int, total: int) -> None:
+            if not last or what != last[-1]:
+                last.append(what)
+                err.print(f"calibrate: {what} ({done / total:.0%})", highlight=False)
+        yield lines
+        return
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("preparing runs", total=None)
+
+        def update(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+        yield update
 
 
 def _save(text: str, out: Path | None) -> None:

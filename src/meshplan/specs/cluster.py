@@ -78,6 +78,16 @@ class Accelerator(Spec):
     """Achieved / peak HBM bandwidth for element-wise kernels."""
     reserved_memory_bytes: float = Field(ge=0, le=MAX_MEMORY_BYTES)
     """Memory lost to the CUDA context, allocator fragmentation and workspaces."""
+    silicon: str | None = None
+    """The silicon (die and operating point) whose fitted factors this accelerator uses: the
+    table of a calibration file it reads (`calibration_key`). Accelerators on the same die
+    whose peaks are quoted at their own clocks share one (H200 with H100, B200 with GB200);
+    None: the accelerator's `name` is the key."""
+
+    @property
+    def calibration_key(self) -> str:
+        """The calibration-file table this accelerator's fitted factors come from."""
+        return self.silicon or self.name
 
     @field_validator("peak_flops")
     @classmethod
@@ -178,6 +188,12 @@ class Calibration(Spec):
     """Multiplies both attention efficiencies."""
     source: str = ""
     """How the factors were fitted (command, data, date)."""
+    key: str | None = None
+    """The calibration-file table merged in (the accelerator's `calibration_key`); None: no
+    table was applied, the cluster's own values (raw curves unless it sets factors)."""
+    file: str = ""
+    """The calibration file asked for when the cluster was loaded: "shipped", "none" or a
+    path ("": the cluster was built directly, not loaded)."""
 
 
 class Cluster(Spec):

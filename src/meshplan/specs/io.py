@@ -1,5 +1,6 @@
 """Loading specs from preset names, meshplan TOML/JSON files and Hugging Face config.json,
-and the calibration file whose fitted factors the cluster presets get (`load_calibration`).
+and the calibration file whose fitted factors every cluster gets by its accelerator's silicon
+(`load_calibration`, `load_cluster`).
 
 Everything funnels through `_validate`, so an unknown key or a wrong type is one
 `MeshplanError` naming the file, the field and the value.
@@ -107,7 +108,8 @@ def load_model(ref: str | Path | Model) -> Model:
 
 
 CALIBRATION_FILE = PRESETS / "calibration.toml"
-"""Factors fitted by `meshplan calibrate` for the cluster presets, one table per preset."""
+"""Factors fitted by `meshplan calibrate`, one table per accelerator silicon (the
+`calibration_key` of a cluster's accelerator: its `silicon`, else its name)."""
 
 CalibrationRef = str | Path | None
 """Where fitted factors come from: a calibration file (default: the shipped one), or None /
@@ -116,14 +118,22 @@ CalibrationRef = str | Path | None
 _FITTED_KEYS = {"gemm_scale", "attention_scale", "kernel_overhead", "pp_overlap", "source"}
 
 
+def calibration_label(ref: CalibrationRef) -> str:
+    """How a calibration choice is named in results: "shipped", "none" or the file's path."""
+    if ref is None or str(ref) == "none":
+        return "none"
+    return "shipped" if Path(ref) == CALIBRATION_FILE else str(ref)
+
+
 def load_calibration(ref: CalibrationRef = CALIBRATION_FILE) -> dict[str, dict[str, Any]]:
-    """Fitted factors per cluster preset name from a calibration file ({} for None/"none")."""
+    """Fitted factors per accelerator silicon from a calibration file ({} for None/"none")."""
     if ref is None or str(ref) == "none":
         return {}
     path = Path(ref)
     if path == CALIBRATION_FILE and not path.is_file():
         return {}
     data = read_file(path)
+    presets = set(preset_names("clusters"))
     for name, table in data.items():
         if not isinstance(table, dict):
             raise MeshplanError(f"{path}: [{name}] must be a table of fitted factors")
@@ -131,38 +141,72 @@ def load_calibration(ref: CalibrationRef = CALIBRATION_FILE) -> dict[str, dict[s
         if unknown:
             raise MeshplanError(f"{path}: [{name}] unknown key {unknown[0]!r}; known: "
                                 f"{', '.join(sorted(_FITTED_KEYS))}")
+        if name in presets:
+            raise MeshplanError(
+                f"{path}: [{name}] names a cluster preset, but calibration tables are keyed by "
+                f"the accelerator's silicon (e.g. [{_preset_key(name)}]); rerun "
+                "`meshplan calibrate --runs ... --out` to refit in that form")
     return data
+
+
+def _preset_key(name: str) -> str:
+    acc = read_file(PRESETS / "clusters" / f"{name}.toml").get("accelerator", {})
+    return str(acc.get("silicon") or acc.get("name", "?"))
 
 
 def load_cluster(ref: str | Path | Cluster,
                  calibration: CalibrationRef = CALIBRATION_FILE) -> Cluster:
     """A Cluster from a preset name or a meshplan cluster file (TOML or JSON).
 
-    A preset gets the fitted factors of its name from `calibration` (a file in the format of
-    `presets/calibration.toml`; None or "none": no factors). A cluster file is taken as
-    written, but a given calibration file is still read, so a bad one is always an error.
+    Presets and files alike get the fitted factors of their accelerator's silicon (the
+    table `accelerator.silicon`, else `accelerator.name`, of `calibration`: a file in the
+    format of `presets/calibration.toml`; None or "none": no factors), so a copied preset
+    file predicts what the preset does. A given calibration file is always read, so a bad
+    one is always an error. A Cluster object is taken as it is.
     """
     if isinstance(ref, Cluster):
         return ref
     fitted = load_calibration(calibration)
     ref_s = str(ref)
     if isinstance(ref, Path) or _looks_like_path(ref_s) or os.path.isfile(ref_s):
-        return _validate(Cluster, read_file(Path(ref_s)), ref_s)
-    if ref_s not in preset_names("clusters"):
+        data, where = read_file(Path(ref_s)), ref_s
+    elif ref_s not in preset_names("clusters"):
         raise unknown_name("cluster", ref_s, preset_names("clusters"))
-    data = read_file(PRESETS / "clusters" / f"{ref_s}.toml")
-    return _validate(Cluster, with_calibration(data, fitted.get(ref_s)), f"preset {ref_s}")
+    else:
+        data, where = read_file(PRESETS / "clusters" / f"{ref_s}.toml"), f"preset {ref_s}"
+    key = calibration_key(data)
+    merged = with_calibration(data, fitted.get(key) if key else None, key,
+                              calibration_label(calibration))
+    return _validate(Cluster, merged, where)
 
 
-def with_calibration(data: dict[str, Any], fitted: dict[str, Any] | None) -> dict[str, Any]:
-    """A preset's data with its fitted factors (one table of a calibration file) merged in."""
-    if not fitted:
-        return data
-    fitted = dict(fitted)
+def calibration_key(data: dict[str, Any]) -> str | None:
+    """The calibration table a cluster's data reads (`Accelerator.calibration_key`), or None
+    when the data has no accelerator to name one (validation then says what is missing)."""
+    acc = data.get("accelerator")
+    if not isinstance(acc, dict):
+        return None
+    key = acc.get("silicon") or acc.get("name")
+    return key if isinstance(key, str) else None
+
+
+def with_calibration(data: dict[str, Any], fitted: dict[str, Any] | None,
+                     key: str | None = None, file: str | None = None) -> dict[str, Any]:
+    """A cluster's data with its fitted factors (one table of a calibration file, `key`)
+    merged in over the file's own values; `file` names the calibration file in the result."""
     out = dict(data)
+    cal = data.get("calibration", {})
+    if file is not None and isinstance(cal, dict):  # what was applied is this load's to say
+        cal = {k: v for k, v in cal.items() if k != "key"}
+        out["calibration"] = cal = {**cal, "file": file}
+    if not fitted:
+        return out
+    fitted = dict(fitted)
     if "kernel_overhead" in fitted:
         out["kernel_overhead"] = fitted.pop("kernel_overhead")
-    if "pp_overlap" in fitted:
-        out["overlap"] = {**data.get("overlap", {}), "pp": fitted.pop("pp_overlap")}
-    out["calibration"] = {**data.get("calibration", {}), **fitted}
+    pp = fitted.pop("pp_overlap", None)
+    if pp is not None and isinstance(data.get("overlap"), dict):  # else validation names it
+        out["overlap"] = {**data["overlap"], "pp": pp}
+    if isinstance(cal, dict):
+        out["calibration"] = {**cal, **fitted, "key": key}
     return out

@@ -3,7 +3,9 @@
 Procedure (`meshplan calibrate --runs FILE`):
 1. Rebuild every run (`rows.build_case`) and convert its measurement to a measured step time
    on the source's own accounting (`metrics.compare`).
-2. Group runs by the cluster preset they map to (one group per accelerator / system kind).
+2. Group runs by the silicon of the accelerator they map to (`Accelerator.calibration_key`:
+   one group, and one table of the calibration file, per die and operating point; every
+   preset and cluster file declaring that silicon reads the table).
 3. For each group, fit `gemm_scale`, `attention_scale` (multipliers on the measured efficiency
    curves), `kernel_overhead` (seconds per layer and pass) and `pp_overlap` (share of pipeline
    send/receive hidden behind compute) by coordinate descent with a
@@ -18,7 +20,7 @@ The fit uses the closed-form pipeline (fast); `meshplan validate` reports the si
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +44,12 @@ PARAMS: dict[str, tuple[float, float]] = {
 DEFAULTS = {"gemm_scale": 1.0, "attention_scale": 1.0, "kernel_overhead": 3e-5,
             "pp_overlap": 0.0}
 _CLUSTER_LEVEL = ("kernel_overhead", "pp_overlap")
+GOLDEN_ITERS = 12
+"""Golden-section iterations per parameter and sweep."""
+SWEEPS = 2
+"""Coordinate-descent sweeps over PARAMS."""
+EVALUATIONS_PER_FIT = SWEEPS * len(PARAMS) * (GOLDEN_ITERS + 2)
+"""Loss evaluations in one fit (golden section: two points, then one per iteration)."""
 Factors = dict[str, float]
 
 
@@ -52,6 +60,7 @@ class FitCase:
     case: Case
     measured_step: float
     group: str
+    """The calibration key (accelerator silicon) whose factors the run fits."""
     source: str
     key: str
     """Runs with the same key share model, job and cluster: they are costed in one batch."""
@@ -60,6 +69,9 @@ class FitCase:
 @dataclass
 class FitResult:
     factors: dict[str, Factors]
+    """Calibration key (accelerator silicon) -> fitted factors."""
+    runs: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Calibration key -> runs fitted per source."""
     in_sample: dict[str, float] = field(default_factory=dict)
     """id -> throughput error with the factors fitted on all runs."""
     held_out: dict[str, float] = field(default_factory=dict)
@@ -67,13 +79,16 @@ class FitResult:
 
 
 def prepare(rows: Iterable[dict[str, Any]]) -> list[FitCase]:
-    """Runs that can be rebuilt and compared (the same ones `meshplan validate` compares)."""
+    """Runs that can be rebuilt and compared (the same ones `meshplan validate` compares).
+
+    Rebuilt without any calibration file: the fit sets every factor itself, so what it
+    produces never depends on the file it is about to replace."""
     from meshplan.api import estimate
 
     out = []
     for row in rows:
         metric = pick_metric(row)
-        case = build_case(row) if metric else None
+        case = build_case(row, None) if metric else None
         if metric is None or not isinstance(case, Case):
             continue
         try:
@@ -83,9 +98,18 @@ def prepare(rows: Iterable[dict[str, Any]]) -> list[FitCase]:
             continue
         cmp = compare(case, est, metric)
         measured_step = est.step_time_s * (1 + cmp.throughput_error)
-        key = "|".join(x.model_dump_json() for x in (case.model, case.job, case.cluster))
-        out.append(FitCase(case, measured_step, case.cluster.name, row["source_id"], key))
+        out.append(FitCase(case, measured_step, case.cluster.accelerator.calibration_key,
+                           row["source_id"], _batch_key(case, row["source_id"])))
     return out
+
+
+def _batch_key(case: Case, source: str) -> str:
+    """What runs must share to be costed in one call: the model (its name and provenance
+    text aside, which no formula reads), job, cluster, axis order, and the source (so that
+    leaving a source out drops whole batches)."""
+    return "|".join((source, case.model.model_dump_json(exclude={"name", "source"}),
+                     case.job.model_dump_json(), case.cluster.model_dump_json(),
+                     ",".join(case.plan.axis_order)))
 
 
 def apply(cluster: Cluster, factors: Factors) -> Cluster:
@@ -97,27 +121,94 @@ def apply(cluster: Cluster, factors: Factors) -> Cluster:
                                       "kernel_overhead": factors["kernel_overhead"]})
 
 
+@dataclass
+class _Batch:
+    case: Case
+    """The first run of the batch (model, job and cluster of all)."""
+    plans: PlanArrays
+    members: np.ndarray
+    """Indices of the batch's runs in the fitter's case list."""
+
+
+class Fitter:
+    """The runs of one group, batched once, with every costing remembered.
+
+    Costing is the whole price of a fit (one `evaluate` per batch and candidate factors), so
+    the batches are built once and each (batch, factors) step-time array is kept: the
+    leave-one-source-out refits of a group meet many of the factor points the full fit and
+    the other refits already costed (every fit starts from the same defaults and brackets).
+    """
+
+    def __init__(self, cases: list[FitCase]) -> None:
+        self.cases = cases
+        self.measured = np.array([fc.measured_step for fc in cases])
+        self.source = np.array([fc.source for fc in cases])
+        index: dict[str, list[int]] = defaultdict(list)
+        for i, fc in enumerate(cases):
+            index[fc.key].append(i)
+        self.batches = [_Batch(cases[idx[0]].case,
+                               PlanArrays.from_plans([cases[i].case.plan for i in idx]),
+                               np.array(idx)) for idx in index.values()]
+        self._memo: dict[tuple[int, tuple[float, ...]], np.ndarray] = {}
+        self.evaluations = 0
+        """Loss evaluations so far (progress)."""
+
+    def steps(self, factors: Factors, batches: Iterable[int] | None = None) -> np.ndarray:
+        """Analytic step time of every run (NaN outside `batches`) under `factors`."""
+        out = np.full(len(self.cases), np.nan)
+        point = tuple(factors[k] for k in PARAMS)
+        for b in range(len(self.batches)) if batches is None else batches:
+            steps = self._memo.get((b, point))
+            if steps is None:
+                batch = self.batches[b]
+                steps = evaluate(batch.case.model, apply(batch.case.cluster, factors),
+                                 batch.case.job, batch.plans).step_time
+                self._memo[(b, point)] = steps
+            out[self.batches[b].members] = steps
+        return out
+
+    def fit(self, without: str | None = None, sweeps: int = SWEEPS,
+            tick: Callable[[], None] | None = None) -> Factors:
+        """Coordinate descent over PARAMS on the group's runs (less one source)."""
+        keep = self.source != without
+        batches = [b for b, batch in enumerate(self.batches) if keep[batch.members[0]]]
+        counts: dict[str, int] = defaultdict(int)
+        for src in self.source[keep]:
+            counts[src] += 1
+        weights = np.array([1.0 / counts[src] for src in self.source[keep]])
+        meas = self.measured[keep]
+
+        def loss(candidate: Factors) -> float:
+            pred = self.steps(candidate, batches)[keep]
+            if tick:
+                tick()
+            return float(np.sum(weights * np.abs(np.log(pred / meas))) / np.sum(weights))
+
+        factors = dict(DEFAULTS)
+        for _ in range(sweeps):
+            for name, (lo, hi) in PARAMS.items():
+                def f(x: float, name: str = name) -> float:
+                    return loss({**factors, name: x})
+                factors[name] = _golden(f, lo, hi, GOLDEN_ITERS)
+        return factors
+
+    def errors(self, factors: Factors, source: str | None = None) -> dict[str, float]:
+        """id -> throughput error of the runs (of one source) under `factors`."""
+        pick = [b for b, batch in enumerate(self.batches)
+                if source is None or self.source[batch.members[0]] == source]
+        pred = self.steps(factors, pick)
+        return {fc.case.row["id"]: fc.measured_step / p - 1
+                for fc, p in zip(self.cases, pred, strict=True)
+                if source is None or fc.source == source}
+
+
 def predicted_steps(cases: list[FitCase], factors: Factors) -> np.ndarray:
     """Analytic step time of every case under `factors`, batched by shared inputs."""
-    out = np.empty(len(cases))
-    batches: dict[str, list[int]] = defaultdict(list)
-    for i, fc in enumerate(cases):
-        batches[fc.key].append(i)
-    for idx in batches.values():
-        first = cases[idx[0]].case
-        P = PlanArrays.from_plans([cases[i].case.plan for i in idx])
-        steps = evaluate(first.model, apply(first.cluster, factors), first.job, P).step_time
-        out[idx] = steps
-    return out
+    return Fitter(cases).steps(factors)
 
 
-def _loss(cases: list[FitCase], weights: np.ndarray, factors: Factors) -> float:
-    pred = predicted_steps(cases, factors)
-    meas = np.array([fc.measured_step for fc in cases])
-    return float(np.sum(weights * np.abs(np.log(pred / meas))) / np.sum(weights))
-
-
-def _golden(f: Callable[[float], float], lo: float, hi: float, iters: int = 12) -> float:
+def _golden(f: Callable[[float], float], lo: float, hi: float,
+            iters: int = GOLDEN_ITERS) -> float:
     """Minimise a unimodal-ish f on [lo, hi] (golden-section search)."""
     g = (math.sqrt(5) - 1) / 2
     a, b = lo, hi
@@ -135,60 +226,86 @@ def _golden(f: Callable[[float], float], lo: float, hi: float, iters: int = 12) 
     return c if fc <= fd else d
 
 
-def fit_group(cases: list[FitCase], sweeps: int = 2) -> Factors:
+def fit_group(cases: list[FitCase], sweeps: int = SWEEPS) -> Factors:
     """Coordinate descent over PARAMS for one group of runs."""
-    counts: dict[str, int] = defaultdict(int)
-    for fc in cases:
-        counts[fc.source] += 1
-    weights = np.array([1.0 / counts[fc.source] for fc in cases])
-    factors = dict(DEFAULTS)
-    for _ in range(sweeps):
-        for name, (lo, hi) in PARAMS.items():
-            def f(x: float, name: str = name) -> float:
-                return _loss(cases, weights, {**factors, name: x})
-            factors[name] = _golden(f, lo, hi)
-    return factors
+    return Fitter(cases).fit(sweeps=sweeps)
 
 
-def _errors(cases: list[FitCase], factors: Factors) -> dict[str, float]:
-    pred = predicted_steps(cases, factors)
-    return {fc.case.row["id"]: fc.measured_step / p - 1 for fc, p in zip(cases, pred, strict=True)}
+Progress = Callable[[str, int, int], None]
+"""progress(what, done, total): `done` of `total` loss evaluations, `what` the current fit."""
 
 
 def calibrate(rows: Iterable[dict[str, Any]], leave_one_source_out: bool = True,
-              progress: Callable[[str], None] | None = None) -> FitResult:
+              progress: Progress | None = None) -> FitResult:
     """Fit every group; optionally measure leave-one-source-out errors."""
     cases = prepare(rows)
     groups: dict[str, list[FitCase]] = defaultdict(list)
     for fc in cases:
         groups[fc.group].append(fc)
-    result = FitResult({})
+    fits: list[tuple[str, str | None]] = []
     for name, members in sorted(groups.items()):
-        if progress:
-            progress(f"fitting {name} on {len(members)} runs")
-        result.factors[name] = fit_group(members)
-        result.in_sample.update(_errors(members, result.factors[name]))
-        if not leave_one_source_out:
-            continue
+        fits.append((name, None))
         sources = sorted({fc.source for fc in members})
-        for source in sources:
-            train = [fc for fc in members if fc.source != source]
-            test = [fc for fc in members if fc.source == source]
-            # A source alone on its hardware has nothing to learn from: keep the defaults.
-            factors = fit_group(train) if train else dict(DEFAULTS)
+        if leave_one_source_out:
+            # A source alone on its hardware has nothing to learn from: it keeps the defaults.
+            fits += [(name, s) for s in sources if len(sources) > 1]
+    total, done = len(fits) * EVALUATIONS_PER_FIT, 0
+    result = FitResult({})
+    fitters = {name: Fitter(members) for name, members in groups.items()}
+    for name, without in fits:
+        fitter = fitters[name]
+        what = (f"{name}: {len(fitter.cases)} runs" if without is None else
+                f"{name} without {without}")
+
+        def tick(what: str = what) -> None:
+            nonlocal done
+            done += 1
             if progress:
-                progress(f"  {name} without {source}: {len(train)} training runs")
-            result.held_out.update(_errors(test, factors))
+                progress(what, done, total)
+
+        factors = fitter.fit(without, tick=tick)
+        if without is None:
+            result.factors[name] = factors
+            result.runs[name] = dict(sorted(Counter(fitter.source.tolist()).items()))
+            result.in_sample.update(fitter.errors(factors))
+        else:
+            result.held_out.update(fitter.errors(factors, without))
+    if leave_one_source_out:
+        for fitter in fitters.values():
+            if len(set(fitter.source)) == 1:
+                result.held_out.update(fitter.errors(dict(DEFAULTS)))
+    if progress:
+        progress("done", total, total)
     return result
+
+
+def presets_reading(key: str) -> list[str]:
+    """The cluster presets whose accelerator reads calibration table `key`."""
+    from meshplan.specs.io import PRESETS, calibration_key, preset_names, read_file
+
+    return [n for n in preset_names("clusters")
+            if calibration_key(read_file(PRESETS / "clusters" / f"{n}.toml")) == key]
 
 
 def calibration_toml(result: FitResult, source: str) -> str:
     """A calibration file's text for fitted factors (the format of presets/calibration.toml,
-    which `--calibration FILE` reads)."""
-    lines = ["# Efficiency factors fitted by `meshplan calibrate` "
-             "(meshplan/validate/calibrate.py).",
-             f"# Data: {source}. Do not edit by hand: rerun the command.", ""]
+    which `--calibration FILE` reads): one table per accelerator silicon. `source` is the
+    runs file, or "shipped"."""
+    data = ("the published runs shipped with meshplan (meshplan/data/"
+            "published_training_runs.json)" if source == "shipped" else source)
+    lines = ["# Efficiency factors fitted by `meshplan calibrate --runs "
+             f"{source}` (meshplan/validate/calibrate.py).",
+             f"# Data: {data}. Do not edit by hand: rerun the command.",
+             "# One table per accelerator silicon: every cluster (preset or file) whose",
+             "# [accelerator] declares that `silicon` (else has that name) reads it.", ""]
     for name, f in sorted(result.factors.items()):
+        runs = result.runs.get(name, {})
+        if runs:
+            lines.append(f"# {sum(runs.values())} runs: " + ", ".join(
+                f"{src} {n}" for src, n in runs.items()))
+        readers = presets_reading(name)
+        if readers:
+            lines.append(f"# presets: {', '.join(readers)}")
         lines.append(f"[{name}]")
         lines.append(f"gemm_scale = {f['gemm_scale']:.4f}")
         lines.append(f"attention_scale = {f['attention_scale']:.4f}")
