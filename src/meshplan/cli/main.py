@@ -17,7 +17,7 @@ from meshplan import api
 from meshplan.cli.options import Inputs, check_out, is_stdout, with_inputs
 from meshplan.cli.render import breakdown_tables, console, plans_table, print_json, summary_line
 from meshplan.errors import MeshplanError
-from meshplan.estimate import with_budget
+from meshplan.estimate import calibration_line, with_budget
 from meshplan.specs.io import load_cluster, load_model, preset_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -118,6 +118,8 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
         console.print(f"no plan fits ({result.evaluated} legal plans evaluated)")
         raise typer.Exit(1)
     console.print(plans_table(plans, title))
+    if plans[0].calibration:
+        console.print(calibration_line(plans[0].calibration))
     console.print(f"{result.evaluated:,} plans evaluated in {result.search_seconds:.3f} s; "
                   f"{result.num_fitting:,} fit in memory")
     if explain is not None:
@@ -165,6 +167,8 @@ def estimate(inputs: Inputs, json_out: JsonFlag = False) -> None:
         print_json(e.to_json())
         return
     console.print(summary_line(e))
+    if e.calibration:
+        console.print(calibration_line(e.calibration))
     for table in breakdown_tables(e):
         console.print(table)
 
@@ -191,6 +195,8 @@ def simulate(inputs: Inputs,
         print_json(e.to_json())
         return
     console.print(summary_line(e))
+    if e.calibration:
+        console.print(calibration_line(e.calibration))
     s = e.extra.get("simulated", {})
     if s:
         console.print(f"simulated pipeline {s['pipeline_s']:.3f} s, mean rank idle "
