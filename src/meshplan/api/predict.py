@@ -52,4 +52,5 @@ def simulate(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan,
     model, cluster = load_model(model), load_cluster(cluster, calibration)
     check_inputs(model, cluster, job, num_gpus or plan.num_gpus)
     sim = simulate_plan(model, cluster, job, plan, num_gpus, trace=trace)
-    return replace(sim, estimate=with_calibration_info(sim.estimate, calibration_info(cluster)))
+    est = with_budget(sim.estimate, job.token_budget)
+    return replace(sim, estimate=with_calibration_info(est, calibration_info(cluster)))

@@ -17,7 +17,7 @@ from meshplan import api
 from meshplan.cli.options import Inputs, check_out, is_stdout, with_inputs
 from meshplan.cli.render import breakdown_tables, console, plans_table, print_json, summary_line
 from meshplan.errors import MeshplanError
-from meshplan.estimate import calibration_line, with_budget
+from meshplan.estimate import calibration_line
 from meshplan.specs.io import load_cluster, load_model, preset_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -190,7 +190,7 @@ def simulate(inputs: Inputs,
             write_trace(sim.result, trace)
         except OSError as err:
             raise MeshplanError(f"--trace={trace}: cannot write: {err.strerror}") from None
-    e = with_budget(sim.estimate, inputs.job.token_budget)
+    e = sim.estimate
     if json_out:
         print_json(e.to_json())
         return
