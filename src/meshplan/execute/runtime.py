@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from meshplan.execute.model import loss_fn
 from meshplan.execute.parallelize import Parallelized, model_parameters, parallelize
+from meshplan.mesh import num_microbatches
 from meshplan.specs.model import Model
 from meshplan.specs.plan import Plan
 
@@ -143,7 +144,7 @@ def run(cfg: RunConfig, progress: Path | None = None, index: int = 0) -> dict[st
     spec, plan = Model.model_validate(cfg.model), Plan.model_validate(cfg.plan)
     world = dist.get_world_size()
     assert world == plan.num_gpus, f"world size {world} != plan's {plan.num_gpus} ranks"
-    m = cfg.global_batch_size // (plan.dp * plan.micro_batch_size)
+    m = int(num_microbatches(cfg.global_batch_size, plan.dp, plan.micro_batch_size))
     par = parallelize(spec, plan, m, seed=cfg.seed, seq_len=cfg.seq_len, device=device,
                       compute_dtype=DTYPES[cfg.dtype])
     opt = make_optimizer(cfg.optimizer, model_parameters(par.parts), cfg.lr)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from meshplan.errors import MeshplanError, invalid
+from meshplan.mesh import num_microbatches
 from meshplan.schedules.registry import SCHEDULE_SPECS, schedule_spec
 from meshplan.schedules.spec import ScheduleSpec
 from meshplan.specs.job import Job
@@ -155,7 +156,7 @@ def engine_schedule(plan: Plan, engine_key: str) -> ScheduleSpec | None:
 
 def microbatches(job: Job, plan: Plan) -> int:
     """Micro-batches per data-parallel rank per step (exact: the plan rules require it)."""
-    return job.global_batch_size // (plan.dp * plan.micro_batch_size)
+    return int(num_microbatches(job.global_batch_size, plan.dp, plan.micro_batch_size))
 
 
 def header(engine: str, source: str, model: Model, job: Job, plan: Plan) -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshplan.errors import MeshplanError, invalid
+from meshplan.mesh import num_microbatches
 from meshplan.schedules.registry import SCHEDULE_SPECS
 from meshplan.specs._base import MAX_INT
 from meshplan.specs.cluster import Cluster
@@ -35,7 +36,7 @@ class Rule:
 
 
 def _m(job: Job, P: PlanArrays) -> np.ndarray:
-    return job.global_batch_size // (P.dp * P.mbs)
+    return num_microbatches(job.global_batch_size, P.dp, P.mbs)
 
 
 def _uneven(P: PlanArrays) -> np.ndarray:
