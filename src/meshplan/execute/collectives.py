@@ -230,7 +230,8 @@ def measure_collectives(num_ranks: int, sizes: list[int], budget_s: float = 0.05
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", str(num_ranks), "-m", "meshplan.execute.collectives",
                json.dumps(sizes), str(budget_s), str(threads), out, str(compute_ranks)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        # TMPDIR: torchrun's own temporary files go with this folder.
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), TMPDIR=tmp)
         for _attempt in range(2):  # one retry: a loaded machine can drop a gloo connection
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
             if proc.returncode == 0 and os.path.exists(out):

@@ -187,8 +187,9 @@ def _launch(workdir: Path, cfg: RunConfig | list[RunConfig], nproc_per_node: int
     cfgs = cfg if isinstance(cfg, list) else [cfg]
     config.write_text(json.dumps([c.to_dict() for c in cfgs] if isinstance(cfg, list)
                                  else cfg.to_dict()))
+    # TMPDIR: torchrun's and the ranks' own temporary files (torchelastic_*) go with the run.
     env = dict(os.environ, OMP_NUM_THREADS=str(cfgs[0].threads_per_rank),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", TMPDIR=str(workdir))
     cmd = torchrun_command(config, out, nproc_per_node, torchrun_args)
     proc = None
     try:
