@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
+
 import numpy as np
 import pytest
 
@@ -37,3 +41,20 @@ def scalar(x) -> float:
 @pytest.fixture
 def gpt_job() -> Job:
     return Job(global_batch_size=1536, seq_len=2048, flash_attention=False)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    """Run `meshplan ARGS` in this process (the console entry point); (exit code, stdout,
+    stderr)."""
+    from meshplan.cli.main import main
+
+    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
+    sys.argv, code = ["meshplan", *args], 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()

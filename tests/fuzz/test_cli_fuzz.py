@@ -9,12 +9,10 @@ about 30 s in all on one core.
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import json
 import math
 import re
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,9 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshplan.cli.main import main
 from meshplan.schedules.registry import SCHEDULE_NAMES
 from meshplan.specs.io import PRESETS
+from tests.conftest import invoke
 
 EXAMPLES = {"flags": 200, "model": 80, "cluster": 80, "runs": 40, "bytes": 30}
 """Examples per test: the fixed budget."""
@@ -49,18 +47,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
-def invoke(args: list[str]) -> tuple[int, str, str]:
-    """Run `meshplan ARGS` in this process; (exit code, stdout, stderr)."""
-    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
-    sys.argv, code = ["meshplan", *args], 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
 
 
 def _walk_json(obj: Any, key: str = "") -> None:
@@ -78,7 +64,7 @@ def _walk_json(obj: Any, key: str = "") -> None:
 
 def check(args: list[str]) -> tuple[int, str, str]:
     """Invoke and assert the CLI contract."""
-    code, out, err = invoke(args)
+    code, out, err = invoke(*args)
     context = f"meshplan {' '.join(args)}\nstdout: {out[-800:]}\nstderr: {err[-800:]}"
     assert "Traceback" not in err, context
     assert code in (0, 2) or (code == 1 and "no plan fits" in out), context

@@ -3,38 +3,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 import tomli_w
 
-from meshplan.cli.main import main
 from meshplan.cli.render import print_json
 from meshplan.errors import MeshplanError
 from meshplan.specs import Job, Plan
 from meshplan.specs.io import PRESETS, load_cluster, load_model
 from meshplan.validate.rows import load_runs
+from tests.conftest import invoke
 
 JOB = ["--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "8",
        "--global-batch-size", "64", "--seq-len", "4096"]
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
-    sys.argv, code = ["meshplan", *args], 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
 
 
 def refused(*args: str) -> str:
