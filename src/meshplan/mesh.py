@@ -97,7 +97,7 @@ class Mesh:
 
     def num_microbatches(self, global_batch_size: int) -> np.ndarray:
         """Micro-batches per optimizer step of each data-parallel replica."""
-        return num_microbatches(global_batch_size, self.plans.dp, self.plans.mbs)
+        return np.asarray(num_microbatches(global_batch_size, self.plans.dp, self.plans.mbs))
 
     def tokens_per_microbatch(self, seq_len: int) -> np.ndarray:
         """Tokens of one micro-batch on one GPU (its context-parallel share)."""

@@ -88,10 +88,9 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
     info = calibration_info(cluster)  # every result names the calibration it was costed with
     full = [with_calibration_info(e, info)
             for e in best_plans(space, cluster, job, top, include_unfit, simulate_top)]
-    stats = {"evaluated": len(space.plans), "generated": space.generated,
-             "num_fitting": space.num_fitting}
     if export_target is None:
-        return PlanResult(full, **stats, search_seconds=time.perf_counter() - space.start)
+        return PlanResult(full, len(space.plans), space.generated, space.num_fitting,
+                          time.perf_counter() - space.start)
     keep = expressible_mask(export_target, model, job, space.plans)
     plans = [with_calibration_info(e, info) for e in
              best_plans(space, cluster, job, top, include_unfit, simulate_top, keep=keep)]
@@ -101,9 +100,9 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
                if rank < last and (why := refusal(export_target, model, job, e.plan))]
     config = export(plans[0], export_target, model=model, job=job, cluster=cluster) \
         if plans else None
-    return PlanResult(plans, **stats, search_seconds=time.perf_counter() - space.start,
-                      export_target=export_target, ranks=ranks, skipped=skipped,
-                      config=config, full=full)
+    return PlanResult(plans, len(space.plans), space.generated, space.num_fitting,
+                      time.perf_counter() - space.start, export_target=export_target,
+                      ranks=ranks, skipped=skipped, config=config, full=full)
 
 
 def _ranks(plans: list[Estimate], full: list[Estimate]) -> list[int]:

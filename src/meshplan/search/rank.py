@@ -97,9 +97,22 @@ def _degrees(plan: Plan) -> tuple[int, ...]:
     return (plan.tp, plan.cp, plan.pp, plan.dp, plan.ep)
 
 
-def _better_representative(a: tuple[float, int], b: tuple[float, int]) -> bool:
-    """(peak memory, ZeRO stage): more headroom first, then the lower stage."""
-    return a < b
+@dataclass
+class _Group:
+    """A group being formed: its fastest step, its representative and its size."""
+
+    fastest: float
+    peak: float
+    zero: int
+    index: int
+    count: int = 1
+
+    def offer(self, peak: float, zero: int, index: int) -> None:
+        """Count a member; it represents the group if it has more headroom (then a lower
+        ZeRO stage)."""
+        self.count += 1
+        if (peak, zero) < (self.peak, self.zero):
+            self.peak, self.zero, self.index = peak, zero, index
 
 
 def _group_heads(space: RankedSpace, order: np.ndarray, groups: int) -> tuple[list[int],
@@ -111,24 +124,21 @@ def _group_heads(space: RankedSpace, order: np.ndarray, groups: int) -> tuple[li
     walk = order[:GROUP_WALK]
     keys = np.stack([P.tp[walk], P.cp[walk], P.pp[walk], P.dp[walk], P.ep[walk]], axis=1)
     step, peak, zero = costs.step_time[walk], costs.memory["peak"][walk], P.zero[walk]
-    heads: list[list[float]] = []  # per group: [fastest step, rep peak, rep zero, rep, count]
+    heads: list[_Group] = []
     latest: dict[tuple[int, ...], int] = {}
     for j in range(len(walk)):
-        if len(heads) >= groups and step[j] > (1 + EQUIVALENT_STEP) * heads[-1][0]:
+        if len(heads) >= groups and step[j] > (1 + EQUIVALENT_STEP) * heads[-1].fastest:
             break
         key = tuple(keys[j].tolist())
         g = latest.get(key)
-        if g is None or step[j] > (1 + EQUIVALENT_STEP) * heads[g][0]:
+        if g is None or step[j] > (1 + EQUIVALENT_STEP) * heads[g].fastest:
             if len(heads) >= groups:
                 continue
             latest[key] = len(heads)
-            heads.append([float(step[j]), float(peak[j]), int(zero[j]), int(walk[j]), 1])
+            heads.append(_Group(float(step[j]), float(peak[j]), int(zero[j]), int(walk[j])))
             continue
-        head = heads[g]
-        head[4] += 1
-        if _better_representative((float(peak[j]), int(zero[j])), (head[1], head[2])):
-            head[1], head[2], head[3] = float(peak[j]), int(zero[j]), int(walk[j])
-    return [int(h[3]) for h in heads], [int(h[4]) for h in heads]
+        heads[g].offer(float(peak[j]), int(zero[j]), int(walk[j]))
+    return [h.index for h in heads], [h.count for h in heads]
 
 
 def group_equivalents(ranked: list[Estimate]) -> list[Estimate]:

@@ -36,7 +36,7 @@ class Rule:
 
 
 def _m(job: Job, P: PlanArrays) -> np.ndarray:
-    return num_microbatches(job.global_batch_size, P.dp, P.mbs)
+    return np.asarray(num_microbatches(job.global_batch_size, P.dp, P.mbs))
 
 
 def _uneven(P: PlanArrays) -> np.ndarray:

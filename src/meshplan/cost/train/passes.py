@@ -64,6 +64,7 @@ def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes
     """Attention block: QKV and output GEMMs, the attention core, norms/residual/RoPE."""
     shape, deg = _shape(job, mesh)
     parts = attention_parts(model, K, shape, deg, fused=job.flash_attention)
+    core_b: np.ndarray | float
     if job.flash_attention:
         core_b = K.attention(2 * attention_core_flops(model, shape.causal_pairs, deg.tp),
                              backward=True)

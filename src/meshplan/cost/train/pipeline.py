@@ -39,14 +39,14 @@ def in_flight_microbatches(schedule: np.ndarray, p: np.ndarray, m: np.ndarray,
 
 def head_rank(schedule: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Rank of the last stage (LM head and loss): p - 1, or 0 for V-shaped placements."""
-    v_shaped = _by_schedule(schedule, lambda spec: np.float64(spec.placement == "v"))
+    v_shaped = _by_schedule(schedule, lambda spec: np.asarray(float(spec.placement == "v")))
     return np.where(v_shaped > 0, 0, p - 1)
 
 
 def head_in_flight(schedule: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Micro-batches whose LM-head activations the last stage holds at once: m when every
     forward runs first, else 1 (its backward follows its forward at once)."""
-    first = _by_schedule(schedule, lambda spec: np.float64(spec.forward_first))
+    first = _by_schedule(schedule, lambda spec: np.asarray(float(spec.forward_first)))
     return np.where(first > 0, m, 1).astype(float)
 
 
