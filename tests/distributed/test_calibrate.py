@@ -64,7 +64,7 @@ def test_fit_to_probes_recovers_a_known_machine(local_cluster: Path) -> None:
 
     start = tomllib.loads(local_cluster.read_text())
     net = start["network"][0]
-    truth = _with(start, 3 * start["kernel_overhead"], 5 * net["latency"], 0.5, 0.6, net)
+    truth = _with(start, (3 * start["kernel_overhead"], 5 * net["latency"], 0.5, 0.6), net)
     probes = _probe_rows(truth)
     fitted, report = fit_to_probes(start, probes)
     for name, row in report.items():

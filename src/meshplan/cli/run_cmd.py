@@ -87,7 +87,7 @@ def _report_interrupted(exc: Any, warmup: int, json_out: bool) -> None:
 
     rows = exc.progress
     timed = [r["time_s"] for r in rows[warmup:]] or [r["time_s"] for r in rows]
-    so_far = {"steps_done": len(rows), "step_times_s": [r["time_s"] for r in rows],
+    so_far: dict[str, Any] = {"steps_done": len(rows), "step_times_s": [r["time_s"] for r in rows],
               "losses": [r["loss"] for r in rows],
               "step_time_s": statistics.median(timed) if timed else None}
     name = str(exc).split()[-1]

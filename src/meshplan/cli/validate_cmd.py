@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         analytic: Annotated[bool, typer.Option(
             "--analytic", help="Closed-form pipeline time instead of the event simulation "
                                "(faster)")] = False,
-        calibration: CalibrationOption = None,
+        calibration: CalibrationOption = None,  # type: ignore[valid-type]
     ) -> None:
         """Predict published training runs and report the error against each measurement."""
         result = api.validate(runs, source=source, headline_only=headline_only,

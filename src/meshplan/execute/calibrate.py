@@ -177,8 +177,10 @@ def calibrate_local(*, threads: int = 1, ranks: tuple[int, ...] = (2, 4),
     if probes:
         from meshplan.execute.probes import fit_to_probes, load_warnings, report_lines, run_probes
 
-        micro = (data["kernel_overhead"], data["network"][0]["latency"],
-                 data["network"][0]["bandwidth"], data["accelerator"]["reserved_memory_bytes"])
+        net, acc = data["network"][0], data["accelerator"]  # type: ignore[index]
+        assert isinstance(net, dict) and isinstance(acc, dict)
+        micro = (float(data["kernel_overhead"]), float(net["latency"]),  # type: ignore[arg-type]
+                 float(net["bandwidth"]), float(acc["reserved_memory_bytes"]))
         measured = run_probes(per_node, threads, repeats)
         data, report = fit_to_probes(data, measured)
         warnings = load_warnings(report, notify)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from meshplan.execute.launch import launch
@@ -94,8 +94,10 @@ LARGE_MESSAGE = 1 << 20
 FSDP2 traffic (whole blocks' weights and gradients) against the tens of KiB of TP and PP."""
 
 
-def _with(data: dict[str, Any], overhead: float, latency: float, bw_scale: float,
-          large_scale: float, base: dict[str, Any]) -> dict[str, Any]:
+def _with(data: dict[str, Any], fitted: Sequence[float], base: dict[str, Any]) -> dict[str, Any]:
+    """The cluster data with (kernel overhead, latency, bandwidth scale, large-message bus
+    efficiency scale) applied to `base`, the measured network tier."""
+    overhead, latency, bw_scale, large_scale = fitted
     curve = base["bus_efficiency"]
     ys = [round(min(1.0, max(1e-4, y * (large_scale if x >= LARGE_MESSAGE else 1.0))), 4)
           for x, y in zip(curve["x"], curve["y"], strict=True)]
@@ -131,7 +133,7 @@ def fit_to_probes(data: dict[str, Any], probes: dict[str, dict[str, Any]],
     x = [max(data["kernel_overhead"], 1e-6), max(base["latency"], 1e-6), 1.0, 1.0]
     multi = any(r["plan"].num_gpus > 1 for r in probes.values())
     free = [0, 1, 2, 3] if multi else [0]
-    best = _loss(_with(data, *x, base), probes)
+    best = _loss(_with(data, x, base), probes)
     for r in range(rounds):
         span = 4.0 ** (0.6 ** r)  # search x / span .. x * span, narrowing
         for i in free:
@@ -141,10 +143,10 @@ def fit_to_probes(data: dict[str, Any], probes: dict[str, dict[str, Any]],
             for g in grid:
                 trial = list(x)
                 trial[i] = g
-                loss = _loss(_with(data, *trial, base), probes)
+                loss = _loss(_with(data, trial, base), probes)
                 if loss < best:
                     best, x = loss, trial
-    fitted = _with(data, *x, base)
+    fitted = _with(data, x, base)
     est = predict(fitted, probes)
     reserved = fitted["accelerator"]["reserved_memory_bytes"]
     extra = [r["memory_bytes"] - (est[k].memory_bytes["peak"] - reserved)

@@ -95,9 +95,9 @@ def load_runs(path: Path | None = None) -> list[dict[str, Any]]:
             raise MeshplanError(f"{name}: unknown keys {', '.join(map(repr, extra))}")
         if not isinstance(row["id"], str) or not isinstance(row["source_id"], str):
             raise MeshplanError(f"{name}: id and source_id must be strings")
-        text = next((k for k in TEXT_KEYS if not isinstance(row[k], str | None)), None)
-        if text is not None:
-            raise MeshplanError(f"{name}: {text}={row[text]!r}: must be a string or null")
+        bad = next((k for k in TEXT_KEYS if not isinstance(row[k], str | None)), None)
+        if bad is not None:
+            raise MeshplanError(f"{name}: {bad}={row[bad]!r}: must be a string or null")
         if row["id"] in seen:
             raise MeshplanError(f"{name}: duplicate id")
         seen.add(row["id"])
@@ -194,7 +194,7 @@ def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
                                                            "on with TP"))
         notes.append(why)
     ep = int_field(row, "ep") or 1
-    plan = Plan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=int_field(row, "expert_tp"),
+    plan = Plan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=int_field(row, "expert_tp") or 1,
                 sequence_parallel=bool(sp), zero_stage=zero_stage(row, notes),  # type: ignore[arg-type]
                 micro_batch_size=mbs, schedule=schedule, vpp=vpp,  # type: ignore[arg-type]
                 recompute=recompute(row, notes),  # type: ignore[arg-type]
