@@ -9,6 +9,14 @@ bias, Qwen3's QK-norm, GPT-2's learned positions). So each supported `model_type
 Defaults follow the `transformers` config classes, so a key missing from the file means what it
 means to `transformers` (e.g. GPT-2 ties embeddings by default, Llama does not).
 
+Files as transformers 5.x writes them load too: renamed keys are read under both spellings
+(Qwen3-MoE's `num_experts` / `num_local_experts`), and the multimodal wrappers (Gemma 3, Llama 4)
+are read through their nested `text_config`. What a family's network has and `Model` cannot say
+(sliding windows, logit soft-capping, attention sinks, sandwich norms, a vision tower) is not
+dropped silently: `read_hf_config` returns it as one-line `assumptions`, with the number of
+parameters not counted where there are any. An expert-count key that a family does not read is an
+error, so a mixture-of-experts file never loads as a dense model.
+
 Every user mistake is one `MeshplanError` line naming the file, the key and the value.
 """
 
