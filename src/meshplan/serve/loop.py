@@ -1,10 +1,21 @@
 """The request-level event loop: arrivals go through the router to instances; each instance
 runs its scheduler's iterations back to back while it has work, each iteration timed by the
-cost core; a request that arrives during an iteration waits for the next one."""
+cost core; a request that arrives during an iteration waits for the next one.
+
+Fast-forward (the default; `plain=True` turns it off): when an instance's next steps are
+decode-only over its whole running set and nothing can change that batch before the next
+event (no waiting request it could admit, no request finishing, enough free blocks for every
+block boundary crossed, no arrival and no other instance's step ending in between), those K
+identical-in-shape steps are timed at once (`IterationCost.decode_times`) and applied in one
+go: the same step times, token times, blocks and counts as K plain iterations. Inter-token
+gaps are kept as (value, count) pairs (one per step, its batch sharing it), and the KV-usage
+timeline gets one sample at the end of a fast-forwarded run (its peak: usage only grows
+inside one)."""
 
 from __future__ import annotations
 
 import heapq
+import math
 from array import array
 from dataclasses import dataclass
 from typing import Any
@@ -73,8 +84,10 @@ def _route(d: Deployment, schedulers: list[VLLMScheduler], k: int) -> int:
     return int(np.argmin(load))
 
 
-def simulate(d: Deployment, requests: Requests) -> ServeResult:
-    """Run every request to completion through the deployment."""
+def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeResult:
+    """Run every request to completion through the deployment. `plain=True`: one iteration
+    at a time, each timed by the layer core itself (`IterationCost.time_reference`), every
+    inter-token gap and KV-usage sample kept one by one (the reference for the fast path)."""
     capacity = kv_capacity(d)
     if not capacity.fits:
         return ServeResult(d, capacity, None, 0, 0, np.zeros((0, 2)))
@@ -91,66 +104,175 @@ def simulate(d: Deployment, requests: Requests) -> ServeResult:
                             f"prefill it must hold the longest prompt "
                             f"({int(requests.input_len.max())} tokens), as vLLM requires")
     cost = IterationCost(d)
+    time_of = cost.time_reference if plain else cost.time
     schedulers = [VLLMScheduler(capacity.num_blocks, d.block_size, d.max_num_seqs,
                                 d.max_num_batched_tokens, d.enable_chunked_prefill)
                   for _ in range(d.instances)]
     n = len(requests)
+    arrivals = requests.arrival_s.tolist()
+    input_len = requests.input_len.tolist()
+    output_len = requests.output_len.tolist()
     first_sched = np.full(n, np.nan)
     first_tok = np.full(n, np.nan)
     finish = np.full(n, np.nan)
     last_tok = np.zeros(n)
-    itl = array("d")
-    usage: list[tuple[float, float]] = []
-    busy: list[tuple[float, int, Step]] = []  # (end time, instance, step), a heap
+    itl_v = array("d")
+    itl_w = array("d")
+    usage_t = array("d")
+    usage_v = array("d")
+    total_blocks = capacity.num_blocks * d.instances
+    bs = d.block_size
+    busy: list[tuple[float, int, float, Step]] = []  # (end, instance, start, step), a heap
     running = [False] * d.instances
     iterations = 0
     k = 0
+    isnan = math.isnan
+
+    def record_usage(now: float) -> None:
+        usage_t.append(now)
+        usage_v.append(sum(s.used_blocks for s in schedulers) / total_blocks)
+
+    def fast_forward(i: int, now: float) -> float:
+        """Apply the decode-only steps of instance `i` that nothing can interrupt from `now`;
+        return when the last of them ends (`now` when there is none)."""
+        nonlocal iterations
+        s = schedulers[i]
+        run = s.running
+        nseq = len(run)
+        if nseq == 0 or nseq > s.max_num_batched_tokens or (s.waiting and nseq < s.max_num_seqs):
+            return now
+        reqs = s.requests
+        left = 1 << 62
+        psum = 0
+        for rid in run:
+            r = reqs[rid]
+            if r.prompt + r.generated - r.computed != 1:
+                return now
+            left = min(left, r.output - r.generated)
+            psum += r.computed
+        K = left - 1  # the step where a request finishes is a plain one
+        if K <= 0:
+            return now
+        horizon = min(arrivals[k] if k < n else math.inf, busy[0][0] if busy else math.inf)
+        if horizon < math.inf:  # step times only grow (more keys each step)
+            t0 = cost.time(nseq, nseq, psum, nseq, psum + nseq, nseq)
+            K = min(K, int((horizon - now) / t0) + 1)
+        if K <= 0:
+            return now
+        ends = np.cumsum(np.concatenate(([now], cost.decode_times(nseq, psum, K))))
+        # ends[j] <= the next arrival (its completion first, as the heap orders them), and
+        # strictly before the other instances' next step end
+        K = min(K, int(np.searchsorted(ends, arrivals[k], side="right")) - 1 if k < n else K,
+                int(np.searchsorted(ends, busy[0][0], side="left")) - 1 if busy else K)
+        if K <= 0:
+            return now
+        comp = np.array([reqs[rid].computed for rid in run], dtype=np.int64)
+        blocks = np.array([reqs[rid].blocks for rid in run], dtype=np.int64)
+
+        def need(steps: int) -> int:
+            return int(np.maximum(-(-(comp + steps) // bs) - blocks, 0).sum())
+
+        if need(K) > s.free_blocks:
+            lo, hi = 0, K  # need(lo) fits, need(hi) does not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if need(mid) <= s.free_blocks else (lo, mid)
+            K = lo
+            if K == 0:
+                return now
+        s.free_blocks -= need(K)
+        e1, eK = float(ends[1]), float(ends[K])
+        same = 0
+        for rid in run:
+            r = reqs[rid]
+            r.computed += K
+            r.generated += K
+            r.blocks = max(r.blocks, -(-r.computed // bs))
+            if isnan(first_tok[rid]):
+                first_tok[rid] = e1
+            else:
+                lt = float(last_tok[rid])
+                if lt == now:
+                    same += 1
+                else:
+                    itl_v.append(e1 - lt)
+                    itl_w.append(1.0)
+            last_tok[rid] = eK
+        if same:
+            itl_v.append(e1 - now)
+            itl_w.append(float(same))
+        if K > 1:
+            itl_v.frombytes(np.diff(ends[1:K + 1]).tobytes())
+            itl_w.frombytes(np.full(K - 1, float(nseq)).tobytes())
+        iterations += K
+        record_usage(eK)
+        return eK
 
     def start(i: int, now: float) -> None:
         nonlocal iterations
         s = schedulers[i]
+        if not plain:
+            now = fast_forward(i, now)
         step = s.schedule()
         if not step.scheduled:
             running[i] = False
             return
-        q = np.array([c for _, c in step.scheduled], dtype=float)
-        prefix = np.array([s.requests[rid].computed for rid, _ in step.scheduled], dtype=float)
-        sampled = sum(1 for (rid, c), p in zip(step.scheduled, prefix, strict=True)
-                      if p + c >= s.requests[rid].known)
-        for rid, _ in step.scheduled:
-            if np.isnan(first_sched[rid]):
+        reqs = s.requests
+        tokens = query_prefix = query_squares = kv = 0
+        sampled = 0
+        for rid, c in step.scheduled:
+            r = reqs[rid]
+            p = r.computed
+            tokens += c
+            query_prefix += c * p
+            query_squares += c * c
+            kv += p + c
+            if p + c >= r.prompt + r.generated:
+                sampled += 1
+        for rid in step.admitted:
+            if isnan(first_sched[rid]):
                 first_sched[rid] = now
-        t = cost.time(len(q), float(q.sum()), float((q * prefix).sum()), float((q * q).sum()),
-                      float((prefix + q).sum()), sampled)
+        t = time_of(len(step.scheduled), float(tokens), float(query_prefix),
+                    float(query_squares), float(kv), sampled)
         running[i] = True
         iterations += 1
-        heapq.heappush(busy, (now + t, i, step))
+        heapq.heappush(busy, (now + t, i, now, step))
 
     while k < n or busy:
-        next_arrival = requests.arrival_s[k] if k < n else np.inf
+        next_arrival = arrivals[k] if k < n else math.inf
         if busy and busy[0][0] <= next_arrival:
-            now, i, step = heapq.heappop(busy)
-            sampled, done = schedulers[i].complete(step)
-            for rid in sampled:
-                if np.isnan(first_tok[rid]):
+            now, i, began, step = heapq.heappop(busy)
+            sampled_ids, done = schedulers[i].complete(step)
+            same = 0
+            for rid in sampled_ids:
+                if isnan(first_tok[rid]):
                     first_tok[rid] = now
                 else:
-                    itl.append(now - last_tok[rid])
+                    lt = float(last_tok[rid])
+                    if lt == began and not plain:
+                        same += 1
+                    else:
+                        itl_v.append(now - lt)
+                        itl_w.append(1.0)
                 last_tok[rid] = now
+            if same:
+                itl_v.append(now - began)
+                itl_w.append(float(same))
             for rid in done:
                 finish[rid] = now
-            usage.append((now, sum(s.used_blocks for s in schedulers)
-                          / (capacity.num_blocks * d.instances)))
+            record_usage(now)
             start(i, now)
         else:
-            now = float(next_arrival)
+            now = next_arrival
             i = _route(d, schedulers, k)
-            schedulers[i].add(k, int(requests.input_len[k]), int(requests.output_len[k]))
+            schedulers[i].add(k, input_len[k], output_len[k])
             k += 1
             if not running[i]:
                 start(i, now)
     assert all(s.free_blocks == s.num_blocks and not s.has_work for s in schedulers)
     metrics = RequestMetrics(requests.arrival_s, first_sched, first_tok, finish,
-                             requests.input_len, requests.output_len, np.frombuffer(itl))
+                             requests.input_len, requests.output_len, np.frombuffer(itl_v),
+                             np.frombuffer(itl_w))
+    usage = np.stack([np.frombuffer(usage_t), np.frombuffer(usage_v)], axis=1)
     return ServeResult(d, capacity, metrics, iterations,
-                       sum(s.preemptions for s in schedulers), np.array(usage).reshape(-1, 2))
+                       sum(s.preemptions for s in schedulers), usage)

@@ -40,6 +40,9 @@ class Step:
 
     scheduled: list[tuple[int, int]]
     preempted: int
+    admitted: list[int] = field(default_factory=list)
+    """Requests moved from waiting to running by this step (the first schedule of each is
+    among them)."""
 
 
 @dataclass
@@ -91,6 +94,7 @@ class VLLMScheduler:
         budget = self.max_num_batched_tokens
         scheduled: list[tuple[int, int]] = []
         preempted = 0
+        admitted: list[int] = []
         i = 0
         while i < len(self.running) and budget > 0:
             rid = self.running[i]
@@ -123,9 +127,10 @@ class VLLMScheduler:
                     break
                 self.waiting.popleft()
                 self.running.append(rid)
+                admitted.append(rid)
                 scheduled.append((rid, n))
                 budget -= n
-        return Step(scheduled, preempted)
+        return Step(scheduled, preempted, admitted)
 
     def complete(self, step: Step) -> tuple[list[int], list[int]]:
         """Apply a finished iteration: (requests that sampled a token, requests that ended)."""
