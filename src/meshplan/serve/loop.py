@@ -127,45 +127,57 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
     iterations = 0
     k = 0
     isnan = math.isnan
+    straddle_ok = d.instances == 1 or d.spec.router == "round-robin"
 
     def record_usage(now: float) -> None:
         usage_t.append(now)
         usage_v.append(sum(s.used_blocks for s in schedulers) / total_blocks)
 
-    def fast_forward(i: int, now: float) -> float:
+    def fast_forward(i: int, now: float) -> tuple[float, bool]:
         """Apply the decode-only steps of instance `i` that nothing can interrupt from `now`;
-        return when the last of them ends (`now` when there is none)."""
+        return when the last of them ends (`now` when there is none), and whether that last
+        step was in progress at the next arrival (the instance's next schedule must then wait
+        for the arrival to be queued: the caller posts an empty step ending then)."""
         nonlocal iterations
         s = schedulers[i]
         run = s.running
         nseq = len(run)
         if nseq == 0 or nseq > s.max_num_batched_tokens or (s.waiting and nseq < s.max_num_seqs):
-            return now
+            return now, False
         reqs = s.requests
         left = 1 << 62
         psum = 0
         for rid in run:
             r = reqs[rid]
             if r.prompt + r.generated - r.computed != 1:
-                return now
+                return now, False
             left = min(left, r.output - r.generated)
             psum += r.computed
-        K = left - 1  # the step where a request finishes is a plain one
-        if K <= 0:
-            return now
-        horizon = min(arrivals[k] if k < n else math.inf, busy[0][0] if busy else math.inf)
+        K = left  # up to the step where the first requests finish, that one included
+        nxt = arrivals[k] if k < n else math.inf
+        other = busy[0][0] if busy else math.inf
+        horizon = min(nxt, other)
         if horizon < math.inf:  # step times only grow (more keys each step)
             t0 = cost.time(nseq, nseq, psum, nseq, psum + nseq, nseq)
-            K = min(K, int((horizon - now) / t0) + 1)
-        if K <= 0:
-            return now
+            K = min(K, int((horizon - now) / t0) + 2)
         ends = np.cumsum(np.concatenate(([now], cost.decode_times(nseq, psum, K))))
-        # ends[j] <= the next arrival (its completion first, as the heap orders them), and
-        # strictly before the other instances' next step end
-        K = min(K, int(np.searchsorted(ends, arrivals[k], side="right")) - 1 if k < n else K,
-                int(np.searchsorted(ends, busy[0][0], side="left")) - 1 if busy else K)
+        # Steps ending by the next arrival (completions go first, as the heap orders them),
+        # and strictly before another instance's next step ends (its usage sample reads this
+        # instance's blocks). The step in progress at the arrival may run too where the
+        # router does not read the instances' state.
+        straddle = False
+        if k < n:
+            ka = int(np.searchsorted(ends, nxt, side="right")) - 1
+            if ka < K and straddle_ok:
+                ka += 1
+                straddle = True
+            K = min(K, ka)
+        if busy:
+            kb = int(np.searchsorted(ends, other, side="left")) - 1
+            if kb < K:
+                K, straddle = kb, False
         if K <= 0:
-            return now
+            return now, False
         comp = np.array([reqs[rid].computed for rid in run], dtype=np.int64)
         blocks = np.array([reqs[rid].blocks for rid in run], dtype=np.int64)
 
@@ -177,12 +189,13 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if need(mid) <= s.free_blocks else (lo, mid)
-            K = lo
+            K, straddle = lo, False
             if K == 0:
-                return now
+                return now, False
         s.free_blocks -= need(K)
         e1, eK = float(ends[1]), float(ends[K])
         same = 0
+        done = []
         for rid in run:
             r = reqs[rid]
             r.computed += K
@@ -198,21 +211,36 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                     itl_v.append(e1 - lt)
                     itl_w.append(1.0)
             last_tok[rid] = eK
+            if r.generated >= r.output:
+                done.append(rid)
         if same:
             itl_v.append(e1 - now)
             itl_w.append(float(same))
         if K > 1:
             itl_v.frombytes(np.diff(ends[1:K + 1]).tobytes())
             itl_w.frombytes(np.full(K - 1, float(nseq)).tobytes())
+        if done and K > 1:  # the peak: after step K - 1, before the finished free theirs
+            used = sum(x.used_blocks for x in schedulers) - need(K) + need(K - 1)
+            usage_t.append(float(ends[K - 1]))
+            usage_v.append(used / total_blocks)
+        for rid in done:  # as `VLLMScheduler.complete`
+            r = reqs.pop(rid)
+            s.free_blocks += r.blocks
+            run.remove(rid)
+            finish[rid] = eK
         iterations += K
         record_usage(eK)
-        return eK
+        return eK, straddle
 
     def start(i: int, now: float) -> None:
         nonlocal iterations
         s = schedulers[i]
         if not plain:
-            now = fast_forward(i, now)
+            now, deferred = fast_forward(i, now)
+            if deferred:
+                running[i] = True
+                heapq.heappush(busy, (now, i, now, Step([], 0)))
+                return
         step = s.schedule()
         if not step.scheduled:
             running[i] = False
@@ -260,7 +288,8 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 itl_w.append(float(same))
             for rid in done:
                 finish[rid] = now
-            record_usage(now)
+            if step.scheduled:  # else the end of a fast-forwarded run, already sampled
+                record_usage(now)
             start(i, now)
         else:
             now = next_arrival
