@@ -146,13 +146,17 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
             return now, False
         reqs = s.requests
         left = 1 << 62
-        psum = 0
+        comp_l, blocks_l = [], []
         for rid in run:
             r = reqs[rid]
-            if r.prompt + r.generated - r.computed != 1:
+            c = r.computed
+            if r.prompt + r.generated - c != 1:
                 return now, False
-            left = min(left, r.output - r.generated)
-            psum += r.computed
+            if r.output - r.generated < left:
+                left = r.output - r.generated
+            comp_l.append(c)
+            blocks_l.append(r.blocks)
+        psum = sum(comp_l)
         K = left  # up to the step where the first requests finish, that one included
         nxt = arrivals[k] if k < n else math.inf
         other = busy[0][0] if busy else math.inf
@@ -178,8 +182,8 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 K, straddle = kb, False
         if K <= 0:
             return now, False
-        comp = np.array([reqs[rid].computed for rid in run], dtype=np.int64)
-        blocks = np.array([reqs[rid].blocks for rid in run], dtype=np.int64)
+        comp = np.array(comp_l, dtype=np.int64)
+        blocks = np.array(blocks_l, dtype=np.int64)
 
         def need(steps: int) -> int:
             return int(np.maximum(-(-(comp + steps) // bs) - blocks, 0).sum())

@@ -96,10 +96,21 @@ class VLLMScheduler:
         preempted = 0
         admitted: list[int] = []
         i = 0
-        while i < len(self.running) and budget > 0:
-            rid = self.running[i]
-            r = self.requests[rid]
-            n = min(r.known - r.computed, budget)
+        running, requests, bs = self.running, self.requests, self.block_size
+        while i < len(running) and budget > 0:
+            rid = running[i]
+            r = requests[rid]
+            n = r.prompt + r.generated - r.computed
+            if n > budget:
+                n = budget
+            need = -(-(r.computed + n) // bs) - r.blocks
+            if need <= self.free_blocks:  # `_grow` inlined: the common case
+                self.free_blocks -= need
+                r.blocks += need
+                scheduled.append((rid, n))
+                budget -= n
+                i += 1
+                continue
             while not self._grow(r, n):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -135,10 +146,11 @@ class VLLMScheduler:
     def complete(self, step: Step) -> tuple[list[int], list[int]]:
         """Apply a finished iteration: (requests that sampled a token, requests that ended)."""
         sampled, done = [], []
+        requests = self.requests
         for rid, n in step.scheduled:
-            r = self.requests[rid]
+            r = requests[rid]
             r.computed += n
-            if r.computed >= r.known:
+            if r.computed >= r.prompt + r.generated:
                 r.generated += 1
                 sampled.append(rid)
                 if r.generated >= r.output:
