@@ -115,7 +115,6 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
     first_sched = np.full(n, np.nan)
     first_tok = np.full(n, np.nan)
     finish = np.full(n, np.nan)
-    last_tok = np.zeros(n)
     itl_v = array("d")
     itl_w = array("d")
     usage_t = array("d")
@@ -202,19 +201,21 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         done = []
         for rid in run:
             r = reqs[rid]
-            r.computed += K
-            r.generated += K
-            r.blocks = max(r.blocks, -(-r.computed // bs))
-            if isnan(first_tok[rid]):
+            if r.generated == 0:
                 first_tok[rid] = e1
             else:
-                lt = float(last_tok[rid])
+                lt = r.last_token_s
                 if lt == now:
                     same += 1
                 else:
                     itl_v.append(e1 - lt)
                     itl_w.append(1.0)
-            last_tok[rid] = eK
+            r.last_token_s = eK
+            r.computed += K
+            r.generated += K
+            c = -(-r.computed // bs)
+            if c > r.blocks:
+                r.blocks = c
             if r.generated >= r.output:
                 done.append(rid)
         if same:
@@ -249,23 +250,11 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         if not step.scheduled:
             running[i] = False
             return
-        reqs = s.requests
-        tokens = query_prefix = query_squares = kv = 0
-        sampled = 0
-        for rid, c in step.scheduled:
-            r = reqs[rid]
-            p = r.computed
-            tokens += c
-            query_prefix += c * p
-            query_squares += c * c
-            kv += p + c
-            if p + c >= r.prompt + r.generated:
-                sampled += 1
         for rid in step.admitted:
             if isnan(first_sched[rid]):
                 first_sched[rid] = now
-        t = time_of(len(step.scheduled), float(tokens), float(query_prefix),
-                    float(query_squares), float(kv), sampled)
+        t = time_of(len(step.scheduled), float(step.tokens), float(step.query_prefix),
+                    float(step.query_squares), float(step.kv_tokens), step.sampled)
         running[i] = True
         iterations += 1
         heapq.heappush(busy, (now + t, i, now, step))
@@ -274,19 +263,19 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         next_arrival = arrivals[k] if k < n else math.inf
         if busy and busy[0][0] <= next_arrival:
             now, i, began, step = heapq.heappop(busy)
-            sampled_ids, done = schedulers[i].complete(step)
+            sampled_states, done = schedulers[i].complete(step)
             same = 0
-            for rid in sampled_ids:
-                if isnan(first_tok[rid]):
-                    first_tok[rid] = now
+            for r in sampled_states:
+                if r.generated == 1:
+                    first_tok[r.rid] = now
                 else:
-                    lt = float(last_tok[rid])
+                    lt = r.last_token_s
                     if lt == began and not plain:
                         same += 1
                     else:
                         itl_v.append(now - lt)
                         itl_w.append(1.0)
-                last_tok[rid] = now
+                r.last_token_s = now
             if same:
                 itl_v.append(now - began)
                 itl_w.append(float(same))

@@ -27,6 +27,9 @@ class RequestState:
     """Tokens whose KV is in the cache."""
     generated: int = 0
     blocks: int = 0
+    rid: int = -1
+    last_token_s: float = 0.0
+    """When its latest output token came (the event loop's)."""
 
     @property
     def known(self) -> int:
@@ -43,6 +46,12 @@ class Step:
     admitted: list[int] = field(default_factory=list)
     """Requests moved from waiting to running by this step (the first schedule of each is
     among them)."""
+    tokens: int = 0
+    query_prefix: int = 0
+    query_squares: int = 0
+    kv_tokens: int = 0
+    sampled: int = 0
+    """The batch's sums (`BatchShape.from_sums`) and the requests that sample a token."""
 
 
 @dataclass
@@ -64,7 +73,7 @@ class VLLMScheduler:
         self.free_blocks = self.num_blocks
 
     def add(self, rid: int, prompt: int, output: int) -> None:
-        self.requests[rid] = RequestState(prompt, output)
+        self.requests[rid] = RequestState(prompt, output, rid=rid)
         self.waiting.append(rid)
 
     @property
@@ -95,6 +104,7 @@ class VLLMScheduler:
         scheduled: list[tuple[int, int]] = []
         preempted = 0
         admitted: list[int] = []
+        tokens = query_prefix = query_squares = kv_tokens = sampled = 0
         i = 0
         running, requests, bs = self.running, self.requests, self.block_size
         while i < len(running) and budget > 0:
@@ -108,6 +118,12 @@ class VLLMScheduler:
                 self.free_blocks -= need
                 r.blocks += need
                 scheduled.append((rid, n))
+                tokens += n
+                query_prefix += n * r.computed
+                query_squares += n * n
+                kv_tokens += r.computed + n
+                if r.computed + n >= r.prompt + r.generated:
+                    sampled += 1
                 budget -= n
                 i += 1
                 continue
@@ -124,6 +140,12 @@ class VLLMScheduler:
                 i += 1
                 continue
             scheduled.append((rid, n))
+            tokens += n
+            query_prefix += n * r.computed
+            query_squares += n * n
+            kv_tokens += r.computed + n
+            if r.computed + n >= r.prompt + r.generated:
+                sampled += 1
             budget -= n
             i += 1
         if preempted == 0:
@@ -140,10 +162,17 @@ class VLLMScheduler:
                 self.running.append(rid)
                 admitted.append(rid)
                 scheduled.append((rid, n))
+                tokens += n
+                query_prefix += n * r.computed
+                query_squares += n * n
+                kv_tokens += r.computed + n
+                if r.computed + n >= r.prompt + r.generated:
+                    sampled += 1
                 budget -= n
-        return Step(scheduled, preempted, admitted)
+        return Step(scheduled, preempted, admitted, tokens, query_prefix, query_squares,
+                    kv_tokens, sampled)
 
-    def complete(self, step: Step) -> tuple[list[int], list[int]]:
+    def complete(self, step: Step) -> tuple[list[RequestState], list[int]]:
         """Apply a finished iteration: (requests that sampled a token, requests that ended)."""
         sampled, done = [], []
         requests = self.requests
@@ -152,7 +181,7 @@ class VLLMScheduler:
             r.computed += n
             if r.computed >= r.prompt + r.generated:
                 r.generated += 1
-                sampled.append(rid)
+                sampled.append(r)
                 if r.generated >= r.output:
                     done.append(rid)
         for rid in done:
