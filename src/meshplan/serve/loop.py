@@ -145,7 +145,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
             return now, False
         reqs = s.requests
         left = 1 << 62
-        comp_l, blocks_l = [], []
+        psum = 0
         for rid in run:
             r = reqs[rid]
             c = r.computed
@@ -153,9 +153,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 return now, False
             if r.output - r.generated < left:
                 left = r.output - r.generated
-            comp_l.append(c)
-            blocks_l.append(r.blocks)
-        psum = sum(comp_l)
+            psum += c
         K = left  # up to the step where the first requests finish, that one included
         nxt = arrivals[k] if k < n else math.inf
         other = busy[0][0] if busy else math.inf
@@ -181,21 +179,26 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 K, straddle = kb, False
         if K <= 0:
             return now, False
-        comp = np.array(comp_l, dtype=np.int64)
-        blocks = np.array(blocks_l, dtype=np.int64)
+        # Blocks: a request holds those of its computed tokens, so K steps need at most
+        # ceil(K / block_size) more each; count exactly only when that bound does not fit.
+        if nseq * -(-K // bs) > s.free_blocks:
+            comp = np.array([reqs[rid].computed for rid in run], dtype=np.int64)
+            blocks = np.array([reqs[rid].blocks for rid in run], dtype=np.int64)
 
-        def need(steps: int) -> int:
-            return int(np.maximum(-(-(comp + steps) // bs) - blocks, 0).sum())
+            def need(steps: int) -> int:
+                return int(np.maximum(-(-(comp + steps) // bs) - blocks, 0).sum())
 
-        if need(K) > s.free_blocks:
-            lo, hi = 0, K  # need(lo) fits, need(hi) does not
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if need(mid) <= s.free_blocks else (lo, mid)
-            K, straddle = lo, False
-            if K == 0:
-                return now, False
-        s.free_blocks -= need(K)
+            if need(K) > s.free_blocks:
+                lo, hi = 0, K  # need(lo) fits, need(hi) does not
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if need(mid) <= s.free_blocks else (lo, mid)
+                K, straddle = lo, False
+                if K == 0:
+                    return now, False
+        # usage after step K - 1 (a sample when step K frees the finished requests' blocks)
+        before_last = sum(x.used_blocks for x in schedulers)
+        finishing = left == K and K > 1
         e1, eK = float(ends[1]), float(ends[K])
         same = 0
         done = []
@@ -211,10 +214,15 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                     itl_v.append(e1 - lt)
                     itl_w.append(1.0)
             r.last_token_s = eK
+            if finishing:
+                c = -(-(r.computed + K - 1) // bs)
+                if c > r.blocks:
+                    before_last += c - r.blocks
             r.computed += K
             r.generated += K
             c = -(-r.computed // bs)
             if c > r.blocks:
+                s.free_blocks -= c - r.blocks
                 r.blocks = c
             if r.generated >= r.output:
                 done.append(rid)
@@ -224,10 +232,9 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         if K > 1:
             itl_v.frombytes(np.diff(ends[1:K + 1]).tobytes())
             itl_w.frombytes(np.full(K - 1, float(nseq)).tobytes())
-        if done and K > 1:  # the peak: after step K - 1, before the finished free theirs
-            used = sum(x.used_blocks for x in schedulers) - need(K) + need(K - 1)
+        if finishing:
             usage_t.append(float(ends[K - 1]))
-            usage_v.append(used / total_blocks)
+            usage_v.append(before_last / total_blocks)
         for rid in done:  # as `VLLMScheduler.complete`
             r = reqs.pop(rid)
             s.free_blocks += r.blocks
@@ -240,12 +247,15 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
     def start(i: int, now: float) -> None:
         nonlocal iterations
         s = schedulers[i]
-        if not plain:
-            now, deferred = fast_forward(i, now)
+        while not plain:  # fast-forwarded runs back to back (a finish ends one)
+            then, deferred = fast_forward(i, now)
             if deferred:
                 running[i] = True
-                heapq.heappush(busy, (now, i, now, Step([], 0)))
+                heapq.heappush(busy, (then, i, then, Step([], 0)))
                 return
+            if then == now:
+                break
+            now = then
         step = s.schedule()
         if not step.scheduled:
             running[i] = False
