@@ -120,3 +120,15 @@ def test_two_instances_fast_equal_plain(router):
                  input=Lengths(kind="lognormal", mean=400, spread=0.6),
                  output=Lengths(kind="lognormal", mean=150, spread=0.6))
     assert_same(deploy(instances=2, router=router), w)
+
+
+def test_the_kv_usage_timeline_is_bounded_and_keeps_its_peak_and_last_sample():
+    from meshplan.serve.loop import Timeline
+    rng = np.random.default_rng(9)
+    line = Timeline(cap=8)
+    v = rng.random(1000)
+    for t, x in enumerate(v):
+        line.add(float(t), float(x))
+    a = line.to_array()
+    assert len(a) <= 17 and a[:, 1].max() == v.max() and tuple(a[-1]) == (999.0, v[-1])
+    assert np.all(np.diff(a[:, 0]) > 0)

@@ -41,7 +41,9 @@ class ServeResult:
     iterations: int
     preemptions: int
     kv_usage: np.ndarray
-    """(time, used share of the KV blocks) after each iteration, all instances."""
+    """(time, used share of the KV blocks), all instances: after each plain iteration and at the
+    end of each fast-forwarded run, halved past a bound keeping the larger of neighbours
+    (`Timeline`), so its peak is the run's."""
 
     @property
     def fits(self) -> bool:
@@ -71,6 +73,37 @@ class ServeResult:
         if m is not None:
             out["metrics"] = m.aggregate(self.deployment.num_gpus, slo_ttft_s, slo_tpot_s)
         return out
+
+
+class Timeline:
+    """(time, value) samples in bounded memory: at `2 cap` samples each pair of neighbours
+    becomes the one with the larger value (the peak survives every halving); the latest
+    sample is always returned."""
+
+    def __init__(self, cap: int = 1 << 16):
+        self.cap = cap
+        self.t = array("d")
+        self.v = array("d")
+        self.last: tuple[float, float] | None = None
+
+    def add(self, t: float, v: float) -> None:
+        self.t.append(t)
+        self.v.append(v)
+        self.last = (t, v)
+        if len(self.t) >= 2 * self.cap:
+            tp = np.frombuffer(self.t).reshape(-1, 2)
+            vp = np.frombuffer(self.v).reshape(-1, 2)
+            rows = np.arange(len(tp))
+            pick = np.argmax(vp, axis=1)
+            self.t, self.v = array("d"), array("d")
+            self.t.frombytes(tp[rows, pick].tobytes())
+            self.v.frombytes(vp[rows, pick].tobytes())
+
+    def to_array(self) -> np.ndarray:
+        out = np.stack([np.frombuffer(self.t), np.frombuffer(self.v)], axis=1)
+        if self.last is not None and (len(out) == 0 or tuple(out[-1]) != self.last):
+            out = np.concatenate([out, np.array([self.last])])
+        return out.reshape(-1, 2)
 
 
 def _route(d: Deployment, schedulers: list[VLLMScheduler], k: int) -> int:
@@ -110,15 +143,13 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                   for _ in range(d.instances)]
     n = len(requests)
     arrivals = requests.arrival_s.tolist()
-    input_len = requests.input_len.tolist()
-    output_len = requests.output_len.tolist()
+    input_len, output_len = requests.input_len, requests.output_len
     first_sched = np.full(n, np.nan)
     first_tok = np.full(n, np.nan)
     finish = np.full(n, np.nan)
     itl_v = array("d")
     itl_w = array("d")
-    usage_t = array("d")
-    usage_v = array("d")
+    usage = Timeline()
     total_blocks = capacity.num_blocks * d.instances
     bs = d.block_size
     busy: list[tuple[float, int, float, Step]] = []  # (end, instance, start, step), a heap
@@ -129,8 +160,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
     straddle_ok = d.instances == 1 or d.spec.router == "round-robin"
 
     def record_usage(now: float) -> None:
-        usage_t.append(now)
-        usage_v.append(sum(s.used_blocks for s in schedulers) / total_blocks)
+        usage.add(now, sum(s.used_blocks for s in schedulers) / total_blocks)
 
     def fast_forward(i: int, now: float) -> tuple[float, bool]:
         """Apply the decode-only steps of instance `i` that nothing can interrupt from `now`;
@@ -233,8 +263,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
             itl_v.frombytes(np.diff(ends[1:K + 1]).tobytes())
             itl_w.frombytes(np.full(K - 1, float(nseq)).tobytes())
         if finishing:
-            usage_t.append(float(ends[K - 1]))
-            usage_v.append(before_last / total_blocks)
+            usage.add(float(ends[K - 1]), before_last / total_blocks)
         for rid in done:  # as `VLLMScheduler.complete`
             r = reqs.pop(rid)
             s.free_blocks += r.blocks
@@ -297,7 +326,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         else:
             now = next_arrival
             i = _route(d, schedulers, k)
-            schedulers[i].add(k, input_len[k], output_len[k])
+            schedulers[i].add(k, int(input_len[k]), int(output_len[k]))
             k += 1
             if not running[i]:
                 start(i, now)
@@ -305,6 +334,5 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
     metrics = RequestMetrics(requests.arrival_s, first_sched, first_tok, finish,
                              requests.input_len, requests.output_len, np.frombuffer(itl_v),
                              np.frombuffer(itl_w))
-    usage = np.stack([np.frombuffer(usage_t), np.frombuffer(usage_v)], axis=1)
     return ServeResult(d, capacity, metrics, iterations,
-                       sum(s.preemptions for s in schedulers), usage)
+                       sum(s.preemptions for s in schedulers), usage.to_array())
