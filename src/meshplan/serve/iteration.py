@@ -151,6 +151,15 @@ class IterationCost:
         return self._base_time(T) + self.layers * core + self._head_time(sampled) \
             + self.overhead
 
+    def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float, float,
+                                                    float]:
+        """(base, layers, head, overhead, core per pair, core per query token, core per key)
+        of a decode-only step of `num_seqs` sequences: its seconds at a prefix sum P are
+        base + layers x max(pair x (P + B / 2), query x B + key x (P + B)) + head + overhead,
+        in that order (the same floats as `time` and `decode_times`)."""
+        return (self._base_time(num_seqs), float(self.layers), self._head_time(num_seqs),
+                self.overhead, self._core_flop, self._core_q, self._core_kv)
+
     def decode_times(self, num_seqs: int, prefix_sum: float, steps: int) -> np.ndarray:
         """Seconds of `steps` consecutive decode-only steps of `num_seqs` sequences (one query
         token each, every one sampling) whose cached prefixes sum to `prefix_sum` at the

@@ -187,26 +187,31 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         K = left  # up to the step where the first requests finish, that one included
         nxt = arrivals[k] if k < n else math.inf
         other = busy[0][0] if busy else math.inf
-        horizon = min(nxt, other)
-        if horizon < math.inf:  # step times only grow (more keys each step)
-            t0 = cost.time(nseq, nseq, psum, nseq, psum + nseq, nseq)
-            K = min(K, int((horizon - now) / t0) + 2)
-        ends = np.cumsum(np.concatenate(([now], cost.decode_times(nseq, psum, K))))
-        # Steps ending by the next arrival (completions go first, as the heap orders them),
+        # Step by step (`IterationCost.decode_times`' floats, summed as the heap would):
+        # steps ending by the next arrival (completions go first, as the heap orders them)
         # and strictly before another instance's next step ends (its usage sample reads this
         # instance's blocks). The step in progress at the arrival may run too where the
         # router does not read the instances' state.
+        base, layers, head, overhead, per_pair, per_q, per_kv = cost.decode_terms(nseq)
+        nb = float(nseq)
+        ends = [now]
+        end = now
+        prefix = float(psum)
         straddle = False
-        if k < n:
-            ka = int(np.searchsorted(ends, nxt, side="right")) - 1
-            if ka < K and straddle_ok:
-                ka += 1
+        while len(ends) <= K:
+            if end > nxt:
+                break
+            core = max(per_pair * (prefix + 0.5 * nb), per_q * nb + per_kv * (prefix + nb))
+            nxt_end = end + (base + layers * core + head + overhead)
+            if nxt_end >= other or (nxt_end > nxt and not straddle_ok):
+                break
+            ends.append(nxt_end)
+            if nxt_end > nxt:
                 straddle = True
-            K = min(K, ka)
-        if busy:
-            kb = int(np.searchsorted(ends, other, side="left")) - 1
-            if kb < K:
-                K, straddle = kb, False
+                break
+            end = nxt_end
+            prefix += nb
+        K = len(ends) - 1
         if K <= 0:
             return now, False
         # Blocks: a request holds those of its computed tokens, so K steps need at most
@@ -229,7 +234,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         # usage after step K - 1 (a sample when step K frees the finished requests' blocks)
         before_last = sum(x.used_blocks for x in schedulers)
         finishing = left == K and K > 1
-        e1, eK = float(ends[1]), float(ends[K])
+        e1, eK = ends[1], ends[K]
         same = 0
         done = []
         for rid in run:
@@ -260,10 +265,10 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
             itl_v.append(e1 - now)
             itl_w.append(float(same))
         if K > 1:
-            itl_v.frombytes(np.diff(ends[1:K + 1]).tobytes())
-            itl_w.frombytes(np.full(K - 1, float(nseq)).tobytes())
+            itl_v.extend([ends[j + 1] - ends[j] for j in range(1, K)])
+            itl_w.extend([nb] * (K - 1))
         if finishing:
-            usage.add(float(ends[K - 1]), before_last / total_blocks)
+            usage.add(ends[K - 1], before_last / total_blocks)
         for rid in done:  # as `VLLMScheduler.complete`
             r = reqs.pop(rid)
             s.free_blocks += r.blocks
