@@ -132,3 +132,14 @@ def test_the_kv_usage_timeline_is_bounded_and_keeps_its_peak_and_last_sample():
     a = line.to_array()
     assert len(a) <= 17 and a[:, 1].max() == v.max() and tuple(a[-1]) == (999.0, v[-1])
     assert np.all(np.diff(a[:, 0]) > 0)
+
+
+def test_whole_prompts_and_a_full_batch_fast_equal_plain():
+    """No chunked prefill, and max_num_seqs reached with requests waiting (a fast-forward
+    runs while they wait for a finish)."""
+    w = Workload(arrival="poisson", rate=40, num_requests=150, seed=10,
+                 input=Lengths(kind="uniform", mean=900, spread=0.5),
+                 output=Lengths(kind="uniform", mean=60, spread=0.8))
+    assert_same(deploy(enable_chunked_prefill=False, max_num_batched_tokens=2048,
+                       max_num_seqs=8), w)
+    assert_same(deploy(instances=2, router="least-tokens", max_num_seqs=4), w)
