@@ -148,7 +148,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
     first_tok = np.full(n, np.nan)
     finish = np.full(n, np.nan)
     itl_v = array("d")
-    itl_w = array("d")
+    itl_w = array("I")  # counts (uint32)
     usage = Timeline()
     total_blocks = capacity.num_blocks * d.instances
     bs = d.block_size
@@ -247,7 +247,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                     same += 1
                 else:
                     itl_v.append(e1 - lt)
-                    itl_w.append(1.0)
+                    itl_w.append(1)
             r.last_token_s = eK
             if finishing:
                 c = -(-(r.computed + K - 1) // bs)
@@ -263,10 +263,10 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 done.append(rid)
         if same:
             itl_v.append(e1 - now)
-            itl_w.append(float(same))
+            itl_w.append(same)
         if K > 1:
             itl_v.extend([ends[j + 1] - ends[j] for j in range(1, K)])
-            itl_w.extend([nb] * (K - 1))
+            itl_w.extend([nseq] * (K - 1))
         if finishing:
             usage.add(ends[K - 1], before_last / total_blocks)
         for rid in done:  # as `VLLMScheduler.complete`
@@ -318,11 +318,11 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                         same += 1
                     else:
                         itl_v.append(now - lt)
-                        itl_w.append(1.0)
+                        itl_w.append(1)
                 r.last_token_s = now
             if same:
                 itl_v.append(now - began)
-                itl_w.append(float(same))
+                itl_w.append(same)
             for rid in done:
                 finish[rid] = now
             if step.scheduled:  # else the end of a fast-forwarded run, already sampled
@@ -338,6 +338,6 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
     assert all(s.free_blocks == s.num_blocks and not s.has_work for s in schedulers)
     metrics = RequestMetrics(requests.arrival_s, first_sched, first_tok, finish,
                              requests.input_len, requests.output_len, np.frombuffer(itl_v),
-                             np.frombuffer(itl_w))
+                             np.frombuffer(itl_w, dtype=np.uint32))
     return ServeResult(d, capacity, metrics, iterations,
                        sum(s.preemptions for s in schedulers), usage.to_array())
