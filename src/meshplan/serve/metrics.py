@@ -26,19 +26,18 @@ def weighted_summary(values: np.ndarray, weights: np.ndarray,
                      scale: float = 1.0) -> dict[str, float | None]:
     """`summary` of the sample in which each of `values` appears `weights` times (integers),
     without expanding it: the same linear-interpolation percentiles as numpy's default."""
-    w = np.asarray(weights, dtype=np.int64)
-    n = int(w.sum())
+    n = int(np.sum(weights, dtype=np.int64))
     if n == 0:
         return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
-    v = np.asarray(values, dtype=float) * scale
-    order = np.argsort(v, kind="stable")
-    v, w = v[order], w[order]
-    ends = np.cumsum(w)  # expanded indices [ends - w, ends) hold v
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    ends = np.cumsum(np.asarray(weights)[order], dtype=np.int64)  # [end - w, end) hold v
 
     def at(i: int) -> float:
-        return float(v[int(np.searchsorted(ends, i, side="right"))])
+        return float(values[order[int(np.searchsorted(ends, i, side="right"))]]) * scale
 
-    out: dict[str, float | None] = {"mean": float(np.dot(v, w) / n)}
+    mean = float(np.dot(values, np.asarray(weights, dtype=float))) / n * scale
+    out: dict[str, float | None] = {"mean": mean}
     for p in PERCENTILES:
         h = (n - 1) * p / 100.0
         lo = int(np.floor(h))
