@@ -6,6 +6,18 @@ Poisson 15 req/s, 512 in / 256 out, 1,000,000 requests in <= 60 s on 2 cores).
 Prints, per size, the wall and CPU seconds of `simulate`, the iterations, the completed
 requests and the peak resident memory so far (the fast path by default; `--plain` times the
 one-iteration-at-a-time reference loop, the path before the fast-forward).
+
+Measured 2026-12-01 on this project's 2-core machine (wall seconds of `simulate`):
+
+    requests   before (d8873fd)   after   iterations
+      10,000        7.7            0.41        64,242
+     100,000       77.4            4.05       643,893
+   1,000,000      ~819 (CLI)       40.4      6,460,952
+
+The target command (`meshplan serve simulate ... --num-requests 1000000 --json`): before,
+13 min 39 s wall and 6.1 GiB peak RSS; after, 39.1 s and 375 MiB, every request completed,
+the same iterations and preemptions, every float of the JSON within 6e-14 relative of
+before's.
 """
 
 from __future__ import annotations
