@@ -19,6 +19,8 @@ from meshplan.cost.kernels import Kernels
 from meshplan.cost.layer import (
     BatchShape,
     LayerDegrees,
+    attention_core_flops,
+    attention_io_bytes,
     embedding_bytes,
     head_parts,
     kv_cache_bytes_per_token,
@@ -82,7 +84,15 @@ def kv_capacity(d: Deployment) -> KVCapacity:
 
 
 class IterationCost:
-    """Seconds of one iteration of one instance, for a batch given by its sums."""
+    """Seconds of one iteration of one instance, for a batch given by its sums.
+
+    `time_reference` runs the layer core on the batch's shape; `time` gives the same seconds
+    (to rounding) from a split of that sum: every term but the fused attention core depends
+    on the query tokens alone (cached per token count), the LM head on the sampled positions
+    alone (cached), and the core is max(FLOPs / peak, bytes / bandwidth) with FLOPs linear in
+    the causal pairs and bytes linear in the tokens and the keys read (coefficients taken from
+    the cost core's own functions). `decode_times` times consecutive decode-only steps at once.
+    """
 
     def __init__(self, d: Deployment):
         m = d.model
@@ -97,9 +107,72 @@ class IterationCost:
         self.dense_layers = m.num_layers - m.num_moe_layers
         self.moe_layers = m.num_moe_layers
         self.overhead = d.iteration_overhead_s
+        self.layers = m.num_layers
+        t = d.tp
+        # The attention core's two linear pieces (the cost core's formulas at unit inputs).
+        attn_rate = self.K.attn_peak * self.K.attn_eff
+        self._core_flop = float(attention_core_flops(m, 1.0, t)) / attn_rate
+        unit_q = BatchShape(1.0, 1.0, 0.0, 0.0, 0.0)
+        unit_kv = BatchShape(0.0, 0.0, 0.0, 0.0, 1.0)
+        self._core_q = float(attention_io_bytes(m, unit_q, t, self.kv_bytes)) / self.K.mem_bw
+        self._core_kv = float(attention_io_bytes(m, unit_kv, t, self.kv_bytes)) / self.K.mem_bw
+        self._base: dict[int, float] = {}
+        self._head: dict[int, float] = {}
+
+    def _core(self, tokens: float, pairs: float, kv_tokens: float) -> float:
+        return max(self._core_flop * pairs, self._core_q * tokens + self._core_kv * kv_tokens)
+
+    def _head_time(self, sampled: int) -> float:
+        h = self._head.get(sampled)
+        if h is None:
+            h = float(np.asarray(head_parts(self.model, self.K, max(sampled, 1),
+                                            self.deg).time(self.K)))
+            self._head[sampled] = h
+        return h
+
+    def _base_time(self, tokens: int) -> float:
+        """Everything but the attention core, the head and the host overhead."""
+        b = self._base.get(tokens)
+        if b is None:
+            full = self.time_reference(1, tokens, 0.0, 0.0, 0.0, 1)
+            b = full - self.overhead - self._head_time(1) \
+                - self.layers * self._core(tokens, 0.0, 0.0)
+            self._base[tokens] = b
+        return b
 
     def time(self, num_seqs: int, tokens: float, query_prefix: float, query_squares: float,
              kv_tokens: float, sampled: int) -> float:
+        """As `time_reference` (equal to ~1e-12 relative), from cached parts."""
+        T = int(tokens)
+        if tokens != T:
+            return self.time_reference(num_seqs, tokens, query_prefix, query_squares,
+                                       kv_tokens, sampled)
+        core = self._core(tokens, query_prefix + 0.5 * query_squares, kv_tokens)
+        return self._base_time(T) + self.layers * core + self._head_time(sampled) \
+            + self.overhead
+
+    def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float, float,
+                                                    float]:
+        """(base, layers, head, overhead, core per pair, core per query token, core per key)
+        of a decode-only step of `num_seqs` sequences: its seconds at a prefix sum P are
+        base + layers x max(pair x (P + B / 2), query x B + key x (P + B)) + head + overhead,
+        in that order (the same floats as `time` and `decode_times`)."""
+        return (self._base_time(num_seqs), float(self.layers), self._head_time(num_seqs),
+                self.overhead, self._core_flop, self._core_q, self._core_kv)
+
+    def decode_times(self, num_seqs: int, prefix_sum: float, steps: int) -> np.ndarray:
+        """Seconds of `steps` consecutive decode-only steps of `num_seqs` sequences (one query
+        token each, every one sampling) whose cached prefixes sum to `prefix_sum` at the
+        first: the sum grows by `num_seqs` a step. Elementwise as `time`."""
+        B = float(num_seqs)
+        prefix = prefix_sum + B * np.arange(steps, dtype=float)
+        core = np.maximum(self._core_flop * (prefix + 0.5 * B),
+                          self._core_q * B + self._core_kv * (prefix + B))
+        return self._base_time(num_seqs) + self.layers * core \
+            + self._head_time(num_seqs) + self.overhead
+
+    def time_reference(self, num_seqs: int, tokens: float, query_prefix: float,
+                       query_squares: float, kv_tokens: float, sampled: int) -> float:
         """One forward of a batch: `tokens` query tokens of `num_seqs` sequences (with
         sum(q x prefix), sum(q^2) and the keys read, as `BatchShape.from_sums`), of which
         `sampled` positions sample a token."""

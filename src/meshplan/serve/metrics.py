@@ -22,6 +22,31 @@ def summary(x: np.ndarray, scale: float = 1.0) -> dict[str, float | None]:
                                         for p in PERCENTILES}}
 
 
+def weighted_summary(values: np.ndarray, weights: np.ndarray,
+                     scale: float = 1.0) -> dict[str, float | None]:
+    """`summary` of the sample in which each of `values` appears `weights` times (integers),
+    without expanding it: the same linear-interpolation percentiles as numpy's default."""
+    n = int(np.sum(weights, dtype=np.int64))
+    if n == 0:
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    ends = np.cumsum(np.asarray(weights)[order], dtype=np.int64)  # [end - w, end) hold v
+
+    def at(i: int) -> float:
+        return float(values[order[int(np.searchsorted(ends, i, side="right"))]]) * scale
+
+    mean = float(np.dot(values, np.asarray(weights, dtype=float))) / n * scale
+    out: dict[str, float | None] = {"mean": mean}
+    for p in PERCENTILES:
+        h = (n - 1) * p / 100.0
+        lo = int(np.floor(h))
+        a, b = at(lo), at(min(lo + 1, n - 1))
+        t = h - lo
+        out[f"p{p}"] = a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t)
+    return out
+
+
 @dataclass(frozen=True)
 class RequestMetrics:
     """Per request (arrays aligned with the workload's requests)."""
@@ -32,8 +57,15 @@ class RequestMetrics:
     finish_s: np.ndarray
     input_len: np.ndarray
     output_len: np.ndarray
-    itl_s: np.ndarray
-    """Every gap between consecutive output tokens of a request, all requests together."""
+    itl_values_s: np.ndarray
+    itl_weights: np.ndarray
+    """Every gap between consecutive output tokens of a request, all requests together, as
+    distinct values with their counts (a decode step's gap is the same for its whole batch)."""
+
+    @property
+    def itl_s(self) -> np.ndarray:
+        """The gaps one by one (expanded: as many floats as output tokens)."""
+        return np.repeat(self.itl_values_s, self.itl_weights.astype(np.int64))
 
     @property
     def ttft_s(self) -> np.ndarray:
@@ -71,7 +103,7 @@ class RequestMetrics:
         return {
             "ttft_ms": summary(self.ttft_s, 1e3),
             "tpot_ms": summary(self.tpot_s, 1e3),
-            "itl_ms": summary(self.itl_s, 1e3),
+            "itl_ms": weighted_summary(self.itl_values_s, self.itl_weights, 1e3),
             "e2e_ms": summary(self.e2e_s, 1e3),
             "queueing_ms": summary(self.queueing_s, 1e3),
             "normalized_latency_s_per_token": summary(norm),

@@ -27,6 +27,9 @@ class RequestState:
     """Tokens whose KV is in the cache."""
     generated: int = 0
     blocks: int = 0
+    rid: int = -1
+    last_token_s: float = 0.0
+    """When its latest output token came (the event loop's)."""
 
     @property
     def known(self) -> int:
@@ -40,6 +43,15 @@ class Step:
 
     scheduled: list[tuple[int, int]]
     preempted: int
+    admitted: list[int] = field(default_factory=list)
+    """Requests moved from waiting to running by this step (the first schedule of each is
+    among them)."""
+    tokens: int = 0
+    query_prefix: int = 0
+    query_squares: int = 0
+    kv_tokens: int = 0
+    sampled: int = 0
+    """The batch's sums (`BatchShape.from_sums`) and the requests that sample a token."""
 
 
 @dataclass
@@ -61,7 +73,7 @@ class VLLMScheduler:
         self.free_blocks = self.num_blocks
 
     def add(self, rid: int, prompt: int, output: int) -> None:
-        self.requests[rid] = RequestState(prompt, output)
+        self.requests[rid] = RequestState(prompt, output, rid=rid)
         self.waiting.append(rid)
 
     @property
@@ -91,11 +103,30 @@ class VLLMScheduler:
         budget = self.max_num_batched_tokens
         scheduled: list[tuple[int, int]] = []
         preempted = 0
+        admitted: list[int] = []
+        tokens = query_prefix = query_squares = kv_tokens = sampled = 0
         i = 0
-        while i < len(self.running) and budget > 0:
-            rid = self.running[i]
-            r = self.requests[rid]
-            n = min(r.known - r.computed, budget)
+        running, requests, bs = self.running, self.requests, self.block_size
+        while i < len(running) and budget > 0:
+            rid = running[i]
+            r = requests[rid]
+            n = r.prompt + r.generated - r.computed
+            if n > budget:
+                n = budget
+            need = -(-(r.computed + n) // bs) - r.blocks
+            if need <= self.free_blocks:  # `_grow` inlined: the common case
+                self.free_blocks -= need
+                r.blocks += need
+                scheduled.append((rid, n))
+                tokens += n
+                query_prefix += n * r.computed
+                query_squares += n * n
+                kv_tokens += r.computed + n
+                if r.computed + n >= r.prompt + r.generated:
+                    sampled += 1
+                budget -= n
+                i += 1
+                continue
             while not self._grow(r, n):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -109,6 +140,12 @@ class VLLMScheduler:
                 i += 1
                 continue
             scheduled.append((rid, n))
+            tokens += n
+            query_prefix += n * r.computed
+            query_squares += n * n
+            kv_tokens += r.computed + n
+            if r.computed + n >= r.prompt + r.generated:
+                sampled += 1
             budget -= n
             i += 1
         if preempted == 0:
@@ -123,19 +160,28 @@ class VLLMScheduler:
                     break
                 self.waiting.popleft()
                 self.running.append(rid)
+                admitted.append(rid)
                 scheduled.append((rid, n))
+                tokens += n
+                query_prefix += n * r.computed
+                query_squares += n * n
+                kv_tokens += r.computed + n
+                if r.computed + n >= r.prompt + r.generated:
+                    sampled += 1
                 budget -= n
-        return Step(scheduled, preempted)
+        return Step(scheduled, preempted, admitted, tokens, query_prefix, query_squares,
+                    kv_tokens, sampled)
 
-    def complete(self, step: Step) -> tuple[list[int], list[int]]:
+    def complete(self, step: Step) -> tuple[list[RequestState], list[int]]:
         """Apply a finished iteration: (requests that sampled a token, requests that ended)."""
         sampled, done = [], []
+        requests = self.requests
         for rid, n in step.scheduled:
-            r = self.requests[rid]
+            r = requests[rid]
             r.computed += n
-            if r.computed >= r.known:
+            if r.computed >= r.prompt + r.generated:
                 r.generated += 1
-                sampled.append(rid)
+                sampled.append(r)
                 if r.generated >= r.output:
                     done.append(rid)
         for rid in done:

@@ -1,0 +1,145 @@
+"""The fast path (cached iteration cost, fast-forwarded decode runs, weighted inter-token
+gaps) against the plain loop (one iteration at a time, each timed by the layer core)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from meshplan.serve import DeploymentSpec, Lengths, Workload, draw, resolve
+from meshplan.serve.iteration import IterationCost, kv_capacity
+from meshplan.serve.loop import simulate
+from meshplan.serve.metrics import summary, weighted_summary
+from meshplan.specs.io import load_cluster, load_model
+
+REL = 1e-9
+
+
+def deploy(model: str = "llama3-8b", **kw):
+    return resolve(load_model(model), load_cluster("dgx-h100"), DeploymentSpec(**kw))
+
+
+@pytest.mark.parametrize(("model", "tp"), [("llama3-8b", 1), ("llama3-8b", 4),
+                                           ("mixtral-8x7b", 2)])
+def test_cached_iteration_time_equals_the_layer_core(model, tp):
+    cost = IterationCost(deploy(model, tp=tp))
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        b = int(rng.integers(1, 300))
+        q = rng.integers(1, 600, b) * (rng.random(b) < 0.1) + 1
+        p = rng.integers(0, 4000, b)
+        args = (b, float(q.sum()), float((q * p).sum()), float((q * q).sum()),
+                float((p + q).sum()), int(rng.integers(0, b + 1)))
+        assert cost.time(*args) == pytest.approx(cost.time_reference(*args), rel=1e-12)
+    prefix, b = 12345.0, 37
+    steps = cost.decode_times(b, prefix, 40)
+    ref = [cost.time_reference(b, b, prefix + b * j, b, prefix + b * (j + 1), b)
+           for j in range(40)]
+    np.testing.assert_allclose(steps, ref, rtol=1e-12)
+
+
+def test_weighted_percentiles_equal_the_expanded_sample():
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 7, 100, 1000):
+        v, w = rng.random(n), rng.integers(1, 50, n)
+        v[: n // 3] = v[0]
+        fast, ref = weighted_summary(v, w, 1e3), summary(np.repeat(v, w), 1e3)
+        for key, value in ref.items():
+            assert fast[key] == pytest.approx(value, rel=1e-12), key
+
+
+def assert_same(d, w):
+    reqs = draw(w)
+    fast, plain = simulate(d, reqs), simulate(d, reqs, plain=True)
+    assert fast.iterations == plain.iterations and fast.preemptions == plain.preemptions
+    f, p = fast.metrics, plain.metrics
+    for name in ("first_scheduled_s", "first_token_s", "finish_s"):
+        np.testing.assert_allclose(getattr(f, name), getattr(p, name), rtol=REL, atol=0)
+    assert np.all(np.isfinite(f.finish_s))
+    assert int(f.itl_weights.sum()) == len(p.itl_s) == int((reqs.output_len - 1).sum())
+    np.testing.assert_allclose(np.sort(f.itl_s), np.sort(p.itl_s), rtol=REL, atol=1e-15)
+    assert fast.kv_usage[:, 1].max() == pytest.approx(plain.kv_usage[:, 1].max(), rel=1e-12)
+    assert fast.kv_usage[-1, 1] == plain.kv_usage[-1, 1] == 0.0
+    assert len(fast.kv_usage) <= len(plain.kv_usage)
+    jf, jp = fast.to_json(0.2, 0.05), plain.to_json(0.2, 0.05)
+    assert jf["iterations"] == jp["iterations"] and jf["num_completed"] == jp["num_completed"]
+    for key, block in jp["metrics"].items():
+        if isinstance(block, dict):
+            for stat, value in block.items():
+                assert jf["metrics"][key][stat] == pytest.approx(value, rel=REL), (key, stat)
+        elif block is not None:
+            assert jf["metrics"][key] == pytest.approx(block, rel=REL), key
+    return fast, plain
+
+
+def test_poisson_load_fast_equals_plain():
+    w = Workload(arrival="poisson", rate=15, num_requests=300, seed=2,
+                 input=Lengths(mean=512), output=Lengths(mean=256))
+    fast, plain = assert_same(deploy(), w)
+    assert len(fast.kv_usage) < len(plain.kv_usage) / 2  # the fast path did skip steps
+
+
+def test_varied_lengths_and_a_burst_fast_equal_plain():
+    w = Workload(arrival="poisson", rate=20, num_requests=200, seed=3,
+                 input=Lengths(kind="uniform", mean=800, spread=0.5),
+                 output=Lengths(kind="lognormal", mean=120, spread=0.8))
+    assert_same(deploy(), w)
+    burst = Workload(arrival="burst", num_requests=150, seed=4,
+                     input=Lengths(kind="normal", mean=300, spread=0.3),
+                     output=Lengths(kind="uniform", mean=100, spread=0.9))
+    assert_same(deploy(max_num_seqs=64), burst)
+
+
+def test_chunked_prefill_fast_equals_plain():
+    """Prompts over the token budget (chunks of 512, one leaving a single token)."""
+    w = Workload(arrival="gamma", rate=6, cv=2.0, num_requests=120, seed=5,
+                 input=Lengths(kind="uniform", mean=1300, spread=0.6),
+                 output=Lengths(mean=80))
+    assert_same(deploy(max_num_batched_tokens=512), w)
+    one_left = Workload(arrival="constant", rate=4, num_requests=30, seed=6,
+                        input=Lengths(mean=513), output=Lengths(mean=40))
+    assert_same(deploy(max_num_batched_tokens=512), one_left)
+
+
+def test_preemption_with_a_tiny_cache_fast_equals_plain():
+    d = deploy(gpu_memory_utilization=0.25)
+    tokens = kv_capacity(d).num_blocks * d.block_size
+    w = Workload(arrival="burst", num_requests=40, input=Lengths(mean=tokens // 20),
+                 output=Lengths(mean=tokens // 20))
+    fast, _ = assert_same(d, w)
+    assert fast.preemptions > 0
+    w2 = Workload(arrival="poisson", rate=30, num_requests=80, seed=7,
+                  input=Lengths(kind="uniform", mean=tokens // 15, spread=0.5),
+                  output=Lengths(kind="uniform", mean=tokens // 15, spread=0.5))
+    assert_same(d, w2)
+
+
+@pytest.mark.parametrize("router", ["round-robin", "least-requests", "least-tokens"])
+def test_two_instances_fast_equal_plain(router):
+    w = Workload(arrival="poisson", rate=25, num_requests=200, seed=8,
+                 input=Lengths(kind="lognormal", mean=400, spread=0.6),
+                 output=Lengths(kind="lognormal", mean=150, spread=0.6))
+    assert_same(deploy(instances=2, router=router), w)
+
+
+def test_the_kv_usage_timeline_is_bounded_and_keeps_its_peak_and_last_sample():
+    from meshplan.serve.loop import Timeline
+    rng = np.random.default_rng(9)
+    line = Timeline(cap=8)
+    v = rng.random(1000)
+    for t, x in enumerate(v):
+        line.add(float(t), float(x))
+    a = line.to_array()
+    assert len(a) <= 17 and a[:, 1].max() == v.max() and tuple(a[-1]) == (999.0, v[-1])
+    assert np.all(np.diff(a[:, 0]) > 0)
+
+
+def test_whole_prompts_and_a_full_batch_fast_equal_plain():
+    """No chunked prefill, and max_num_seqs reached with requests waiting (a fast-forward
+    runs while they wait for a finish)."""
+    w = Workload(arrival="poisson", rate=40, num_requests=150, seed=10,
+                 input=Lengths(kind="uniform", mean=900, spread=0.5),
+                 output=Lengths(kind="uniform", mean=60, spread=0.8))
+    assert_same(deploy(enable_chunked_prefill=False, max_num_batched_tokens=2048,
+                       max_num_seqs=8), w)
+    assert_same(deploy(instances=2, router="least-tokens", max_num_seqs=4), w)
