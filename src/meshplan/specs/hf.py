@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import ValidationError
 
@@ -34,7 +34,7 @@ from meshplan.specs.model import MlpType, Model
 _REQUIRED: Any = object()
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -566,7 +566,7 @@ def _text_config(data: dict[str, Any], where: str) -> tuple[dict[str, Any], str,
     if not isinstance(nested, dict):
         raise invalid(f"{where}: text_config", nested, "expected an object")
     inner = dict(nested)
-    inner.setdefault("model_type", WRAPPERS.get(model_type, model_type))
+    inner.setdefault("model_type", WRAPPERS.get(str(model_type), model_type))
     if inner.get("tie_word_embeddings") is None and "tie_word_embeddings" in data:
         inner["tie_word_embeddings"] = data["tie_word_embeddings"]
     notes = []
