@@ -130,6 +130,8 @@ def test_cli_json_carries_counts_metrics_and_deployment():
     (("--rate", "1", "--input-len", "200000"), "max_seq_len"),
     (("--rate", "1", "--tp", "3"), "tp=3"),
     (("--workload", "poisson"), "needs a rate"),
+    (("--rate", "1e-300"), "rate"),
+    (("--rate", "1", "--slo-ttft-ms", "-1"), "--slo-ttft-ms"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, needle):
     out = cli(*args)

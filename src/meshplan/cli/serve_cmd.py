@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from meshplan.cli.render import console, print_json
-from meshplan.errors import from_validation_error
+from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.serve import DeploymentSpec, Lengths, Workload, simulate
 from meshplan.specs.io import load_cluster, load_model
 
@@ -75,6 +75,9 @@ def simulate_cmd(
                         output=Lengths(kind=kind, mean=output_len, spread=spread))  # type: ignore[arg-type]
     except ValidationError as err:
         raise from_validation_error(err, "serve simulate") from None
+    for flag, bound in (("--slo-ttft-ms", slo_ttft_ms), ("--slo-tpot-ms", slo_tpot_ms)):
+        if bound is not None and not 0 < bound < float("inf"):
+            raise MeshplanError(f"{flag}={bound}: must be a positive number of milliseconds")
     result = simulate(load_model(model), load_cluster(cluster), spec, work)
     slo_ttft = None if slo_ttft_ms is None else slo_ttft_ms / 1e3
     slo_tpot = None if slo_tpot_ms is None else slo_tpot_ms / 1e3

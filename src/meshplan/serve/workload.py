@@ -41,8 +41,9 @@ class Workload(Spec):
     """A request stream: arrivals, lengths and a seed."""
 
     arrival: Arrival = "poisson"
-    rate: float | None = Field(default=None, gt=0)
-    """Requests per second (all but `burst`)."""
+    rate: float | None = Field(default=None, ge=1e-6, le=1e9)
+    """Requests per second (all but `burst`); from one request in ~12 days to 10^9 per
+    second, so that arrival times stay finite."""
     cv: float = Field(default=1.0, gt=0)
     """Coefficient of variation of the gaps (gamma arrivals; 1 is Poisson)."""
     num_requests: int = Field(default=1000, gt=0, le=10_000_000)
