@@ -80,11 +80,8 @@ class VLLMScheduler:
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
 
-    def _blocks_for(self, tokens: int) -> int:
-        return -(-tokens // self.block_size)
-
     def _grow(self, r: RequestState, new_tokens: int) -> bool:
-        need = self._blocks_for(r.computed + new_tokens) - r.blocks
+        need = -(-(r.computed + new_tokens) // self.block_size) - r.blocks  # ceil
         if need > self.free_blocks:
             return False
         self.free_blocks -= need
@@ -104,54 +101,31 @@ class VLLMScheduler:
         scheduled: list[tuple[int, int]] = []
         preempted = 0
         admitted: list[int] = []
-        tokens = query_prefix = query_squares = kv_tokens = sampled = 0
         i = 0
-        running, requests, bs = self.running, self.requests, self.block_size
+        running, requests = self.running, self.requests
         while i < len(running) and budget > 0:
             rid = running[i]
             r = requests[rid]
-            n = r.prompt + r.generated - r.computed
-            if n > budget:
-                n = budget
-            need = -(-(r.computed + n) // bs) - r.blocks
-            if need <= self.free_blocks:  # `_grow` inlined: the common case
-                self.free_blocks -= need
-                r.blocks += need
-                scheduled.append((rid, n))
-                tokens += n
-                query_prefix += n * r.computed
-                query_squares += n * n
-                kv_tokens += r.computed + n
-                if r.computed + n >= r.prompt + r.generated:
-                    sampled += 1
-                budget -= n
-                i += 1
-                continue
+            n = min(r.prompt + r.generated - r.computed, budget)
             while not self._grow(r, n):
-                victim = self.running[-1]
+                victim = running[-1]
                 self._preempt(victim)
                 preempted += 1
                 if victim == rid:
                     n = 0
                     break
             if n == 0:
-                if rid not in self.running:
+                if rid not in running:
                     break  # it preempted itself: nothing later in the list is left
                 i += 1
                 continue
             scheduled.append((rid, n))
-            tokens += n
-            query_prefix += n * r.computed
-            query_squares += n * n
-            kv_tokens += r.computed + n
-            if r.computed + n >= r.prompt + r.generated:
-                sampled += 1
             budget -= n
             i += 1
         if preempted == 0:
-            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            while self.waiting and budget > 0 and len(running) < self.max_num_seqs:
                 rid = self.waiting[0]
-                r = self.requests[rid]
+                r = requests[rid]
                 n = r.known - r.computed
                 if not self.chunked_prefill and n > budget:
                     break
@@ -159,16 +133,23 @@ class VLLMScheduler:
                 if not self._grow(r, n):
                     break
                 self.waiting.popleft()
-                self.running.append(rid)
+                running.append(rid)
                 admitted.append(rid)
                 scheduled.append((rid, n))
-                tokens += n
-                query_prefix += n * r.computed
-                query_squares += n * n
-                kv_tokens += r.computed + n
-                if r.computed + n >= r.prompt + r.generated:
-                    sampled += 1
                 budget -= n
+        return self._step(scheduled, preempted, admitted)
+
+    def _step(self, scheduled: list[tuple[int, int]], preempted: int,
+              admitted: list[int]) -> Step:
+        """The Step of `scheduled` with the batch's sums (before its tokens are applied)."""
+        tokens = query_prefix = query_squares = kv_tokens = sampled = 0
+        for rid, n in scheduled:
+            r = self.requests[rid]
+            tokens += n
+            query_prefix += n * r.computed
+            query_squares += n * n
+            kv_tokens += r.computed + n
+            sampled += r.computed + n >= r.known
         return Step(scheduled, preempted, admitted, tokens, query_prefix, query_squares,
                     kv_tokens, sampled)
 
