@@ -1,0 +1,46 @@
+"""What a published serving run rebuilds into (`rebuild.build_case`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshplan.serve.deployment import DeploymentSpec
+from meshplan.serve.workload import Workload
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.model import Model
+
+
+class Unbuildable(Exception):
+    """This row cannot be rebuilt (its reason becomes the row's `skipped`)."""
+
+
+@dataclass(frozen=True)
+class StaticBatch:
+    """One fixed batch: `size` prompts of `input_len` tokens prefilled together, then decoded
+    for `output_len` tokens (static-batch benchmarks: FasterTransformer, gptSessionBenchmark,
+    profiling sweeps)."""
+
+    size: int
+    input_len: int
+    output_len: int
+
+
+@dataclass
+class ServeCase:
+    row: dict[str, Any]
+    model: Model
+    cluster: Cluster
+    spec: DeploymentSpec
+    workload: Workload | StaticBatch
+    assumptions: list[str] = field(default_factory=list)
+    num_gpu_blocks: int | None = None
+    """The KV blocks the source's engine reported, when it did (they replace the estimate)."""
+
+    @property
+    def id(self) -> str:
+        return str(self.row["id"])
+
+    @property
+    def scenario(self) -> str:
+        return str(self.row["scenario"])

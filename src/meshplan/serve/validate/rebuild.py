@@ -1,0 +1,266 @@
+"""Rebuild a published serving run (one row of `published_serving_runs.json`'s schema) as a
+meshplan model, cluster, deployment and workload.
+
+Every rule is keyed by a field's content (the GPU's name, the engine's name and version, the
+dataset's name, the precision text), never by a source's id, and every default it applies is
+written to the case's `assumptions`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from meshplan.serve.deployment import DeploymentSpec
+from meshplan.serve.engines import engine_names
+from meshplan.serve.validate.case import ServeCase, StaticBatch, Unbuildable
+from meshplan.serve.validate.hardware import build_cluster
+from meshplan.serve.workload import Lengths, Workload
+from meshplan.specs.model import Model, MoE
+
+# -- model -----------------------------------------------------------------------------------
+
+FAMILY_STYLES: tuple[tuple[str, dict[str, Any]], ...] = (
+    # (regex on model.family, Model fields): the families' public configs
+    (r"^bloom", {"mlp_type": "gelu", "position_embedding": "alibi", "norm": "layernorm",
+                 "linear_bias": True, "tied_embeddings": True}),
+    (r"^gpt-j", {"mlp_type": "gelu", "position_embedding": "rope", "norm": "layernorm",
+                 "linear_bias": True}),  # GPT-J: parallel attention + MLP, rotary, biased MLP
+    (r"^falcon", {"mlp_type": "gelu", "position_embedding": "rope", "norm": "layernorm"}),
+    (r"^gpt", {"mlp_type": "gelu", "position_embedding": "learned", "norm": "layernorm",
+               "linear_bias": True, "tied_embeddings": True}),
+    (r"^qwen3", {"mlp_type": "swiglu", "qk_norm": True}),
+    (r"llama|qwen|mistral|mixtral", {"mlp_type": "swiglu"}),
+)
+
+
+def build_model(row: dict[str, Any], notes: list[str]) -> Model:
+    m = row["model"]
+    missing = [k for k in ("layers", "hidden", "heads", "vocab") if m.get(k) is None]
+    if missing:
+        raise Unbuildable(f"model {', '.join(missing)} not given")
+    family = str(m.get("family") or "")
+    style = next((s for p, s in FAMILY_STYLES if re.search(p, family, re.IGNORECASE)), None)
+    if style is None:
+        style = {"mlp_type": "swiglu"}
+        notes.append(f"model family {family!r} unknown: Llama-style layers (SwiGLU, RoPE)")
+    moe = None
+    if m.get("moe_experts"):
+        step = int(m.get("moe_layer_step") or 1)
+        layers = int(m["layers"])
+        moe = MoE(num_experts=int(m["moe_experts"]), top_k=int(m["moe_top_k"]),
+                  expert_ffn_hidden_size=int(m["moe_ffn"]),
+                  num_shared_experts=int(m.get("moe_shared_experts") or 0),
+                  shared_expert_ffn_hidden_size=int(m["moe_ffn"])
+                  if m.get("moe_shared_experts") else 0,
+                  num_dense_layers=layers - layers // step)
+        if m.get("moe_shared_experts"):
+            notes.append("shared expert as wide as a routed expert (moe_ffn)")
+    ffn = m.get("ffn") or m.get("moe_ffn")
+    if ffn is None:
+        raise Unbuildable("model ffn not given")
+    return Model(name=str(m.get("name") or m.get("key") or row["id"]),
+                 num_layers=int(m["layers"]), hidden_size=int(m["hidden"]),
+                 ffn_hidden_size=int(ffn), num_attention_heads=int(m["heads"]),
+                 num_kv_heads=int(m["kv_heads"]) if m.get("kv_heads") else None,
+                 head_dim=int(m["head_dim"]) if m.get("head_dim") else None,
+                 vocab_size=int(m["vocab"]), moe=moe,
+                 source=f"published serving run {row['id']}", **style)
+
+
+# -- engine ----------------------------------------------------------------------------------
+
+ENGINES: tuple[tuple[str, str, str], ...] = (
+    # (regex on engine.name, profile, why when it is not the engine itself)
+    (r"vllm", "vllm", ""),
+    (r"sglang", "sglang", ""),
+    (r"tensorrt|trt-?llm", "trtllm", ""),
+    (r"fastertransformer", "trtllm",
+     "FasterTransformer has no profile: TensorRT-LLM's (its successor, same fused kernels)"),
+    (r"lmdeploy|turbomind", "trtllm",
+     "LMDeploy has no profile: TensorRT-LLM's (TurboMind's persistent batch is in-flight "
+     "batching)"),
+)
+UNKNOWN_ENGINE = "vllm"
+
+
+def engine_profile(row: dict[str, Any], notes: list[str]) -> str:
+    """The engine profile closest to the row's engine (an assumption, never an error)."""
+    name = str(row["engine"].get("name") or "")
+    profile, why = next(((p, w) for pat, p, w in ENGINES
+                         if re.search(pat, name, re.IGNORECASE)), (None, ""))
+    if profile is None:
+        profile = UNKNOWN_ENGINE
+        why = (f"engine {name!r} has no profile" if name else "engine not documented") \
+            + f": the {UNKNOWN_ENGINE} profile"
+    if profile not in engine_names():
+        why = f"no {profile} profile shipped: the {UNKNOWN_ENGINE} profile"
+        profile = UNKNOWN_ENGINE
+    if why:
+        notes.append(why)
+    return profile
+
+
+def version_tuple(text: str | None) -> tuple[int, ...] | None:
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text or "")
+    return None if m is None else tuple(int(g) for g in m.groups() if g is not None)
+
+
+V1_FROM = (0, 8)
+"""vLLM's V1 engine is the default from 0.8.0 (release notes of v0.8.0)."""
+V0_MAX_MODEL_LEN = 8192
+"""V0 without chunked prefill budgets max(max_model_len, 2048) tokens per step (vLLM 0.6
+`SchedulerConfig`); the benchmarked models' max_model_len is unknown, Llama 3's 8,192 taken."""
+
+
+def engine_knobs(row: dict[str, Any], engine: str, notes: list[str]) -> dict[str, Any]:
+    """DeploymentSpec knobs the row states, and the ones its engine's version implies."""
+    s = row["scheduler"]
+    knobs: dict[str, Any] = {}
+    if s.get("max_batch_size"):
+        knobs["max_num_seqs"] = int(s["max_batch_size"])
+    if s.get("max_num_batched_tokens"):
+        knobs["max_num_batched_tokens"] = int(s["max_num_batched_tokens"])
+    if s.get("kv_block_size"):
+        knobs["block_size"] = int(s["kv_block_size"])
+    fraction = s.get("kv_memory_fraction")
+    if isinstance(fraction, str):
+        m = re.search(r"0?\.\d+", fraction)
+        if m:
+            notes.append(f"KV memory fraction {fraction!r}: {float(m.group()):g}")
+            fraction = float(m.group())
+        else:
+            fraction = None
+    if isinstance(fraction, (int, float)):
+        knobs["gpu_memory_utilization"] = float(fraction)
+    chunked = s.get("chunked_prefill")
+    if isinstance(chunked, str):
+        chunked = not re.search(r"\boff\b|false|disabled", chunked, re.IGNORECASE)
+    version = version_tuple(row["engine"].get("version"))
+    if engine == "vllm" and version is not None and version < V1_FROM and chunked is None:
+        chunked = False
+        notes.append(f"vLLM {row['engine']['version']} (V0 engine): chunked prefill off, "
+                     f"step budget max(max_model_len, 2048) = {V0_MAX_MODEL_LEN}")
+        knobs.setdefault("max_num_batched_tokens", V0_MAX_MODEL_LEN)
+        knobs.setdefault("max_num_seqs", 256)
+    if isinstance(chunked, bool):
+        knobs["enable_chunked_prefill"] = chunked
+    return knobs
+
+
+def scheduler_steps(row: dict[str, Any]) -> int:
+    """vLLM's multi-step scheduling (`--num-scheduler-steps N`): the host schedules once per N
+    decode steps."""
+    other = row["scheduler"].get("other") or {}
+    steps = other.get("num_scheduler_steps")
+    if steps is None:
+        m = re.search(r"num-scheduler-steps\s+(\d+)", str(row["engine"].get("version") or ""))
+        steps = m.group(1) if m else 1
+    return max(int(steps), 1)
+
+
+# -- precision -------------------------------------------------------------------------------
+
+def precision(row: dict[str, Any], notes: list[str]) -> tuple[str, str]:
+    """(weights dtype, KV-cache dtype)."""
+    p = row["precision"]
+    w = str(p.get("weights") or "")
+    if re.search(r"fp8", w, re.IGNORECASE):
+        weights = "fp8"
+    elif re.search(r"fp16|float16", w, re.IGNORECASE) and not re.search("bf", w, re.IGNORECASE):
+        weights = "fp16"
+    else:
+        weights = "bf16"
+        if not w:
+            notes.append("precision not stated: 16-bit weights (the engines' default dtype)")
+    kv_text = str(p.get("kv_cache") or "")
+    if re.search(r"fp8|int8", kv_text, re.IGNORECASE):
+        kv = "fp8"
+    elif kv_text and not re.search(r"auto", kv_text, re.IGNORECASE):
+        kv = "fp16" if re.search(r"fp16", kv_text, re.IGNORECASE) else "bf16"
+    else:
+        kv = "fp8" if weights == "fp8" else ("fp16" if weights == "fp16" else "bf16")
+        if not kv_text or weights == "fp8":
+            notes.append(f"KV cache dtype not stated: {kv}"
+                         + (" (FP8 checkpoints quantise the KV cache too)" if kv == "fp8"
+                            else " (the weights' dtype)"))
+    return weights, kv
+
+
+# -- workload --------------------------------------------------------------------------------
+
+SHAREGPT_SIGMA = (0.56, 0.25)
+"""Lognormal sigma of ShareGPT prompt and output lengths when a row gives only the means:
+sigma = sqrt(2 ln(mean / median)) of a ShareGPT sample whose mean and median are published
+(input 857.5 / 731.5, output 652.5 / 632.0 tokens, LLMServingSim's sharegpt workload file)."""
+MEAN_MEDIAN = re.compile(r"(input|output)\s+mean\s+([\d.]+)\s*/\s*median\s+([\d.]+)")
+
+
+def lengths(row: dict[str, Any], notes: list[str]) -> tuple[Lengths, Lengths]:
+    w = row["workload"]
+    if w.get("input_len") and w.get("output_len"):
+        return Lengths(mean=int(w["input_len"])), Lengths(mean=int(w["output_len"]))
+    if not (w.get("input_len_mean") and w.get("output_len_mean")):
+        raise Unbuildable("workload lengths not given")
+    mi, mo = float(w["input_len_mean"]), float(w["output_len_mean"])
+    text = f"{w.get('dataset') or ''} {w.get('length_distribution') or ''}"
+    sigma = dict(zip(("input", "output"), SHAREGPT_SIGMA, strict=True)) \
+        if re.search("sharegpt", text, re.IGNORECASE) else {}
+    for kind, mean, median in MEAN_MEDIAN.findall(text):
+        sigma[kind] = math.sqrt(2 * max(math.log(float(mean) / float(median)), 0.0))
+    if sigma:
+        notes.append(f"lengths lognormal with the stated means, sigma {sigma['input']:.2f} "
+                     f"(input) / {sigma['output']:.2f} (output) from "
+                     + ("the stated medians" if MEAN_MEDIAN.search(text)
+                        else "a published ShareGPT sample's mean and median"))
+        return (Lengths(kind="lognormal", mean=round(mi), spread=sigma["input"]),
+                Lengths(kind="lognormal", mean=round(mo), spread=sigma["output"]))
+    notes.append(f"lengths fixed at the stated means ({mi:g} / {mo:g}): a synthetic dataset")
+    return Lengths(mean=round(mi)), Lengths(mean=round(mo))
+
+
+def workload(row: dict[str, Any], notes: list[str]) -> Workload | StaticBatch:
+    w = row["workload"]
+    inp, out = lengths(row, notes)
+    if row["scenario"] == "static_batch":
+        return StaticBatch(int(w.get("batch_size") or 1), inp.mean, out.mean)
+    n = int(w.get("num_requests") or 1000)
+    if not w.get("num_requests"):
+        notes.append("number of requests not stated: 1000")
+    rate = w.get("request_rate_per_s")
+    if rate in (None, "inf") or row["scenario"] == "offline":
+        return Workload(arrival="burst", num_requests=n, input=inp, output=out)
+    process = str(w.get("arrival_process") or "")
+    if not re.search("poisson", process, re.IGNORECASE):
+        notes.append(f"arrival process {process or 'not stated'!r}: Poisson")
+    return Workload(arrival="poisson", rate=float(rate), num_requests=n, input=inp, output=out)
+
+
+# -- the whole case --------------------------------------------------------------------------
+
+def build_case(row: dict[str, Any]) -> ServeCase:
+    """The row's specs, or `Unbuildable` with the reason."""
+    notes: list[str] = []
+    model = build_model(row, notes)
+    cluster = build_cluster(row, notes)
+    par = row["parallelism"]
+    tp, pp = int(par.get("tp") or 1), int(par.get("pp") or 1)
+    if pp != 1:
+        raise Unbuildable(f"pp={pp}: pipeline-parallel serving is not modelled yet")
+    instances = int(par.get("dp") or 1)
+    engine = engine_profile(row, notes)
+    weights, kv = precision(row, notes)
+    knobs = engine_knobs(row, engine, notes)
+    if par.get("ep") and par["ep"] > 1:
+        notes.append(f"ep={par['ep']}: experts split by tensor parallelism instead (same "
+                     "per-GPU weights, all-reduce in place of all-to-all)")
+    if model.moe is not None and (row["scheduler"].get("other") or {}).get("enable_attention_dp"):
+        notes.append("attention data parallelism modelled as tensor parallelism")
+    spec = DeploymentSpec(tp=tp, instances=instances, engine=engine,
+                          weights_dtype=weights,  # type: ignore[arg-type]
+                          kv_cache_dtype=kv,  # type: ignore[arg-type]
+                          **knobs)
+    blocks = (row["scheduler"].get("other") or {}).get("num_gpu_blocks")
+    return ServeCase(row, model, cluster, spec, workload(row, notes), notes,
+                     int(blocks) if blocks else None)

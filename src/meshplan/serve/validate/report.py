@@ -1,0 +1,94 @@
+"""`meshplan serve validate`: rebuild each published serving run, predict it, compare every
+metric it reports, and summarise the errors by scenario."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meshplan.errors import MeshplanError
+from meshplan.serve.validate.case import Unbuildable
+from meshplan.serve.validate.predict import flatten, predict
+from meshplan.serve.validate.rebuild import build_case
+
+RUNS_FILE = Path(__file__).resolve().parents[2] / "data" / "published_serving_runs.json"
+COMPARED = ("prefill_time_ms", "decode_step_ms", "output_tokens_per_s",
+            "output_tokens_per_s_per_gpu", "requests_per_s", "total_tokens_per_s", "ttft_ms",
+            "tpot_ms", "e2e_ms", "normalized_latency_s_per_token")
+"""The metric groups compared (`metrics.other` and the rest are not)."""
+
+
+def load_serving_runs(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """The rows of a serving-runs file (default: the shipped copy)."""
+    p = Path(path) if path is not None else RUNS_FILE
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MeshplanError(f"{p}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MeshplanError(f"{p}: not a JSON file ({err})") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise MeshplanError(f"{p}: expected a JSON list of run objects")
+    for i, r in enumerate(data):
+        missing = [k for k in ("id", "scenario", "model", "hardware", "engine", "precision",
+                               "parallelism", "workload", "scheduler", "metrics")
+                   if not isinstance(r.get(k), (dict, str))]
+        if missing:
+            raise MeshplanError(f"{p}: row {i} ({r.get('id', '?')}) lacks {missing[0]!r}")
+    return data
+
+
+def measured(row: dict[str, Any]) -> dict[str, float]:
+    m = row["metrics"]
+    return flatten({k: m[k] for k in COMPARED if m.get(k) is not None})
+
+
+def validate_row(row: dict[str, Any], overhead_scale: float = 1.0) -> dict[str, Any]:
+    """One row's JSON: every measured metric with the prediction and the signed error."""
+    truth = measured(row)
+    out: dict[str, Any] = {"id": row["id"], "scenario": row["scenario"],
+                           "source": (row.get("source") or {}).get("source_id"),
+                           "metrics": {}, "skipped": None, "assumptions": []}
+    try:
+        case = build_case(row)
+        out["assumptions"] = case.assumptions
+        pred = predict(case, overhead_scale)
+    except (Unbuildable, MeshplanError) as err:
+        out["skipped"] = str(err)
+        pred = None
+    if pred is not None and not pred.fits:
+        out["skipped"] = f"predicted not to fit: {pred.why_not}"
+    for key, value in truth.items():
+        p = pred.metrics.get(key) if pred is not None and pred.fits else None
+        out["metrics"][key] = {"measured": value, "predicted": p,
+                               "error": None if p is None else p / value - 1.0}
+    return out
+
+
+def stats(errors: list[float]) -> dict[str, Any]:
+    a = np.abs(np.asarray(errors, dtype=float))
+    if len(a) == 0:
+        return {"n": 0, "median_abs": None, "p90_abs": None, "bias": None}
+    return {"n": int(len(a)), "median_abs": float(np.median(a)),
+            "p90_abs": float(np.percentile(a, 90)), "bias": float(np.median(errors))}
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per scenario and overall: median / p90 |error| over (row, metric) pairs, and the share
+    of pairs predicted."""
+    out: dict[str, Any] = {}
+    for scenario in sorted({r["scenario"] for r in rows}) + ["all"]:
+        sel = [r for r in rows if scenario in ("all", r["scenario"])]
+        pairs = [m for r in sel for m in r["metrics"].values()]
+        errors = [m["error"] for m in pairs if m["error"] is not None]
+        out[scenario] = {**stats(errors), "pairs": len(pairs),
+                         "predicted_share": len(errors) / len(pairs) if pairs else None}
+    return out
+
+
+def validate(rows: list[dict[str, Any]], overhead_scale: float = 1.0) -> dict[str, Any]:
+    results = [validate_row(r, overhead_scale) for r in rows]
+    return {"rows": results, "summary": summarise(results)}
