@@ -98,8 +98,12 @@ class IterationCost:
         m = d.model
         self.model = m
         precision = "fp8" if d.spec.weights_dtype == "fp8" else "bf16"
-        self.K = Kernels(d.cluster, precision)
-        self.deg = LayerDegrees(tp=d.tp)
+        # The engine's fixed cost per block stands in for training's per-layer overhead.
+        self.K = Kernels(d.cluster.model_copy(
+            update={"kernel_overhead": d.engine.block_overhead_s}), precision)
+        # Without expert parallelism every expert is split over the TP group (vLLM's fused
+        # MoE layer shards each expert's weights by tp).
+        self.deg = LayerDegrees(tp=d.tp, etp=d.tp)
         self.kv_bytes = kv_cache_bytes_per_token(m, d.tp, DTYPE_BYTES[d.spec.kv_cache_dtype])
         mesh = Mesh(PlanArrays.from_plans([Plan(tp=d.tp)]))
         self.tp_members = mesh.members(d.cluster, Group.TP)

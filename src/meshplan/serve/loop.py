@@ -329,11 +329,17 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 record_usage(now)
             start(i, now)
         else:
+            # Every request arriving at this instant is queued before an idle instance
+            # schedules (a burst's first step sees the whole burst).
             now = next_arrival
-            i = _route(d, schedulers, k)
-            schedulers[i].add(k, int(input_len[k]), int(output_len[k]))
-            k += 1
-            if not running[i]:
+            woken = []
+            while k < n and arrivals[k] == now:
+                i = _route(d, schedulers, k)
+                schedulers[i].add(k, int(input_len[k]), int(output_len[k]))
+                k += 1
+                if not running[i] and i not in woken:
+                    woken.append(i)
+            for i in woken:
                 start(i, now)
     assert all(s.free_blocks == s.num_blocks and not s.has_work for s in schedulers)
     metrics = RequestMetrics(requests.arrival_s, first_sched, first_tok, finish,

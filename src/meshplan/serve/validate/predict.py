@@ -26,37 +26,41 @@ class Prediction:
     why_not: str | None = None
 
 
-def deployment(case: ServeCase, overhead_scale: float = 1.0) -> Deployment:
-    """The resolved deployment, its host overhead shared across multi-step scheduling."""
+Overheads = dict[str, float]
+"""Engine-profile overheads to use instead of the profile's (`EngineProfile.FITTED_KEYS`)."""
+
+
+def deployment(case: ServeCase, overheads: Overheads | None = None) -> Deployment:
+    """The resolved deployment with `overheads` in its engine profile, the host overhead
+    shared across multi-step scheduling's steps."""
     d = resolve(case.model, case.cluster, case.spec)
+    update = dict(overheads or {})
     steps = scheduler_steps(case.row)
-    if steps > 1 or overhead_scale != 1.0:
-        e = d.engine
-        d = replace(d, engine=e.model_copy(update={
-            "iteration_overhead_s": e.iteration_overhead_s * overhead_scale / steps,
-            "iteration_overhead_eager_s": e.iteration_overhead_eager_s * overhead_scale / steps}))
-    return d
+    if steps > 1:
+        for key in ("iteration_overhead_s", "iteration_overhead_eager_s"):
+            update[key] = update.get(key, getattr(d.engine, key)) / steps
+    return replace(d, engine=d.engine.model_copy(update=update)) if update else d
 
 
 def static_batch(d: Deployment, batch: StaticBatch) -> Prediction:
     """One batch prefilled in one iteration, then decoded step by step (every member for the
     whole output): TTFT = the prefill iteration, each later token one decode step over the
     growing context, throughput = the batch's output tokens over its wall time."""
-    B, L, O = batch.size, batch.input_len, batch.output_len
+    B, L, n_out = batch.size, batch.input_len, batch.output_len
     cap = kv_capacity(d)
-    need = B * -(-(L + O) // d.block_size)
+    need = B * -(-(L + n_out) // d.block_size)
     if need > cap.num_blocks:
-        return Prediction({}, False, f"a batch of {B} x {L + O} tokens needs {need} KV blocks; "
+        return Prediction({}, False, f"a batch of {B} x {L + n_out} tokens needs {need} KV blocks; "
                           f"{cap.num_blocks} fit")
     cost = IterationCost(d)
     prefill = cost.time_reference(B, float(B * L), 0.0, float(B * L * L), float(B * L), B)
-    steps = cost.decode_times(B, float(B * L), O - 1) if O > 1 else np.zeros(0)
+    steps = cost.decode_times(B, float(B * L), n_out - 1) if n_out > 1 else np.zeros(0)
     total = prefill + float(steps.sum())
     out: Metrics = {"prefill_time_ms": prefill * 1e3, "ttft_ms.mean": prefill * 1e3,
-                    "e2e_ms.mean": total * 1e3, "output_tokens_per_s": B * O / total,
-                    "output_tokens_per_s_per_gpu": B * O / total / d.num_gpus,
-                    "requests_per_s": B / total, "total_tokens_per_s": B * (L + O) / total}
-    if O > 1:
+                    "e2e_ms.mean": total * 1e3, "output_tokens_per_s": B * n_out / total,
+                    "output_tokens_per_s_per_gpu": B * n_out / total / d.num_gpus,
+                    "requests_per_s": B / total, "total_tokens_per_s": B * (L + n_out) / total}
+    if n_out > 1:
         step = float(steps.mean())
         out.update({"decode_step_ms": step * 1e3, "tpot_ms.mean": step * 1e3})
     return Prediction(out, True)
@@ -82,8 +86,8 @@ def request_stream(d: Deployment, case: ServeCase) -> Prediction:
     return Prediction(flatten(agg), True)
 
 
-def predict(case: ServeCase, overhead_scale: float = 1.0) -> Prediction:
-    d = deployment(case, overhead_scale)
+def predict(case: ServeCase, overheads: Overheads | None = None) -> Prediction:
+    d = deployment(case, overheads)
     if isinstance(case.workload, StaticBatch):
         return static_batch(d, case.workload)
     return request_stream(d, case)

@@ -11,7 +11,7 @@ import numpy as np
 
 from meshplan.errors import MeshplanError
 from meshplan.serve.validate.case import Unbuildable
-from meshplan.serve.validate.predict import flatten, predict
+from meshplan.serve.validate.predict import Overheads, flatten, predict
 from meshplan.serve.validate.rebuild import build_case
 
 RUNS_FILE = Path(__file__).resolve().parents[2] / "data" / "published_serving_runs.json"
@@ -46,7 +46,7 @@ def measured(row: dict[str, Any]) -> dict[str, float]:
     return flatten({k: m[k] for k in COMPARED if m.get(k) is not None})
 
 
-def validate_row(row: dict[str, Any], overhead_scale: float = 1.0) -> dict[str, Any]:
+def validate_row(row: dict[str, Any], overheads: Overheads | None = None) -> dict[str, Any]:
     """One row's JSON: every measured metric with the prediction and the signed error."""
     truth = measured(row)
     out: dict[str, Any] = {"id": row["id"], "scenario": row["scenario"],
@@ -55,7 +55,7 @@ def validate_row(row: dict[str, Any], overhead_scale: float = 1.0) -> dict[str, 
     try:
         case = build_case(row)
         out["assumptions"] = case.assumptions
-        pred = predict(case, overhead_scale)
+        pred = predict(case, overheads)
     except (Unbuildable, MeshplanError) as err:
         out["skipped"] = str(err)
         pred = None
@@ -89,6 +89,6 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def validate(rows: list[dict[str, Any]], overhead_scale: float = 1.0) -> dict[str, Any]:
-    results = [validate_row(r, overhead_scale) for r in rows]
+def validate(rows: list[dict[str, Any]], overheads: Overheads | None = None) -> dict[str, Any]:
+    results = [validate_row(r, overheads) for r in rows]
     return {"rows": results, "summary": summarise(results)}
