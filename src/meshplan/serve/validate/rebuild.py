@@ -263,4 +263,17 @@ def build_case(row: dict[str, Any]) -> ServeCase:
                           **knobs)
     blocks = (row["scheduler"].get("other") or {}).get("num_gpu_blocks")
     return ServeCase(row, model, cluster, spec, workload(row, notes), notes,
-                     int(blocks) if blocks else None)
+                     int(blocks) if blocks else None, read_as(row, tp * instances, notes))
+
+
+def read_as(row: dict[str, Any], gpus: int, notes: list[str]) -> dict[str, str]:
+    """Metrics whose figure is not what its key says, by engine and scenario."""
+    engine = str(row["engine"].get("name") or "")
+    if re.search(r"tensorrt|trt-?llm", engine, re.IGNORECASE) \
+            and row["scenario"] == "static_batch" and gpus > 1 \
+            and row["metrics"].get("output_tokens_per_s") is not None:
+        notes.append("static-batch output tok/s read per GPU: TensorRT-LLM's performance "
+                     "tables (gptSessionBenchmark) label the column 'Throughput (out "
+                     "tok/s/GPU)' (docs/source/performance.md, v0.6.1)")
+        return {"output_tokens_per_s": "output_tokens_per_s_per_gpu"}
+    return {}

@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from meshplan.errors import MeshplanError
 from meshplan.serve.validate.case import Unbuildable
 from meshplan.serve.validate.predict import Overheads, flatten, predict
 from meshplan.serve.validate.rebuild import build_case
+from meshplan.validate.report import spearman, stats
 
 RUNS_FILE = Path(__file__).resolve().parents[2] / "data" / "published_serving_runs.json"
 COMPARED = ("prefill_time_ms", "decode_step_ms", "output_tokens_per_s",
@@ -52,9 +51,11 @@ def validate_row(row: dict[str, Any], overheads: Overheads | None = None) -> dic
     out: dict[str, Any] = {"id": row["id"], "scenario": row["scenario"],
                            "source": (row.get("source") or {}).get("source_id"),
                            "metrics": {}, "skipped": None, "assumptions": []}
+    read_as: dict[str, str] = {}
     try:
         case = build_case(row)
         out["assumptions"] = case.assumptions
+        read_as = case.read_as
         pred = predict(case, overheads)
     except (Unbuildable, MeshplanError) as err:
         out["skipped"] = str(err)
@@ -62,23 +63,16 @@ def validate_row(row: dict[str, Any], overheads: Overheads | None = None) -> dic
     if pred is not None and not pred.fits:
         out["skipped"] = f"predicted not to fit: {pred.why_not}"
     for key, value in truth.items():
-        p = pred.metrics.get(key) if pred is not None and pred.fits else None
+        p = pred.metrics.get(read_as.get(key, key)) if pred is not None and pred.fits \
+            else None
         out["metrics"][key] = {"measured": value, "predicted": p,
                                "error": None if p is None else p / value - 1.0}
     return out
 
 
-def stats(errors: list[float]) -> dict[str, Any]:
-    a = np.abs(np.asarray(errors, dtype=float))
-    if len(a) == 0:
-        return {"n": 0, "median_abs": None, "p90_abs": None, "bias": None}
-    return {"n": int(len(a)), "median_abs": float(np.median(a)),
-            "p90_abs": float(np.percentile(a, 90)), "bias": float(np.median(errors))}
-
-
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per scenario and overall: median / p90 |error| over (row, metric) pairs, and the share
-    of pairs predicted."""
+    """Per scenario and overall: count, median / p90 |error| and mean error over the
+    (row, metric) pairs predicted, and the share of pairs predicted."""
     out: dict[str, Any] = {}
     for scenario in sorted({r["scenario"] for r in rows}) + ["all"]:
         sel = [r for r in rows if scenario in ("all", r["scenario"])]
@@ -89,6 +83,32 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def rank_groups(rows: list[dict[str, Any]], runs: list[dict[str, Any]],
+                min_rows: int = 3) -> list[dict[str, Any]]:
+    """Spearman correlation of predicted against measured values of one metric inside each
+    (source, model, GPU, engine) group of at least `min_rows` predicted rows: does meshplan
+    order the layouts, rates and lengths a source compares as the source measured them?"""
+    by_id = {r["id"]: r for r in runs}
+    groups: dict[tuple[str, str, str, str, str], list[tuple[float, float]]] = {}
+    for r in rows:
+        run = by_id[r["id"]]
+        for key, m in r["metrics"].items():
+            if m["predicted"] is None:
+                continue
+            g = (str(r["source"]), str(run["model"].get("key")),
+                 str(run["hardware"].get("gpu_key")), str(run["engine"].get("name")), str(key))
+            groups.setdefault(g, []).append((m["measured"], m["predicted"]))
+    out = []
+    for group, pts in sorted(groups.items()):
+        if len(pts) >= min_rows:
+            g = group
+            rho = spearman([p[0] for p in pts], [p[1] for p in pts])
+            out.append({"source": g[0], "model": g[1], "gpu": g[2], "engine": g[3],
+                        "metric": g[4], "rows": len(pts), "spearman": rho})
+    return out
+
+
 def validate(rows: list[dict[str, Any]], overheads: Overheads | None = None) -> dict[str, Any]:
     results = [validate_row(r, overheads) for r in rows]
-    return {"rows": results, "summary": summarise(results)}
+    return {"rows": results, "summary": summarise(results),
+            "rank_groups": rank_groups(results, rows)}
