@@ -1,6 +1,7 @@
 """The request-level event loop: arrivals go through the router to instances; each instance
 runs its scheduler's iterations back to back while it has work, each iteration timed by the
-cost core; a request that arrives during an iteration waits for the next one.
+cost core; a request that arrives during an iteration waits for the next one, and requests
+arriving at one instant are all queued before an idle instance schedules.
 
 Fast-forward (the default; `plain=True` turns it off): when an instance's next steps are
 decode-only over its whole running set and nothing can change that batch before the next
@@ -306,6 +307,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         iterations += 1
         heapq.heappush(busy, (now + t, i, now, step))
 
+    idle: list[int] = []  # instances given a request at `now`, started once all are in
     while feed.next_s != math.inf or busy:
         next_arrival = feed.next_s
         if busy and busy[0][0] <= next_arrival:
@@ -343,8 +345,13 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 schedulers[i].add(rid, int(input_len[rid]), int(output_len[rid]),
                                   int(prefix_group[rid]), int(prefix_len[rid]))
             k += 1
-            if not running[i]:
-                start(i, now)
+            if not running[i] and i not in idle:
+                idle.append(i)
+            if feed.next_s > now:  # requests arriving together start one batch together
+                for j in idle:
+                    if not running[j]:
+                        start(j, now)
+                idle.clear()
     assert all(s.free_blocks == s.num_blocks and not s.has_work for s in schedulers)
     metrics = RequestMetrics(feed.arrival, first_sched, first_tok, finish,
                              requests.input_len, requests.output_len, np.frombuffer(itl_v),
