@@ -102,7 +102,8 @@ class SGLangScheduler(Scheduler):
             r = requests[rid]
             self._match_prefix(r)
             extend = r.known - r.computed
-            if extend + self._left(r) >= rem_total:
+            alone = not scheduled and not self.running  # it fits alone (the loop checks)
+            if extend + self._left(r) >= rem_total and not alone:
                 self._unmatch(r)
                 break
             n = extend
