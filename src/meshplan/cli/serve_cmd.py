@@ -5,6 +5,7 @@ Parsing and printing only; the work is `meshplan.serve.simulate`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -34,15 +35,31 @@ def simulate_cmd(
     engine: Annotated[str, _opt("--engine", "Engine profile (presets/engines)")] = "vllm",
     router: Annotated[str, _opt("--router", "round-robin, least-requests or least-tokens")
                       ] = "round-robin",
-    workload: Annotated[str, _opt("--workload", "Arrivals: poisson, gamma, constant, burst")
+    workload: Annotated[str, _opt("--workload", "Arrivals: poisson, gamma, constant, burst, "
+                                  "closed (--clients) or replay (--lengths-file's times)")
                         ] = "poisson",
     rate: Annotated[float | None, _opt("--rate", "Requests per second")] = None,
     cv: Annotated[float, _opt("--cv", "Gap coefficient of variation (gamma)")] = 1.0,
-    num_requests: Annotated[int, _opt("--num-requests", "Requests to simulate")] = 1000,
+    clients: Annotated[int | None, _opt("--clients", "Concurrent clients (closed loop)")
+                       ] = None,
+    think_s: Annotated[float, _opt("--think-s", "Closed loop: seconds a client waits "
+                                   "between a response and its next request")] = 0.0,
+    num_requests: Annotated[int | None, _opt(
+        "--num-requests", "Requests to simulate (default 1000, or every row of "
+        "--lengths-file)")] = None,
     input_len: Annotated[int, _opt("--input-len", "Mean prompt tokens")] = 1024,
     output_len: Annotated[int, _opt("--output-len", "Mean output tokens")] = 256,
-    lengths: Annotated[str, _opt("--lengths", "fixed, uniform, normal or lognormal")] = "fixed",
-    spread: Annotated[float, _opt("--spread", "Length spread (see Lengths)")] = 0.0,
+    lengths: Annotated[str, _opt("--lengths", "fixed, uniform, normal, lognormal or zipf")
+                       ] = "fixed",
+    spread: Annotated[float, _opt("--spread", "Length spread (see Lengths; zipf: the "
+                                  "exponent)")] = 0.0,
+    lengths_file: Annotated[str | None, _opt(
+        "--lengths-file", "CSV or JSONL trace: input_len, output_len[, arrival_s or "
+        "timestamp] per request")] = None,
+    prefix_len: Annotated[int, _opt("--prefix-len", "Prompt tokens shared by each group")
+                          ] = 0,
+    prefix_group_size: Annotated[int, _opt("--prefix-group-size",
+                                           "Consecutive requests sharing one prefix")] = 1,
     max_num_seqs: Annotated[int | None, _opt("--max-num-seqs", "Engine max sequences")] = None,
     max_num_batched_tokens: Annotated[int | None, _opt(
         "--max-num-batched-tokens", "Engine token budget per iteration")] = None,
@@ -70,7 +87,10 @@ def simulate_cmd(
                               enable_chunked_prefill=False if no_chunked_prefill else None)
         kind = lengths
         work = Workload(arrival=workload, rate=rate, cv=cv,  # type: ignore[arg-type]
+                        clients=clients, think_s=think_s,
                         num_requests=num_requests, seed=seed,
+                        lengths_file=None if lengths_file is None else Path(lengths_file),
+                        prefix_len=prefix_len, prefix_group_size=prefix_group_size,
                         input=Lengths(kind=kind, mean=input_len, spread=spread),  # type: ignore[arg-type]
                         output=Lengths(kind=kind, mean=output_len, spread=spread))  # type: ignore[arg-type]
     except ValidationError as err:

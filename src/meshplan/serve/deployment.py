@@ -34,6 +34,7 @@ class DeploymentSpec(Spec):
     block_size: int | None = Field(default=None, gt=0)
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     enable_chunked_prefill: bool | None = None
+    enable_prefix_caching: bool | None = None
     cuda_graphs: bool | None = None
 
 
@@ -109,7 +110,8 @@ def resolve(model: Model, cluster: Cluster, spec: DeploymentSpec) -> Deployment:
         max_num_seqs=spec.max_num_seqs or seqs,
         max_num_batched_tokens=spec.max_num_batched_tokens or tokens,
         block_size=spec.block_size or engine.block_size,
-        gpu_memory_utilization=spec.gpu_memory_utilization or engine.gpu_memory_utilization,
+        gpu_memory_utilization=spec.gpu_memory_utilization or engine.memory_fraction(
+            cluster.accelerator, spec.tp, spec.max_num_batched_tokens or tokens),
         enable_chunked_prefill=flag(spec.enable_chunked_prefill, engine.enable_chunked_prefill),
         cuda_graphs=flag(spec.cuda_graphs, engine.cuda_graphs),
     )

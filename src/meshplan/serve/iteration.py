@@ -40,7 +40,7 @@ class KVCapacity:
     """How an instance's GPU memory divides (bytes per GPU) and the KV blocks left."""
 
     budget_bytes: float
-    """gpu_memory_utilization x HBM."""
+    """What the engine's memory fraction grants it (`kv_capacity`)."""
     weights_bytes: float
     workspace_bytes: float
     """Peak activations of the engine's profiling run (max_num_batched_tokens dummy tokens)."""
@@ -63,12 +63,21 @@ class KVCapacity:
 
 
 def kv_capacity(d: Deployment) -> KVCapacity:
-    """vLLM's accounting (worker `determine_available_memory`): KV cache = utilization x HBM
-    minus the weights, the profiled peak activations and the non-torch memory. The profiled
-    peak is meshplan's estimate: per token the hidden state, the QKV output and the gated MLP
-    input (bf16), plus the sampler's fp32 logits of max_num_seqs sequences."""
+    """The KV blocks of one instance's GPU, as each engine counts its memory fraction f
+    (`EngineProfile.memory_fraction_of`):
+
+    * `hbm` (vLLM, worker `determine_available_memory`): KV = f x HBM - weights - the
+      profiled peak activations - the non-torch memory;
+    * `free` (TensorRT-LLM, `KvCacheConfig.free_gpu_memory_fraction`): KV = f x (HBM -
+      weights - activations - non-torch memory), the memory left after loading and
+      profiling;
+    * `weights_and_kv` (SGLang, `ModelRunner.profile_max_num_token`): KV = f x (HBM -
+      non-torch memory) - weights, the activations living in the 1 - f left over.
+
+    The profiled peak is meshplan's estimate: per token the hidden state, the QKV output and
+    the gated MLP input (bf16), plus the sampler's fp32 logits of max_num_seqs sequences."""
     m, acc, t = d.model, d.cluster.accelerator, d.tp
-    budget = d.gpu_memory_utilization * acc.memory_bytes
+    f = d.gpu_memory_utilization
     weights = DTYPE_BYTES[d.spec.weights_dtype] * count_params(m).total / t
     qkv = (m.num_attention_heads + 2 * m.kv_heads) * m.head_size / t
     ffn = m.ffn_hidden_size if m.moe is None else m.moe.expert_ffn_hidden_size * m.moe.top_k
@@ -78,7 +87,18 @@ def kv_capacity(d: Deployment) -> KVCapacity:
     reserved = acc.reserved_memory_bytes
     per_token_kv = kv_cache_bytes_per_token(m, t, DTYPE_BYTES[d.spec.kv_cache_dtype])
     block = float(d.block_size * m.num_layers * per_token_kv)
-    free = budget - weights - workspace - reserved
+    hbm = acc.memory_bytes
+    kind = d.engine.memory_fraction_of
+    if kind == "hbm":
+        budget = f * hbm
+        free = budget - weights - workspace - reserved
+    elif kind == "free":
+        free = f * (hbm - weights - workspace - reserved)
+        budget = hbm - (1 - f) * max(hbm - weights - workspace - reserved, 0.0)
+    else:  # weights_and_kv
+        workspace = 0.0
+        budget = f * (hbm - reserved) + reserved
+        free = budget - weights - reserved
     return KVCapacity(budget, weights, workspace, reserved, block,
                       max(int(free // block), 0))
 

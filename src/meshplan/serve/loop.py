@@ -1,6 +1,7 @@
 """The request-level event loop: arrivals go through the router to instances; each instance
 runs its scheduler's iterations back to back while it has work, each iteration timed by the
-cost core; a request that arrives during an iteration waits for the next one.
+cost core; a request that arrives during an iteration waits for the next one, and requests
+arriving at one instant are all queued before an idle instance schedules.
 
 Fast-forward (the default; `plain=True` turns it off): when an instance's next steps are
 decode-only over its whole running set and nothing can change that batch before the next
@@ -26,8 +27,8 @@ from meshplan.errors import MeshplanError
 from meshplan.serve.deployment import Deployment
 from meshplan.serve.iteration import IterationCost, KVCapacity, kv_capacity
 from meshplan.serve.metrics import RequestMetrics
-from meshplan.serve.scheduler import Step, VLLMScheduler
-from meshplan.serve.workload import Requests
+from meshplan.serve.schedulers import Scheduler, Step, make_scheduler
+from meshplan.serve.workload import ArrivalFeed, Requests
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Timeline:
         return out.reshape(-1, 2)
 
 
-def _route(d: Deployment, schedulers: list[VLLMScheduler], k: int) -> int:
+def _route(d: Deployment, schedulers: list[Scheduler], k: int) -> int:
     if d.spec.router == "round-robin" or len(schedulers) == 1:
         return k % len(schedulers)
     if d.spec.router == "least-requests":
@@ -138,11 +139,11 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                             f"({int(requests.input_len.max())} tokens), as vLLM requires")
     cost = IterationCost(d)
     time_of = cost.time_reference if plain else cost.time
-    schedulers = [VLLMScheduler(capacity.num_blocks, d.block_size, d.max_num_seqs,
-                                d.max_num_batched_tokens, d.enable_chunked_prefill)
-                  for _ in range(d.instances)]
+    schedulers = [make_scheduler(d, capacity) for _ in range(d.instances)]
     n = len(requests)
-    arrivals = requests.arrival_s.tolist()
+    feed = ArrivalFeed(requests)  # closed loop: a finish brings its client's next request
+    closed = requests.clients > 0
+    prefix_group, prefix_len = requests.prefix_group, requests.prefix_len
     input_len, output_len = requests.input_len, requests.output_len
     first_sched = np.full(n, np.nan)
     first_tok = np.full(n, np.nan)
@@ -169,6 +170,8 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         for the arrival to be queued: the caller posts an empty step ending then)."""
         nonlocal iterations
         s = schedulers[i]
+        if not s.fast_forward_ok:
+            return now, False
         run = s.running
         nseq = len(run)
         if nseq == 0 or nseq > s.max_num_batched_tokens or (s.waiting and nseq < s.max_num_seqs):
@@ -185,7 +188,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 left = r.output - r.generated
             psum += c
         K = left  # up to the step where the first requests finish, that one included
-        nxt = arrivals[k] if k < n else math.inf
+        nxt = feed.next_s
         other = busy[0][0] if busy else math.inf
         # Step by step (`IterationCost.decode_times`' floats, summed as the heap would):
         # steps ending by the next arrival (completions go first, as the heap orders them)
@@ -269,11 +272,12 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
             itl_w.extend([nseq] * (K - 1))
         if finishing:
             usage.add(ends[K - 1], before_last / total_blocks)
-        for rid in done:  # as `VLLMScheduler.complete`
-            r = reqs.pop(rid)
-            s.free_blocks += r.blocks
-            run.remove(rid)
+        s.advanced(K)
+        for rid in done:  # as `Scheduler.complete`
+            s.finish(rid)
             finish[rid] = eK
+            if closed:
+                feed.finished(rid, eK)
         iterations += K
         record_usage(eK)
         return eK, straddle
@@ -303,8 +307,9 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         iterations += 1
         heapq.heappush(busy, (now + t, i, now, step))
 
-    while k < n or busy:
-        next_arrival = arrivals[k] if k < n else math.inf
+    idle: list[int] = []  # instances given a request at `now`, started once all are in
+    while feed.next_s != math.inf or busy:
+        next_arrival = feed.next_s
         if busy and busy[0][0] <= next_arrival:
             now, i, began, step = heapq.heappop(busy)
             sampled_states, done = schedulers[i].complete(step)
@@ -325,6 +330,8 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 itl_w.append(same)
             for rid in done:
                 finish[rid] = now
+                if closed:
+                    feed.finished(rid, now)
             if step.scheduled:  # else the end of a fast-forwarded run, already sampled
                 record_usage(now)
             start(i, now)
@@ -332,17 +339,23 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
             # Every request arriving at this instant is queued before an idle instance
             # schedules (a burst's first step sees the whole burst).
             now = next_arrival
-            woken = []
-            while k < n and arrivals[k] == now:
-                i = _route(d, schedulers, k)
-                schedulers[i].add(k, int(input_len[k]), int(output_len[k]))
-                k += 1
-                if not running[i] and i not in woken:
-                    woken.append(i)
-            for i in woken:
-                start(i, now)
+            rid = feed.pop()
+            i = _route(d, schedulers, k)
+            if prefix_group is None or prefix_len is None:
+                schedulers[i].add(rid, int(input_len[rid]), int(output_len[rid]))
+            else:
+                schedulers[i].add(rid, int(input_len[rid]), int(output_len[rid]),
+                                  int(prefix_group[rid]), int(prefix_len[rid]))
+            k += 1
+            if not running[i] and i not in idle:
+                idle.append(i)
+            if feed.next_s > now:  # requests arriving together start one batch together
+                for j in idle:
+                    if not running[j]:
+                        start(j, now)
+                idle.clear()
     assert all(s.free_blocks == s.num_blocks and not s.has_work for s in schedulers)
-    metrics = RequestMetrics(requests.arrival_s, first_sched, first_tok, finish,
+    metrics = RequestMetrics(feed.arrival, first_sched, first_tok, finish,
                              requests.input_len, requests.output_len, np.frombuffer(itl_v),
                              np.frombuffer(itl_w, dtype=np.uint32))
     return ServeResult(d, capacity, metrics, iterations,

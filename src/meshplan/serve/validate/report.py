@@ -99,9 +99,8 @@ def rank_groups(rows: list[dict[str, Any]], runs: list[dict[str, Any]],
                  str(run["hardware"].get("gpu_key")), str(run["engine"].get("name")), str(key))
             groups.setdefault(g, []).append((m["measured"], m["predicted"]))
     out = []
-    for group, pts in sorted(groups.items()):
+    for g, pts in sorted(groups.items()):
         if len(pts) >= min_rows:
-            g = group
             rho = spearman([p[0] for p in pts], [p[1] for p in pts])
             out.append({"source": g[0], "model": g[1], "gpu": g[2], "engine": g[3],
                         "metric": g[4], "rows": len(pts), "spearman": rho})
