@@ -16,11 +16,12 @@ The fast-forward applies to every instance without pipeline parallelism (colocat
 pool of a disaggregated deployment); a pp > 1 instance is stepped batch by batch (gated off).
 
 Pipeline parallelism (vLLM V1's batch queue, `EngineCore.step_with_batch_queue`, up to pp
-batches in flight): a new batch is scheduled when the first stage is free, from the requests
+batches in flight): a new batch is scheduled when the host is free, from the requests
 not in flight (those of an in-flight batch are not rescheduled, nor preempted, until it
 completes); each stage starts when the batch's previous stage and the send between them are
 done and the stage itself is free; the batch's tokens are applied when its last stage ends.
-The host overhead precedes the first stage.
+The host's per-iteration overhead precedes the batch's first stage; the host then schedules
+the next batch (when fewer than pp are in flight) while the stages work.
 
 Disaggregation (prefill pool, KV transfer, decode pool; vLLM's NixlConnector / SGLang's PD
 flow): a request is routed to a prefill instance with an output of one token: its first token
@@ -252,7 +253,7 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
     pp_of = [pools[pi].pp for pi in pool_of]
     send_tiers = [stage_send_tiers(cluster, first, pools[pi].tp, pools[pi].pp)
                   for (first, _, _), pi in zip(placed, pool_of, strict=True)]
-    stage_free = [[0.0] * pp for pp in pp_of]
+    stage_free = [[0.0] * (pp + 1) for pp in pp_of]  # host, then each stage
     inflight: list[set[int]] = [set() for _ in range(ninst)]
     nflight = [0] * ninst
     if tracer is not None:
@@ -464,8 +465,9 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         push(now + t, i, now, step)
 
     def start_pp(i: int, now: float) -> None:
-        """Schedule a batch on pipelined instance `i` if its first stage is free and fewer
-        than pp batches are in flight; time it stage by stage."""
+        """Schedule a batch on pipelined instance `i` if its host is free and fewer than pp
+        batches are in flight; time it stage by stage (slot 0 of `stage_free` is the host,
+        whose overhead precedes the first stage and overlaps the stages' work)."""
         nonlocal iterations
         free, pp = stage_free[i], pp_of[i]
         if nflight[i] >= pp or free[0] > now:
@@ -481,13 +483,11 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         stages = cost.stage_times(len(step.scheduled), float(step.tokens),
                                   float(step.query_prefix), float(step.query_squares),
                                   float(step.kv_tokens), step.sampled, plain)
-        end = now + cost.overhead
+        end = free[0] = now + cost.overhead
         for st in range(pp):
-            begin = end if st == 0 else max(end + cost.send_time(step.tokens,
-                                                                 send_tiers[i][st - 1]),
-                                            free[st])
-            end = begin + stages[st]
-            free[st] = end
+            ready = end if st == 0 else end + cost.send_time(step.tokens, send_tiers[i][st - 1])
+            begin = max(ready, free[st + 1])
+            end = free[st + 1] = begin + stages[st]
             if tracer is not None:
                 trace_step(i, s, step, st, begin, end)
         iterations += 1
