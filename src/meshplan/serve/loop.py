@@ -37,6 +37,7 @@ steps."""
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from array import array
 from collections import deque
@@ -275,7 +276,7 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
     # (end, instance, sequence number, start, what): a Step ending, None (a pipelined
     # instance's first stage free again) or a _Transfer landing; a heap
     busy: list[tuple[float, int, int, float, Any]] = []
-    seq = 0
+    seq = itertools.count()
     running = [False] * ninst
     iterations = 0
     k = 0
@@ -300,9 +301,7 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         usage.add(now, sum(s.used_blocks for s in schedulers) / total_blocks)
 
     def push(end: float, i: int, began: float, what: Any) -> None:
-        nonlocal seq
-        seq += 1
-        heapq.heappush(busy, (end, i, seq, began, what))
+        heapq.heappush(busy, (end, i, next(seq), began, what))
 
     def fast_forward(i: int, now: float) -> tuple[float, bool]:
         """Apply the decode-only steps of instance `i` that nothing can interrupt from `now`;
@@ -462,7 +461,7 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         iterations += 1
         if tracer is not None:
             trace_step(i, s, step, 0, now, now + t)
-        push(now + t, i, now, step)
+        heapq.heappush(busy, (now + t, i, next(seq), now, step))
 
     def start_pp(i: int, now: float) -> None:
         """Schedule a batch on pipelined instance `i` if its host is free and fewer than pp

@@ -63,11 +63,11 @@ class Tracer:
                      "kv_blocks_used": kv_blocks})
 
     def decode_run(self, pid: int, ends: list[float], seqs: int, kv_blocks: int) -> None:
-        for a, b in zip(ends, ends[1:], strict=False):
+        for j in range(len(ends) - 1):
             if self.slices >= self.max_slices:
-                self.dropped += len(ends) - 1
+                self.dropped += len(ends) - 1 - j
                 return
-            self.iteration(pid, 0, a, b, 0, seqs, seqs, kv_blocks)
+            self.iteration(pid, 0, ends[j], ends[j + 1], 0, seqs, seqs, kv_blocks)
 
     def transfer(self, pid: int, tid: int, rid: int, dst: int, start: float, end: float,
                  nbytes: float) -> None:
