@@ -90,15 +90,15 @@ def simulate_cmd(
                     raise MeshplanError(f"{flag}: only with --prefill-instances and "
                                         "--decode-instances")
             spec = DeploymentSpec(tp=tp, instances=instances, **common)
-        elif None in split:
+        elif prefill_instances is None or decode_instances is None:
             raise MeshplanError("--prefill-instances and --decode-instances: give both for a "
                                 "disaggregated deployment")
         else:
+            ptp = tp if prefill_tp is None else prefill_tp
+            dtp = tp if decode_tp is None else decode_tp
             spec = DisaggregatedSpec(
-                prefill=DeploymentSpec(tp=prefill_tp or tp, instances=prefill_instances,
-                                       **common),
-                decode=DeploymentSpec(tp=decode_tp or tp, instances=decode_instances,
-                                      **common))
+                prefill=DeploymentSpec(tp=ptp, instances=prefill_instances, **common),
+                decode=DeploymentSpec(tp=dtp, instances=decode_instances, **common))
         kind = lengths
         work = Workload(arrival=workload, rate=rate, cv=cv,  # type: ignore[arg-type]
                         num_requests=num_requests, seed=seed,

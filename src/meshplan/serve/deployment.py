@@ -111,6 +111,11 @@ class Deployment:
         return False
 
     @property
+    def pools(self) -> tuple[Deployment, ...]:
+        """Its pools of instances: itself (a disaggregated deployment: prefill, decode)."""
+        return (self,)
+
+    @property
     def iteration_overhead_s(self) -> float:
         e = self.engine
         return e.iteration_overhead_s if self.cuda_graphs else e.iteration_overhead_eager_s
@@ -230,7 +235,7 @@ class DisaggregatedDeployment:
         return self.prefill.cluster
 
     @property
-    def pools(self) -> tuple[Deployment, Deployment]:
+    def pools(self) -> tuple[Deployment, ...]:
         return (self.prefill, self.decode)
 
     @property

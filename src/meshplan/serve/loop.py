@@ -210,7 +210,7 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
     inter-token gap and KV-usage sample kept one by one (the reference for the fast path).
     `trace`: write a Perfetto trace there (`meshplan.serve.trace`; `tracer` to set its caps)."""
     disagg = d.disaggregated
-    pools: tuple[Deployment, ...] = d.pools if disagg else (d,)  # type: ignore[union-attr]
+    pools = d.pools
     caps = [kv_capacity(p) for p in pools]
     capacity = caps[-1]
     pool_caps = tuple(caps) if disagg else ()

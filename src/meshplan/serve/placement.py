@@ -19,9 +19,8 @@ from meshplan.specs.cluster import Cluster
 
 def instance_ranges(d: AnyDeployment) -> list[tuple[int, int, Deployment]]:
     """(first GPU, GPU count, pool) of every instance, in the loop's instance order."""
-    pools = d.pools if d.disaggregated else (d,)  # type: ignore[union-attr]
     out, start = [], 0
-    for pool in pools:
+    for pool in d.pools:
         for _ in range(pool.instances):
             out.append((start, pool.gpus_per_instance, pool))
             start += pool.gpus_per_instance
