@@ -14,7 +14,7 @@ from rich.table import Table
 
 from meshplan.cli.render import console, print_json
 from meshplan.errors import MeshplanError, from_validation_error
-from meshplan.serve import DeploymentSpec, Lengths, Workload, simulate
+from meshplan.serve import DeploymentSpec, DisaggregatedSpec, Lengths, Workload, simulate
 from meshplan.specs.io import load_cluster, load_model
 
 serve_app = typer.Typer(no_args_is_help=True, help="Serving: simulate LLM inference deployments.")
@@ -31,7 +31,22 @@ def simulate_cmd(
     cluster: Annotated[str, _opt("--cluster", "Cluster: preset name or cluster file")
                        ] = "dgx-h100",
     tp: Annotated[int, _opt("--tp", "Tensor-parallel degree of one instance")] = 1,
+    pp: Annotated[int, _opt("--pp", "Pipeline stages of one instance")] = 1,
+    ep: Annotated[int, _opt("--ep", "Expert-parallel GPUs of a stage (MoE)")] = 1,
+    dp_attention: Annotated[int, _opt("--dp-attention",
+                                      "Data-parallel attention ranks of a stage (MoE)")] = 1,
     instances: Annotated[int, _opt("--instances", "Instances behind the router")] = 1,
+    prefill_instances: Annotated[int | None, _opt(
+        "--prefill-instances", "Disaggregated: prefill instances (with --decode-instances)")
+        ] = None,
+    decode_instances: Annotated[int | None, _opt(
+        "--decode-instances", "Disaggregated: decode instances")] = None,
+    prefill_tp: Annotated[int | None, _opt("--prefill-tp", "Prefill pool's tp (default --tp)")
+                          ] = None,
+    decode_tp: Annotated[int | None, _opt("--decode-tp", "Decode pool's tp (default --tp)")
+                         ] = None,
+    trace: Annotated[str | None, _opt("--trace", "Write a Perfetto trace-event JSON file")
+                     ] = None,
     engine: Annotated[str, _opt("--engine", "Engine profile (presets/engines)")] = "vllm",
     router: Annotated[str, _opt("--router", "round-robin, least-requests or least-tokens")
                       ] = "round-robin",
@@ -78,13 +93,29 @@ def simulate_cmd(
 ) -> None:
     """Simulate a request stream through a deployment; print latencies and throughput."""
     try:
-        spec = DeploymentSpec(tp=tp, instances=instances, engine=engine,
-                              router=router,  # type: ignore[arg-type]
-                              kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
-                              max_num_seqs=max_num_seqs,
-                              max_num_batched_tokens=max_num_batched_tokens,
-                              gpu_memory_utilization=gpu_memory_utilization,
-                              enable_chunked_prefill=False if no_chunked_prefill else None)
+        common: dict[str, Any] = dict(
+            pp=pp, ep=ep, dp_attention=dp_attention, engine=engine, router=router,
+            kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_chunked_prefill=False if no_chunked_prefill else None)
+        split = (prefill_instances, decode_instances)
+        spec: DeploymentSpec | DisaggregatedSpec
+        if split == (None, None):
+            for flag, value in (("--prefill-tp", prefill_tp), ("--decode-tp", decode_tp)):
+                if value is not None:
+                    raise MeshplanError(f"{flag}: only with --prefill-instances and "
+                                        "--decode-instances")
+            spec = DeploymentSpec(tp=tp, instances=instances, **common)
+        elif prefill_instances is None or decode_instances is None:
+            raise MeshplanError("--prefill-instances and --decode-instances: give both for a "
+                                "disaggregated deployment")
+        else:
+            ptp = tp if prefill_tp is None else prefill_tp
+            dtp = tp if decode_tp is None else decode_tp
+            spec = DisaggregatedSpec(
+                prefill=DeploymentSpec(tp=ptp, instances=prefill_instances, **common),
+                decode=DeploymentSpec(tp=dtp, instances=decode_instances, **common))
         kind = lengths
         work = Workload(arrival=workload, rate=rate, cv=cv,  # type: ignore[arg-type]
                         clients=clients, think_s=think_s,
@@ -98,7 +129,7 @@ def simulate_cmd(
     for flag, bound in (("--slo-ttft-ms", slo_ttft_ms), ("--slo-tpot-ms", slo_tpot_ms)):
         if bound is not None and not 0 < bound < float("inf"):
             raise MeshplanError(f"{flag}={bound}: must be a positive number of milliseconds")
-    result = simulate(load_model(model), load_cluster(cluster), spec, work)
+    result = simulate(load_model(model), load_cluster(cluster), spec, work, trace=trace)
     slo_ttft = None if slo_ttft_ms is None else slo_ttft_ms / 1e3
     slo_tpot = None if slo_tpot_ms is None else slo_tpot_ms / 1e3
     out = result.to_json(slo_ttft, slo_tpot)
@@ -106,9 +137,16 @@ def simulate_cmd(
         print_json(out)
         return
     d = out["deployment"]
+    pools = [("prefill ", d["prefill"]), ("decode ", d["decode"])] if d["disaggregated"] \
+        else [("", d)]
+    layout = ", ".join(f"{role}{p['instances']} x tp{p['tp']} pp{p['pp']}"
+                       + (f" ep{p['ep']}" if p["ep"] > 1 else "")
+                       + (f" dp-attention{p['dp_attention']}" if p["dp_attention"] > 1 else "")
+                       + f" {p['engine']} (max_num_seqs {p['max_num_seqs']}, "
+                       f"max_num_batched_tokens {p['max_num_batched_tokens']})"
+                       for role, p in pools)
     console.print(f"{d['model']} on {d['num_gpus']} x {result.deployment.cluster.accelerator.name}"
-                  f": {d['instances']} x tp{d['tp']} {d['engine']} (max_num_seqs "
-                  f"{d['max_num_seqs']}, max_num_batched_tokens {d['max_num_batched_tokens']})")
+                  f": {layout}")
     if not result.fits:
         console.print(f"does not fit: {result.why_not}")
         raise typer.Exit(1)
@@ -124,8 +162,13 @@ def simulate_cmd(
     console.print(t)
     console.print(f"{m['requests_per_s']:.2f} req/s, {m['output_tokens_per_s']:,.0f} output "
                   f"tok/s ({m['output_tokens_per_s_per_gpu']:,.0f} per GPU); KV cache "
-                  f"{out['memory']['kv_cache_gib']:.1f} GiB per GPU, peak use "
+                  f"{result.capacity.to_json()['kv_cache_gib']:.1f} GiB per GPU, peak use "
                   f"{out['kv_usage_peak']:.0%}, {out['preemptions']} preemptions")
+    if "kv_transfer_ms" in out:
+        x = out["kv_transfer_ms"]
+        console.print(f"{x['count']} KV transfers, mean {x['mean']:.2f} ms, p99 {x['p99']:.2f} ms")
+    if trace is not None:
+        console.print(f"trace written to {trace}")
     if slo_ttft is not None or slo_tpot is not None:
         console.print(f"goodput {m['goodput_requests_per_s']:.2f} req/s "
                       f"({m['slo_attainment']:.1%} of requests within the SLOs)")

@@ -2,14 +2,23 @@
 
 `simulate(model, cluster, deployment, workload)` draws the workload's requests, runs them
 through the engine's scheduler on every instance and returns per-request latencies and
-throughput (`ServeResult`).
+throughput (`ServeResult`). `deployment` is one pool of instances (`DeploymentSpec`) or a
+prefill pool and a decode pool (`DisaggregatedSpec`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from meshplan.serve.deployment import Deployment, DeploymentSpec, resolve
+from meshplan.serve.deployment import (
+    AnyDeployment,
+    Deployment,
+    DeploymentSpec,
+    DisaggregatedDeployment,
+    DisaggregatedSpec,
+    resolve,
+    resolve_disaggregated,
+)
 from meshplan.serve.loop import ServeResult
 from meshplan.serve.loop import simulate as simulate_requests
 from meshplan.serve.workload import Lengths, Requests, Workload, draw
@@ -18,12 +27,23 @@ from meshplan.specs.io import load_cluster, load_model
 from meshplan.specs.model import Model
 
 
+def resolve_any(model: Model, cluster: Cluster,
+                spec: DeploymentSpec | DisaggregatedSpec) -> AnyDeployment:
+    """`resolve` or `resolve_disaggregated`, by the spec's kind."""
+    if isinstance(spec, DisaggregatedSpec):
+        return resolve_disaggregated(model, cluster, spec)
+    return resolve(model, cluster, spec)
+
+
 def simulate(model: str | Path | Model, cluster: str | Path | Cluster,
-             deployment: DeploymentSpec, workload: Workload) -> ServeResult:
-    """Simulate `workload` on `deployment` of `model` on `cluster` (presets, files or specs)."""
-    d = resolve(load_model(model), load_cluster(cluster), deployment)
-    return simulate_requests(d, draw(workload))
+             deployment: DeploymentSpec | DisaggregatedSpec, workload: Workload,
+             trace: str | Path | None = None) -> ServeResult:
+    """Simulate `workload` on `deployment` of `model` on `cluster` (presets, files or specs);
+    `trace`: also write a Perfetto trace-event JSON file there."""
+    d = resolve_any(load_model(model), load_cluster(cluster), deployment)
+    return simulate_requests(d, draw(workload), trace=trace)
 
 
-__all__ = ["Deployment", "DeploymentSpec", "Lengths", "Requests", "ServeResult", "Workload",
-           "draw", "resolve", "simulate", "simulate_requests"]
+__all__ = ["AnyDeployment", "Deployment", "DeploymentSpec", "DisaggregatedDeployment",
+           "DisaggregatedSpec", "Lengths", "Requests", "ServeResult", "Workload", "draw",
+           "resolve", "resolve_any", "resolve_disaggregated", "simulate", "simulate_requests"]

@@ -1,5 +1,16 @@
 """A serving deployment: the model on its GPUs, how each instance is split, how many there are,
-and the engine's scheduler knobs (each knob a user leaves out takes the engine's default)."""
+and the engine's scheduler knobs (each knob a user leaves out takes the engine's default).
+
+Layout of one instance (SGLang's convention, `--tp-size` / `--dp-size` / `--ep-size`): `tp` GPUs
+per pipeline stage, `pp` stages, so tp x pp GPUs an instance. Attention runs on `tp /
+dp_attention` GPUs per data-parallel attention rank (each rank its own requests and KV cache);
+the routed experts of a MoE layer are split over `ep` of the stage's tp GPUs and tensor-split
+over the other tp / ep. vLLM's equivalent: `--tensor-parallel-size tp/dp_attention
+--data-parallel-size dp_attention`, `--enable-expert-parallel` for ep = tp.
+
+A disaggregated deployment (`DisaggregatedSpec`) is two such pools, prefill and decode, placed
+on consecutive GPUs (prefill instances first) so the KV transfer's network tier follows.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +33,13 @@ class DeploymentSpec(Spec):
     """What a user sets; None takes the engine profile's default."""
 
     tp: int = Field(default=1, gt=0)
-    """Tensor-parallel degree of one instance."""
+    """Tensor-parallel degree of one instance (GPUs per pipeline stage)."""
+    pp: int = Field(default=1, gt=0)
+    """Pipeline stages of one instance (layers split as vLLM's `get_pp_indices`)."""
+    ep: int = Field(default=1, gt=0)
+    """GPUs of a stage the routed experts are split over (MoE only; divides tp)."""
+    dp_attention: int = Field(default=1, gt=0)
+    """Data-parallel attention ranks inside a stage (MoE only; divides tp)."""
     instances: int = Field(default=1, gt=0)
     """Replicas of the instance (data parallel), behind the router."""
     engine: str = "vllm"
@@ -58,12 +75,46 @@ class Deployment:
         return self.spec.tp
 
     @property
+    def pp(self) -> int:
+        return self.spec.pp
+
+    @property
+    def ep(self) -> int:
+        return self.spec.ep
+
+    @property
+    def dp_attention(self) -> int:
+        return self.spec.dp_attention
+
+    @property
+    def tp_attention(self) -> int:
+        """GPUs one attention rank's heads are split over."""
+        return self.spec.tp // self.spec.dp_attention
+
+    @property
     def instances(self) -> int:
         return self.spec.instances
 
     @property
+    def gpus_per_instance(self) -> int:
+        return self.spec.tp * self.spec.pp
+
+    @property
     def num_gpus(self) -> int:
-        return self.spec.tp * self.spec.instances
+        return self.gpus_per_instance * self.spec.instances
+
+    @property
+    def stage_layers(self) -> tuple[int, ...]:
+        return stage_layers(self.model.num_layers, self.spec.pp)
+
+    @property
+    def disaggregated(self) -> bool:
+        return False
+
+    @property
+    def pools(self) -> tuple[Deployment, ...]:
+        """Its pools of instances: itself (a disaggregated deployment: prefill, decode)."""
+        return (self,)
 
     @property
     def iteration_overhead_s(self) -> float:
@@ -72,7 +123,8 @@ class Deployment:
 
     def to_json(self) -> dict[str, object]:
         return {"model": self.model.name, "cluster": self.cluster.name, "tp": self.tp,
-                "pp": 1, "instances": self.instances, "num_gpus": self.num_gpus,
+                "pp": self.pp, "ep": self.ep, "dp_attention": self.dp_attention,
+                "instances": self.instances, "num_gpus": self.num_gpus, "disaggregated": False,
                 "engine": self.engine.name, "router": self.spec.router,
                 "weights_dtype": self.spec.weights_dtype,
                 "kv_cache_dtype": self.spec.kv_cache_dtype,
@@ -84,19 +136,58 @@ class Deployment:
                 "cuda_graphs": self.cuda_graphs}
 
 
-def resolve(model: Model, cluster: Cluster, spec: DeploymentSpec) -> Deployment:
-    """Fill the knobs from the engine profile and check the layout against the model."""
-    engine = load_engine(spec.engine)
-    if model.num_attention_heads % spec.tp:
-        raise MeshplanError(f"tp={spec.tp}: must divide num_attention_heads "
-                            f"({model.num_attention_heads})")
-    if spec.tp > cluster.gpus_per_node:
-        raise MeshplanError(f"tp={spec.tp}: an instance's tensor-parallel group must fit in "
+def stage_layers(num_layers: int, pp: int) -> tuple[int, ...]:
+    """Layers of each pipeline stage, vLLM's rule (`vllm/distributed/utils.py`,
+    `get_pp_indices`): num_layers // pp each, the remainder one more each on the stages just
+    before the last (the last holds the final norm and LM head)."""
+    parts = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        parts[-i] += 1
+    return tuple(parts)
+
+
+def _check_layout(model: Model, cluster: Cluster, spec: DeploymentSpec, where: str) -> None:
+    """The layout rules, each a one-line error (`where` names the pool)."""
+    tp, pp, ep, dp = spec.tp, spec.pp, spec.ep, spec.dp_attention
+    if tp % dp:
+        raise MeshplanError(f"{where}dp_attention={dp}: must divide tp ({tp})")
+    tpa = tp // dp
+    heads, kv = model.num_attention_heads, model.kv_heads
+    # vLLM ModelConfig.verify_with_parallel_config: heads divisible by the TP size; KV heads
+    # split evenly, or replicated a whole number of times when TP exceeds them
+    # (QKVParallelLinear: num_kv_head_replicas = tp // num_kv_heads).
+    if heads % tpa:
+        raise MeshplanError(f"{where}tp={tp}"
+                            + (f" / dp_attention={dp}" if dp > 1 else "")
+                            + f": the attention's TP size {tpa} must divide "
+                            f"num_attention_heads ({heads})")
+    if model.mla is None and (kv % tpa if tpa <= kv else tpa % kv):
+        raise MeshplanError(f"{where}tp={tp}: the attention's TP size {tpa} must divide, or be a "
+                            f"multiple of, num_kv_heads ({kv})")
+    if tp > cluster.gpus_per_node:
+        raise MeshplanError(f"{where}tp={tp}: an instance's tensor-parallel group must fit in "
                             f"one node ({cluster.gpus_per_node} GPUs on {cluster.name})")
-    if cluster.num_gpus is not None and spec.tp * spec.instances > cluster.num_gpus:
-        raise MeshplanError(f"instances={spec.instances}: tp x instances = "
-                            f"{spec.tp * spec.instances} exceeds the cluster's "
-                            f"{cluster.num_gpus} GPUs")
+    if pp > model.num_layers:
+        raise MeshplanError(f"{where}pp={pp}: more pipeline stages than layers "
+                            f"({model.num_layers})")
+    if (ep > 1 or dp > 1) and model.moe is None:
+        flag = "ep" if ep > 1 else "dp_attention"
+        raise MeshplanError(f"{where}{flag}={ep if ep > 1 else dp}: only for MoE models "
+                            f"({model.name} is dense; use instances for data parallelism)")
+    if ep > 1:
+        assert model.moe is not None
+        if tp % ep:
+            raise MeshplanError(f"{where}ep={ep}: must divide tp ({tp}); experts are split over "
+                                "the stage's GPUs")
+        if model.moe.num_experts % ep:
+            raise MeshplanError(f"{where}ep={ep}: must divide num_experts "
+                                f"({model.moe.num_experts})")
+
+
+def _resolve_pool(model: Model, cluster: Cluster, spec: DeploymentSpec,
+                  where: str = "") -> Deployment:
+    engine = load_engine(spec.engine)
+    _check_layout(model, cluster, spec, where)
     if spec.weights_dtype == "fp8" and "fp8" not in cluster.accelerator.peak_flops:
         raise MeshplanError(f"weights_dtype='fp8': {cluster.accelerator.name} has no FP8 "
                             "peak in its cluster data")
@@ -115,3 +206,72 @@ def resolve(model: Model, cluster: Cluster, spec: DeploymentSpec) -> Deployment:
         enable_chunked_prefill=flag(spec.enable_chunked_prefill, engine.enable_chunked_prefill),
         cuda_graphs=flag(spec.cuda_graphs, engine.cuda_graphs),
     )
+
+
+def _check_gpus(cluster: Cluster, used: int, what: str) -> None:
+    if cluster.num_gpus is not None and used > cluster.num_gpus:
+        raise MeshplanError(f"{what} = {used} GPUs exceeds the cluster's {cluster.num_gpus}")
+
+
+class DisaggregatedSpec(Spec):
+    """Prefill/decode disaggregation: requests are prefilled (their first token sampled) on
+    the prefill pool, their prompt's KV cache sent to a decode instance, decoded there."""
+
+    prefill: DeploymentSpec
+    decode: DeploymentSpec
+
+
+@dataclass(frozen=True)
+class DisaggregatedDeployment:
+    """Both pools resolved (`prefill.instances` x its layout, then the decode pool's)."""
+
+    prefill: Deployment
+    decode: Deployment
+
+    @property
+    def model(self) -> Model:
+        return self.prefill.model
+
+    @property
+    def cluster(self) -> Cluster:
+        return self.prefill.cluster
+
+    @property
+    def pools(self) -> tuple[Deployment, ...]:
+        return (self.prefill, self.decode)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.prefill.num_gpus + self.decode.num_gpus
+
+    @property
+    def disaggregated(self) -> bool:
+        return True
+
+    def to_json(self) -> dict[str, object]:
+        return {"model": self.model.name, "cluster": self.cluster.name, "disaggregated": True,
+                "num_gpus": self.num_gpus, "prefill": self.prefill.to_json(),
+                "decode": self.decode.to_json()}
+
+
+def resolve(model: Model, cluster: Cluster, spec: DeploymentSpec) -> Deployment:
+    """Fill the knobs from the engine profile and check the layout against the model."""
+    d = _resolve_pool(model, cluster, spec)
+    _check_gpus(cluster, d.num_gpus, f"instances={spec.instances}: tp x pp x instances")
+    return d
+
+
+def resolve_disaggregated(model: Model, cluster: Cluster,
+                          spec: DisaggregatedSpec) -> DisaggregatedDeployment:
+    """Both pools, checked as `resolve` does, with one KV-cache format between them (the
+    transfer copies blocks as they are: NIXL / Mooncake need the same dtype both sides)."""
+    p = _resolve_pool(model, cluster, spec.prefill, "prefill ")
+    d = _resolve_pool(model, cluster, spec.decode, "decode ")
+    if p.spec.kv_cache_dtype != d.spec.kv_cache_dtype:
+        raise MeshplanError(f"kv_cache_dtype: prefill {p.spec.kv_cache_dtype} and decode "
+                            f"{d.spec.kv_cache_dtype} must match (the KV cache is copied as is)")
+    _check_gpus(cluster, p.num_gpus + d.num_gpus, "prefill + decode GPUs")
+    return DisaggregatedDeployment(p, d)
+
+
+AnyDeployment = Deployment | DisaggregatedDeployment

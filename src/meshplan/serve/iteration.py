@@ -6,6 +6,13 @@ every layer (`cost.layer.layer_forward_time` on the batch's shape, with the KV c
 layout), the TP all-reduces after the attention and MLP blocks (`cost.collectives`, no
 sequence parallelism in serving engines), the LM head over the positions that sample a
 token, and the engine's host overhead per step (engine profile data).
+
+Layouts (`Deployment`): pipeline stages run their share of the layers (`stage_times`, the
+first with the embedding, the last with the LM head) and hand the hidden state and residual to
+the next stage (`send_time`, vLLM's `IntermediateTensors`); a MoE layer with expert parallelism
+adds the token dispatch and combine all-to-alls (`cost.collectives.ep_dispatch_combine_time`),
+and data-parallel attention runs each attention rank on its share of the batch (an even split,
+meshplan's assumption) before the experts see every rank's tokens.
 """
 
 from __future__ import annotations
@@ -14,21 +21,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meshplan.cost.collectives import tp_block_time, tp_blocks_per_layer
-from meshplan.cost.kernels import Kernels
+from meshplan.cost import comm
+from meshplan.cost.collectives import (
+    ep_dispatch_combine_time,
+    tp_block_time,
+    tp_blocks_per_layer,
+)
+from meshplan.cost.kernels import ACTIVATION_BYTES, Kernels
 from meshplan.cost.layer import (
     BatchShape,
     LayerDegrees,
     attention_core_flops,
     attention_io_bytes,
+    attention_parts,
     embedding_bytes,
     head_parts,
     kv_cache_bytes_per_token,
     layer_forward_time,
+    mlp_parts,
 )
 from meshplan.cost.params import count_params
 from meshplan.mesh import Group, Mesh
 from meshplan.serve.deployment import DTYPE_BYTES, Deployment
+from meshplan.specs.cluster import Cluster
 from meshplan.specs.plan import Plan, PlanArrays
 
 SAMPLER_BYTES_PER_LOGIT = 4.0
@@ -47,8 +62,16 @@ class KVCapacity:
     reserved_bytes: float
     """CUDA context, NCCL and CUDA-graph memory outside the allocator."""
     block_bytes: float
-    """One KV block of every layer."""
+    """One KV block of every layer a GPU holds (its pipeline stage's)."""
     num_blocks: int
+    """Blocks of the whole instance (every data-parallel attention rank's pool together)."""
+    attention_ranks: int = 1
+    """Data-parallel attention ranks, each with num_blocks / attention_ranks of them."""
+
+    @property
+    def blocks_per_rank(self) -> int:
+        """The most blocks one request can hold (its rank's pool)."""
+        return self.num_blocks // self.attention_ranks
 
     @property
     def fits(self) -> bool:
@@ -59,7 +82,45 @@ class KVCapacity:
         return {"budget_gib": self.budget_bytes / gib, "weights_gib": self.weights_bytes / gib,
                 "workspace_gib": self.workspace_bytes / gib,
                 "reserved_gib": self.reserved_bytes / gib, "kv_blocks": self.num_blocks,
-                "kv_cache_gib": self.num_blocks * self.block_bytes / gib}
+                "kv_cache_gib": self.blocks_per_rank * self.block_bytes / gib}
+
+
+def stage_counts(d: Deployment) -> list[tuple[int, int]]:
+    """(dense, MoE) layers of each pipeline stage (the dense ones lead the model)."""
+    dense = d.model.num_layers - d.model.num_moe_layers
+    out, start = [], 0
+    for n in d.stage_layers:
+        nd = max(0, min(dense, start + n) - start)
+        out.append((nd, n - nd))
+        start += n
+    return out
+
+
+def weights_bytes_per_gpu(d: Deployment) -> float:
+    """Weights on the fullest GPU: each stage's layers (the first also the embedding, the last
+    the LM head), everything but the routed experts split over the attention's TP size, the
+    experts over the stage's tp GPUs (ep ranks x tp / ep tensor slices)."""
+    c = count_params(d.model)
+    counts = stage_counts(d)
+    worst = 0.0
+    for s, (nd, nm) in enumerate(counts):
+        other = nd * c.per_dense_layer + nm * c.per_moe_layer_non_expert \
+            + (c.embedding if s == 0 else 0) + (c.head if s == len(counts) - 1 else 0)
+        experts = nm * c.expert
+        if d.tp_attention == d.tp:
+            n = (other + experts) / d.tp
+        else:
+            n = other / d.tp_attention + experts / d.tp
+        worst = max(worst, n)
+    return DTYPE_BYTES[d.spec.weights_dtype] * worst
+
+
+def kv_bytes_per_token_per_gpu(d: Deployment) -> float:
+    """KV bytes one token adds on one GPU of the fullest stage (its layers, its attention
+    rank's share of the KV heads, replicated where the heads are fewer than the TP size)."""
+    per_layer = kv_cache_bytes_per_token(d.model, d.tp_attention,
+                                         DTYPE_BYTES[d.spec.kv_cache_dtype])
+    return float(max(d.stage_layers) * per_layer)
 
 
 def kv_capacity(d: Deployment) -> KVCapacity:
@@ -75,18 +136,20 @@ def kv_capacity(d: Deployment) -> KVCapacity:
       non-torch memory) - weights, the activations living in the 1 - f left over.
 
     The profiled peak is meshplan's estimate: per token the hidden state, the QKV output and
-    the gated MLP input (bf16), plus the sampler's fp32 logits of max_num_seqs sequences."""
-    m, acc, t = d.model, d.cluster.accelerator, d.tp
+    the gated MLP input (bf16), plus the sampler's fp32 logits of max_num_seqs sequences.
+    Per GPU of the layout (`weights_bytes_per_gpu`, `kv_bytes_per_token_per_gpu`); a block
+    holds block_size tokens of every layer of a stage, and each data-parallel attention rank
+    has its own."""
+    m, acc, t, ta = d.model, d.cluster.accelerator, d.tp, d.tp_attention
     f = d.gpu_memory_utilization
-    weights = DTYPE_BYTES[d.spec.weights_dtype] * count_params(m).total / t
-    qkv = (m.num_attention_heads + 2 * m.kv_heads) * m.head_size / t
+    weights = weights_bytes_per_gpu(d)
+    qkv = (m.num_attention_heads + 2 * m.kv_heads) * m.head_size / ta
     ffn = m.ffn_hidden_size if m.moe is None else m.moe.expert_ffn_hidden_size * m.moe.top_k
     per_token = 2.0 * (2 * m.hidden_size + qkv + 2 * ffn / t)
-    logits = min(d.max_num_seqs, d.max_num_batched_tokens) * m.vocab_size / t
+    logits = min(d.max_num_seqs, d.max_num_batched_tokens) * m.vocab_size / ta
     workspace = d.max_num_batched_tokens * per_token + SAMPLER_BYTES_PER_LOGIT * logits
     reserved = acc.reserved_memory_bytes
-    per_token_kv = kv_cache_bytes_per_token(m, t, DTYPE_BYTES[d.spec.kv_cache_dtype])
-    block = float(d.block_size * m.num_layers * per_token_kv)
+    block = float(d.block_size * kv_bytes_per_token_per_gpu(d))
     hbm = acc.memory_bytes
     kind = d.engine.memory_fraction_of
     if kind == "hbm":
@@ -100,7 +163,12 @@ def kv_capacity(d: Deployment) -> KVCapacity:
         budget = f * (hbm - reserved) + reserved
         free = budget - weights - reserved
     return KVCapacity(budget, weights, workspace, reserved, block,
-                      max(int(free // block), 0))
+                      max(int(free // block), 0) * d.dp_attention, d.dp_attention)
+
+
+def group_members(cluster: Cluster, size: int) -> list[np.ndarray]:
+    """Members per network tier of `size` consecutive GPUs (a TP or EP group of a stage)."""
+    return Mesh(PlanArrays.from_plans([Plan(tp=size)])).members(cluster, Group.TP)
 
 
 class IterationCost:
@@ -121,27 +189,39 @@ class IterationCost:
         # The engine's fixed cost per block stands in for training's per-layer overhead.
         self.K = Kernels(d.cluster.model_copy(
             update={"kernel_overhead": d.engine.block_overhead_s}), precision)
+        t = d.tp_attention
+        self.tp, self.dpa, self.ep = d.tp, d.dp_attention, d.ep
         # Without expert parallelism every expert is split over the TP group (vLLM's fused
         # MoE layer shards each expert's weights by tp).
-        self.deg = LayerDegrees(tp=d.tp, etp=d.tp)
-        self.kv_bytes = kv_cache_bytes_per_token(m, d.tp, DTYPE_BYTES[d.spec.kv_cache_dtype])
-        mesh = Mesh(PlanArrays.from_plans([Plan(tp=d.tp)]))
-        self.tp_members = mesh.members(d.cluster, Group.TP)
+        self.deg = LayerDegrees(tp=t, etp=t)
+        self.moe_deg = LayerDegrees(tp=d.tp, ep=d.ep, etp=d.tp // d.ep)
+        self.moe_split = d.ep > 1 or d.dp_attention > 1
+        """Experts laid out apart from the attention (else the plain-TP layer of the core)."""
+        self.kv_bytes = kv_cache_bytes_per_token(m, t, DTYPE_BYTES[d.spec.kv_cache_dtype])
+        self.tp_members = group_members(d.cluster, t)
+        self.stage_members = group_members(d.cluster, d.tp)
+        self.ep_members = group_members(d.cluster, d.ep)
         self.cluster = d.cluster
         self.dense_layers = m.num_layers - m.num_moe_layers
         self.moe_layers = m.num_moe_layers
         self.overhead = d.iteration_overhead_s
         self.layers = m.num_layers
-        t = d.tp
-        # The attention core's two linear pieces (the cost core's formulas at unit inputs).
+        self.stages = stage_counts(d)
+        # The attention core's two linear pieces (the cost core's formulas at unit inputs),
+        # per instance token: each attention rank runs 1 / dp_attention of the batch.
         attn_rate = self.K.attn_peak * self.K.attn_eff
-        self._core_flop = float(attention_core_flops(m, 1.0, t)) / attn_rate
+        share = 1.0 / d.dp_attention
+        self._core_flop = float(attention_core_flops(m, 1.0, t)) / attn_rate * share
         unit_q = BatchShape(1.0, 1.0, 0.0, 0.0, 0.0)
         unit_kv = BatchShape(0.0, 0.0, 0.0, 0.0, 1.0)
-        self._core_q = float(attention_io_bytes(m, unit_q, t, self.kv_bytes)) / self.K.mem_bw
-        self._core_kv = float(attention_io_bytes(m, unit_kv, t, self.kv_bytes)) / self.K.mem_bw
+        self._core_q = float(attention_io_bytes(m, unit_q, t, self.kv_bytes)) / self.K.mem_bw \
+            * share
+        self._core_kv = float(attention_io_bytes(m, unit_kv, t, self.kv_bytes)) \
+            / self.K.mem_bw * share
         self._base: dict[int, float] = {}
         self._head: dict[int, float] = {}
+        self._layer_base: dict[int, tuple[float, float, float]] = {}
+        self._send: dict[tuple[int, int], float] = {}
 
     def _core(self, tokens: float, pairs: float, kv_tokens: float) -> float:
         return max(self._core_flop * pairs, self._core_q * tokens + self._core_kv * kv_tokens)
@@ -149,7 +229,7 @@ class IterationCost:
     def _head_time(self, sampled: int) -> float:
         h = self._head.get(sampled)
         if h is None:
-            h = float(np.asarray(head_parts(self.model, self.K, max(sampled, 1),
+            h = float(np.asarray(head_parts(self.model, self.K, max(sampled, 1) / self.dpa,
                                             self.deg).time(self.K)))
             self._head[sampled] = h
         return h
@@ -199,16 +279,101 @@ class IterationCost:
                        query_squares: float, kv_tokens: float, sampled: int) -> float:
         """One forward of a batch: `tokens` query tokens of `num_seqs` sequences (with
         sum(q x prefix), sum(q^2) and the keys read, as `BatchShape.from_sums`), of which
-        `sampled` positions sample a token."""
+        `sampled` positions sample a token (every stage in turn, no send)."""
+        embed, dense, moe, head = self.parts(num_seqs, tokens, query_prefix, query_squares,
+                                             kv_tokens, sampled)
+        total = embed
+        if self.dense_layers:
+            total += self.dense_layers * dense
+        if self.moe_layers:
+            total += self.moe_layers * moe
+        total += head
+        return total + self.overhead
+
+    def parts(self, num_seqs: int, tokens: float, query_prefix: float, query_squares: float,
+              kv_tokens: float, sampled: int) -> tuple[float, float, float, float]:
+        """(embedding, one dense layer, one MoE layer, LM head) seconds of a batch, each
+        layer with its collectives: the layer core's functions on the batch's shape."""
         m, K, deg = self.model, self.K, self.deg
         shape = BatchShape.from_sums(num_seqs, tokens, query_prefix, query_squares, kv_tokens)
-        total = float(K.memory(embedding_bytes(m, tokens, deg)))
-        block = float(tp_block_time(self.cluster, self.tp_members, tokens, m.hidden_size, False)
-                      [0]) if deg.tp > 1 else 0.0
-        for layers, moe in ((self.dense_layers, False), (self.moe_layers, True)):
-            if layers:
-                work = float(np.asarray(layer_forward_time(m, K, shape, deg, moe,
+        rank = shape
+        if self.dpa > 1:  # one attention rank's share
+            f = 1.0 / self.dpa
+            rank = BatchShape.from_sums(num_seqs * f, tokens * f, query_prefix * f,
+                                        query_squares * f, kv_tokens * f)
+        embed = float(K.memory(embedding_bytes(m, rank.tokens, deg)))
+        block = float(tp_block_time(self.cluster, self.tp_members, rank.tokens, m.hidden_size,
+                                    False)[0]) if deg.tp > 1 else 0.0
+        dense = moe = 0.0
+        if self.dense_layers:
+            work = float(np.asarray(layer_forward_time(m, K, rank, deg, False,
+                                                       kv_bytes_per_token=self.kv_bytes)))
+            dense = work + float(tp_blocks_per_layer(False, True)) * block
+        if self.moe_layers:
+            if not self.moe_split:
+                work = float(np.asarray(layer_forward_time(m, K, shape, deg, True,
                                                            kv_bytes_per_token=self.kv_bytes)))
-                total += layers * (work + float(tp_blocks_per_layer(moe, True)) * block)
-        total += float(np.asarray(head_parts(m, K, max(sampled, 1), deg).time(K)))
-        return total + self.overhead
+                moe = work + float(tp_blocks_per_layer(True, True)) * block
+            else:
+                attn = attention_parts(m, K, rank, deg, kv_bytes_per_token=self.kv_bytes)
+                experts = mlp_parts(m, K, shape, self.moe_deg, True)
+                moe = float(np.asarray(attn.time(K) + experts.time(K))) + block \
+                    + self._expert_exchange(float(tokens))
+        head = float(np.asarray(head_parts(m, K, max(sampled, 1) / self.dpa, deg).time(K)))
+        return embed, dense, moe, head
+
+    def _expert_exchange(self, tokens: float) -> float:
+        """Collectives that bring a MoE layer's tokens to its experts and back, when the
+        experts are laid out apart from the attention. With ep > 1: each GPU dispatches and
+        combines its tp-th of the tokens (times the expert-tensor slices), then the attention
+        ranks' GPUs gather their rank's tokens back. With ep = 1 (tensor-split experts under
+        data-parallel attention): an all-gather of every rank's tokens over the stage and a
+        reduce-scatter of the output (SGLang's DP-attention gather)."""
+        m, c = self.model, self.cluster
+        act = ACTIVATION_BYTES * m.hidden_size
+        if self.ep > 1:
+            per_gpu = tokens / self.tp * (self.tp // self.ep)
+            t = float(ep_dispatch_combine_time(c, self.ep_members, m, per_gpu)[0])
+            if self.deg.tp > 1:
+                t += float(comm.all_gather_time(c, self.tp_members, act * tokens / self.dpa)[0])
+            return t
+        return 2.0 * float(comm.all_gather_time(c, self.stage_members, act * tokens)[0])
+
+    def stage_times(self, num_seqs: int, tokens: float, query_prefix: float,
+                    query_squares: float, kv_tokens: float, sampled: int,
+                    plain: bool = False) -> list[float]:
+        """Seconds of each pipeline stage on the batch (no host overhead, no send): its dense
+        and MoE layers, the embedding on the first, the LM head on the last. `plain`: from
+        `parts` itself; else from the parts cached per token count plus the attention core."""
+        if plain:
+            embed, dense, moe, head = self.parts(num_seqs, tokens, query_prefix,
+                                                 query_squares, kv_tokens, sampled)
+        else:
+            T = int(tokens)
+            lb = self._layer_base.get(T)
+            if lb is None:
+                e, dn, mo, _ = self.parts(1, T, 0.0, 0.0, 0.0, 1)
+                c0 = self._core(T, 0.0, 0.0)
+                lb = (e, dn - c0, mo - c0)
+                self._layer_base[T] = lb
+            core = self._core(tokens, query_prefix + 0.5 * query_squares, kv_tokens)
+            embed, dense, moe = lb[0], lb[1] + core, lb[2] + core
+            head = self._head_time(sampled)
+        last = len(self.stages) - 1
+        return [(embed if s == 0 else 0.0) + nd * dense + nm * moe + (head if s == last else 0.0)
+                for s, (nd, nm) in enumerate(self.stages)]
+
+    def send_time(self, tokens: int, tier: int) -> float:
+        """Hand-off from one stage to the next over network tier `tier`: vLLM sends the hidden
+        state and the residual (`IntermediateTensors`), each GPU its tp-th
+        (`send_tensor_dict(..., all_gather_group=tp_group)`), gathered again over the
+        receiving stage's TP group."""
+        key = (tokens, tier)
+        t = self._send.get(key)
+        if t is None:
+            full = 2 * ACTIVATION_BYTES * tokens * self.model.hidden_size
+            t = float(comm.p2p_time(self.cluster, np.asarray(tier), full / self.tp))
+            if self.tp > 1:
+                t += float(comm.all_gather_time(self.cluster, self.stage_members, full)[0])
+            self._send[key] = t
+        return t

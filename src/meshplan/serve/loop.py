@@ -11,23 +11,56 @@ identical-in-shape steps are timed at once (`IterationCost.decode_times`) and ap
 go: the same step times, token times, blocks and counts as K plain iterations. Inter-token
 gaps are kept as (value, count) pairs (one per step, its batch sharing it), and the KV-usage
 timeline gets one sample at the end of a fast-forwarded run (its peak: usage only grows
-inside one)."""
+inside one).
+
+The fast-forward applies to every instance without pipeline parallelism (colocated, or either
+pool of a disaggregated deployment); a pp > 1 instance is stepped batch by batch (gated off).
+
+Pipeline parallelism (vLLM V1's batch queue, `EngineCore.step_with_batch_queue`, up to pp
+batches in flight): a new batch is scheduled when the host is free, from the requests
+not in flight (those of an in-flight batch are not rescheduled, nor preempted, until it
+completes); each stage starts when the batch's previous stage and the send between them are
+done and the stage itself is free; the batch's tokens are applied when its last stage ends.
+The host's per-iteration overhead precedes the batch's first stage; the host then schedules
+the next batch (when fewer than pp are in flight) while the stages work.
+
+Disaggregation (prefill pool, KV transfer, decode pool; vLLM's NixlConnector / SGLang's PD
+flow): a request is routed to a prefill instance with an output of one token: its first token
+is sampled there (TTFT ends there). Its prompt's blocks stay held on the prefill instance
+(vLLM's `delay_free_blocks`) while it waits, in its decode instance's FIFO, for that many free
+blocks there; they are then allocated and the prompt's KV sent (`placement.kv_transfer_time`,
+transfers from one prefill instance one after the other); when it lands the prefill blocks
+are freed and the request joins the decode instance's waiting queue with its prompt computed
+and one token generated, to be admitted as any request (max_num_seqs, the token budget) and
+decoded. Alone: TTFT = its prefill iteration, E2E = TTFT + transfer + the (out - 1) decode
+steps."""
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from array import array
+from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from meshplan.errors import MeshplanError
-from meshplan.serve.deployment import Deployment
+from meshplan.serve.deployment import AnyDeployment, Deployment
 from meshplan.serve.iteration import IterationCost, KVCapacity, kv_capacity
-from meshplan.serve.metrics import RequestMetrics
+from meshplan.serve.metrics import RequestMetrics, summary
+from meshplan.serve.placement import (
+    instance_ranges,
+    kv_transfer_bytes,
+    kv_transfer_time,
+    stage_send_tiers,
+    tier_between,
+)
 from meshplan.serve.schedulers import Scheduler, Step, make_scheduler
+from meshplan.serve.trace import Tracer
 from meshplan.serve.workload import ArrivalFeed, Requests
 
 
@@ -35,8 +68,9 @@ from meshplan.serve.workload import ArrivalFeed, Requests
 class ServeResult:
     """What a simulation measured."""
 
-    deployment: Deployment
+    deployment: AnyDeployment
     capacity: KVCapacity
+    """Of one instance (of a disaggregated deployment: of a decode instance)."""
     metrics: RequestMetrics | None
     """None when the deployment does not fit in memory."""
     iterations: int
@@ -45,35 +79,62 @@ class ServeResult:
     """(time, used share of the KV blocks), all instances: after each plain iteration and at the
     end of each fast-forwarded run, halved past a bound keeping the larger of neighbours
     (`Timeline`), so its peak is the run's."""
+    pool_capacity: tuple[KVCapacity, ...] = ()
+    """Of a disaggregated deployment: (prefill, decode) instances'."""
+    kv_transfer_s: np.ndarray | None = None
+    """Of a disaggregated deployment: each KV transfer's seconds on the wire."""
 
     @property
     def fits(self) -> bool:
-        return self.capacity.fits
+        return all(c.fits for c in self.pool_capacity or (self.capacity,))
 
     @property
     def why_not(self) -> str | None:
         if self.fits:
             return None
-        c = self.capacity
-        return (f"no room for the KV cache: {c.budget_bytes / 2**30:.1f} GiB budget, weights "
-                f"{c.weights_bytes / 2**30:.1f} GiB, workspace {c.workspace_bytes / 2**30:.1f} "
-                f"GiB, reserved {c.reserved_bytes / 2**30:.1f} GiB per GPU")
+        named = zip(("prefill ", "decode "), self.pool_capacity, strict=True) \
+            if self.pool_capacity else [("", self.capacity)]
+        where, c = next((w, c) for w, c in named if not c.fits)
+        return (f"no room for the {where}KV cache: {c.budget_bytes / 2**30:.1f} GiB budget, "
+                f"weights {c.weights_bytes / 2**30:.1f} GiB, workspace "
+                f"{c.workspace_bytes / 2**30:.1f} GiB, reserved {c.reserved_bytes / 2**30:.1f} "
+                "GiB per GPU")
 
     def to_json(self, slo_ttft_s: float | None = None,
                 slo_tpot_s: float | None = None) -> dict[str, Any]:
         m = self.metrics
+        memory: dict[str, Any] = self.capacity.to_json()
+        if self.pool_capacity:
+            memory = {"prefill": self.pool_capacity[0].to_json(),
+                      "decode": self.pool_capacity[1].to_json()}
         out: dict[str, Any] = {
             "deployment": self.deployment.to_json(),
             "fits": self.fits, "why_not": self.why_not,
             "num_requests": 0 if m is None else len(m.arrival_s),
             "num_completed": 0 if m is None else int(np.isfinite(m.finish_s).sum()),
-            "memory": self.capacity.to_json(),
+            "memory": memory,
             "iterations": self.iterations, "preemptions": self.preemptions,
             "kv_usage_peak": float(self.kv_usage[:, 1].max()) if len(self.kv_usage) else 0.0,
         }
+        if self.kv_transfer_s is not None:
+            out["kv_transfer_ms"] = {"count": len(self.kv_transfer_s),
+                                     **summary(self.kv_transfer_s, 1e3)}
         if m is not None:
             out["metrics"] = m.aggregate(self.deployment.num_gpus, slo_ttft_s, slo_tpot_s)
         return out
+
+
+@dataclass
+class _Transfer:
+    """A prompt's KV on its way from prefill instance `src` to decode instance `dst`."""
+
+    rid: int
+    src: int
+    dst: int
+    held: int
+    """Blocks it keeps on the prefill instance until it lands."""
+    blocks: int
+    """Blocks it holds on the decode instance."""
 
 
 class Timeline:
@@ -107,10 +168,10 @@ class Timeline:
         return out.reshape(-1, 2)
 
 
-def _route(d: Deployment, schedulers: list[Scheduler], k: int) -> int:
-    if d.spec.router == "round-robin" or len(schedulers) == 1:
+def _route(router: str, schedulers: list[Scheduler], k: int) -> int:
+    if router == "round-robin" or len(schedulers) == 1:
         return k % len(schedulers)
-    if d.spec.router == "least-requests":
+    if router == "least-requests":
         load = [len(s.requests) for s in schedulers]
     else:
         load = [sum(r.known + r.output - r.generated - r.computed
@@ -118,28 +179,89 @@ def _route(d: Deployment, schedulers: list[Scheduler], k: int) -> int:
     return int(np.argmin(load))
 
 
-def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeResult:
+def _schedule_excluding(s: Scheduler, excluded: set[int]) -> Step:
+    """`s.schedule()` over the running requests not in `excluded` (in flight), which keep
+    their places and count against max_num_seqs."""
+    if not excluded:
+        return s.schedule()
+    full = s.running
+    s.running = [rid for rid in full if rid not in excluded]
+    limit = s.max_num_seqs
+    s.max_num_seqs = limit - (len(full) - len(s.running))
+    try:
+        step = s.schedule()
+    finally:
+        s.max_num_seqs = limit
+    alive = set(s.running)
+    s.running = [rid for rid in full if rid in excluded or rid in alive] + step.admitted
+    return step
+
+
+def _check_fits(d: Deployment, capacity: KVCapacity, longest: int, what: str) -> None:
+    room = capacity.blocks_per_rank * d.block_size
+    if longest > room:
+        raise MeshplanError(f"{what} {longest}: one request alone needs more KV cache than an "
+                            f"instance holds ({room} tokens)")
+
+
+def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
+             trace: str | Path | None = None, tracer: Tracer | None = None) -> ServeResult:
     """Run every request to completion through the deployment. `plain=True`: one iteration
     at a time, each timed by the layer core itself (`IterationCost.time_reference`), every
-    inter-token gap and KV-usage sample kept one by one (the reference for the fast path)."""
-    capacity = kv_capacity(d)
-    if not capacity.fits:
-        return ServeResult(d, capacity, None, 0, 0, np.zeros((0, 2)))
+    inter-token gap and KV-usage sample kept one by one (the reference for the fast path).
+    `trace`: write a Perfetto trace there (`meshplan.serve.trace`; `tracer` to set its caps)."""
+    disagg = d.disaggregated
+    pools = d.pools
+    caps = [kv_capacity(p) for p in pools]
+    capacity = caps[-1]
+    pool_caps = tuple(caps) if disagg else ()
+    if not all(c.fits for c in caps):
+        return ServeResult(d, capacity, None, 0, 0, np.zeros((0, 2)), pool_caps)
     longest = int((requests.input_len + requests.output_len).max())
-    if longest > capacity.num_blocks * d.block_size:
-        raise MeshplanError(f"input + output length {longest}: one request alone needs more "
-                            f"KV cache than an instance holds ({capacity.num_blocks * d.block_size}"
-                            " tokens)")
+    longest_prompt = int(requests.input_len.max())
+    if disagg:
+        _check_fits(pools[0], caps[0], longest_prompt, "input length")
+    _check_fits(pools[-1], caps[-1], longest, "input + output length")
     if d.model.max_seq_len is not None and longest > d.model.max_seq_len:
         raise MeshplanError(f"input + output length {longest}: above {d.model.name}'s "
                             f"max_seq_len ({d.model.max_seq_len})")
-    if not d.enable_chunked_prefill and int(requests.input_len.max()) > d.max_num_batched_tokens:
-        raise MeshplanError(f"max_num_batched_tokens={d.max_num_batched_tokens}: without chunked "
-                            f"prefill it must hold the longest prompt "
-                            f"({int(requests.input_len.max())} tokens), as vLLM requires")
-    cost = IterationCost(d)
-    time_of = cost.time_reference if plain else cost.time
-    schedulers = [make_scheduler(d, capacity) for _ in range(d.instances)]
+    for pool in pools:
+        if not pool.enable_chunked_prefill and longest_prompt > pool.max_num_batched_tokens:
+            raise MeshplanError(f"max_num_batched_tokens={pool.max_num_batched_tokens}: without "
+                                f"chunked prefill it must hold the longest prompt "
+                                f"({longest_prompt} tokens), as vLLM requires")
+    if trace is not None and tracer is None:
+        tracer = Tracer()
+    pool_costs = [IterationCost(p) for p in pools]
+    placed = instance_ranges(d)
+    cluster = d.cluster
+    schedulers: list[Scheduler] = []
+    cost_of: list[IterationCost] = []
+    time_of = []
+    pool_of: list[int] = []
+    for pi, (pool, c, cost) in enumerate(zip(pools, caps, pool_costs, strict=True)):
+        for _ in range(pool.instances):
+            schedulers.append(make_scheduler(pool, c))
+            cost_of.append(cost)
+            time_of.append(cost.time_reference if plain else cost.time)
+            pool_of.append(pi)
+    ninst = len(schedulers)
+    entry = schedulers[:pools[0].instances]
+    decoders = schedulers[pools[0].instances:] if disagg else []
+    first_decoder = pools[0].instances
+    is_prefill = [disagg and pi == 0 for pi in pool_of]
+    pp_of = [pools[pi].pp for pi in pool_of]
+    send_tiers = [stage_send_tiers(cluster, first, pools[pi].tp, pools[pi].pp)
+                  for (first, _, _), pi in zip(placed, pool_of, strict=True)]
+    stage_free = [[0.0] * (pp + 1) for pp in pp_of]  # host, then each stage
+    inflight: list[set[int]] = [set() for _ in range(ninst)]
+    nflight = [0] * ninst
+    if tracer is not None:
+        for g, ((first, size, pool), pi) in enumerate(zip(placed, pool_of, strict=True)):
+            role = ("prefill", "decode")[pi] if disagg else "instance"
+            tracer.name_instance(g, f"{role} {g - (first_decoder if pi else 0)} (GPUs "
+                                 f"{first}-{first + size - 1}, tp{pool.tp} pp{pool.pp})",
+                                 pool.pp, is_prefill[g])
     n = len(requests)
     feed = ArrivalFeed(requests)  # closed loop: a finish brings its client's next request
     closed = requests.clients > 0
@@ -151,17 +273,36 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
     itl_v = array("d")
     itl_w = array("I")  # counts (uint32)
     usage = Timeline()
-    total_blocks = capacity.num_blocks * d.instances
-    bs = d.block_size
-    busy: list[tuple[float, int, float, Step]] = []  # (end, instance, start, step), a heap
-    running = [False] * d.instances
+    total_blocks = sum(c.num_blocks * p.instances for c, p in zip(caps, pools, strict=True))
+    # (end, instance, sequence number, start, what): a Step ending, None (a pipelined
+    # instance's first stage free again) or a _Transfer landing; a heap
+    busy: list[tuple[float, int, int, float, Any]] = []
+    seq = itertools.count()
+    running = [False] * ninst
     iterations = 0
     k = 0
     isnan = math.isnan
-    straddle_ok = d.instances == 1 or d.spec.router == "round-robin"
+    entry_router = pools[0].spec.router
+    straddle_ok = len(entry) == 1 or entry_router == "round-robin"
+    # the fast-forward: not for pipelined instances, nor for prefill instances (their
+    # requests end at their first token, handed off, never in a decode run)
+    ff_on = [not plain and pp == 1 and not pre for pp, pre in zip(pp_of, is_prefill,
+                                                                  strict=True)]
+    # disaggregation: per decode instance the transfers waiting for blocks, per prefill
+    # instance when its KV link is next free
+    pending: list[deque[tuple[int, int, int]]] = [deque() for _ in range(ninst)]
+    link_free = [0.0] * ninst
+    transfer_s = array("d")
+    kv_tier = {(a, b): tier_between(cluster, placed[a][:2], placed[b][:2])
+               for a in range(first_decoder) for b in range(first_decoder, ninst)} \
+        if disagg else {}
+    decode_k = 0
 
     def record_usage(now: float) -> None:
         usage.add(now, sum(s.used_blocks for s in schedulers) / total_blocks)
+
+    def push(end: float, i: int, began: float, what: Any) -> None:
+        heapq.heappush(busy, (end, i, next(seq), began, what))
 
     def fast_forward(i: int, now: float) -> tuple[float, bool]:
         """Apply the decode-only steps of instance `i` that nothing can interrupt from `now`;
@@ -172,6 +313,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         s = schedulers[i]
         if not s.fast_forward_ok:
             return now, False
+        bs = s.block_size
         run = s.running
         nseq = len(run)
         if nseq == 0 or nseq > s.max_num_batched_tokens or (s.waiting and nseq < s.max_num_seqs):
@@ -189,13 +331,16 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
             psum += c
         K = left  # up to the step where the first requests finish, that one included
         nxt = feed.next_s
+        # (a decode instance: an arrival reaches it only through a later prefill, so its step
+        # in progress at the arrival may run whatever the routers)
+        straddle_here = straddle_ok or pool_of[i] == 1
         other = busy[0][0] if busy else math.inf
         # Step by step (`IterationCost.decode_times`' floats, summed as the heap would):
         # steps ending by the next arrival (completions go first, as the heap orders them)
         # and strictly before another instance's next step ends (its usage sample reads this
         # instance's blocks). The step in progress at the arrival may run too where the
         # router does not read the instances' state.
-        base, layers, head, overhead, per_pair, per_q, per_kv = cost.decode_terms(nseq)
+        base, layers, head, overhead, per_pair, per_q, per_kv = cost_of[i].decode_terms(nseq)
         nb = float(nseq)
         ends = [now]
         end = now
@@ -206,7 +351,7 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 break
             core = max(per_pair * (prefix + 0.5 * nb), per_q * nb + per_kv * (prefix + nb))
             nxt_end = end + (base + layers * core + head + overhead)
-            if nxt_end >= other or (nxt_end > nxt and not straddle_ok):
+            if nxt_end >= other or (nxt_end > nxt and not straddle_here):
                 break
             ends.append(nxt_end)
             if nxt_end > nxt:
@@ -280,16 +425,29 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
                 feed.finished(rid, eK)
         iterations += K
         record_usage(eK)
+        if tracer is not None:
+            tracer.decode_run(i, ends[:K + 1], nseq, s.used_blocks)
         return eK, straddle
+
+
+    def trace_step(i: int, s: Scheduler, step: Step, stage: int, a: float,
+                   b: float) -> None:
+        assert tracer is not None
+        decode = sum(1 for rid, _ in step.scheduled
+                     if s.requests[rid].computed >= s.requests[rid].prompt)
+        tracer.iteration(i, stage, a, b, len(step.scheduled) - decode, decode, step.tokens,
+                         s.used_blocks)
 
     def start(i: int, now: float) -> None:
         nonlocal iterations
         s = schedulers[i]
-        while not plain:  # fast-forwarded runs back to back (a finish ends one)
+        while ff_on[i]:  # fast-forwarded runs back to back (a finish ends one)
             then, deferred = fast_forward(i, now)
+            if pending[i]:
+                try_transfers(i, then)
             if deferred:
                 running[i] = True
-                heapq.heappush(busy, (then, i, then, Step([], 0)))
+                push(then, i, then, Step([], 0))
                 return
             if then == now:
                 break
@@ -301,17 +459,112 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
         for rid in step.admitted:
             if isnan(first_sched[rid]):
                 first_sched[rid] = now
-        t = time_of(len(step.scheduled), float(step.tokens), float(step.query_prefix),
-                    float(step.query_squares), float(step.kv_tokens), step.sampled)
+        t = time_of[i](len(step.scheduled), float(step.tokens), float(step.query_prefix),
+                       float(step.query_squares), float(step.kv_tokens), step.sampled)
         running[i] = True
         iterations += 1
-        heapq.heappush(busy, (now + t, i, now, step))
+        if tracer is not None:
+            trace_step(i, s, step, 0, now, now + t)
+        heapq.heappush(busy, (now + t, i, next(seq), now, step))
+
+    def start_pp(i: int, now: float) -> None:
+        """Schedule a batch on pipelined instance `i` if its host is free and fewer than pp
+        batches are in flight; time it stage by stage (slot 0 of `stage_free` is the host,
+        whose overhead precedes the first stage and overlaps the stages' work)."""
+        nonlocal iterations
+        free, pp = stage_free[i], pp_of[i]
+        if nflight[i] >= pp or free[0] > now:
+            return
+        s = schedulers[i]
+        step = _schedule_excluding(s, inflight[i])
+        if not step.scheduled:
+            return
+        for rid in step.admitted:
+            if isnan(first_sched[rid]):
+                first_sched[rid] = now
+        cost = cost_of[i]
+        stages = cost.stage_times(len(step.scheduled), float(step.tokens),
+                                  float(step.query_prefix), float(step.query_squares),
+                                  float(step.kv_tokens), step.sampled, plain)
+        end = free[0] = now + cost.overhead
+        for st in range(pp):
+            ready = end if st == 0 else end + cost.send_time(step.tokens, send_tiers[i][st - 1])
+            begin = max(ready, free[st + 1])
+            end = free[st + 1] = begin + stages[st]
+            if tracer is not None:
+                trace_step(i, s, step, st, begin, end)
+        iterations += 1
+        nflight[i] += 1
+        inflight[i].update(rid for rid, _ in step.scheduled)
+        push(end, i, now, step)
+        if nflight[i] < pp:
+            push(free[0], i, free[0], None)
+
+    starter = [start_pp if pp > 1 else start for pp in pp_of]
+
+    def hand_off(i: int, done: list[int], now: float) -> None:
+        """Prefilled requests of prefill instance `i`: finished if one token was all they
+        asked for, else their blocks held and their KV queued for a decode instance."""
+        nonlocal decode_k
+        s = schedulers[i]
+        for rid in done:
+            if int(output_len[rid]) <= 1:
+                finish[rid] = now
+                if closed:
+                    feed.finished(rid, now)
+                continue
+            held = -(-int(input_len[rid]) // s.block_size)
+            s.free_blocks -= held
+            j = first_decoder + _route(pools[1].spec.router, decoders, decode_k)
+            decode_k += 1
+            pending[j].append((rid, i, held))
+            try_transfers(j, now)
+
+    def try_transfers(j: int, now: float) -> None:
+        """Start the transfers to decode instance `j` that its free blocks admit, in order."""
+        q, s = pending[j], schedulers[j]
+        while q:
+            rid, src, held = q[0]
+            prompt = int(input_len[rid])
+            need = -(-prompt // s.block_size)
+            if need > s.free_blocks:
+                return
+            q.popleft()
+            s.free_blocks -= need
+            nbytes = kv_transfer_bytes(pools[0], pools[1], prompt)
+            dur = kv_transfer_time(cluster, kv_tier[src, j], nbytes)
+            begin = max(now, link_free[src])
+            link_free[src] = begin + dur
+            transfer_s.append(dur)
+            if tracer is not None:
+                tracer.transfer(src, pools[0].pp, rid, j, begin, begin + dur, nbytes)
+            push(begin + dur, j, begin, _Transfer(rid, src, j, held, need))
+
+    def land(x: _Transfer, now: float) -> None:
+        """A prompt's KV arrived: free it on the prefill side, queue it for decoding."""
+        schedulers[x.src].free_blocks += x.held
+        if not running[x.src]:
+            starter[x.src](x.src, now)
+        s = schedulers[x.dst]
+        s.add(x.rid, int(input_len[x.rid]), int(output_len[x.rid]))
+        r = s.requests[x.rid]
+        r.computed, r.generated, r.blocks = r.prompt, 1, x.blocks
+        r.last_token_s = first_tok[x.rid]
+        record_usage(now)
+        if not running[x.dst]:
+            starter[x.dst](x.dst, now)
 
     idle: list[int] = []  # instances given a request at `now`, started once all are in
     while feed.next_s != math.inf or busy:
         next_arrival = feed.next_s
         if busy and busy[0][0] <= next_arrival:
-            now, i, began, step = heapq.heappop(busy)
+            now, i, _, began, step = heapq.heappop(busy)
+            if step.__class__ is not Step:
+                if step is None:
+                    start_pp(i, now)
+                else:
+                    land(step, now)
+                continue
             sampled_states, done = schedulers[i].complete(step)
             same = 0
             for r in sampled_states:
@@ -328,23 +581,32 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
             if same:
                 itl_v.append(now - began)
                 itl_w.append(same)
-            for rid in done:
-                finish[rid] = now
-                if closed:
-                    feed.finished(rid, now)
+            if is_prefill[i]:
+                hand_off(i, done, now)
+            else:
+                for rid in done:
+                    finish[rid] = now
+                    if closed:
+                        feed.finished(rid, now)
             if step.scheduled:  # else the end of a fast-forwarded run, already sampled
                 record_usage(now)
-            start(i, now)
+            if pending[i]:
+                try_transfers(i, now)
+            if nflight[i]:
+                nflight[i] -= 1
+                inflight[i].difference_update(rid for rid, _ in step.scheduled)
+            starter[i](i, now)
         else:
             # Every request arriving at this instant is queued before an idle instance
             # schedules (a burst's first step sees the whole burst).
             now = next_arrival
             rid = feed.pop()
-            i = _route(d, schedulers, k)
+            i = _route(entry_router, entry, k)
+            out_len = 1 if disagg else int(output_len[rid])
             if prefix_group is None or prefix_len is None:
-                schedulers[i].add(rid, int(input_len[rid]), int(output_len[rid]))
+                schedulers[i].add(rid, int(input_len[rid]), out_len)
             else:
-                schedulers[i].add(rid, int(input_len[rid]), int(output_len[rid]),
+                schedulers[i].add(rid, int(input_len[rid]), out_len,
                                   int(prefix_group[rid]), int(prefix_len[rid]))
             k += 1
             if not running[i] and i not in idle:
@@ -352,11 +614,16 @@ def simulate(d: Deployment, requests: Requests, plain: bool = False) -> ServeRes
             if feed.next_s > now:  # requests arriving together start one batch together
                 for j in idle:
                     if not running[j]:
-                        start(j, now)
+                        starter[j](j, now)
                 idle.clear()
     assert all(s.free_blocks == s.num_blocks and not s.has_work for s in schedulers)
+    assert not any(pending)
     metrics = RequestMetrics(feed.arrival, first_sched, first_tok, finish,
                              requests.input_len, requests.output_len, np.frombuffer(itl_v),
                              np.frombuffer(itl_w, dtype=np.uint32))
+    if trace is not None:
+        assert tracer is not None
+        tracer.write(trace, feed.arrival, first_tok, finish, ninst)
     return ServeResult(d, capacity, metrics, iterations,
-                       sum(s.preemptions for s in schedulers), usage.to_array())
+                       sum(s.preemptions for s in schedulers), usage.to_array(), pool_caps,
+                       np.frombuffer(transfer_s) if disagg else None)
