@@ -44,7 +44,8 @@ def test_shipped_runs_all_rebuild(runs):
     for row in runs.values():
         case = build_case(row)
         assert case.model.num_layers == row["model"]["layers"]
-        assert case.spec.tp == row["parallelism"]["tp"]
+        s = case.spec
+        assert s.tp * s.pp * s.instances == row["hardware"]["num_gpus"], row["id"]
 
 
 def test_power_cap_scales_compute_peaks_by_the_cube_root_and_spares_bandwidth(runs):
@@ -62,7 +63,7 @@ def test_a_gpu_without_a_preset_comes_from_the_catalog(runs):
     assert acc.peak("bf16") == 165.2e12 and acc.memory_bandwidth == 1008e9
     assert case.cluster.network[0].name == "pcie"
     assert any("no cluster preset" in n for n in case.assumptions)
-    assert case.num_gpu_blocks == 2588
+    assert case.spec.num_gpu_blocks == 2588
 
 
 def test_an_unknown_engine_gets_the_closest_profile_as_an_assumption(runs):

@@ -14,8 +14,15 @@ from rich.table import Table
 
 from meshplan.cli.render import console, print_json
 from meshplan.errors import MeshplanError, from_validation_error
-from meshplan.serve import DeploymentSpec, DisaggregatedSpec, Lengths, Workload, simulate
-from meshplan.specs.io import load_cluster, load_model
+from meshplan.serve import (
+    DeploymentSpec,
+    DisaggregatedSpec,
+    Lengths,
+    Workload,
+    load_serving_cluster,
+    simulate,
+)
+from meshplan.specs.io import load_model
 
 serve_app = typer.Typer(no_args_is_help=True, help="Serving: simulate LLM inference deployments.")
 
@@ -129,7 +136,8 @@ def simulate_cmd(
     for flag, bound in (("--slo-ttft-ms", slo_ttft_ms), ("--slo-tpot-ms", slo_tpot_ms)):
         if bound is not None and not 0 < bound < float("inf"):
             raise MeshplanError(f"{flag}={bound}: must be a positive number of milliseconds")
-    result = simulate(load_model(model), load_cluster(cluster), spec, work, trace=trace)
+    result = simulate(load_model(model), load_serving_cluster(cluster), spec, work,
+                      trace=trace)
     slo_ttft = None if slo_ttft_ms is None else slo_ttft_ms / 1e3
     slo_tpot = None if slo_tpot_ms is None else slo_tpot_ms / 1e3
     out = result.to_json(slo_ttft, slo_tpot)

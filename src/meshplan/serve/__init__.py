@@ -16,6 +16,7 @@ from meshplan.serve.deployment import (
     DeploymentSpec,
     DisaggregatedDeployment,
     DisaggregatedSpec,
+    load_serving_cluster,
     resolve,
     resolve_disaggregated,
 )
@@ -23,7 +24,7 @@ from meshplan.serve.loop import ServeResult
 from meshplan.serve.loop import simulate as simulate_requests
 from meshplan.serve.workload import Lengths, Requests, Workload, draw
 from meshplan.specs.cluster import Cluster
-from meshplan.specs.io import load_cluster, load_model
+from meshplan.specs.io import load_model
 from meshplan.specs.model import Model
 
 
@@ -39,11 +40,13 @@ def simulate(model: str | Path | Model, cluster: str | Path | Cluster,
              deployment: DeploymentSpec | DisaggregatedSpec, workload: Workload,
              trace: str | Path | None = None) -> ServeResult:
     """Simulate `workload` on `deployment` of `model` on `cluster` (presets, files or specs);
-    `trace`: also write a Perfetto trace-event JSON file there."""
-    d = resolve_any(load_model(model), load_cluster(cluster), deployment)
+    `trace`: also write a Perfetto trace-event JSON file there. The cluster loads without
+    the training calibration (`load_serving_cluster`)."""
+    d = resolve_any(load_model(model), load_serving_cluster(cluster), deployment)
     return simulate_requests(d, draw(workload), trace=trace)
 
 
 __all__ = ["AnyDeployment", "Deployment", "DeploymentSpec", "DisaggregatedDeployment",
            "DisaggregatedSpec", "Lengths", "Requests", "ServeResult", "Workload", "draw",
-           "resolve", "resolve_any", "resolve_disaggregated", "simulate", "simulate_requests"]
+           "load_serving_cluster", "resolve", "resolve_any", "resolve_disaggregated",
+           "simulate", "simulate_requests"]

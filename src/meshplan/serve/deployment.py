@@ -15,6 +15,7 @@ on consecutive GPUs (prefill instances first) so the KV transfer's network tier 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -23,9 +24,18 @@ from meshplan.errors import MeshplanError
 from meshplan.serve.engines import EngineProfile, load_engine
 from meshplan.specs._base import Spec
 from meshplan.specs.cluster import Cluster
+from meshplan.specs.io import load_cluster
 from meshplan.specs.model import Model
 
 DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
+
+
+def load_serving_cluster(ref: str | Path | Cluster) -> Cluster:
+    """A cluster (preset, file or spec) as serving uses it: its efficiency curves without the
+    training calibration, whose factors were fitted to training steps (backward passes,
+    optimizer, bubbles); serving fits its own engine overheads
+    (`presets/serving_calibration.toml`). A Cluster object is taken as it is."""
+    return load_cluster(ref, calibration=None)
 Router = Literal["round-robin", "least-requests", "least-tokens"]
 
 
@@ -53,6 +63,9 @@ class DeploymentSpec(Spec):
     enable_chunked_prefill: bool | None = None
     enable_prefix_caching: bool | None = None
     cuda_graphs: bool | None = None
+    num_gpu_blocks: int | None = Field(default=None, gt=0)
+    """KV blocks per instance (per attention rank) instead of the memory estimate (vLLM's
+    `--num-gpu-blocks-override`; also how a measured run's reported block count is used)."""
 
 
 @dataclass(frozen=True)

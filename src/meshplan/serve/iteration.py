@@ -162,8 +162,10 @@ def kv_capacity(d: Deployment) -> KVCapacity:
         workspace = 0.0
         budget = f * (hbm - reserved) + reserved
         free = budget - weights - reserved
+    blocks = max(int(free // block), 0) if d.spec.num_gpu_blocks is None \
+        else d.spec.num_gpu_blocks
     return KVCapacity(budget, weights, workspace, reserved, block,
-                      max(int(free // block), 0) * d.dp_attention, d.dp_attention)
+                      blocks * d.dp_attention, d.dp_attention)
 
 
 def group_members(cluster: Cluster, size: int) -> list[np.ndarray]:

@@ -34,8 +34,6 @@ class ServeCase:
     spec: DeploymentSpec
     workload: Workload | StaticBatch
     assumptions: list[str] = field(default_factory=list)
-    num_gpu_blocks: int | None = None
-    """The KV blocks the source's engine reported, when it did (they replace the estimate)."""
     read_as: dict[str, str] = field(default_factory=dict)
     """Measured metric -> the predicted metric it is compared with, where the source's
     figure means something other than its key says (e.g. a per-GPU throughput)."""

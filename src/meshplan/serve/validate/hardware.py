@@ -1,9 +1,8 @@
 """The cluster of a published serving run: its GPU's name mapped to a cluster preset, else to
 the shipped accelerator catalog (`specs.catalog`); the row's HBM size and power cap applied.
 
-Presets load without the training calibration (`calibration="none"`): those factors were
-fitted to training steps (backward passes, optimizer, pipeline bubbles); serving fits its own
-(`serve/validate/calibrate.py`).
+Presets load as serving loads them (`deployment.load_serving_cluster`: without the training
+calibration).
 """
 
 from __future__ import annotations
@@ -12,10 +11,10 @@ import re
 from functools import cache
 from typing import Any
 
+from meshplan.serve.deployment import load_serving_cluster
 from meshplan.serve.validate.case import Unbuildable
 from meshplan.specs.catalog import catalog_cluster, catalog_key
 from meshplan.specs.cluster import Cluster
-from meshplan.specs.io import load_cluster
 
 GIB = 1024**3
 
@@ -39,7 +38,7 @@ ISCA'24, Sec. 3)."""
 
 @cache
 def _preset(name: str) -> Cluster:
-    return load_cluster(name, calibration=None)
+    return load_serving_cluster(name)
 
 
 def power_fraction(hw: dict[str, Any]) -> float | None:

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from meshplan.serve.deployment import DeploymentSpec
-from meshplan.serve.engines import engine_names
+from meshplan.serve.engines import engine_names, load_engine
 from meshplan.serve.validate.case import ServeCase, StaticBatch, Unbuildable
 from meshplan.serve.validate.hardware import build_cluster
 from meshplan.serve.workload import Lengths, Workload
@@ -239,31 +239,62 @@ def workload(row: dict[str, Any], notes: list[str]) -> Workload | StaticBatch:
 
 # -- the whole case --------------------------------------------------------------------------
 
+def layout(row: dict[str, Any], model: Model, notes: list[str]) -> dict[str, int]:
+    """tp (GPUs per stage), ep, dp_attention and instances from the row's parallelism (tp,
+    pp, ep, dp: dp model replicas, or with expert parallelism over them, data-parallel
+    attention ranks of one instance)."""
+    par = row["parallelism"]
+    tp, pp = int(par.get("tp") or 1), int(par.get("pp") or 1)
+    dp, ep = int(par.get("dp") or 1), int(par.get("ep") or 1)
+    other = row["scheduler"].get("other") or {}
+    if model.moe is None:
+        return {"tp": tp, "pp": pp, "instances": dp}
+    if ep > 1 and dp > 1 and ep == tp * dp:
+        notes.append(f"dp={dp} with ep={ep}: one instance of {ep} GPUs, data-parallel "
+                     "attention, experts over all of them")
+        return {"tp": ep, "pp": pp, "ep": ep, "dp_attention": dp, "instances": 1}
+    if other.get("enable_attention_dp"):
+        if ep == 1:
+            notes.append(f"attention data parallelism, EP size not given: experts over the "
+                         f"instance's {tp} GPUs (ep = tp)")
+        return {"tp": tp, "pp": pp, "ep": ep if ep > 1 else tp, "dp_attention": tp,
+                "instances": dp}
+    return {"tp": tp, "pp": pp, "ep": ep, "instances": dp}
+
+
+def longest_prompt(w: Workload | StaticBatch) -> int | None:
+    """The longest prompt when the lengths are fixed, else None."""
+    if isinstance(w, StaticBatch):
+        return w.input_len
+    return w.input.mean if w.input is not None and w.input.kind == "fixed" else None
+
+
 def build_case(row: dict[str, Any]) -> ServeCase:
     """The row's specs, or `Unbuildable` with the reason."""
     notes: list[str] = []
     model = build_model(row, notes)
     cluster = build_cluster(row, notes)
-    par = row["parallelism"]
-    tp, pp = int(par.get("tp") or 1), int(par.get("pp") or 1)
-    if pp != 1:
-        raise Unbuildable(f"pp={pp}: pipeline-parallel serving is not modelled yet")
-    instances = int(par.get("dp") or 1)
     engine = engine_profile(row, notes)
     weights, kv = precision(row, notes)
     knobs = engine_knobs(row, engine, notes)
-    if par.get("ep") and par["ep"] > 1:
-        notes.append(f"ep={par['ep']}: experts split by tensor parallelism instead (same "
-                     "per-GPU weights, all-reduce in place of all-to-all)")
-    if model.moe is not None and (row["scheduler"].get("other") or {}).get("enable_attention_dp"):
-        notes.append("attention data parallelism modelled as tensor parallelism")
-    spec = DeploymentSpec(tp=tp, instances=instances, engine=engine,
-                          weights_dtype=weights,  # type: ignore[arg-type]
-                          kv_cache_dtype=kv,  # type: ignore[arg-type]
-                          **knobs)
+    work = workload(row, notes)
+    profile = load_engine(engine)
+    chunked = knobs.get("enable_chunked_prefill", profile.enable_chunked_prefill)
+    longest = longest_prompt(work)
+    if not chunked and "max_num_batched_tokens" not in knobs and longest is not None \
+            and longest > profile.batch_defaults(cluster.accelerator)[1]:
+        knobs["max_num_batched_tokens"] = longest
+        notes.append(f"token budget not stated and chunked prefill off: raised to the "
+                     f"{longest}-token prompt (benchmark harnesses size it to the dataset)")
     blocks = (row["scheduler"].get("other") or {}).get("num_gpu_blocks")
-    return ServeCase(row, model, cluster, spec, workload(row, notes), notes,
-                     int(blocks) if blocks else None, read_as(row, tp * instances, notes))
+    if blocks:
+        knobs["num_gpu_blocks"] = int(blocks)
+        notes.append(f"KV blocks as the engine reported them ({int(blocks)})")
+    par = layout(row, model, notes)
+    spec = DeploymentSpec.model_validate({"engine": engine, "weights_dtype": weights,
+                                          "kv_cache_dtype": kv, **par, **knobs})
+    return ServeCase(row, model, cluster, spec, work, notes,
+                     read_as(row, spec.tp * spec.pp * spec.instances, notes))
 
 
 def read_as(row: dict[str, Any], gpus: int, notes: list[str]) -> dict[str, str]:
