@@ -346,7 +346,7 @@ def test_static_scheduler_keeps_ended_members_until_the_batch_ends():
     assert s.schedule().scheduled == [(2, 32)]
 
 
-FAST = ["vllm", "sglang", "trtllm"]
+FAST = ["vllm", "vllm-v0", "sglang", "trtllm"]
 
 
 @pytest.mark.parametrize("engine", FAST)
@@ -380,3 +380,35 @@ def test_only_schedulers_checked_for_it_fast_forward():
                        ("static", False)):
         d = deploy(engine)
         assert make_scheduler(d, kv_capacity(d)).fast_forward_ok is ok
+
+
+def test_vllm_v0_iterations_are_prefills_or_decodes_never_both():
+    """V0's default scheduler: a waiting prompt that fits is prefilled in an iteration of its
+    own, stalling the running decodes; V1 would mix them."""
+    from meshplan.serve.schedulers import VLLMV0Scheduler
+
+    s = VLLMV0Scheduler(num_blocks=1000, block_size=16, max_num_seqs=8,
+                        max_num_batched_tokens=4096, chunked_prefill=False)
+    s.add(0, 100, 5)
+    first = s.schedule()
+    assert first.scheduled == [(0, 100)]
+    s.complete(first)
+    s.add(1, 200, 5)
+    second = s.schedule()  # the new prompt alone, request 0 waits
+    assert second.scheduled == [(1, 200)]
+    s.complete(second)
+    third = s.schedule()  # now both decode
+    assert sorted(third.scheduled) == [(0, 1), (1, 1)]
+
+
+def test_vllm_v0_keeps_the_watermark_free():
+    from meshplan.serve.schedulers import VLLMV0Scheduler
+
+    s = VLLMV0Scheduler(num_blocks=200, block_size=16, max_num_seqs=8,
+                        max_num_batched_tokens=8192, chunked_prefill=False)
+    s.add(0, 199 * 16, 2)  # 199 blocks: leaves 1 < 2 (1 % of 200) free
+    assert s.schedule().scheduled == []
+    s2 = VLLMV0Scheduler(num_blocks=200, block_size=16, max_num_seqs=8,
+                         max_num_batched_tokens=8192, chunked_prefill=False)
+    s2.add(0, 198 * 16, 2)
+    assert s2.schedule().scheduled == [(0, 198 * 16)]

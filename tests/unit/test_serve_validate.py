@@ -72,12 +72,12 @@ def test_an_unknown_engine_gets_the_closest_profile_as_an_assumption(runs):
     assert any("SomeNewEngine" in n for n in case.assumptions)
 
 
-def test_vllm_before_v1_schedules_whole_prompts(runs):
+def test_vllm_before_v1_gets_the_v0_profile(runs):
     case = build_case(runs["vllmblog-h100-8b-sharegpt-vllm-qps2"])
-    assert case.spec.enable_chunked_prefill is False
+    assert case.spec.engine == "vllm-v0"
     assert any("V0 engine" in n for n in case.assumptions)
     newer = build_case(runs["llmservingsim-vllm-rtx4090-llama-3.1-8b"])
-    assert newer.spec.enable_chunked_prefill is True
+    assert newer.spec.engine == "vllm" and newer.spec.enable_chunked_prefill is True
 
 
 def test_dataset_means_get_a_lognormal_with_the_documented_sigma(runs):

@@ -69,7 +69,7 @@ class EngineProfile(Spec):
     """An engine's defaults (one file per engine)."""
 
     name: str
-    scheduler: Literal["vllm", "sglang", "trtllm", "static"]
+    scheduler: Literal["vllm", "vllm-v0", "sglang", "trtllm", "static"]
     """Which scheduler in `meshplan.serve.schedulers` runs its iterations."""
     max_num_seqs: int = Field(gt=0)
     max_num_batched_tokens: int = Field(gt=0)
@@ -104,6 +104,10 @@ class EngineProfile(Spec):
     """Fixed GPU time per block (attention, MLP, LM head) per iteration: kernel launches and
     the small kernels between GEMMs (replaces the cluster's training `kernel_overhead`)."""
     cuda_graphs: bool
+    fit_group: str | None = None
+    """The table of `serving_calibration.toml` whose fitted overheads this profile reads
+    (None: its own name): versions of one engine with other scheduling policies share their
+    host stack's overheads."""
     fitted_from: str = ""
     """Where the fitted overheads came from (`presets/serving_calibration.toml`), "" if none."""
     cuda_graph_max_bs: int | None = Field(default=None, gt=0)
@@ -177,7 +181,8 @@ def load_engine(name: str, calibration: Path | None = SERVING_CALIBRATION) -> En
     if not path.is_file():
         raise unknown_name("engine", name, engine_names())
     data = tomllib.loads(path.read_text())
-    fitted = fitted_overheads(calibration).get(name, {}) if calibration else {}
+    group = data.get("fit_group") or name
+    fitted = fitted_overheads(calibration).get(group, {}) if calibration else {}
     data.update({k: v for k, v in fitted.items() if k in FITTED_KEYS})
     if fitted:
         data["fitted_from"] = str(fitted.get("source", calibration))

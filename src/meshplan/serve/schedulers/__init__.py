@@ -10,6 +10,7 @@ from meshplan.serve.schedulers.sglang import SGLangScheduler
 from meshplan.serve.schedulers.static import StaticScheduler
 from meshplan.serve.schedulers.trtllm import TRTLLMScheduler
 from meshplan.serve.schedulers.vllm import VLLMScheduler
+from meshplan.serve.schedulers.vllm_v0 import VLLMV0Scheduler
 
 if TYPE_CHECKING:
     from meshplan.serve.deployment import Deployment
@@ -38,6 +39,9 @@ def make_scheduler(d: Deployment, capacity: KVCapacity) -> Scheduler:
     if e.scheduler == "vllm":
         s = VLLMScheduler(blocks, bs, d.max_num_seqs, d.max_num_batched_tokens,
                           d.enable_chunked_prefill, caching)
+    elif e.scheduler == "vllm-v0":
+        s = VLLMV0Scheduler(blocks, bs, d.max_num_seqs, d.max_num_batched_tokens, False,
+                            caching)
     elif e.scheduler == "sglang":
         k = e.sglang
         assert k is not None
@@ -57,4 +61,5 @@ def make_scheduler(d: Deployment, capacity: KVCapacity) -> Scheduler:
 
 
 __all__ = ["RequestState", "SGLangScheduler", "Scheduler", "StaticScheduler", "Step",
-           "TRTLLMScheduler", "VLLMScheduler", "make_scheduler", "sglang_max_running"]
+           "TRTLLMScheduler", "VLLMScheduler", "VLLMV0Scheduler", "make_scheduler",
+           "sglang_max_running"]

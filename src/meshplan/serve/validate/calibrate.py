@@ -1,7 +1,8 @@
 """Fit the engine profiles' overheads to published serving runs, and report the error on runs
 left out of the fit (leave one source out).
 
-What is fitted, per engine profile: the host overhead per iteration (`iteration_overhead_s`;
+What is fitted, per engine profile (profiles of one engine's versions share a table,
+`EngineProfile.fit_group`): the host overhead per iteration (`iteration_overhead_s`;
 the eager figure keeps the profile's eager / graph ratio) and the fixed GPU time per block
 (`block_overhead_s`). Kernel efficiencies stay the cluster data's: decode is bound by HBM
 bandwidth, which the data sheets give, and prefill by GEMM efficiency, which the shipped
@@ -64,9 +65,14 @@ def _source(row: dict[str, Any]) -> str:
     return str((row.get("source") or {}).get("source_id") or row["id"])
 
 
-def overheads(engine: str, point: Point) -> dict[str, float]:
-    """The profile values of a grid point (eager host time at the profile's ratio)."""
-    profile = load_engine(engine, calibration=None)
+def fit_group(engine: str) -> str:
+    """The calibration table a profile reads (`EngineProfile.fit_group`)."""
+    return load_engine(engine, calibration=None).fit_group or engine
+
+
+def overheads(group: str, point: Point) -> dict[str, float]:
+    """The profile values of a grid point (eager host time at the group's profile's ratio)."""
+    profile = load_engine(group, calibration=None)
     ratio = profile.iteration_overhead_eager_s / max(profile.iteration_overhead_s, 1e-12)
     return {"iteration_overhead_s": point[0], "iteration_overhead_eager_s": point[0] * ratio,
             "block_overhead_s": point[1]}
@@ -99,7 +105,7 @@ def calibrate(rows: list[dict[str, Any]], grid: Iterable[Point] | None = None,
     engine_of: dict[str, str] = {}
     for row in rows:
         try:
-            engine_of[row["id"]] = build_case(row).spec.engine
+            engine_of[row["id"]] = fit_group(build_case(row).spec.engine)
         except (Unbuildable, MeshplanError):
             continue
     results: dict[Point, dict[str, dict[str, Any]]] = {p: {} for p in points}

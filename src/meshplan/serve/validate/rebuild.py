@@ -108,14 +108,12 @@ def version_tuple(text: str | None) -> tuple[int, ...] | None:
 
 
 V1_FROM = (0, 8)
-"""vLLM's V1 engine is the default from 0.8.0 (release notes of v0.8.0)."""
-V0_MAX_MODEL_LEN = 8192
-"""V0 without chunked prefill budgets max(max_model_len, 2048) tokens per step (vLLM 0.6
-`SchedulerConfig`); the benchmarked models' max_model_len is unknown, Llama 3's 8,192 taken."""
+"""vLLM's V1 engine is the default from 0.8.0 (release notes of v0.8.0); before it, V0's
+prefill-first scheduler (the `vllm-v0` profile) unless chunked prefill was turned on."""
 
 
-def engine_knobs(row: dict[str, Any], engine: str, notes: list[str]) -> dict[str, Any]:
-    """DeploymentSpec knobs the row states, and the ones its engine's version implies."""
+def engine_knobs(row: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """DeploymentSpec knobs the row states."""
     s = row["scheduler"]
     knobs: dict[str, Any] = {}
     if s.get("max_batch_size"):
@@ -137,16 +135,23 @@ def engine_knobs(row: dict[str, Any], engine: str, notes: list[str]) -> dict[str
     chunked = s.get("chunked_prefill")
     if isinstance(chunked, str):
         chunked = not re.search(r"\boff\b|false|disabled", chunked, re.IGNORECASE)
-    version = version_tuple(row["engine"].get("version"))
-    if engine == "vllm" and version is not None and version < V1_FROM and chunked is None:
-        chunked = False
-        notes.append(f"vLLM {row['engine']['version']} (V0 engine): chunked prefill off, "
-                     f"step budget max(max_model_len, 2048) = {V0_MAX_MODEL_LEN}")
-        knobs.setdefault("max_num_batched_tokens", V0_MAX_MODEL_LEN)
-        knobs.setdefault("max_num_seqs", 256)
     if isinstance(chunked, bool):
         knobs["enable_chunked_prefill"] = chunked
+    if isinstance(s.get("prefix_caching"), bool):
+        knobs["enable_prefix_caching"] = s["prefix_caching"]
     return knobs
+
+
+def engine_version_profile(row: dict[str, Any], engine: str, knobs: dict[str, Any],
+                           notes: list[str]) -> str:
+    """The profile of the engine's version: vLLM before V1 schedules prefill-first."""
+    version = version_tuple(row["engine"].get("version"))
+    if engine == "vllm" and version is not None and version < V1_FROM \
+            and not knobs.get("enable_chunked_prefill"):
+        notes.append(f"vLLM {row['engine']['version']}: the V0 engine (vllm-v0 profile: "
+                     "prefill-first iterations, no chunked prefill)")
+        return "vllm-v0"
+    return engine
 
 
 def scheduler_steps(row: dict[str, Any]) -> int:
@@ -274,18 +279,20 @@ def build_case(row: dict[str, Any]) -> ServeCase:
     notes: list[str] = []
     model = build_model(row, notes)
     cluster = build_cluster(row, notes)
-    engine = engine_profile(row, notes)
+    knobs = engine_knobs(row, notes)
+    engine = engine_version_profile(row, engine_profile(row, notes), knobs, notes)
     weights, kv = precision(row, notes)
-    knobs = engine_knobs(row, engine, notes)
     work = workload(row, notes)
     profile = load_engine(engine)
     chunked = knobs.get("enable_chunked_prefill", profile.enable_chunked_prefill)
     longest = longest_prompt(work)
     if not chunked and "max_num_batched_tokens" not in knobs and longest is not None \
             and longest > profile.batch_defaults(cluster.accelerator)[1]:
-        knobs["max_num_batched_tokens"] = longest
-        notes.append(f"token budget not stated and chunked prefill off: raised to the "
-                     f"{longest}-token prompt (benchmark harnesses size it to the dataset)")
+        seqs = knobs.get("max_num_seqs", profile.batch_defaults(cluster.accelerator)[0])
+        knobs["max_num_batched_tokens"] = longest + seqs
+        notes.append(f"token budget not stated and chunked prefill off: the {longest}-token "
+                     f"prompt plus one token per sequence of the batch limit ({seqs}), so a "
+                     "prompt can join a full decode batch (harnesses size it to the dataset)")
     blocks = (row["scheduler"].get("other") or {}).get("num_gpu_blocks")
     if blocks:
         knobs["num_gpu_blocks"] = int(blocks)

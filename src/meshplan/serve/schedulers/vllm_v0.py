@@ -1,0 +1,68 @@
+"""vLLM V0's default scheduler (vLLM before 0.8, chunked prefill off), one instance: an
+iteration runs either new prompts or one decode token of every running request, never both.
+
+Mirrors `vllm/core/scheduler.py` of 0.6 (`Scheduler._schedule_default`): waiting requests are
+prefilled first, in arrival order, each whole, while the step's token budget
+(`max_num_batched_tokens`), `max_num_seqs` (the running requests counted) and the free KV
+blocks allow, a prompt being admitted only if its blocks leave the 1 % watermark free
+(`BlockSpaceManager.can_allocate`, `watermark=0.01`); only when no prompt was scheduled do the
+running requests decode, the last one preempted by recompute (blocks freed, back to the front
+of the waiting queue) whenever a request's next slot finds no free block.
+"""
+
+from __future__ import annotations
+
+from meshplan.serve.schedulers.base import Scheduler, Step
+
+WATERMARK = 0.01
+"""Share of the KV blocks a new prompt must leave free (vLLM V0 `CacheConfig` default)."""
+
+
+class VLLMV0Scheduler(Scheduler):
+    """Prefill-first iterations of vLLM V0."""
+
+    fast_forward_ok = True
+    """A V0 decode step is V1's (every running request, one token each): the loop's fast
+    path applies where no prompt can be admitted."""
+
+    def schedule(self) -> Step:
+        budget = self.max_num_batched_tokens
+        scheduled: list[tuple[int, int]] = []
+        admitted: list[int] = []
+        running, requests = self.running, self.requests
+        reserve = int(WATERMARK * self.num_blocks)
+        while self.waiting and len(running) < self.max_num_seqs:
+            rid = self.waiting[0]
+            r = requests[rid]
+            if self.prefix_caching:
+                self._match_prefix(r)
+            n = r.known - r.computed
+            need = -(-(r.computed + n) // self.block_size) - r.blocks
+            if n > budget or need > self.free_blocks - reserve or not self._grow(r, n):
+                self._unmatch(r)
+                break
+            self.waiting.popleft()
+            running.append(rid)
+            admitted.append(rid)
+            scheduled.append((rid, n))
+            budget -= n
+        if scheduled:
+            return self._step(scheduled, 0, admitted)
+        preempted = 0
+        i = 0
+        while i < len(running):
+            rid = running[i]
+            r = requests[rid]
+            n = r.known - r.computed
+            while not self._grow(r, n):
+                victim = running[-1]
+                self._preempt(victim)
+                preempted += 1
+                if victim == rid:
+                    n = 0
+                    break
+            if n == 0:
+                break  # it preempted itself, the last of the list
+            scheduled.append((rid, n))
+            i += 1
+        return self._step(scheduled, preempted, [])
