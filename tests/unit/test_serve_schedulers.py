@@ -21,7 +21,7 @@ from meshplan.serve.schedulers import (
 )
 from meshplan.specs.io import load_cluster, load_model
 
-ENGINES = ["vllm", "sglang", "trtllm", "static"]
+ENGINES = ["vllm", "vllm-v0", "sglang", "trtllm", "static"]
 
 
 def deploy(engine: str = "vllm", **kw):
@@ -402,13 +402,51 @@ def test_vllm_v0_iterations_are_prefills_or_decodes_never_both():
 
 
 def test_vllm_v0_keeps_the_watermark_free():
+    """Beside a running request a prompt must leave 1 % of the blocks free; alone it may
+    take them (V0 would otherwise reject it for good)."""
     from meshplan.serve.schedulers import VLLMV0Scheduler
 
-    s = VLLMV0Scheduler(num_blocks=200, block_size=16, max_num_seqs=8,
-                        max_num_batched_tokens=8192, chunked_prefill=False)
-    s.add(0, 199 * 16, 2)  # 199 blocks: leaves 1 < 2 (1 % of 200) free
-    assert s.schedule().scheduled == []
-    s2 = VLLMV0Scheduler(num_blocks=200, block_size=16, max_num_seqs=8,
-                         max_num_batched_tokens=8192, chunked_prefill=False)
-    s2.add(0, 198 * 16, 2)
-    assert s2.schedule().scheduled == [(0, 198 * 16)]
+    def with_running(prompt_blocks: int) -> list[tuple[int, int]]:
+        s = VLLMV0Scheduler(num_blocks=200, block_size=16, max_num_seqs=8,
+                            max_num_batched_tokens=8192)
+        s.add(0, 16, 5)
+        s.complete(s.schedule())  # request 0 holds 1 block (2 once it decodes)
+        s.add(1, prompt_blocks * 16, 2)
+        return s.schedule().scheduled
+    assert with_running(197) == [(1, 197 * 16)]  # 199 - 197 = 2 blocks left: the watermark
+    assert with_running(198) == [(0, 1)]  # would leave 1 < 2: request 0 decodes instead
+    alone = VLLMV0Scheduler(num_blocks=200, block_size=16, max_num_seqs=8,
+                            max_num_batched_tokens=8192)
+    alone.add(0, 200 * 16, 1)
+    assert alone.schedule().scheduled == [(0, 200 * 16)]
+
+
+def test_vllm_v0_multi_step_groups_decodes_before_new_prompts():
+    """--num-scheduler-steps 3: once a decode group starts, a new prompt waits for it."""
+    from meshplan.serve.schedulers import VLLMV0Scheduler
+
+    s = VLLMV0Scheduler(num_blocks=1000, block_size=16, max_num_seqs=8,
+                        max_num_batched_tokens=4096, decode_steps=3)
+    s.add(0, 100, 10)
+    s.complete(s.schedule())  # the prefill
+    kinds = []
+    for step in range(4):
+        if step == 1:
+            s.add(1, 50, 5)  # arrives inside the group
+        st = s.schedule()
+        kinds.append([rid for rid, _ in st.scheduled])
+        s.complete(st)
+    assert kinds == [[0], [0], [0], [1]]  # three decodes, then the waiting prompt
+
+
+def test_multi_step_is_refused_for_other_engines():
+    from meshplan.errors import MeshplanError
+    from meshplan.serve import DeploymentSpec, resolve
+    from meshplan.specs.io import load_cluster, load_model
+
+    with pytest.raises(MeshplanError, match="multi-step scheduling is vLLM V0's"):
+        resolve(load_model("llama3-8b"), load_cluster("dgx-h100"),
+                DeploymentSpec(engine="vllm", num_scheduler_steps=4))
+    d = resolve(load_model("llama3-8b"), load_cluster("dgx-h100"),
+                DeploymentSpec(engine="vllm-v0", num_scheduler_steps=4))
+    assert d.iteration_overhead_s == pytest.approx(d.engine.iteration_overhead_s / 4)

@@ -63,6 +63,10 @@ class DeploymentSpec(Spec):
     enable_chunked_prefill: bool | None = None
     enable_prefix_caching: bool | None = None
     cuda_graphs: bool | None = None
+    num_scheduler_steps: int = Field(default=1, gt=0, le=64)
+    """vLLM V0's multi-step scheduling (`--num-scheduler-steps`, vllm-v0 profile only): a decode
+    batch runs this many steps per scheduling, its host overhead paid once for them all and
+    new prompts admitted only between groups."""
     num_gpu_blocks: int | None = Field(default=None, gt=0)
     """KV blocks per instance (per attention rank) instead of the memory estimate (vLLM's
     `--num-gpu-blocks-override`; also how a measured run's reported block count is used)."""
@@ -131,8 +135,10 @@ class Deployment:
 
     @property
     def iteration_overhead_s(self) -> float:
+        """Host time per step: the profile's, shared by a multi-step group's steps."""
         e = self.engine
-        return e.iteration_overhead_s if self.cuda_graphs else e.iteration_overhead_eager_s
+        per = e.iteration_overhead_s if self.cuda_graphs else e.iteration_overhead_eager_s
+        return per / self.spec.num_scheduler_steps
 
     def to_json(self) -> dict[str, object]:
         return {"model": self.model.name, "cluster": self.cluster.name, "tp": self.tp,
@@ -146,7 +152,8 @@ class Deployment:
                 "block_size": self.block_size,
                 "gpu_memory_utilization": self.gpu_memory_utilization,
                 "enable_chunked_prefill": self.enable_chunked_prefill,
-                "cuda_graphs": self.cuda_graphs}
+                "cuda_graphs": self.cuda_graphs,
+                "num_scheduler_steps": self.spec.num_scheduler_steps}
 
 
 def stage_layers(num_layers: int, pp: int) -> tuple[int, ...]:
@@ -204,6 +211,9 @@ def _resolve_pool(model: Model, cluster: Cluster, spec: DeploymentSpec,
     if spec.weights_dtype == "fp8" and "fp8" not in cluster.accelerator.peak_flops:
         raise MeshplanError(f"weights_dtype='fp8': {cluster.accelerator.name} has no FP8 "
                             "peak in its cluster data")
+    if spec.num_scheduler_steps > 1 and engine.scheduler != "vllm-v0":
+        raise MeshplanError(f"{where}num_scheduler_steps={spec.num_scheduler_steps}: multi-step "
+                            f"scheduling is vLLM V0's (engine vllm-v0), not {engine.name}'s")
     seqs, tokens = engine.batch_defaults(cluster.accelerator)
 
     def flag(value: bool | None, default: bool) -> bool:

@@ -41,7 +41,7 @@ def make_scheduler(d: Deployment, capacity: KVCapacity) -> Scheduler:
                           d.enable_chunked_prefill, caching)
     elif e.scheduler == "vllm-v0":
         s = VLLMV0Scheduler(blocks, bs, d.max_num_seqs, d.max_num_batched_tokens, False,
-                            caching)
+                            caching, decode_steps=d.spec.num_scheduler_steps)
     elif e.scheduler == "sglang":
         k = e.sglang
         assert k is not None

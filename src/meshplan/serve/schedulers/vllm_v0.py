@@ -7,7 +7,9 @@ prefilled first, in arrival order, each whole, while the step's token budget
 blocks allow, a prompt being admitted only if its blocks leave the 1 % watermark free
 (`BlockSpaceManager.can_allocate`, `watermark=0.01`); only when no prompt was scheduled do the
 running requests decode, the last one preempted by recompute (blocks freed, back to the front
-of the waiting queue) whenever a request's next slot finds no free block.
+of the waiting queue) whenever a request's next slot finds no free block. With multi-step
+scheduling (`--num-scheduler-steps N`, `vllm/engine/multi_step` of 0.6) a decode batch runs N
+steps before the scheduler looks at the waiting queue again.
 """
 
 from __future__ import annotations
@@ -25,12 +27,28 @@ class VLLMV0Scheduler(Scheduler):
     """A V0 decode step is V1's (every running request, one token each): the loop's fast
     path applies where no prompt can be admitted."""
 
+    def __init__(self, num_blocks: int, block_size: int, max_num_seqs: int,
+                 max_num_batched_tokens: int, chunked_prefill: bool = False,
+                 prefix_caching: bool = False, decode_steps: int = 1):
+        super().__init__(num_blocks, block_size, max_num_seqs, max_num_batched_tokens,
+                         chunked_prefill, prefix_caching)
+        self.decode_steps = decode_steps
+        self._group_left = 0
+        """Decode steps left in the current multi-step group."""
+
+    def advanced(self, steps: int) -> None:
+        self._group_left = max(self._group_left - steps, 0)
+
     def schedule(self) -> Step:
+        if self._group_left > 0 and self.running:
+            self._group_left -= 1
+            return self._decode()
         budget = self.max_num_batched_tokens
         scheduled: list[tuple[int, int]] = []
         admitted: list[int] = []
         running, requests = self.running, self.requests
-        reserve = int(WATERMARK * self.num_blocks)
+        # (alone on the instance a prompt may use the watermark: V0 would reject it for good)
+        reserve = int(WATERMARK * self.num_blocks) if running else 0
         while self.waiting and len(running) < self.max_num_seqs:
             rid = self.waiting[0]
             r = requests[rid]
@@ -48,6 +66,13 @@ class VLLMV0Scheduler(Scheduler):
             budget -= n
         if scheduled:
             return self._step(scheduled, 0, admitted)
+        self._group_left = self.decode_steps - 1
+        return self._decode()
+
+    def _decode(self) -> Step:
+        """One token for every running request, preempting from the back for blocks."""
+        running, requests = self.running, self.requests
+        scheduled: list[tuple[int, int]] = []
         preempted = 0
         i = 0
         while i < len(running):

@@ -12,7 +12,6 @@ from meshplan.serve.deployment import Deployment, resolve
 from meshplan.serve.iteration import IterationCost, kv_capacity
 from meshplan.serve.loop import simulate as simulate_requests
 from meshplan.serve.validate.case import ServeCase, StaticBatch
-from meshplan.serve.validate.rebuild import scheduler_steps
 from meshplan.serve.workload import draw
 
 Metrics = dict[str, float]
@@ -31,15 +30,9 @@ Overheads = dict[str, float]
 
 
 def deployment(case: ServeCase, overheads: Overheads | None = None) -> Deployment:
-    """The resolved deployment with `overheads` in its engine profile, the host overhead
-    shared across multi-step scheduling's steps."""
+    """The resolved deployment with `overheads` in its engine profile."""
     d = resolve(case.model, case.cluster, case.spec)
-    update = dict(overheads or {})
-    steps = scheduler_steps(case.row)
-    if steps > 1:
-        for key in ("iteration_overhead_s", "iteration_overhead_eager_s"):
-            update[key] = update.get(key, getattr(d.engine, key)) / steps
-    return replace(d, engine=d.engine.model_copy(update=update)) if update else d
+    return replace(d, engine=d.engine.model_copy(update=overheads)) if overheads else d
 
 
 def static_batch(d: Deployment, batch: StaticBatch) -> Prediction:

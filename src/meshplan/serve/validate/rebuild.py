@@ -297,6 +297,12 @@ def build_case(row: dict[str, Any]) -> ServeCase:
     if blocks:
         knobs["num_gpu_blocks"] = int(blocks)
         notes.append(f"KV blocks as the engine reported them ({int(blocks)})")
+    steps = scheduler_steps(row)
+    if steps > 1:
+        if engine == "vllm-v0":
+            knobs["num_scheduler_steps"] = steps
+        else:
+            notes.append(f"num_scheduler_steps={steps} ignored: multi-step is V0's")
     par = layout(row, model, notes)
     spec = DeploymentSpec.model_validate({"engine": engine, "weights_dtype": weights,
                                           "kv_cache_dtype": kv, **par, **knobs})
