@@ -161,7 +161,7 @@ def test_calibration_recovers_the_overheads_that_made_the_data():
         row["metrics"]["prefill_time_ms"] = pred["prefill_time_ms"]
         row["metrics"]["decode_step_ms"] = pred["decode_step_ms"]
     grid = [(a, b) for a in (1e-3, 4e-3, 16e-3) for b in (10e-6, 40e-6)]
-    fit = calibrate(rows, grid)
+    fit = calibrate(rows, grid, workers=1)
     assert fit.fitted == {"vllm": truth}
     assert set(fit.held_out.values()) == {truth}
     errors = [m["error"] for r in fit.loso for m in r["metrics"].values()]

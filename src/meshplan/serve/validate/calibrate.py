@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +33,8 @@ from meshplan.serve.validate.case import Unbuildable
 from meshplan.serve.validate.rebuild import build_case
 from meshplan.serve.validate.report import validate_row
 
-ITERATION_GRID_S = (0.25e-3, 0.5e-3, 1e-3, 2e-3, 4e-3, 8e-3, 16e-3)
-BLOCK_GRID_S = (2e-6, 10e-6, 40e-6, 160e-6)
+ITERATION_GRID_S = (0.5e-3, 1e-3, 2e-3, 4e-3, 8e-3, 16e-3)
+BLOCK_GRID_S = (3e-6, 12e-6, 48e-6, 192e-6)
 """Host time per step from a fraction of a millisecond (CUDA graphs, multi-step) to tens
 (eager Python engines); block time from a graph-launched kernel's few microseconds to an
 eager, unfused block's hundreds."""
@@ -95,9 +97,15 @@ def _pairs(result: dict[str, Any], source: str) -> list[Pair]:
             if m["error"] is not None and m["error"] > -1]
 
 
+def _row_on_grid(task: tuple[dict[str, Any], str, list[Point]]) -> list[dict[str, Any]]:
+    row, group, points = task
+    return [validate_row(row, overheads(group, p)) for p in points]
+
+
 def calibrate(rows: list[dict[str, Any]], grid: Iterable[Point] | None = None,
-              progress: Any = None) -> FitResult:
-    """Fit every engine profile the rows use; `progress(done, total)` is told as rows run."""
+              progress: Any = None, workers: int | None = None) -> FitResult:
+    """Fit every engine profile the rows use, the rows spread over `workers` processes
+    (default: one per core); `progress(done, total)` is told as rows finish."""
     points = list(grid) if grid is not None else list(itertools.product(ITERATION_GRID_S,
                                                                         BLOCK_GRID_S))
     if not points:
@@ -109,14 +117,22 @@ def calibrate(rows: list[dict[str, Any]], grid: Iterable[Point] | None = None,
         except (Unbuildable, MeshplanError):
             continue
     results: dict[Point, dict[str, dict[str, Any]]] = {p: {} for p in points}
-    total, done = len(points) * len(engine_of), 0
-    for row in rows:
-        engine = engine_of.get(row["id"])
-        if engine is None:
-            continue
-        for p in points:
-            results[p][row["id"]] = validate_row(row, overheads(engine, p))
-            done += 1
+    todo = [(row, engine_of[row["id"]], points) for row in rows if row["id"] in engine_of]
+    total, done = len(points) * len(todo), 0
+    n_workers = min(workers or os.cpu_count() or 1, len(todo)) or 1
+    if n_workers > 1:
+        with ProcessPoolExecutor(n_workers) as pool:
+            for task, row_results in zip(todo, pool.map(_row_on_grid, todo), strict=True):
+                for p, res in zip(points, row_results, strict=True):
+                    results[p][task[0]["id"]] = res
+                done += len(points)
+                if progress is not None:
+                    progress(done, total)
+    else:
+        for task in todo:
+            for p, res in zip(points, _row_on_grid(task), strict=True):
+                results[p][task[0]["id"]] = res
+            done += len(points)
             if progress is not None:
                 progress(done, total)
     source_of = {r["id"]: _source(r) for r in rows}
