@@ -90,6 +90,10 @@ def simulate_cmd(
     no_chunked_prefill: Annotated[bool, _opt("--no-chunked-prefill",
                                              "Prefill prompts whole")] = False,
     kv_cache_dtype: Annotated[str, _opt("--kv-cache-dtype", "bf16, fp16 or fp8")] = "bf16",
+    num_gpu_blocks: Annotated[int | None, _opt(
+        "--num-gpu-blocks", "KV blocks per instance instead of the memory estimate")] = None,
+    num_scheduler_steps: Annotated[int, _opt(
+        "--num-scheduler-steps", "Decode steps per scheduling (vllm-v0 multi-step)")] = 1,
     seed: Annotated[int, _opt("--seed", "Workload seed")] = 0,
     slo_ttft_ms: Annotated[float | None, _opt("--slo-ttft-ms", "TTFT bound for goodput")
                            ] = None,
@@ -105,7 +109,8 @@ def simulate_cmd(
             kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             gpu_memory_utilization=gpu_memory_utilization,
-            enable_chunked_prefill=False if no_chunked_prefill else None)
+            enable_chunked_prefill=False if no_chunked_prefill else None,
+            num_gpu_blocks=num_gpu_blocks, num_scheduler_steps=num_scheduler_steps)
         split = (prefill_instances, decode_instances)
         spec: DeploymentSpec | DisaggregatedSpec
         if split == (None, None):
