@@ -29,12 +29,13 @@ class VLLMScheduler(Scheduler):
         preempted = 0
         admitted: list[int] = []
         i = 0
-        running, requests = self.running, self.requests
+        running, requests, bs = self.running, self.requests, self.block_size
         while i < len(running) and budget > 0:
             rid = running[i]
             r = requests[rid]
             n = min(r.prompt + r.generated - r.computed, budget)
-            while not self._grow(r, n):
+            # (most decodes fit in the blocks they hold: no allocation, no prefix to cache)
+            while (r.group >= 0 or r.computed + n > r.blocks * bs) and not self._grow(r, n):
                 victim = running[-1]
                 self._preempt(victim)
                 preempted += 1
