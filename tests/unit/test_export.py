@@ -70,7 +70,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
                                   {"dp": 8, "zero_stage": 3, "micro_batch_size": 2,
                                    "recompute": "selective"}),
     "torchtitan-llama3-70b-hsdp-pp-fp8": (
-        "torchtitan", "llama3-70b", {"global_batch_size": 512, "seq_len": 8192,
+        "torchtitan", "llama3.1-70b", {"global_batch_size": 512, "seq_len": 8192,
                                      "precision": "fp8", "token_budget": 1e12},
         {"tp": 8, "pp": 4, "dp": 16, "dp_shard": 8, "zero_stage": 3,
          "schedule": "interleaved-1f1b", "recompute": "full", "tp_comm_overlap": True}),
@@ -199,7 +199,7 @@ def test_torchtitan_zero2_and_ep() -> None:
 
 def test_torchtitan_ddp_for_zero0() -> None:
     job = Job(global_batch_size=64, seq_len=2048)
-    cfg = tomllib.loads(export(Plan(dp=8, zero_stage=0), "torchtitan", model="llama3-8b",
+    cfg = tomllib.loads(export(Plan(dp=8, zero_stage=0), "torchtitan", model="llama3.1-8b",
                                job=job))
     par = cfg["parallelism"]
     assert (par["data_parallel_replicate_degree"], par["data_parallel_shard_degree"]) == (8, 1)
@@ -224,6 +224,8 @@ def test_deepspeed_json_carries_the_plan() -> None:
 # --- refusals: one line naming the field and the value -----------------------------------------
 
 L8 = "llama3-8b"
+T8 = "llama3.1-8b"
+"""torchtitan's llama3 flavors apply Llama 3.1's RoPE scaling: Llama 3.1 is the model they build."""
 J = {"global_batch_size": 256, "seq_len": 4096}
 REFUSALS: list[tuple[str, str, dict[str, Any], dict[str, Any], str]] = [
     ("megatron", L8, J, {"pp": 2, "dp": 4, "schedule": "zb-h1"}, "schedule"),
@@ -239,20 +241,22 @@ REFUSALS: list[tuple[str, str, dict[str, Any], dict[str, Any], str]] = [
     ("megatron", "geglu", J, {"dp": 8}, "mlp_type"),
     ("megatron", "alibi", J, {"dp": 8}, "position_embedding"),
     ("torchtitan", "gpt3-175b", J, {"dp": 8, "zero_stage": 3}, "model"),
-    ("torchtitan", L8, J, {"dp": 8, "zero_stage": 1}, "zero_stage"),
-    ("torchtitan", L8, J, {"tp": 2, "dp": 4, "zero_stage": 0}, "zero_stage"),
-    ("torchtitan", L8, {**J, "precision": "fp16"}, {"dp": 8, "zero_stage": 3}, "precision"),
-    ("torchtitan", L8, {**J, "grad_bytes": 2}, {"dp": 8, "zero_stage": 3}, "grad_bytes"),
-    ("torchtitan", L8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "zb-h1"}, "schedule"),
-    ("torchtitan", L8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "zb-h2"}, "schedule"),
-    ("torchtitan", L8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "looped-bfs",
+    ("torchtitan", L8, J, {"dp": 8, "zero_stage": 3}, "model"),  # Llama 3: no RoPE scaling
+    ("torchtitan", "deepseek-v3", J, {"dp": 8, "ep": 8, "zero_stage": 3}, "model"),  # eps, MTP
+    ("torchtitan", T8, J, {"dp": 8, "zero_stage": 1}, "zero_stage"),
+    ("torchtitan", T8, J, {"tp": 2, "dp": 4, "zero_stage": 0}, "zero_stage"),
+    ("torchtitan", T8, {**J, "precision": "fp16"}, {"dp": 8, "zero_stage": 3}, "precision"),
+    ("torchtitan", T8, {**J, "grad_bytes": 2}, {"dp": 8, "zero_stage": 3}, "grad_bytes"),
+    ("torchtitan", T8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "zb-h1"}, "schedule"),
+    ("torchtitan", T8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "zb-h2"}, "schedule"),
+    ("torchtitan", T8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "looped-bfs",
                            "vpp": 1}, "vpp"),
-    ("torchtitan", L8, J, {"tp": 2, "dp": 4, "zero_stage": 3, "sequence_parallel": False},
+    ("torchtitan", T8, J, {"tp": 2, "dp": 4, "zero_stage": 3, "sequence_parallel": False},
      "sequence_parallel"),
     ("torchtitan", "qwen3-8b", J, {"pp": 2, "dp": 4, "zero_stage": 3}, "pp"),
-    ("torchtitan", "deepseek-v3", J, {"cp": 2, "dp": 4, "zero_stage": 3}, "cp"),
+    ("torchtitan", "dsv3-titan", J, {"cp": 2, "dp": 4, "zero_stage": 3}, "cp"),
     ("torchtitan", "qwen3-30b-a3b", J, {"dp": 8, "dp_shard": 2, "ep": 8, "zero_stage": 3}, "ep"),
-    ("torchtitan", L8, J, {"tp": 2, "cp": 2, "dp": 2, "zero_stage": 3,
+    ("torchtitan", T8, J, {"tp": 2, "cp": 2, "dp": 2, "zero_stage": 3,
                            "axis_order": ("cp", "tp", "ep", "dp", "pp")}, "axis_order"),
     ("deepspeed", L8, {**J, "precision": "fp8"}, {"dp": 8}, "precision"),
     ("deepspeed", L8, J, {"cp": 2, "dp": 4}, "cp"),
@@ -272,6 +276,8 @@ def model_for(name: str) -> Any:
         return base.model_copy(update={"mlp_type": "geglu"})
     if name == "alibi":
         return base.model_copy(update={"position_embedding": "alibi"})
+    if name == "dsv3-titan":  # DeepSeek-V3 with torchtitan's 671B numerics
+        return load_model("deepseek-v3").model_copy(update={"norm_eps": 1e-5, "mtp_layers": 0})
     return name
 
 
@@ -336,7 +342,7 @@ def test_cli_errors_are_meshplan_errors() -> None:
 
 
 def test_export_best(tmp_path: Path) -> None:
-    inputs = build_inputs({"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 8,
+    inputs = build_inputs({"model": "llama3.1-8b", "cluster": "dgx-h100", "num_gpus": 8,
                            "global_batch_size": 64, "seq_len": 4096, "precision": "bf16",
                            "token_budget": None})
     est = estimate(inputs.model, inputs.cluster, inputs.job, Plan(dp=8, zero_stage=3))
@@ -357,7 +363,7 @@ def test_megatron_pads_vocabulary_to_tp() -> None:
 def test_torchtitan_states_its_approximations() -> None:
     job = Job(global_batch_size=64, seq_len=4096)
     text = export(Plan(dp=8, zero_stage=2, offload_optimizer=True, recompute="selective"),
-                  "torchtitan", model="llama3-8b", job=job)
+                  "torchtitan", model="llama3.1-8b", job=job)
     head = [line for line in text.splitlines() if line.startswith("#")]
     assert any("reshard_after_forward=never" in line for line in head)
     assert any("enable_cpu_offload" in line for line in head)
