@@ -14,7 +14,6 @@ from meshplan.specs import Job, Model, Plan
 from meshplan.specs.io import load_cluster, load_model
 from meshplan.specs.plan import PlanArrays
 
-
 STRICT_MARKERS = ("engines", "torch")
 """Tests that check meshplan against an engine's or torch's own code."""
 MISSING = ("could not import", "not installed", "install-engines.sh")
