@@ -129,13 +129,16 @@ PLAN_FLAGS: list[tuple[str, Any, Any]] = [
 ]
 
 
-IMPORT_FLAGS: list[tuple[str, Any, Any]] = [
-    (f"from_{engine}", Annotated[str | None, _opt(
-        f"--from-{engine}", f"Read the job's layout, batch and precision from this {what}; "
-        "flags given here win over it")], None)
-    for engine, what in (("megatron", "Megatron-LM pretrain_gpt.py args file or launch script"),
-                         ("torchtitan", "torchtitan TOML job config"),
-                         ("deepspeed", "DeepSpeed JSON config"))]
+def _import_flags() -> list[tuple[str, Any, Any]]:
+    from meshplan.importers import READERS
+
+    return [(f"from_{engine}", Annotated[str | None, _opt(
+        r.flag, f"Read the job's layout, batch and precision from this {r.what}; flags given "
+        "here win over it")], None) for engine, r in READERS.items()]
+
+
+IMPORT_FLAGS = _import_flags()
+"""--from-<engine>, one per reader (`importers.READERS`)."""
 
 
 CTX = "meshplan_ctx"

@@ -9,24 +9,30 @@ override is reported.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from meshplan.errors import MeshplanError
 from meshplan.importers import deepspeed, megatron, torchtitan
 from meshplan.importers._common import JOB_FIELDS, ImportedJob, divide
 from meshplan.specs.model import Model
 
-READERS: dict[str, tuple[str, Callable[[str, Model], ImportedJob]]] = {
-    "megatron": (megatron.FLAG, megatron.read),
-    "torchtitan": (torchtitan.FLAG, torchtitan.read),
-    "deepspeed": (deepspeed.FLAG, deepspeed.read),
-}
-"""Engine -> (command-line flag, reader)."""
+
+class Reader(NamedTuple):
+    flag: str
+    """The command-line option, --from-<engine>."""
+    read: Callable[[str, Model], ImportedJob]
+    what: str
+    """The file it reads, for --help."""
+
+
+READERS: dict[str, Reader] = {m.FLAG.removeprefix("--from-"): Reader(m.FLAG, m.read, m.WHAT)
+                              for m in (megatron, torchtitan, deepspeed)}
+"""Engine -> reader; the CLI adds one --from-<engine> option per entry."""
 
 
 def read_job(engine: str, path: str, model: Model) -> ImportedJob:
     """The job config at `path`, read by `engine`'s reader (a `MeshplanError` line if bad)."""
-    return READERS[engine][1](str(path), model)
+    return READERS[engine].read(str(path), model)
 
 
 def merge(imported: ImportedJob, values: dict[str, Any], given: set[str],
@@ -65,9 +71,9 @@ def only_one(chosen: dict[str, Any]) -> tuple[str, str] | None:
     """(engine, path) of the one --from-ENGINE given, None for none, an error for several."""
     given = [(engine, path) for engine, path in chosen.items() if path is not None]
     if len(given) > 1:
-        flags = " and ".join(READERS[e][0] for e, _ in given)
+        flags = " and ".join(READERS[e].flag for e, _ in given)
         raise MeshplanError(f"{flags}: give one job config to read")
     return given[0] if given else None
 
 
-__all__ = ["JOB_FIELDS", "READERS", "ImportedJob", "merge", "only_one", "read_job"]
+__all__ = ["JOB_FIELDS", "READERS", "Reader", "ImportedJob", "merge", "only_one", "read_job"]

@@ -17,6 +17,7 @@ from meshplan.importers._common import ImportedJob, Values, divide, header_sizes
 from meshplan.specs.model import Model
 
 FLAG = "--from-deepspeed"
+WHAT = "DeepSpeed JSON config"
 ACCUM_BYTES = {"fp32": 4, "bf16": 2, "bfp16": 2, "fp16": 2}
 
 

@@ -19,6 +19,7 @@ from meshplan.importers._common import ImportedJob, Values, divide, read_text
 from meshplan.specs.model import Model
 
 FLAG = "--from-megatron"
+WHAT = "Megatron-LM pretrain_gpt.py arguments file or launch script"
 STRATEGIES = {"no_shard": 0, "optim": 1, **{v: k for k, v in FSDP_STRATEGY.items()}}
 """--data-parallel-sharding-strategy -> ZeRO stage (Megatron-FSDP)."""
 TP_PP_DP = next(order for order, flag in ORDERS.items() if flag == "--use-tp-pp-dp-mapping")

@@ -28,6 +28,7 @@ from meshplan.schedules.registry import schedule_spec
 from meshplan.specs.model import Model
 
 FLAG = "--from-torchtitan"
+WHAT = "torchtitan 0.2 TOML job config"
 PRECISIONS = {"bfloat16": "bf16"}
 REDUCE_BYTES = {"float32": 4, "bfloat16": 2}
 
