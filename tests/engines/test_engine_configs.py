@@ -22,6 +22,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import re
 import shlex
 import sys
@@ -33,7 +34,8 @@ from typing import Any
 import pytest
 
 from meshplan import Job, Plan
-from meshplan.export import SUFFIXES, export
+from meshplan.export import export
+from meshplan.export.api import pick
 
 pytestmark = pytest.mark.engines
 
@@ -69,12 +71,19 @@ EXTRA: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
 ]
 
 
+VERSION = {"torchtitan": "0.2.2"}
+"""The release installed here (scripts/install-engines.sh); 0.3.0 is checked in its own venv
+(test_torchtitan_03_loads)."""
+
+
 def exports(target: str) -> list[tuple[str, str]]:
     """(name, text) of every golden export of `target` plus the extra cases."""
-    found = [(p.name, p.read_text()) for p in sorted(GOLDEN.glob("*" + SUFFIXES[target]))]
+    suffix = pick(target, VERSION.get(target)).suffix
+    found = [(p.name, p.read_text()) for p in sorted(GOLDEN.glob(f"{target}-*{suffix}"))]
     for i, (tgt, model, job, plan) in enumerate(EXTRA):
         if tgt == target:
             found.append((f"extra-{i}", export(Plan(**plan), target, model=model,
+                                               engine_version=VERSION.get(target),
                                                job=Job(**job))))
     assert found
     return found
@@ -607,3 +616,74 @@ def test_torchtitan_flavor_table_mirrors_the_release(titan: types.ModuleType) ->
                                              "qk_rope_head_dim", "v_head_dim")) == mla, flavor
         assert (a.get("attn_type", "'sdpa'") == "'sdpa'") == flavor.sdpa, flavor
         assert flavor_numerics(root, flavor.name, a) == flavor.numerics, flavor
+
+
+# --- torchtitan 0.3.0 ---------------------------------------------------------------------------
+
+TITAN03: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("llama3.1-8b", {"global_batch_size": 512, "seq_len": 8192},
+     {"dp": 64, "zero_stage": 3, "recompute": "full"}),
+    ("llama3.1-8b", {"global_batch_size": 64, "seq_len": 4096},
+     {"pp": 4, "dp": 16, "zero_stage": 3, "schedule": "zb-v", "offload_optimizer": True,
+      "recompute": "selective"}),
+    ("llama3.1-70b", {"global_batch_size": 256, "seq_len": 8192},
+     {"tp": 8, "pp": 2, "dp": 4, "zero_stage": 3, "schedule": "interleaved-1f1b",
+      "tp_comm_overlap": True}),
+    ("llama3.1-8b", {"global_batch_size": 64, "seq_len": 8192},
+     {"tp": 2, "cp": 2, "dp": 2, "zero_stage": 3, "micro_batch_size": 2}),
+    ("llama3.1-8b", {"global_batch_size": 64, "seq_len": 4096}, {"dp": 8, "zero_stage": 0}),
+    ("qwen3-30b-a3b", {"global_batch_size": 512, "seq_len": 4096},
+     {"dp": 64, "ep": 8, "zero_stage": 2}),
+]
+"""Plans exported as torchtitan 0.3.0 launch scripts (Llama 3.1 and Qwen3 MoE flavors)."""
+
+
+def titan03_python() -> str:
+    """An interpreter with torchtitan 0.3.0 (it cannot share an environment with 0.2.2)."""
+    python = os.environ.get("TORCHTITAN03_PYTHON") or str(
+        Path(__file__).resolve().parents[2] / ".venv-torchtitan03" / "bin" / "python")
+    if not Path(python).exists():
+        pytest.skip("torchtitan 0.3 not installed: scripts/install-engines.sh makes "
+                    ".venv-torchtitan03 (or set TORCHTITAN03_PYTHON)")
+    return python
+
+
+@pytest.fixture(scope="module")
+def titan03_parsed(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Every TITAN03 export parsed by torchtitan 0.3.0's ConfigManager, in one interpreter."""
+    import subprocess
+
+    python = titan03_python()
+    folder = tmp_path_factory.mktemp("titan03")
+    paths = []
+    for i, (model, job, plan) in enumerate(TITAN03):
+        path = folder / f"job{i}.sh"
+        path.write_text(export(Plan(**plan), "torchtitan", model=model, job=Job(**job),
+                               engine_version="0.3.0"))
+        paths.append(str(path))
+    run = subprocess.run([python, str(Path(__file__).with_name("torchtitan03_check.py")),
+                          *paths], capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("case", range(len(TITAN03)))
+def test_torchtitan_03_loads(case: int, titan03_parsed: list[dict[str, Any]]) -> None:
+    """torchtitan 0.3.0 parses the launch line and its config function builds meshplan's model:
+    the parameter count (meta-device build), RoPE base and norm epsilon, the mesh, the batch."""
+    from meshplan.cost.params import count_params
+    from meshplan.specs.io import load_model
+
+    name, job, plan_kw = TITAN03[case]
+    got, model, plan = titan03_parsed[case], load_model(name), Plan(**plan_kw)
+    assert got["params"] == count_params(model).total
+    assert (got["theta"], got["eps"]) == ([model.rope_theta], [model.norm_eps])
+    replicate = plan.dp // plan.dp_shard if plan.zero_stage else plan.dp
+    shard = plan.dp_shard if plan.zero_stage else 1
+    assert got["degrees"] == [replicate, shard, plan.tp, plan.pp, plan.cp, plan.ep]
+    local, glob, seq, _ = got["batch"]
+    assert (glob, seq) == (job["global_batch_size"], job["seq_len"])
+    assert local == (glob // plan.dp if plan.pp > 1 else plan.micro_batch_size)
+    assert got["ac"] == {"none": None, "full": "FullAC", "selective": "SelectiveAC"}[
+        plan.recompute]
+    assert (got["async_tp"], got["offload"]) == (plan.tp_comm_overlap, plan.offload_optimizer)

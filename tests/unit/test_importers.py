@@ -23,7 +23,8 @@ from meshplan.export import SUFFIXES, export
 from tests.conftest import invoke
 
 CLUSTER = "dgx-h100"
-CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]] | tuple[str, str, dict[str, Any],
+                                                                dict[str, Any], str]] = [
     # (target, model, job, plan): the export goldens' plans and the layouts each reader maps.
     ("megatron", "llama3-8b", {"global_batch_size": 512, "seq_len": 8192},
      {"tp": 2, "pp": 2, "dp": 16, "recompute": "selective"}),
@@ -51,7 +52,10 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("torchtitan", "llama3.1-70b", {"global_batch_size": 512, "seq_len": 8192,
                                     "precision": "fp8"},
      {"tp": 8, "pp": 4, "dp": 16, "dp_shard": 8, "zero_stage": 3,
-      "schedule": "interleaved-1f1b", "recompute": "full", "tp_comm_overlap": True}),
+      "schedule": "interleaved-1f1b", "recompute": "full", "tp_comm_overlap": True}, "0.2.2"),
+    ("torchtitan", "llama3.1-70b", {"global_batch_size": 512, "seq_len": 8192},
+     {"tp": 8, "pp": 4, "dp": 16, "dp_shard": 8, "zero_stage": 3,
+      "schedule": "interleaved-1f1b", "recompute": "full", "tp_comm_overlap": True}, "0.2.2"),
     ("torchtitan", "qwen3-30b-a3b", {"global_batch_size": 512, "seq_len": 4096},
      {"dp": 64, "ep": 8, "zero_stage": 2}),
     ("torchtitan", "llama3.1-8b", {"global_batch_size": 64, "seq_len": 4096},
@@ -80,13 +84,31 @@ def estimate_from(target: str, model: str, path: Path, *extra: str) -> tuple[int
     return code, (json.loads(out) if code == 0 else {}), err
 
 
-@pytest.mark.parametrize(("target", "model", "job", "plan"), CASES,
-                         ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
+def versioned() -> list[tuple[str, str, dict[str, Any], dict[str, Any], str | None]]:
+    """Every case; torchtitan's in both formats (0.3 launch line and 0.2.2 TOML) unless the
+    case names one."""
+    out: list[tuple[str, str, dict[str, Any], dict[str, Any], str | None]] = []
+    for case in CASES:
+        target, model, job, plan = case[:4]
+        if len(case) == 5:
+            out.append((target, model, job, plan, case[4]))  # type: ignore[misc]
+        elif target == "torchtitan":
+            out += [(target, model, job, plan, v) for v in ("0.3.0", "0.2.2")]
+        else:
+            out.append((target, model, job, plan, None))
+    return out
+
+
+@pytest.mark.parametrize(("target", "model", "job", "plan", "version"), versioned(),
+                         ids=[f"{c[0]}{c[4] or ''}-{c[1]}-{i}" for i, c in enumerate(versioned())])
 def test_export_read_back_predicts_the_same_step(target: str, model: str, job: dict[str, Any],
-                                                 plan: dict[str, Any], tmp_path: Path) -> None:
+                                                 plan: dict[str, Any], version: str | None,
+                                                 tmp_path: Path) -> None:
+    """Also tells the two torchtitan formats apart by content: the file is named .cfg."""
     job_spec, plan_spec = Job(**job), Plan(**plan)
-    path = tmp_path / ("job" + SUFFIXES[target])
-    path.write_text(export(plan_spec, target, model=model, job=job_spec, cluster=CLUSTER))
+    path = tmp_path / ("job.cfg" if target == "torchtitan" else "job" + SUFFIXES[target])
+    path.write_text(export(plan_spec, target, model=model, job=job_spec, cluster=CLUSTER,
+                           engine_version=version))
     want = api.estimate(model, CLUSTER, job_spec, plan_spec).to_json()
     code, got, err = estimate_from(target, model, path)
     assert code == 0, err
@@ -127,6 +149,21 @@ def test_hand_written_megatron_args_use_megatron_defaults(tmp_path: Path) -> Non
                                                                                    False)
 
 
+def test_hand_written_torchtitan_03_line(tmp_path: Path) -> None:
+    path = tmp_path / "run.sh"
+    path.write_text("NGPU=16 ./run_train.sh --module llama3 --config llama3_8b "
+                    "--parallelism.tensor_parallel_degree 2 --training.local_batch_size 2 "
+                    "--training.global_batch_size 128 --training.seq_len 4096 "
+                    "--compile.enable --compile.enable_async_tensor_parallel "
+                    "activation_checkpoint:full\n")
+    code, got, err = estimate_from("torchtitan", "llama3.1-8b", path, "--num-gpus", "16")
+    assert code == 0, err
+    p = got["plan"]
+    assert (p["tp"], p["dp"], p["zero_stage"], p["micro_batch_size"], p["recompute"],
+            p["tp_comm_overlap"]) == (2, 8, 3, 2, "full", True)
+    assert "llama3_8b may set others" in err
+
+
 def test_torchtitan_fill_shard_degree_needs_the_gpu_count(tmp_path: Path) -> None:
     path = tmp_path / "job.toml"
     path.write_text('[training]\nlocal_batch_size = 2\nglobal_batch_size = 256\nseq_len = 8192\n'
@@ -158,6 +195,8 @@ BAD: list[tuple[str, str, str]] = [
      "cannot split"),
     ("torchtitan", "[training\n", "not a TOML job config"),
     ("torchtitan", "[model]\nname = 'llama3'\n", "no [parallelism] or [training]"),
+    ("torchtitan", "--module llama3 --config llama3_8b --parallelism.tensor_parallel_degree x",
+     "expected an integer"),
     ("torchtitan", "[parallelism]\npipeline_parallel_degree = 2\n"
      "pipeline_parallel_schedule = 'Nope'\n", "schedule 'Nope'"),
     ("torchtitan", "[training]\nmixed_precision_param = 'float32'\n", "mixed_precision_param"),

@@ -177,8 +177,8 @@ def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -
     config: dict[str, Any] = {
         "job": {"description": f"meshplan: {model.name} {plan.describe()}"},
         "model": _model(job, flavor),
-        "training": _training(job, plan),
-        "parallelism": _parallelism(model, plan),
+        "training": training_section(job, plan),
+        "parallelism": parallelism_section(model, plan),
         "activation_checkpoint": _activation_checkpoint(plan),
     }
     if job.precision == "fp8" or plan.tp_comm_overlap:
@@ -283,13 +283,18 @@ def _notes(plan: Plan) -> list[str]:
 
 def _model(job: Job, flavor: Flavor) -> dict[str, Any]:
     model: dict[str, Any] = {"name": flavor.name, "flavor": flavor.flavor,
-                             "hf_assets_path": "./assets/hf/" + flavor.hf_repo.split("/")[1]}
+                             "hf_assets_path": hf_assets(flavor)}
     if job.precision == "fp8":
         model["converters"] = ["quantize.linear.float8"]
     return model
 
 
-def _training(job: Job, plan: Plan) -> dict[str, Any]:
+def hf_assets(flavor: Flavor) -> str:
+    """Where scripts/download_hf_assets.py puts the flavor's tokenizer."""
+    return "./assets/hf/" + flavor.hf_repo.split("/")[1]
+
+
+def training_section(job: Job, plan: Plan) -> dict[str, Any]:
     """local_batch_size is one forward's batch per DP rank; with pp > 1 the pipeline splits it
     into micro-batches, otherwise the trainer accumulates global / (local * dp) of them."""
     local = job.global_batch_size // plan.dp if plan.pp > 1 else plan.micro_batch_size
@@ -305,7 +310,7 @@ def _training(job: Job, plan: Plan) -> dict[str, Any]:
     return training
 
 
-def _parallelism(model: Model, plan: Plan) -> dict[str, Any]:
+def parallelism_section(model: Model, plan: Plan) -> dict[str, Any]:
     if plan.zero_stage == 0:
         replicate, shard = plan.dp, 1
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,3 +131,36 @@ def divide(where: str, what: str, a: int, b: int) -> int:
     if b <= 0 or a % b:
         raise MeshplanError(f"{where}: {what}: {a} is not a multiple of {b}")
     return a // b
+
+
+def parse_flags(tokens: list[str], where: str) -> dict[str, Any]:
+    """`--name value` / `--name=value` / `--switch` -> {name: value or True}; a flag given
+    twice keeps the last (as argparse does); nargs lists keep their first value."""
+    flags: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if not token.startswith("--"):
+            continue  # a stray value (or the `"$@"` pass-through)
+        name, eq, value = token[2:].partition("=")
+        if eq:
+            flags[name] = value
+            continue
+        values = []
+        while i < len(tokens) and not tokens[i].startswith("--"):
+            values.append(tokens[i])
+            i += 1
+        flags[name] = values[0] if values else True
+    if not flags:
+        raise MeshplanError(f"{where}: no --flags found; give pretrain_gpt.py's arguments or "
+                            "the launch script meshplan export --to megatron writes")
+    return flags
+
+
+def split_arguments(text: str, where: str) -> list[str]:
+    """Shell words of a script or args file: line continuations joined, `#` comments dropped."""
+    try:
+        return shlex.split(re.sub(r"\\\r?\n", " ", text), comments=True)
+    except ValueError as err:
+        raise MeshplanError(f"{where}: cannot split into arguments ({err})") from None

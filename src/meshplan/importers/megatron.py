@@ -10,12 +10,18 @@ optimizer, no gradient-reduce overlap, fp32 unless --bf16/--fp16, expert TP = TP
 from __future__ import annotations
 
 import re
-import shlex
 from typing import Any
 
 from meshplan.errors import MeshplanError
 from meshplan.export.megatron import FSDP_STRATEGY, ORDERS
-from meshplan.importers._common import ImportedJob, Values, divide, read_text
+from meshplan.importers._common import (
+    ImportedJob,
+    Values,
+    divide,
+    parse_flags,
+    read_text,
+    split_arguments,
+)
 from meshplan.specs.model import Model
 
 FLAG = "--from-megatron"
@@ -66,38 +72,9 @@ def read(path: str, model: Model) -> ImportedJob:
     return job
 
 
-def parse_flags(tokens: list[str], where: str) -> dict[str, Any]:
-    """`--name value` / `--name=value` / `--switch` -> {name: value or True}; a flag given
-    twice keeps the last (as argparse does); nargs lists keep their first value."""
-    flags: dict[str, Any] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        i += 1
-        if not token.startswith("--"):
-            continue  # a stray value (or the `"$@"` pass-through)
-        name, eq, value = token[2:].partition("=")
-        if eq:
-            flags[name] = value
-            continue
-        values = []
-        while i < len(tokens) and not tokens[i].startswith("--"):
-            values.append(tokens[i])
-            i += 1
-        flags[name] = values[0] if values else True
-    if not flags:
-        raise MeshplanError(f"{where}: no --flags found; give pretrain_gpt.py's arguments or "
-                            "the launch script meshplan export --to megatron writes")
-    return flags
-
-
 def _arguments(text: str, where: str) -> list[str]:
     """The tokens after the training script in a launch line, else the whole args file."""
-    joined = re.sub(r"\\\r?\n", " ", text)
-    try:
-        tokens = shlex.split(joined, comments=True)
-    except ValueError as err:
-        raise MeshplanError(f"{where}: cannot split into arguments ({err})") from None
+    tokens = split_arguments(text, where)
     script = next((i for i, t in enumerate(tokens) if t.endswith(".py")), None)
     return tokens if script is None else tokens[script + 1:]
 

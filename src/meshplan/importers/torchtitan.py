@@ -1,4 +1,10 @@
-"""torchtitan: a 0.2.x TOML job config (`--job.config_file`), as `export.torchtitan` writes it.
+"""torchtitan: a 0.2.x TOML job config (`--job.config_file`) or a 0.3 launch line
+(`--module M --config C` and `--section.key value` overrides), told apart by content, as
+`export.torchtitan` / `export.torchtitan_03` write them.
+
+A 0.3 line's overrides become the same sections as the TOML's, so one reading serves both; keys a
+0.3 line leaves out take torchtitan's dataclass defaults (the config function may set others:
+that is noted), and `activation_checkpoint:none|selective|full` is the recompute.
 
 Sections and defaults mirror torchtitan 0.2.2 `torchtitan/config/job_config.py`:
 data_parallel_shard_degree -1 fills the GPUs left over; FSDP2 shards whenever the shard degree
@@ -11,6 +17,7 @@ sets it): it comes from a meshplan header or --num-gpus.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from typing import Any
 
@@ -21,14 +28,16 @@ from meshplan.importers._common import (
     Values,
     divide,
     header_sizes,
+    parse_flags,
     read_text,
     schedule_named,
+    split_arguments,
 )
 from meshplan.schedules.registry import schedule_spec
 from meshplan.specs.model import Model
 
 FLAG = "--from-torchtitan"
-WHAT = "torchtitan 0.2 TOML job config"
+WHAT = "torchtitan 0.2 TOML job config or 0.3 launch script (--module/--config)"
 PRECISIONS = {"bfloat16": "bf16"}
 REDUCE_BYTES = {"float32": 4, "bfloat16": 2}
 
@@ -36,17 +45,17 @@ REDUCE_BYTES = {"float32": 4, "bfloat16": 2}
 def read(path: str, model: Model) -> ImportedJob:
     text = read_text(path, FLAG)
     where = f"{FLAG}={path!r}"
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise MeshplanError(f"{where}: not a TOML job config ({err})") from None
+    launch = re.search(r"(^|\s)--module[ =]", text) and re.search(r"(^|\s)--config[ =]", text)
+    data, engine, notes = _from_launch(text, where) if launch else (_toml(text, where),
+                                                                    "torchtitan 0.2", [])
     v = Values(where)
     par, train = v.section(data, "parallelism"), v.section(data, "training")
     if not par and not train:
-        raise MeshplanError(f"{where}: no [parallelism] or [training] table: not a torchtitan "
-                            "0.2 job config")
+        raise MeshplanError(f"{where}: no [parallelism] or [training] settings: not a "
+                            "torchtitan job config")
     sizes = header_sizes(text)
-    job = ImportedJob("torchtitan 0.2", path, num_gpus=sizes[0] if sizes else None)
+    job = ImportedJob(engine, path, num_gpus=sizes[0] if sizes else None,
+                      notes=[] if sizes else notes)  # meshplan's exports state every key
     out = job.values
     tp, pp = v.integer(par, "tensor_parallel_degree") or 1, \
         v.integer(par, "pipeline_parallel_degree") or 1
@@ -55,8 +64,10 @@ def read(path: str, model: Model) -> ImportedJob:
     shard = par.get("data_parallel_shard_degree", -1)
     if shard != -1:
         shard = v.integer(par, "data_parallel_shard_degree")
-    out.update(tp=tp, pp=pp, cp=cp, sequence_parallel=tp > 1,
-               tp_comm_overlap=bool(v.flag(par, "enable_async_tensor_parallel")))
+    # Async TP: [parallelism] in 0.2, [compile] in 0.3.
+    async_tp = v.flag(par, "enable_async_tensor_parallel") or v.flag(
+        v.section(data, "compile"), "enable_async_tensor_parallel")
+    out.update(tp=tp, pp=pp, cp=cp, sequence_parallel=tp > 1, tp_comm_overlap=bool(async_tp))
     if model.moe is not None:
         out["ep"] = v.integer(par, "expert_parallel_degree") or 1
         out["etp"] = v.integer(par, "expert_tensor_parallel_degree") or 1
@@ -79,6 +90,59 @@ def read(path: str, model: Model) -> ImportedJob:
     out["offload_optimizer"] = bool(v.flag(train, "enable_cpu_offload"))
     job.notes += _model_notes(data, v, model)
     return job
+
+
+def _toml(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise MeshplanError(f"{where}: not a TOML job config, nor a 0.3 launch line with "
+                            f"--module/--config ({err})") from None
+
+
+def _from_launch(text: str, where: str) -> tuple[dict[str, Any], str, list[str]]:
+    """A 0.3 launch line as 0.2 sections: `--a.b v` -> data[a][b] = v; `--a.no_b` -> False;
+    `activation_checkpoint:X` -> [activation_checkpoint] mode = X; --module/--config -> the
+    flavor whose config function it is."""
+    from meshplan.export.torchtitan_03 import CONFIGS
+
+    tokens = split_arguments(text, where)
+    if "-m" in tokens and "torchtitan.train" in tokens:
+        tokens = tokens[tokens.index("torchtitan.train") + 1:]
+    data: dict[str, Any] = {}
+    for token in tokens:
+        if token.startswith("activation_checkpoint:"):
+            data["activation_checkpoint"] = {"mode": token.split(":", 1)[1]}
+    words = [t for t in tokens if not t.startswith("activation_checkpoint:")]  # no flag values
+    for name, value in parse_flags(words, where).items():
+        section, dot, key = name.replace("-", "_").partition(".")
+        if not dot:
+            data[section] = value
+            continue
+        if key.startswith("no_") and value is True:
+            key, value = key[3:], False
+        data.setdefault(section, {})[key] = _scalar(value)
+    function = (data.get("module"), data.get("config"))
+    flavor = next((k for k, f in CONFIGS.items() if (k[0], f) == function), None)
+    if flavor is not None:
+        data.setdefault("model", {}).update(name=flavor[0], flavor=flavor[1])
+    notes = [f"0.3 launch line: keys it does not override take torchtitan's dataclass defaults "
+             f"here; {function[1]} may set others"]
+    return data, "torchtitan 0.3", notes
+
+
+def _scalar(value: Any) -> Any:
+    """A command-line word as TOML would have typed it (ints, floats, true/false)."""
+    if not isinstance(value, str):
+        return value
+    if value in ("True", "true", "False", "false"):
+        return value in ("True", "true")
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _batch(train: dict[str, Any], par: dict[str, Any], v: Values, job: ImportedJob,
