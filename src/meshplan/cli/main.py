@@ -233,9 +233,17 @@ def _quiet() -> Iterator[None]:
 
 def _register_extensions() -> None:
     """Subcommands that live in their own modules (validate, export, run, calibrate, serve)."""
-    from meshplan.cli import calibrate_cmd, export_cmd, run_cmd, serve_cmd, validate_cmd
+    from meshplan.cli import (
+        calibrate_cmd,
+        compare_cmd,
+        export_cmd,
+        run_cmd,
+        serve_cmd,
+        validate_cmd,
+    )
 
     validate_cmd.register(app)
+    compare_cmd.register(app)
     export_cmd.register(app)
     run_cmd.register(app)
     calibrate_cmd.register(app)
