@@ -390,6 +390,8 @@ TITAN03_REFUSALS: list[tuple[str, dict[str, Any], dict[str, Any], str, str]] = [
      "no expert tensor parallelism"),
     ("qwen3-8b", J, {"dp": 8, "zero_stage": 3}, "model", "config functions for"),
     (L8, J, {"dp": 8, "zero_stage": 3}, "model", "other numerics"),
+    ("llama3.1-405b", J, {"tp": 8, "dp": 8, "zero_stage": 3}, "precision",
+     "llama3_405b trains with float8"),
 ]
 
 

@@ -21,7 +21,7 @@ import shlex
 from typing import Any
 
 from meshplan.export import torchtitan as v02
-from meshplan.export._common import Refusal, check, constant, field_value, header
+from meshplan.export._common import Refusal, check, field_value, header
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
@@ -38,6 +38,9 @@ CONFIGS: dict[tuple[str, str], str] = {
     ("deepseek_v3", "16B"): "deepseek_v3_16b", ("deepseek_v3", "671B"): "deepseek_v3_671b",
 }
 """(model, flavor) -> the 0.3.0 config_registry function that trains it."""
+FLOAT8_FUNCTIONS = frozenset({"llama3_405b"})
+"""Config functions whose model_spec swaps in Float8 linears (llama3_405b:
+Float8LinearConverter, with compile): they train fp8 whatever the command line says."""
 GONE = ("enable_async_tensor_parallel", "expert_tensor_parallel_degree", "disable_loss_parallel")
 """0.2.2 [parallelism] keys 0.3.0's ParallelismConfig no longer has."""
 
@@ -50,6 +53,15 @@ def config_function(model: Model) -> tuple[str, str] | None:
     return flavor.name, CONFIGS[(flavor.name, flavor.flavor)]
 
 
+def _function(model: Model) -> str:
+    picked = config_function(model)
+    return "" if picked is None else picked[1]
+
+
+def _float8(model: Model) -> bool:
+    return _function(model) in FLOAT8_FUNCTIONS
+
+
 _WITH_FUNCTION = ", ".join(f"{m}/{f}" for m, f in CONFIGS)
 
 REFUSALS: tuple[Refusal, ...] = (
@@ -57,9 +69,11 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal("model", lambda M, J, P: v02._flavor(M) is not None and config_function(M) is None,
             lambda M, J, P, i: M.name, f"0.3.0 has config functions for {_WITH_FUNCTION} "
             "only; use --engine-version 0.2.2"),
-    Refusal("precision", lambda M, J, P: J.precision == "fp8", constant("fp8"),
-            "sets float8 in a config function's model_spec converters, not on the command "
-            "line; use --engine-version 0.2.2"),
+    Refusal("precision", lambda M, J, P: (J.precision == "fp8") != _float8(M),
+            lambda M, J, P, i: J.precision, lambda M, J, P, i: (
+                f"{_function(M)} trains with float8 linears (its model_spec converters)"
+                if _float8(M) else "sets float8 in a config function's model_spec "
+                "converters, not on the command line") + "; use --engine-version 0.2.2"),
     Refusal("etp", lambda M, J, P: (P.ep > 1) & (P.etp != 1), field_value("etp"),
             "has no expert tensor parallelism (ParallelDims: experts carved out of fsdp x tp)"),
     *v02.REFUSALS[2:],
@@ -85,6 +99,8 @@ def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -
     if plan.tp_comm_overlap:
         # CompileConfig: components default to model and loss.
         overrides += _section("compile", {"enable": True, "enable_async_tensor_parallel": True})
+    elif _float8(model):  # llama3_405b turns async TP on; the plan does not use it
+        overrides += _section("compile", {"enable_async_tensor_parallel": False})
     per_node = min(plan.num_gpus, cluster.gpus_per_node if cluster else 8)
     lines = ["#!/usr/bin/env bash",
              *(f"# {line}" for line in [*header(ENGINE, SOURCE, model, job, plan),
