@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the training engines whose own parsers tests/engines/test_engine_configs.py loads
 # meshplan's exports with: Megatron-Core 0.16.1 (the newest for Python 3.11), torchtitan 0.2.2
-# (the last release that reads TOML job configs) and DeepSpeed 0.19.8; and transformers 5.24.0,
+# (the last release that reads TOML job configs; 0.3.0 in its own venv, below) and DeepSpeed
+# 0.19.8; and transformers 5.24.0,
 # whose config classes and meta-device models tests/unit/test_hf_transformers.py checks the
 # Hugging Face config loader's parameter counts against.
 #
@@ -29,3 +30,18 @@ from importlib.metadata import version
 for name in ("megatron-core", "torchtitan", "deepspeed", "transformers"):
     print(f"{name} {version(name)}")
 PY
+
+# torchtitan 0.3.0 (the current release, Python config registries) cannot share an environment
+# with 0.2.2, so it gets its own venv on top of this one's packages (torch included), for
+# tests/engines' test_torchtitan_03_loads. Its config registry imports the trainer, hence
+# triton, datasets and tensorboard; the versions are those this import was checked with
+# (datasets newer than torchtitan's <4.8 pin: only the config code runs here).
+TT3=${TORCHTITAN03_VENV:-"$(dirname "$0")/../.venv-torchtitan03"}
+"$PYTHON" -m venv --system-site-packages "$TT3"
+"$TT3/bin/python" -m pip install --quiet --no-deps "torchtitan==0.3.0" "spmd_types==0.2.3" \
+  "torch_checkpointing==0.1.1" "torchdata==0.11.0" "triton==3.9.0" "tensorboard==2.21.0" \
+  "tensorboard-data-server==0.7.2" "protobuf==7.36.2" "absl-py==2.5.1" "grpcio==1.85.3" \
+  "Markdown==3.11.3" "wandb==0.31.0" "datasets==5.2.0" "multiprocess==0.70.19" \
+  "pandas==3.1.1" "pyarrow==26.0.1" "dill==0.4.1" "xxhash==4.1.0" "aiohttp==3.14.5"
+"$TT3/bin/python" -c "import torchtitan.models.llama3.config_registry; \
+from importlib.metadata import version; print('torchtitan', version('torchtitan'), '(venv)')"

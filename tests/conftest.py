@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 
 import numpy as np
@@ -12,6 +13,49 @@ import pytest
 from meshplan.specs import Job, Model, Plan
 from meshplan.specs.io import load_cluster, load_model
 from meshplan.specs.plan import PlanArrays
+
+STRICT_MARKERS = ("engines", "torch")
+"""Tests that check meshplan against an engine's or torch's own code."""
+MISSING = ("could not import", "not installed", "install-engines.sh")
+"""Skip reasons that mean a dependency is missing (pytest.importorskip says "could not import";
+our own skips name scripts/install-engines.sh), as opposed to a case that does not apply."""
+
+
+def _strict() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+def _missing(report: pytest.CollectReport | pytest.TestReport) -> str | None:
+    """The skip reason when `report` is a skip for a missing dependency, else None."""
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return None
+    reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+    return reason if any(m in reason for m in MISSING) else None
+
+
+def _fail(report: pytest.CollectReport | pytest.TestReport, reason: str) -> None:
+    report.outcome = "failed"
+    report.longrepr = f"CI=true: a dependency check may not skip ({reason}); install the " \
+                      "engines with scripts/install-engines.sh"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Under CI=true an `engines`/`torch` test skipped for a missing engine or torch fails, so
+    CI cannot go green without those checks."""
+    report = (yield).get_result()
+    reason = _missing(report)
+    if _strict() and reason and any(item.get_closest_marker(m) for m in STRICT_MARKERS):
+        _fail(report, reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """The same for a module that skips at import (a module-level pytest.importorskip)."""
+    report = (yield).get_result()
+    reason = _missing(report)
+    if _strict() and reason:
+        _fail(report, reason)
 
 
 @pytest.fixture(scope="session")

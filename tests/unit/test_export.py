@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from meshplan import Job, MeshplanError, Plan, estimate, load_model
 from meshplan.cli.export_cmd import register, write
 from meshplan.cli.options import build_inputs
-from meshplan.export import SUFFIXES, TARGETS, export
+from meshplan.export import TARGETS, export
+from meshplan.export.api import pick
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "export"
 UPDATE = os.environ.get("UPDATE_GOLDENS") == "1"
@@ -70,7 +71,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
                                   {"dp": 8, "zero_stage": 3, "micro_batch_size": 2,
                                    "recompute": "selective"}),
     "torchtitan-llama3-70b-hsdp-pp-fp8": (
-        "torchtitan", "llama3-70b", {"global_batch_size": 512, "seq_len": 8192,
+        "torchtitan", "llama3.1-70b", {"global_batch_size": 512, "seq_len": 8192,
                                      "precision": "fp8", "token_budget": 1e12},
         {"tp": 8, "pp": 4, "dp": 16, "dp_shard": 8, "zero_stage": 3,
          "schedule": "interleaved-1f1b", "recompute": "full", "tp_comm_overlap": True}),
@@ -95,15 +96,22 @@ CASES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any]]] = {
 }
 
 
+VERSION = {"torchtitan": "0.2.2"}
+"""The goldens and refusal cases here are torchtitan 0.2.2's TOML (0.3: test_importers.py
+round trips and tests/engines)."""
+
+
 def render(name: str) -> str:
     target, model, job, plan = CASES[name]
-    return export(Plan(**plan), target, model=model, job=Job(**job), cluster="dgx-h100")
+    return export(Plan(**plan), target, model=model, job=Job(**job), cluster="dgx-h100",
+                  engine_version=VERSION.get(target))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden(name: str) -> None:
     text = render(name)
-    path = GOLDEN / (name + SUFFIXES[CASES[name][0]])
+    target = CASES[name][0]
+    path = GOLDEN / (name + pick(target, VERSION.get(target)).suffix)
     if UPDATE:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -199,7 +207,8 @@ def test_torchtitan_zero2_and_ep() -> None:
 
 def test_torchtitan_ddp_for_zero0() -> None:
     job = Job(global_batch_size=64, seq_len=2048)
-    cfg = tomllib.loads(export(Plan(dp=8, zero_stage=0), "torchtitan", model="llama3-8b",
+    cfg = tomllib.loads(export(Plan(dp=8, zero_stage=0), "torchtitan", engine_version="0.2.2",
+                               model="llama3.1-8b",
                                job=job))
     par = cfg["parallelism"]
     assert (par["data_parallel_replicate_degree"], par["data_parallel_shard_degree"]) == (8, 1)
@@ -224,6 +233,8 @@ def test_deepspeed_json_carries_the_plan() -> None:
 # --- refusals: one line naming the field and the value -----------------------------------------
 
 L8 = "llama3-8b"
+T8 = "llama3.1-8b"
+"""torchtitan's llama3 flavors apply Llama 3.1's RoPE scaling: Llama 3.1 is the model they build."""
 J = {"global_batch_size": 256, "seq_len": 4096}
 REFUSALS: list[tuple[str, str, dict[str, Any], dict[str, Any], str]] = [
     ("megatron", L8, J, {"pp": 2, "dp": 4, "schedule": "zb-h1"}, "schedule"),
@@ -239,20 +250,22 @@ REFUSALS: list[tuple[str, str, dict[str, Any], dict[str, Any], str]] = [
     ("megatron", "geglu", J, {"dp": 8}, "mlp_type"),
     ("megatron", "alibi", J, {"dp": 8}, "position_embedding"),
     ("torchtitan", "gpt3-175b", J, {"dp": 8, "zero_stage": 3}, "model"),
-    ("torchtitan", L8, J, {"dp": 8, "zero_stage": 1}, "zero_stage"),
-    ("torchtitan", L8, J, {"tp": 2, "dp": 4, "zero_stage": 0}, "zero_stage"),
-    ("torchtitan", L8, {**J, "precision": "fp16"}, {"dp": 8, "zero_stage": 3}, "precision"),
-    ("torchtitan", L8, {**J, "grad_bytes": 2}, {"dp": 8, "zero_stage": 3}, "grad_bytes"),
-    ("torchtitan", L8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "zb-h1"}, "schedule"),
-    ("torchtitan", L8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "zb-h2"}, "schedule"),
-    ("torchtitan", L8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "looped-bfs",
+    ("torchtitan", L8, J, {"dp": 8, "zero_stage": 3}, "model"),  # Llama 3: no RoPE scaling
+    ("torchtitan", "deepseek-v3", J, {"dp": 8, "ep": 8, "zero_stage": 3}, "model"),  # eps, MTP
+    ("torchtitan", T8, J, {"dp": 8, "zero_stage": 1}, "zero_stage"),
+    ("torchtitan", T8, J, {"tp": 2, "dp": 4, "zero_stage": 0}, "zero_stage"),
+    ("torchtitan", T8, {**J, "precision": "fp16"}, {"dp": 8, "zero_stage": 3}, "precision"),
+    ("torchtitan", T8, {**J, "grad_bytes": 2}, {"dp": 8, "zero_stage": 3}, "grad_bytes"),
+    ("torchtitan", T8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "zb-h1"}, "schedule"),
+    ("torchtitan", T8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "zb-h2"}, "schedule"),
+    ("torchtitan", T8, J, {"pp": 2, "dp": 4, "zero_stage": 3, "schedule": "looped-bfs",
                            "vpp": 1}, "vpp"),
-    ("torchtitan", L8, J, {"tp": 2, "dp": 4, "zero_stage": 3, "sequence_parallel": False},
+    ("torchtitan", T8, J, {"tp": 2, "dp": 4, "zero_stage": 3, "sequence_parallel": False},
      "sequence_parallel"),
     ("torchtitan", "qwen3-8b", J, {"pp": 2, "dp": 4, "zero_stage": 3}, "pp"),
-    ("torchtitan", "deepseek-v3", J, {"cp": 2, "dp": 4, "zero_stage": 3}, "cp"),
+    ("torchtitan", "dsv3-titan", J, {"cp": 2, "dp": 4, "zero_stage": 3}, "cp"),
     ("torchtitan", "qwen3-30b-a3b", J, {"dp": 8, "dp_shard": 2, "ep": 8, "zero_stage": 3}, "ep"),
-    ("torchtitan", L8, J, {"tp": 2, "cp": 2, "dp": 2, "zero_stage": 3,
+    ("torchtitan", T8, J, {"tp": 2, "cp": 2, "dp": 2, "zero_stage": 3,
                            "axis_order": ("cp", "tp", "ep", "dp", "pp")}, "axis_order"),
     ("deepspeed", L8, {**J, "precision": "fp8"}, {"dp": 8}, "precision"),
     ("deepspeed", L8, J, {"cp": 2, "dp": 4}, "cp"),
@@ -272,6 +285,8 @@ def model_for(name: str) -> Any:
         return base.model_copy(update={"mlp_type": "geglu"})
     if name == "alibi":
         return base.model_copy(update={"position_embedding": "alibi"})
+    if name == "dsv3-titan":  # DeepSeek-V3 with torchtitan's 671B numerics
+        return load_model("deepseek-v3").model_copy(update={"norm_eps": 1e-5, "mtp_layers": 0})
     return name
 
 
@@ -280,7 +295,8 @@ def model_for(name: str) -> Any:
 def test_refusal_names_field(target: str, model: str, job: dict[str, Any],
                              plan: dict[str, Any], field: str) -> None:
     with pytest.raises(MeshplanError, match=rf"^{field}=") as err:
-        export(Plan(**plan), target, model=model_for(model), job=Job(**job))
+        export(Plan(**plan), target, model=model_for(model), job=Job(**job),
+               engine_version=VERSION.get(target))
     assert "\n" not in str(err.value)
 
 
@@ -336,12 +352,13 @@ def test_cli_errors_are_meshplan_errors() -> None:
 
 
 def test_export_best(tmp_path: Path) -> None:
-    inputs = build_inputs({"model": "llama3-8b", "cluster": "dgx-h100", "num_gpus": 8,
+    inputs = build_inputs({"model": "llama3.1-8b", "cluster": "dgx-h100", "num_gpus": 8,
                            "global_batch_size": 64, "seq_len": 4096, "precision": "bf16",
                            "token_budget": None})
     est = estimate(inputs.model, inputs.cluster, inputs.job, Plan(dp=8, zero_stage=3))
     out = tmp_path / "job.toml"
-    write(export(est, "torchtitan", model=inputs.model, job=inputs.job, cluster=inputs.cluster),
+    write(export(est, "torchtitan", engine_version="0.2.2", model=inputs.model, job=inputs.job,
+                 cluster=inputs.cluster),
           out)
     assert tomllib.loads(out.read_text())["parallelism"]["data_parallel_shard_degree"] == 8
 
@@ -357,9 +374,44 @@ def test_megatron_pads_vocabulary_to_tp() -> None:
 def test_torchtitan_states_its_approximations() -> None:
     job = Job(global_batch_size=64, seq_len=4096)
     text = export(Plan(dp=8, zero_stage=2, offload_optimizer=True, recompute="selective"),
-                  "torchtitan", model="llama3-8b", job=job)
+                  "torchtitan", engine_version="0.2.2", model="llama3.1-8b", job=job)
     head = [line for line in text.splitlines() if line.startswith("#")]
     assert any("reshard_after_forward=never" in line for line in head)
     assert any("enable_cpu_offload" in line for line in head)
     assert any("op-level SAC" in line for line in head)
     assert tomllib.loads(text)["training"]["enable_cpu_offload"] is True
+
+
+# --- torchtitan 0.3.0 (the default) -------------------------------------------------------------
+
+TITAN03_REFUSALS: list[tuple[str, dict[str, Any], dict[str, Any], str, str]] = [
+    (T8, {**J, "precision": "fp8"}, {"dp": 8, "zero_stage": 3}, "precision", "model_spec"),
+    ("qwen3-30b-a3b", J, {"dp": 8, "ep": 4, "etp": 2, "tp": 1, "zero_stage": 3}, "etp",
+     "no expert tensor parallelism"),
+    ("qwen3-8b", J, {"dp": 8, "zero_stage": 3}, "model", "config functions for"),
+    (L8, J, {"dp": 8, "zero_stage": 3}, "model", "other numerics"),
+    ("llama3.1-405b", J, {"tp": 8, "dp": 8, "zero_stage": 3}, "precision",
+     "llama3_405b trains with float8"),
+]
+
+
+@pytest.mark.parametrize(("model", "job", "plan", "field", "why"), TITAN03_REFUSALS)
+def test_torchtitan_03_refusals(model: str, job: dict[str, Any], plan: dict[str, Any],
+                                field: str, why: str) -> None:
+    with pytest.raises(MeshplanError, match=rf"^{field}=.*torchtitan 0\.3\.0.*{why}"):
+        export(Plan(**plan), "torchtitan", model=model, job=Job(**job))
+
+
+def test_torchtitan_03_is_the_default_and_0_2_2_the_toml() -> None:
+    job, plan = Job(global_batch_size=64, seq_len=4096), Plan(dp=8, zero_stage=3,
+                                                               recompute="full")
+    line = export(plan, "torchtitan", model=T8, job=job)
+    assert "-m torchtitan.train --module llama3 --config llama3_8b" in line
+    assert line.rstrip().endswith("activation_checkpoint:full")
+    assert "--parallelism.data_parallel_shard_degree 8" in line
+    assert "expert_tensor_parallel_degree" not in line  # gone in 0.3.0
+    assert export(plan, "torchtitan", model=T8, job=job, engine_version="0.3.0") == line
+    toml = tomllib.loads(export(plan, "torchtitan", model=T8, job=job, engine_version="0.2.2"))
+    assert toml["model"]["flavor"] == "8B"
+    with pytest.raises(MeshplanError, match="unknown torchtitan version '0.1'"):
+        export(plan, "torchtitan", model=T8, job=job, engine_version="0.1")

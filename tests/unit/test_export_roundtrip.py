@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from meshplan import Job, MeshplanError, Model, Plan
 from meshplan.export import export
+from meshplan.specs.io import load_model
 from meshplan.specs.model import MLA, MoE
 from meshplan.specs.plan import PlanArrays
 from meshplan.specs.rules import check_plan
@@ -36,6 +37,16 @@ PLACEHOLDER_VOCAB = 32000
 MLPS = {"SwiGLU": "swiglu", "SwiGLU experts": "swiglu", "GeLU (4h)": "gelu"}
 MLA_NOTE = re.compile(r"MLA \(q_lora (\d+), kv_lora (\d+), qk_head (\d+) \+ rope (\d+), "
                       r"v_head (\d+)\)")
+
+
+LLAMA31_NUMERICS = {k: getattr(load_model("llama3.1-8b"), k)
+                    for k in ("rope_theta", "rope_scaling", "norm_eps")}
+"""The torchtitan rows are its own benchmarks of its llama3 flavors, which fix Llama 3.1's RoPE
+(base 500,000 with its scaling) and norm epsilon; the rows do not restate them."""
+
+
+VERSION = {"torchtitan": "0.2.2"}
+"""The torchtitan rows are read back from the 0.2.2 TOML."""
 
 
 def target_of(row: dict[str, Any]) -> str:
@@ -65,7 +76,8 @@ def build_model(row: dict[str, Any]) -> Model:
         qk_norm="QK-LayerNorm" in notes, moe=moe,
         mla=MLA(**dict(zip(("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
                             "qk_rope_head_dim", "v_head_dim"), map(int, mla.groups()),
-                       strict=True))) if mla else None)
+                       strict=True))) if mla else None,
+        **(LLAMA31_NUMERICS if target_of(row) == "torchtitan" else {}))
 
 
 def precision(row: dict[str, Any]) -> str:
@@ -166,9 +178,9 @@ def test_export_reproduces_published_layout(row: dict[str, Any]) -> None:
     target = target_of(row)
     if plan.schedule.startswith("zb"):
         with pytest.raises(MeshplanError, match="^schedule="):
-            export(plan, target, model=model, job=job)
+            export(plan, target, model=model, job=job, engine_version=VERSION.get(target))
         return
-    text = export(plan, target, model=model, job=job)
+    text = export(plan, target, model=model, job=job, engine_version=VERSION.get(target))
     got = (megatron_settings if target == "megatron" else torchtitan_settings)(text)
     assert {k: got[k] for k in expected(row)} == expected(row)
     if target == "megatron":

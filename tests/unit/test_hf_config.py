@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from meshplan.errors import MeshplanError
+from meshplan.specs.hf import read_hf_config
 from meshplan.specs.io import load_model
 from meshplan.specs.model import Model
 
@@ -129,6 +130,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
         vocab_size=129280,
         tied_embeddings=False,
         num_moe_layers=58,
+        rope_theta=10000.0,
+        rope_scaling=dict(type="yarn", factor=40.0, original_max_position_embeddings=4096,
+                          beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0),
+        norm_eps=1e-6,
+        mtp_layers=1,
         moe=dict(
             num_experts=256,
             top_k=8,
@@ -136,6 +142,12 @@ EXPECTED: dict[str, dict[str, Any]] = {
             num_shared_experts=1,
             shared_expert_ffn_hidden_size=2048,
             num_dense_layers=3,
+            router_score="sigmoid",
+            normalize_top_k=True,
+            router_groups=8,
+            router_group_top_k=4,
+            router_scaling=2.5,
+            router_expert_bias=True,
         ),
         mla=dict(
             q_lora_rank=1536,
@@ -327,7 +339,7 @@ def test_fixture_gives_published_shape(folder: str) -> None:
     for attr, want in EXPECTED[folder].items():
         got = getattr(model, attr)
         if hasattr(got, "model_dump"):
-            got = got.model_dump()
+            got = {k: v for k, v in got.model_dump().items() if k in want}  # the keys stated
         assert got == want, f"{folder}.{attr}"
 
 
@@ -350,6 +362,27 @@ def test_config_matches_its_preset(folder: str) -> None:
 
 
 # -- mappings the fixtures do not exercise ----------------------------------------------------
+
+
+def test_transformers5_rope_parameters_carry_theta_and_scaling(tmp_path: Path) -> None:
+    """transformers 5 writes `rope_parameters` (theta inside) instead of rope_theta /
+    rope_scaling; Llama 3.1's values (config.json of meta-llama/Llama-3.1-8B)."""
+    data = {**fixture("Meta-Llama-3-8B"), "rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+    del data["rope_theta"]
+    model = load_model(write_config(tmp_path, data))
+    assert model.rope_theta == 500000.0
+    assert model.rope_scaling is not None and model.rope_scaling.model_dump() == load_model(
+        "llama3.1-8b").rope_scaling.model_dump()  # type: ignore[union-attr]
+
+
+def test_unknown_rope_scaling_is_an_assumption(tmp_path: Path) -> None:
+    data = {**fixture("Phi-3-mini-4k-instruct"), "rope_scaling": {"type": "longrope",
+                                                                 "short_factor": [1.0]}}
+    loaded = read_hf_config(data, name="phi", where="x")
+    assert loaded.model.rope_scaling is None
+    assert any("'longrope' is not carried" in a for a in loaded.assumptions)
 
 
 def test_gpt2_null_n_inner_means_four_times_hidden(tmp_path: Path) -> None:

@@ -37,10 +37,10 @@ def test_preset_loads_named_after_its_file_with_a_source(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_preset_file_is_flat_keys_plus_moe_and_mla_tables(name: str) -> None:
-    """Presets are hand-edited data: only `[moe]` and `[mla]` may be tables."""
+    """Presets are hand-edited data: only `[moe]`, `[mla]` and `rope_scaling` may be tables."""
     data = tomllib.loads((PRESETS / "models" / f"{name}.toml").read_text())
     tables = {key for key, value in data.items() if isinstance(value, dict)}
-    assert tables <= {"moe", "mla"}
+    assert tables <= {"moe", "mla", "rope_scaling"}
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("gpt")])

@@ -19,6 +19,9 @@ from meshplan.specs.plan import Plan
 
 TARGET_HELP = f"Engine to export to: {', '.join(TARGETS)}"
 ToOption = Annotated[str, typer.Option("--to", help=TARGET_HELP)]
+VersionOption = Annotated[str | None, typer.Option(
+    "--engine-version", help="Engine release to write for (torchtitan: 0.3.0, the default, or "
+                             "0.2.2 for a TOML job file)")]
 OutOption = Annotated[Path | None, typer.Option(
     "--out", help="Write to this file instead of standard output ('-': standard output)",
     dir_okay=False)]
@@ -29,14 +32,16 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export")
     @with_inputs()
-    def export_command(inputs: Inputs, to: ToOption, out: OutOption = None) -> None:
+    def export_command(inputs: Inputs, to: ToOption, out: OutOption = None,
+                       engine_version: VersionOption = None) -> None:
         """Write the Megatron-LM, torchtitan or DeepSpeed configuration of one plan."""
         check_out("--out", out, stdout_ok=True)
         plan = inputs.plan()
         if plan.num_gpus != inputs.num_gpus:
             raise MeshplanError(f"dp*tp*pp*cp={plan.num_gpus}: must equal --num-gpus "
                                 f"({inputs.num_gpus})")
-        text = export(plan, to, model=inputs.model, job=inputs.job, cluster=inputs.cluster)
+        text = export(plan, to, model=inputs.model, job=inputs.job, cluster=inputs.cluster,
+                      engine_version=engine_version)
         _warn_if_unfit(plan, inputs)
         write(text, out)
 

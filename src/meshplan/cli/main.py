@@ -66,7 +66,7 @@ def clusters(json_out: JsonFlag = False) -> None:
 
 
 @app.command()
-@with_inputs(plan_flags=False)
+@with_inputs(plan_flags=False, imports=True)
 def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans to show")] = 10,
          simulate_top: Annotated[int, typer.Option(
              "--simulate-top", help="Re-rank this many best candidates with the simulator")] = 10,
@@ -122,8 +122,26 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
         console.print(calibration_line(plans[0].calibration))
     console.print(f"{result.evaluated:,} plans evaluated in {result.search_seconds:.3f} s; "
                   f"{result.num_fitting:,} fit in memory")
+    if inputs.imported is not None:
+        console.print(_versus_your_job(inputs, plans[0]))
     if explain is not None:
         _explain(plans, explain)
+
+
+def _versus_your_job(inputs: Inputs, best: Any) -> str:
+    """How far the best plan is from the job read with --from-ENGINE (its predicted step)."""
+    from meshplan.compare import difference
+
+    mine = api.estimate(inputs.model, inputs.cluster, inputs.job, inputs.plan(),
+                        inputs.num_gpus)
+    head = f"your job ({inputs.imported.path}): {mine.plan.describe()}"
+    if not mine.fits:
+        return f"{head}: predicted not to fit ({mine.fit_reason}); best plan #1 " \
+               f"{best.plan.describe()} steps in {best.step_time_s:.3f} s"
+    gain = mine.step_time_s / best.step_time_s
+    return (f"{head}: {mine.step_time_s:.3f} s/step predicted; best plan #1 "
+            f"{best.plan.describe()}: {best.step_time_s:.3f} s/step ({gain:.2f}x"
+            f"{' faster' if gain > 1 else ''}); {difference(mine, best).why()}")
 
 
 def _explain(plans: list, n: int) -> None:
@@ -159,7 +177,7 @@ def _export_best(result: api.PlanResult, out: Path | None) -> None:
 
 
 @app.command()
-@with_inputs()
+@with_inputs(imports=True)
 def estimate(inputs: Inputs, json_out: JsonFlag = False) -> None:
     """Predict step time, throughput and memory of one plan."""
     e = api.estimate(inputs.model, inputs.cluster, inputs.job, inputs.plan(), inputs.num_gpus)
@@ -215,9 +233,17 @@ def _quiet() -> Iterator[None]:
 
 def _register_extensions() -> None:
     """Subcommands that live in their own modules (validate, export, run, calibrate, serve)."""
-    from meshplan.cli import calibrate_cmd, export_cmd, run_cmd, serve_cmd, validate_cmd
+    from meshplan.cli import (
+        calibrate_cmd,
+        compare_cmd,
+        export_cmd,
+        run_cmd,
+        serve_cmd,
+        validate_cmd,
+    )
 
     validate_cmd.register(app)
+    compare_cmd.register(app)
     export_cmd.register(app)
     run_cmd.register(app)
     calibrate_cmd.register(app)

@@ -7,6 +7,7 @@ without repeating them. `check_out` is the shared "can this file be written" che
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -40,7 +41,9 @@ class Inputs:
     job: Job
     num_gpus: int
     plan_flags: dict[str, Any]
-    """Plan flags as given (None where not given)."""
+    """Plan flags as given (None where not given), or as read from a --from-ENGINE file."""
+    imported: Any = None
+    """The `ImportedJob` of a --from-ENGINE file, or None."""
 
     def plan(self) -> Plan:
         """The Plan of the flags; dp defaults to whatever makes the degrees fill num_gpus."""
@@ -126,6 +129,56 @@ PLAN_FLAGS: list[tuple[str, Any, Any]] = [
 ]
 
 
+def _import_flags() -> list[tuple[str, Any, Any]]:
+    from meshplan.importers import READERS
+
+    return [(f"from_{engine}", Annotated[str | None, _opt(
+        r.flag, f"Read the job's layout, batch and precision from this {r.what}; flags given "
+        "here win over it")], None) for engine, r in READERS.items()]
+
+
+IMPORT_FLAGS = _import_flags()
+"""--from-<engine>, one per reader (`importers.READERS`)."""
+
+
+CTX = "meshplan_ctx"
+"""Name of the context parameter `with_inputs(imports=True)` adds."""
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a shared option (`zero_stage` -> `--zero`)."""
+    for option, ann, _ in COMMON + PLAN_FLAGS:
+        if option == name:
+            info = typing.get_args(ann)[1]  # typer: a first str argument is the flag
+            decls = [d for d in (info.default, *info.param_decls) if isinstance(d, str)]
+            return decls[0].split("/")[0]
+    return "--" + name.replace("_", "-")
+
+
+def _given(ctx: typer.Context, names: list[str]) -> set[str]:
+    """The options the user typed (not defaults), from the command's parameter sources."""
+    typed = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+    return {n for n in names if getattr(ctx.get_parameter_source(n), "name", None) in typed}
+
+
+def _apply_import(ctx: typer.Context, shared: dict[str, Any], chosen: dict[str, Any]) -> Any:
+    """Read the one --from-ENGINE file into `shared` under the typed flags; None without one."""
+    import sys
+
+    from meshplan.importers import merge, only_one, read_job
+
+    picked = only_one({name.removeprefix("from_"): value for name, value in chosen.items()})
+    if picked is None:
+        return None
+    imported = read_job(*picked, load_model(shared["model"]))
+    notes = merge(imported, shared, _given(ctx, list(shared)), flag_of)
+    layout = ", ".join(f"{k}={v}" for k, v in imported.values.items())
+    print(f"read {imported.engine} job {imported.path}: {layout}", file=sys.stderr)
+    for note in [*imported.notes, *notes]:
+        print(f"note: {note}", file=sys.stderr)
+    return imported
+
+
 def calibration_ref(value: str | None) -> CalibrationRef:
     """What `--calibration` names: the shipped file (not given), a file, or None ('none')."""
     if value is None:
@@ -140,14 +193,21 @@ def calibration_ref(value: str | None) -> CalibrationRef:
 
 def build_inputs(values: dict[str, Any]) -> Inputs:
     """Load the model and cluster and build the Job from the shared flags."""
+    extra = {k: values[k] for k in ("grad_bytes", "flash_attention") if k in values}
     try:
         job = Job(global_batch_size=values["global_batch_size"], seq_len=values["seq_len"],
-                  precision=values["precision"], token_budget=values["token_budget"])
+                  precision=values["precision"], token_budget=values["token_budget"], **extra)
     except ValidationError as err:
         raise from_validation_error(err, "job") from None
     if values["num_gpus"] <= 0:
         raise MeshplanError(f"--num-gpus={values['num_gpus']}: must be positive")
     plan_flags = {name: values.get(name) for name, _, _ in PLAN_FLAGS}
+    # Plan fields without a flag that a --from-ENGINE file states (overlap_grad_reduce).
+    plan_flags |= {k: v for k, v in values.items() if k in Plan.model_fields
+                   and k not in plan_flags}
+    order = plan_flags.get("axis_order")
+    if isinstance(order, tuple):  # read from a file, not typed
+        plan_flags["axis_order"] = "-".join(order)
     calibration = calibration_ref(values.get("calibration"))
     model, cluster = load_model(values["model"]), load_cluster(values["cluster"], calibration)
     check_inputs(model, cluster, job, values["num_gpus"])
@@ -155,15 +215,18 @@ def build_inputs(values: dict[str, Any]) -> Inputs:
 
 
 def with_inputs(plan_flags: bool = True, overrides: dict[str, tuple[Any, Any]] | None = None,
-                prepare: Callable[[dict[str, Any]], None] | None = None
-                ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+                prepare: Callable[[dict[str, Any]], None] | None = None,
+                imports: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: add the shared options to a command; it receives `inputs: Inputs`.
 
     `overrides` maps a shared option to a new (annotation, default) for this command;
-    `prepare` may fill or check the raw option values before they are resolved.
+    `prepare` may fill or check the raw option values before they are resolved; `imports`
+    adds --from-megatron / --from-torchtitan / --from-deepspeed (a job config read in under
+    the flags the user typed).
     """
     extra = [(name, *(overrides or {}).get(name, (ann, default)))
              for name, ann, default in COMMON + (PLAN_FLAGS if plan_flags else [])]
+    import_names = [name for name, _, _ in IMPORT_FLAGS] if imports else []
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(func)
@@ -171,7 +234,11 @@ def with_inputs(plan_flags: bool = True, overrides: dict[str, tuple[Any, Any]] |
         own = [p.replace(annotation=hints.get(p.name, p.annotation))
                for p in sig.parameters.values() if p.name != "inputs"]
         added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                   annotation=ann) for name, ann, default in extra]
+                                   annotation=ann) for name, ann, default in
+                 extra + [f for f in IMPORT_FLAGS if f[0] in import_names]]
+        if imports:  # typer hands the click context to a parameter of this type
+            added.append(inspect.Parameter(CTX, inspect.Parameter.KEYWORD_ONLY,
+                                           annotation=typer.Context))
         names = [name for name, _, _ in extra]
 
         @functools.wraps(func)
@@ -179,7 +246,13 @@ def with_inputs(plan_flags: bool = True, overrides: dict[str, tuple[Any, Any]] |
             if prepare is not None:
                 prepare(kwargs)
             shared = {n: kwargs.pop(n) for n in names}
-            return func(inputs=build_inputs(shared), **kwargs)
+            chosen = {n: kwargs.pop(n) for n in import_names}
+            ctx = kwargs.pop(CTX, None)
+            imported = _apply_import(ctx, shared, chosen) if chosen else None
+            inputs = build_inputs(shared)
+            if imported is not None:
+                inputs = dataclasses.replace(inputs, imported=imported)
+            return func(inputs=inputs, **kwargs)
 
         command.__signature__ = sig.replace(parameters=own + added)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in own + added}

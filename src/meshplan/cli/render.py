@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from meshplan.compare import Difference
 from meshplan.estimate import GIB, Estimate
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -67,3 +68,32 @@ def summary_line(e: Estimate) -> str:
             f"{e.tokens_per_s_per_gpu:,.0f} tokens/s/GPU, MFU {e.mfu:.1%}, HFU {e.hfu:.1%}, "
             f"peak {e.memory_bytes['peak'] / GIB:.1f} GiB ({e.fit_reason}); "
             f"tiers {', '.join(f'{k}:{v}' for k, v in e.axis_tiers.items()) or '-'}{budget}")
+
+
+def compare_table(estimates: list[Estimate], diffs: list[Difference]) -> Table:
+    """One column per plan: the headline figures, then every time term (s) and memory term
+    (GiB), each later plan's cell with its change against plan #1."""
+    table = Table(title="plans side by side (changes against #1)", header_style="bold")
+    table.add_column("")
+    for i, e in enumerate(estimates, 1):
+        table.add_column(f"#{i} {e.plan.describe()}", justify="right")
+
+    def row(name: str, values: list[float], fmt: str, scale: float = 1.0) -> None:
+        def cell(v: float) -> str:
+            delta = format((v - values[0]) / scale, "+" + fmt)
+            same = delta.lstrip("+-").strip("0.,") == ""
+            return format(v / scale, fmt) + ("" if same else f" ({delta})")
+
+        table.add_row(name, format(values[0] / scale, fmt), *(cell(v) for v in values[1:]))
+
+    row("step (s)", [e.step_time_s for e in estimates], ".3f")
+    row("tokens/s/GPU", [e.tokens_per_s_per_gpu for e in estimates], ",.0f")
+    row("MFU (%)", [100 * e.mfu for e in estimates], ".1f")
+    table.add_row("fits", *("yes" if e.fits else "NO" for e in estimates))
+    for key in estimates[0].time_breakdown_s:
+        row(f"time: {key}", [e.time_breakdown_s.get(key, 0.0) for e in estimates], ".3f")
+    for key in estimates[0].memory_bytes:
+        row(f"mem: {key} (GiB)", [e.memory_bytes.get(key, 0.0) for e in estimates], ".2f",
+            GIB)
+    assert len(diffs) == len(estimates) - 1
+    return table

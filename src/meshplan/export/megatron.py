@@ -27,7 +27,7 @@ from meshplan.export._common import (
 )
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
-from meshplan.specs.model import Model
+from meshplan.specs.model import Model, MoE
 from meshplan.specs.plan import Plan
 
 ENGINE = "Megatron-LM"
@@ -41,6 +41,13 @@ FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
 """Megatron-FSDP `--data-parallel-sharding-strategy` for ZeRO-2 and ZeRO-3."""
 
 Flag = tuple[str, str | None]
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+"""Fixed by Megatron-Core's RotaryEmbedding._apply_scaling (rotary_pos_embedding.py): only the
+factor has a flag (--rope-scaling-factor)."""
+MLA_YARN = {"original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0}
+"""MLATransformerConfig defaults with no command-line flag in arguments.py (_add_mla_args has
+--rotary-scaling-factor, --mscale and --mscale-all-dim only)."""
 POSITIONS = {"rope": "rope", "learned": "learned_absolute"}
 MLPS = {"swiglu": [("--swiglu", None)], "gelu": []}
 """--swiglu, or gelu (the default)."""
@@ -51,6 +58,44 @@ def _uneven_not_whole(name: str) -> Refusal:
     return Refusal(name, lambda M, J, P: (P.pp > 1) & (getattr(P, column) % P.vpp > 0),
                    field_value(column), lambda M, J, P, i: f"needs whole layers in each of "
                    f"the {int(P.vpp[i])} virtual stages of a rank")
+
+
+def _scaling(M: Model, kind: str) -> bool:
+    return M.rope_scaling is not None and M.rope_scaling.type == kind
+
+
+def _fixed(M: Model, fixed: dict[str, float]) -> bool:
+    """The model's RoPE scaling differs from values Megatron cannot set."""
+    return M.rope_scaling is not None and any(
+        getattr(M.rope_scaling, k) != v for k, v in fixed.items())
+
+
+def _rope_value(M: Model, J: Job, P: object, i: int) -> str:
+    return "none" if M.rope_scaling is None else M.rope_scaling.type
+
+
+_ROPE_REFUSALS: tuple[Refusal, ...] = (
+    Refusal("rope_theta", lambda M, J, P: M.position_embedding == "rope"
+            and M.rope_theta != int(M.rope_theta), lambda M, J, P, i: M.rope_theta,
+            "reads --rotary-base as an integer"),
+    Refusal("rope_scaling", lambda M, J, P: _scaling(M, "llama3") and (
+        M.mla is not None or _fixed(M, LLAMA3_ROPE)), _rope_value,
+            "applies Llama 3.1 RoPE scaling to standard attention only, with low/high "
+            "frequency factors 1/4 and original length 8192 (RotaryEmbedding._apply_scaling)"),
+    Refusal("rope_scaling", lambda M, J, P: _scaling(M, "yarn") and (
+        M.mla is None or _fixed(M, MLA_YARN)), _rope_value,
+            "builds YaRN only in multi-latent attention, with original length 4096 and "
+            "beta_fast/slow 32/1 (MLATransformerConfig; no flags for them)"),
+    Refusal("rope_scaling", lambda M, J, P: _scaling(M, "linear") and (
+        M.mla is not None or M.rope_scaling.factor != int(M.rope_scaling.factor)),  # type: ignore[union-attr]
+            _rope_value, "interpolates positions by an integer factor only "
+            "(--rotary-seq-len-interpolation-factor), in standard attention"),
+    Refusal("moe.normalize_top_k", lambda M, J, P: M.moe is not None
+            and M.moe.router_score == "sigmoid" and not M.moe.normalize_top_k
+            and M.moe.top_k > 1, constant(False),
+            "always renormalises sigmoid top-k weights (moe_utils.py "
+            "topk_routing_with_score_function)"),
+)
 
 
 REFUSALS: tuple[Refusal, ...] = (
@@ -78,6 +123,7 @@ REFUSALS: tuple[Refusal, ...] = (
             "CP but not pp > 1"),
     Refusal("offload_optimizer", lambda M, J, P: P.offload & (P.zero != 1), constant(True),
             "offloads the optimizer with its distributed optimizer (zero_stage 1)"),
+    *_ROPE_REFUSALS,
 )
 """What a Megatron-LM launch cannot express (megatron/training/arguments.py validate_args)."""
 
@@ -144,7 +190,10 @@ def _shape(model: Model, job: Job, plan: Plan) -> list[Flag]:
     max_pos = max(job.seq_len, model.max_seq_len or 0)
     flags += [("--seq-length", str(job.seq_len)), ("--max-position-embeddings", str(max_pos)),
               ("--padded-vocab-size", str(padded_vocab(model, plan)))]
-    flags += _activation(model) + _layout(model)
+    flags += _activation(model) + _layout(model) + _rope(model)
+    flags.append(("--norm-epsilon", repr(model.norm_eps)))
+    if model.mtp_layers:
+        flags.append(("--mtp-num-layers", str(model.mtp_layers)))
     if not job.flash_attention:
         flags.append(("--attention-backend", "unfused"))
     return flags
@@ -171,13 +220,56 @@ def _layout(model: Model) -> list[Flag]:
     return flags + [("--attention-dropout", dropout), ("--hidden-dropout", dropout)]
 
 
+def _rope(model: Model) -> list[Flag]:
+    """RoPE base and scaling: --rotary-base (arguments.py, an int), Llama 3.1 scaling
+    (--use-rope-scaling, --rope-scaling-factor), position interpolation, and for MLA the rope
+    type (MLA defaults to YaRN) with YaRN's factor and mscales (_add_mla_args)."""
+    if model.position_embedding != "rope":
+        return []
+    flags: list[Flag] = [("--rotary-base", str(int(model.rope_theta)))]
+    sc = model.rope_scaling
+    if model.mla is not None:
+        if sc is None:
+            return flags + [("--rope-type", "rope")]
+        return flags + [("--rope-type", "yarn"), ("--rotary-scaling-factor", repr(sc.factor)),
+                        ("--mscale", repr(sc.mscale)),
+                        ("--mscale-all-dim", repr(sc.mscale_all_dim))]
+    if sc is not None and sc.type == "llama3":
+        flags += [("--use-rope-scaling", None), ("--rope-scaling-factor", repr(sc.factor))]
+    elif sc is not None:  # linear (the refusals leave no other)
+        flags.append(("--rotary-seq-len-interpolation-factor", str(int(sc.factor))))
+    return flags
+
+
+def _router(moe: MoE) -> list[Flag]:
+    """Router numerics (TransformerConfig moe_router_*): score function, renormalisation
+    (Megatron's softmax after top-k renormalises; --moe-router-pre-softmax does not), group-
+    limited top-k, output scale, expert bias, and the capacity factor (None: dropless)."""
+    flags: list[Flag] = []
+    if moe.router_score != "softmax":
+        flags.append(("--moe-router-score-function", moe.router_score))
+    if moe.router_score == "softmax" and not moe.normalize_top_k:
+        flags.append(("--moe-router-pre-softmax", None))
+    if moe.router_groups:
+        flags += [("--moe-router-num-groups", str(moe.router_groups)),
+                  ("--moe-router-group-topk", str(moe.router_group_top_k))]
+    if moe.router_scaling != 1.0:
+        flags.append(("--moe-router-topk-scaling-factor", repr(moe.router_scaling)))
+    if moe.router_expert_bias:
+        flags.append(("--moe-router-enable-expert-bias", None))
+    if moe.capacity_factor is not None:
+        flags.append(("--moe-expert-capacity-factor", repr(moe.capacity_factor)))
+    return flags
+
+
 def _moe(model: Model, job: Job, plan: Plan) -> list[Flag]:
     if model.moe is None:
         return []
     moe = model.moe
     flags: list[Flag] = [("--num-experts", str(moe.num_experts)),
                          ("--moe-router-topk", str(moe.top_k)),
-                         ("--moe-ffn-hidden-size", str(moe.expert_ffn_hidden_size))]
+                         ("--moe-ffn-hidden-size", str(moe.expert_ffn_hidden_size)),
+                         *_router(moe)]
     if moe.num_shared_experts:
         shared = moe.num_shared_experts * moe.shared_expert_ffn_hidden_size
         flags.append(("--moe-shared-expert-intermediate-size", str(shared)))

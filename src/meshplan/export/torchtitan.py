@@ -45,6 +45,8 @@ class Flavor(NamedTuple):
     flavor: str
     shape: tuple[Any, ...]
     """(layers, hidden, heads, kv heads, head dim, ffn, vocab, tied, qk_norm, moe, mla)."""
+    numerics: dict[str, Any]
+    """RoPE, norm and router settings the flavor's ModelArgs fix (`_numerics`)."""
     hf_repo: str
     """Hugging Face repository of the tokenizer (torchtitan's scripts/download_hf_assets.py)."""
     pipelining: bool = True
@@ -60,41 +62,68 @@ def _shape(layers: int, hidden: int, heads: int, kv: int, ffn: int, vocab: int, 
             moe, mla)
 
 
+NUMERIC_FIELDS = ("rope_theta", "rope_scaling", "norm_eps", "mtp_layers", "router")
+
+
+def _numerics(theta: float, eps: float, scaling: tuple[Any, ...] | None = None,
+              router: tuple[Any, ...] | None = None) -> dict[str, Any]:
+    """A flavor's numerics in `model_numerics` form. scaling: (type, factor, original length);
+    router: (score, normalised, groups, group top-k, scale). torchtitan has no MTP."""
+    return {"rope_theta": float(theta), "rope_scaling": scaling, "norm_eps": eps,
+            "mtp_layers": 0, "router": router}
+
+
+# models/llama3/model/args.py: norm_eps 1e-5, RoPEScalingArgs (8, 1, 4, 8192) always applied.
+_LLAMA3 = _numerics(500000, 1e-5, ("llama3", 8.0, 8192))
+# models/qwen3/model/args.py norm_eps 1e-6; __init__.py rope_theta, MoEArgs(softmax, route_norm).
+_QWEN3, _QWEN3_MOE = _numerics(1e6, 1e-6), _numerics(1e6, 1e-6, router=("softmax", True, 0, 0,
+                                                                          1.0))
+# models/deepseek_v3/model/args.py: norm_eps 1e-5, YaRN (factor 40, original_seq_len 4096);
+# __init__.py MoEArgs per flavor.
+_DSV3_YARN = ("yarn", 40.0, 4096)
+
+_QWEN3_235B = _numerics(5e6, 1e-6, router=("softmax", True, 0, 0, 1.0))
+_DSV3_16B = _numerics(1e4, 1e-5, _DSV3_YARN, ("softmax", False, 0, 0, 1.0))
+_DSV3_236B = _numerics(1e4, 1e-5, _DSV3_YARN, ("softmax", False, 8, 3, 16.0))
+_DSV3_671B = _numerics(1e4, 1e-5, _DSV3_YARN, ("sigmoid", True, 8, 4, 2.5))
+
 FLAVORS = (
     # models/llama3/__init__.py: ffn = multiple_of-rounded ffn_dim_multiplier * 8/3 * dim
-    Flavor("llama3", "8B", _shape(32, 4096, 32, 8, 14336, 128256), "meta-llama/Llama-3.1-8B"),
-    Flavor("llama3", "70B", _shape(80, 8192, 64, 8, 28672, 128256), "meta-llama/Llama-3.1-70B"),
-    Flavor("llama3", "405B", _shape(126, 16384, 128, 8, 53248, 128256),
+    Flavor("llama3", "8B", _shape(32, 4096, 32, 8, 14336, 128256), _LLAMA3,
+           "meta-llama/Llama-3.1-8B"),
+    Flavor("llama3", "70B", _shape(80, 8192, 64, 8, 28672, 128256), _LLAMA3,
+           "meta-llama/Llama-3.1-70B"),
+    Flavor("llama3", "405B", _shape(126, 16384, 128, 8, 53248, 128256), _LLAMA3,
            "meta-llama/Llama-3.1-405B"),
     # models/qwen3/__init__.py (moe: experts, top_k, expert ffn, shared, dense layers)
     Flavor("qwen3", "0.6B", _shape(28, 1024, 16, 8, 3072, 151936, 128, True, True),
-           "Qwen/Qwen3-0.6B", pipelining=False),
+           _QWEN3, "Qwen/Qwen3-0.6B", pipelining=False),
     Flavor("qwen3", "1.7B", _shape(28, 2048, 16, 8, 6144, 151936, 128, True, True),
-           "Qwen/Qwen3-1.7B", pipelining=False),
+           _QWEN3, "Qwen/Qwen3-1.7B", pipelining=False),
     Flavor("qwen3", "4B", _shape(36, 2560, 32, 8, 9728, 151936, 128, True, True),
-           "Qwen/Qwen3-4B", pipelining=False),
+           _QWEN3, "Qwen/Qwen3-4B", pipelining=False),
     Flavor("qwen3", "8B", _shape(36, 4096, 32, 8, 12288, 151936, 128, False, True),
-           "Qwen/Qwen3-8B", pipelining=False),
+           _QWEN3, "Qwen/Qwen3-8B", pipelining=False),
     Flavor("qwen3", "14B", _shape(40, 5120, 40, 8, 17408, 151936, 128, False, True),
-           "Qwen/Qwen3-14B", pipelining=False),
+           _QWEN3, "Qwen/Qwen3-14B", pipelining=False),
     Flavor("qwen3", "32B", _shape(64, 5120, 64, 8, 25600, 151936, 128, False, True),
-           "Qwen/Qwen3-32B", pipelining=False),
+           _QWEN3, "Qwen/Qwen3-32B", pipelining=False),
     Flavor("qwen3", "30B-A3B", _shape(48, 2048, 32, 4, 6144, 151936, 128, False, True,
                                       (128, 8, 768, 0, 0)),
-           "Qwen/Qwen3-30B-A3B", pipelining=False),
+           _QWEN3_MOE, "Qwen/Qwen3-30B-A3B", pipelining=False),
     Flavor("qwen3", "235B-A22B", _shape(94, 4096, 64, 4, 12288, 151936, 128, False, True,
                                         (128, 8, 1536, 0, 0)),
-           "Qwen/Qwen3-235B-A22B", pipelining=False),
+           _QWEN3_235B, "Qwen/Qwen3-235B-A22B", pipelining=False),
     # models/deepseek_v3/__init__.py (mla: q_lora, kv_lora, qk nope, qk rope, v); flex attention
     Flavor("deepseek_v3", "16B", _shape(27, 2048, 16, 16, 10944, 102400, 192, moe=(
-        64, 6, 1408, 2, 1), mla=(0, 512, 128, 64, 128)), "deepseek-ai/deepseek-moe-16b-base",
-        sdpa=False),
+        64, 6, 1408, 2, 1), mla=(0, 512, 128, 64, 128)), _DSV3_16B,
+        "deepseek-ai/deepseek-moe-16b-base", sdpa=False),
     Flavor("deepseek_v3", "236B", _shape(60, 5120, 128, 128, 12288, 102400, 192, moe=(
-        160, 6, 1536, 2, 1), mla=(1536, 512, 128, 64, 128)), "deepseek-ai/DeepSeek-V2",
-        sdpa=False),
+        160, 6, 1536, 2, 1), mla=(1536, 512, 128, 64, 128)), _DSV3_236B,
+        "deepseek-ai/DeepSeek-V2", sdpa=False),
     Flavor("deepseek_v3", "671B", _shape(61, 7168, 128, 128, 18432, 129280, 192, moe=(
-        256, 8, 2048, 1, 3), mla=(1536, 512, 128, 64, 128)), "deepseek-ai/DeepSeek-V3.1-Base",
-        sdpa=False),
+        256, 8, 2048, 1, 3), mla=(1536, 512, 128, 64, 128)), _DSV3_671B,
+        "deepseek-ai/DeepSeek-V3.1-Base", sdpa=False),
 )
 
 
@@ -114,6 +143,31 @@ def model_shape(model: Model) -> tuple[Any, ...]:
             model.qk_norm, moe, mla)
 
 
+def model_numerics(model: Model) -> dict[str, Any]:
+    """The meshplan model's numerics in the same form as `Flavor.numerics`. The expert-bias
+    (aux-loss-free) balancing is not compared: torchtitan's load_balance_coeff turns it on for
+    every MoE flavor, a training setting (`_notes` says so) rather than a different network."""
+    sc, moe = model.rope_scaling, model.moe
+    return {"rope_theta": model.rope_theta,
+            "rope_scaling": None if sc is None else (sc.type, sc.factor,
+                                                     sc.original_max_position_embeddings),
+            "norm_eps": model.norm_eps, "mtp_layers": model.mtp_layers,
+            "router": None if moe is None else (moe.router_score, moe.normalize_top_k,
+                                                moe.router_groups, moe.router_group_top_k,
+                                                moe.router_scaling)}
+
+
+def numeric_differences(model: Model) -> str:
+    """'field (flavor value vs model value), ...' where the flavor of the model's shape fixes
+    other numerics than the model has; '' when they agree (or no flavor has the shape)."""
+    flavor = _flavor(model)
+    if flavor is None:
+        return ""
+    mine = model_numerics(model)
+    return ", ".join(f"{k} ({flavor.numerics[k]} vs {mine[k]})" for k in NUMERIC_FIELDS
+                     if flavor.numerics[k] != mine[k])
+
+
 def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -> str:
     """The TOML job config, opened by comment lines that name the plan and any caveats."""
     check(ENGINE, REFUSALS, model, job, plan)
@@ -123,8 +177,8 @@ def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -
     config: dict[str, Any] = {
         "job": {"description": f"meshplan: {model.name} {plan.describe()}"},
         "model": _model(job, flavor),
-        "training": _training(job, plan),
-        "parallelism": _parallelism(model, plan),
+        "training": training_section(job, plan),
+        "parallelism": parallelism_section(model, plan),
         "activation_checkpoint": _activation_checkpoint(plan),
     }
     if job.precision == "fp8" or plan.tp_comm_overlap:
@@ -163,6 +217,9 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal("model", lambda M, J, P: _flavor(M) is None, lambda M, J, P, i: M.name,
             f"builds only its registered flavors ({_KNOWN}) and a TOML job config cannot "
             "carry other shapes"),
+    Refusal("model", lambda M, J, P: bool(numeric_differences(M)), lambda M, J, P, i: M.name,
+            lambda M, J, P, i: f"flavor {_named(M, True)} has the same shape but trains other "
+            f"numerics (flavor vs model): {numeric_differences(M)}"),
     order_refusal({DEFAULT_AXIS_ORDER: None}),
     Refusal("precision", lambda M, J, P: J.precision == "fp16", constant("fp16"),
             "trains in bfloat16 or float32 (training.mixed_precision_param), plus float8 "
@@ -209,6 +266,9 @@ REFUSALS: tuple[Refusal, ...] = (
 def _notes(plan: Plan) -> list[str]:
     """Caveats worth a comment: where torchtitan runs its nearest equivalent."""
     notes = []
+    if plan.ep > 1 or plan.etp > 1:
+        notes.append("MoE load balancing: torchtitan's flavors balance with a per-expert bias "
+                     "(MoEArgs.load_balance_coeff 1e-3)")
     if plan.zero_stage == 2:
         notes.append("zero_stage 2 -> FSDP2 with reshard_after_forward=never (ZeRO-2-like: "
                      "weights stay gathered between forward and backward)")
@@ -223,13 +283,18 @@ def _notes(plan: Plan) -> list[str]:
 
 def _model(job: Job, flavor: Flavor) -> dict[str, Any]:
     model: dict[str, Any] = {"name": flavor.name, "flavor": flavor.flavor,
-                             "hf_assets_path": "./assets/hf/" + flavor.hf_repo.split("/")[1]}
+                             "hf_assets_path": hf_assets(flavor)}
     if job.precision == "fp8":
         model["converters"] = ["quantize.linear.float8"]
     return model
 
 
-def _training(job: Job, plan: Plan) -> dict[str, Any]:
+def hf_assets(flavor: Flavor) -> str:
+    """Where scripts/download_hf_assets.py puts the flavor's tokenizer."""
+    return "./assets/hf/" + flavor.hf_repo.split("/")[1]
+
+
+def training_section(job: Job, plan: Plan) -> dict[str, Any]:
     """local_batch_size is one forward's batch per DP rank; with pp > 1 the pipeline splits it
     into micro-batches, otherwise the trainer accumulates global / (local * dp) of them."""
     local = job.global_batch_size // plan.dp if plan.pp > 1 else plan.micro_batch_size
@@ -245,7 +310,7 @@ def _training(job: Job, plan: Plan) -> dict[str, Any]:
     return training
 
 
-def _parallelism(model: Model, plan: Plan) -> dict[str, Any]:
+def parallelism_section(model: Model, plan: Plan) -> dict[str, Any]:
     if plan.zero_stage == 0:
         replicate, shard = plan.dp, 1
     else:

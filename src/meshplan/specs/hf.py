@@ -3,8 +3,10 @@
 A config.json names the same shape with different keys per family (`n_layer` in GPT-2,
 `num_hidden_layers` elsewhere) and leaves out what its modelling code hard-wires (Qwen2's QKV
 bias, Qwen3's QK-norm, GPT-2's learned positions). So each supported `model_type` is one row of
-`FAMILIES`: which keys to read and what the code fixes. Everything else a config carries
-(torch_dtype, rope_scaling, token ids, quantization) does not change the shape and is ignored.
+`FAMILIES`: which keys to read and what the code fixes. The numerics an engine needs to rebuild
+the same network are read too (RoPE base and scaling, from `rope_theta`/`rope_scaling` or
+transformers 5's `rope_parameters`; norm epsilon; DeepSeek's router settings; MTP depth). What
+else a config carries (torch_dtype, token ids, quantization) is ignored.
 
 Defaults follow the `transformers` config classes, so a key missing from the file means what it
 means to `transformers` (e.g. GPT-2 ties embeddings by default, Llama does not).
@@ -155,6 +157,7 @@ def _qwen_moe(cfg: _Reader, num_layers: int) -> dict[str, Any] | None:
         "num_experts": num_experts,
         "top_k": cfg.integer("num_experts_per_tok"),
         "expert_ffn_hidden_size": cfg.integer("moe_intermediate_size"),
+        "normalize_top_k": cfg.flag("norm_topk_prob", default=False),
         "num_shared_experts": 1 if shared else 0,
         "shared_expert_ffn_hidden_size": shared,
         "num_dense_layers": _leading_dense(
@@ -188,6 +191,26 @@ def _deepseek_moe(cfg: _Reader, num_layers: int) -> dict[str, Any] | None:
             lambda i: i >= first_dense and i % freq == 0,
             "first_k_dense_replace/moe_layer_freq",
         ),
+        **_deepseek_router(cfg),
+    }
+
+
+def _deepseek_router(cfg: _Reader) -> dict[str, Any]:
+    """DeepSeek-V3 / GLM-4-MoE routing (modeling_deepseek.py MoEGate): `scoring_func`,
+    `norm_topk_prob`, group-limited top-k (`n_group`, `topk_group`), `routed_scaling_factor`,
+    and `topk_method` noaux_tc (the score-correction bias). V2's defaults are softmax, greedy."""
+    score = cfg.text("scoring_func", default="softmax")
+    if score not in ("softmax", "sigmoid"):
+        raise invalid(f"{cfg.where}: scoring_func", score, "supported: softmax, sigmoid")
+    method = cfg.text("topk_method", default="greedy")
+    groups = cfg.integer("n_group", default=1) if method != "greedy" else 1
+    return {
+        "router_score": score,
+        "normalize_top_k": cfg.flag("norm_topk_prob", default=False),
+        "router_groups": groups if groups > 1 else 0,
+        "router_group_top_k": cfg.integer("topk_group", default=1) if groups > 1 else 0,
+        "router_scaling": float(cfg.number("routed_scaling_factor", default=1.0)),
+        "router_expert_bias": method == "noaux_tc",
     }
 
 
@@ -226,6 +249,9 @@ def _llama4_moe(cfg: _Reader, num_layers: int) -> dict[str, Any] | None:
         "expert_ffn_hidden_size": ffn,
         "num_shared_experts": 1,
         "shared_expert_ffn_hidden_size": ffn,
+        # Llama4TextMoe: sigmoid of the top-k logits, not renormalised.
+        "router_score": "sigmoid",
+        "normalize_top_k": False,
         "num_dense_layers": _leading_dense(
             cfg, num_layers, lambda i: i in moe_layers, "moe_layers/interleave_moe_layer_step"
         ),
@@ -293,6 +319,9 @@ class _Family:
     """Config-class defaults for keys a sparse nested `text_config` leaves out (Gemma 3)."""
     sliding_every: int = 0
     """Without `layer_types`: every this-many-th layer is global, the others sliding-window."""
+    eps_key: str = "rms_norm_eps"
+    eps_default: float = 1e-6
+    """The config class's norm-epsilon key and default (LlamaConfig 1e-6, GPT-2 1e-5...)."""
 
 
 def _sandwich_norm_notes(cfg: _Reader, model: Model) -> list[str]:
@@ -327,7 +356,7 @@ _QWEN_EXPERT_KEYS = ("num_local_experts", "num_experts")
 FAMILIES: dict[str, _Family] = {
     "llama": _Family(),
     "mistral": _Family(),
-    "mixtral": _Family(moe=_mixtral_moe, expert_keys=("num_local_experts",)),
+    "mixtral": _Family(moe=_mixtral_moe, expert_keys=("num_local_experts",), eps_default=1e-5),
     "qwen2": _Family(qkv_bias=True),
     "qwen2_moe": _Family(qkv_bias=True, moe=_qwen_moe, expert_keys=_QWEN_EXPERT_KEYS),
     "qwen3": _Family(qk_norm=True),
@@ -355,22 +384,27 @@ FAMILIES: dict[str, _Family] = {
         ),
         sliding_every=6,  # transformers' sliding_window_pattern
     ),
-    "phi3": _Family(),
+    "phi3": _Family(eps_default=1e-5),
     "gpt_oss": _Family(
         all_bias_key="attention_bias",
         moe=_every_layer_moe,
         expert_keys=("num_local_experts",),
         notes=_gpt_oss_notes,
         sliding_every=2,
+        eps_default=1e-5,
     ),
     "llama4_text": _Family(
         keys=_LLAMA4_KEYS,
         moe=_llama4_moe,
         expert_keys=("num_local_experts",),
         notes=_llama4_notes,
+        eps_default=1e-5,
     ),
     "glm4_moe": _Family(
-        qk_norm_key="use_qk_norm", moe=_deepseek_moe, expert_keys=("n_routed_experts",)
+        qk_norm_key="use_qk_norm", moe=_deepseek_moe, expert_keys=("n_routed_experts",),
+        eps_default=1e-5,
+        # Glm4MoeTopkRouter: sigmoid scores with an e_score_correction_bias, not in the config.
+        defaults=(("scoring_func", "sigmoid"), ("topk_method", "noaux_tc")),
     ),
     "gpt2": _Family(
         keys=_GPT2_KEYS,
@@ -381,6 +415,8 @@ FAMILIES: dict[str, _Family] = {
         tied_default=True,  # PretrainedConfig default; gpt2's config.json does not say
         linear_bias=True,
         gqa=False,
+        eps_key="layer_norm_epsilon",
+        eps_default=1e-5,
     ),
     "gpt_neox": _Family(
         gated=False,
@@ -388,6 +424,8 @@ FAMILIES: dict[str, _Family] = {
         norm="layernorm",
         linear_bias=True,
         gqa=False,
+        eps_key="layer_norm_eps",
+        eps_default=1e-5,
     ),
 }
 """Supported `model_type`s. Sources: the transformers `configuration_*.py` / `modeling_*.py` of
@@ -472,6 +510,9 @@ def _fields(cfg: _Reader, family: _Family, name: str) -> dict[str, Any]:
         "qkv_bias": qkv_bias,
         "dropout": _dropout(cfg),
         "max_seq_len": cfg.integer(keys.max_seq_len, default=None),
+        "norm_eps": float(cfg.number(family.eps_key, default=family.eps_default)),
+        "mtp_layers": cfg.integer("num_nextn_predict_layers", default=0, minimum=0),
+        **_rope(cfg),
         "source": f"Hugging Face config.json ({cfg.model_type}): {cfg.where}",
     }
     if family.mla:
@@ -485,6 +526,40 @@ def _fields(cfg: _Reader, family: _Family, name: str) -> dict[str, Any]:
     if family.moe is not None:
         fields["moe"] = family.moe(cfg, num_layers)
     return fields
+
+
+_ROPE_TYPES = {"llama3": "llama3", "yarn": "yarn", "linear": "linear"}
+_ROPE_KEYS = ("factor", "original_max_position_embeddings", "low_freq_factor",
+              "high_freq_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim")
+
+
+def _rope_parameters(cfg: _Reader) -> tuple[dict[str, Any], Any]:
+    """(scaling dict, theta): transformers 5's `rope_parameters` (one dict, or one per layer
+    type, of which full attention's is the model's), else 4.x's `rope_scaling` and `rope_theta`."""
+    params = cfg.data.get("rope_parameters")
+    if isinstance(params, dict):
+        if isinstance(params.get("full_attention"), dict):
+            params = params["full_attention"]
+        return params, params.get("rope_theta", cfg.data.get("rope_theta"))
+    scaling = cfg.data.get("rope_scaling")
+    return (scaling if isinstance(scaling, dict) else {}), cfg.data.get("rope_theta")
+
+
+def _rope(cfg: _Reader) -> dict[str, Any]:
+    """`rope_theta` and `rope_scaling` fields. A scaling type meshplan does not carry (dynamic
+    NTK, LongRoPE) is left out here and named in the assumptions (`_generic_notes`)."""
+    params, theta = _rope_parameters(cfg)
+    if theta is not None and (isinstance(theta, bool) or not isinstance(theta, (int, float))):
+        raise invalid(f"{cfg.where}: rope_theta", theta, "expected a number")
+    out: dict[str, Any] = {"rope_theta": float(theta)} if theta is not None else {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind in (None, "default"):
+        return out
+    if kind not in _ROPE_TYPES:
+        return out
+    out["rope_scaling"] = {"type": _ROPE_TYPES[kind],
+                           **{k: params[k] for k in _ROPE_KEYS if params.get(k) is not None}}
+    return out
 
 
 def _layer_kinds(cfg: _Reader, kind: str, num_layers: int) -> str:
@@ -528,8 +603,12 @@ def _generic_notes(cfg: _Reader, model: Model) -> list[str]:
     if _is_int(mtp) and mtp > 0:
         notes.append(
             f"{mtp} multi-token-prediction layer(s) not counted (transformers does not build "
-            "them either)"
+            "them either); Megatron-LM exports build them (--mtp-num-layers)"
         )
+    kind = _rope_parameters(cfg)[0].get("rope_type", _rope_parameters(cfg)[0].get("type"))
+    if kind not in (None, "default", *_ROPE_TYPES):
+        notes.append(f"RoPE scaling {kind!r} is not carried: exports train unscaled RoPE "
+                     "(scale the context after training)")
     return notes
 
 

@@ -30,9 +30,21 @@ torchrun --nproc-per-node "${GPUS_PER_NODE:-8}" --nnodes "${NNODES:-32}" --node-
     --untie-embeddings-and-output-weights \
     --attention-dropout 0.0 \
     --hidden-dropout 0.0 \
+    --rotary-base 10000 \
+    --rope-type yarn \
+    --rotary-scaling-factor 40.0 \
+    --mscale 1.0 \
+    --mscale-all-dim 1.0 \
+    --norm-epsilon 1e-06 \
+    --mtp-num-layers 1 \
     --num-experts 256 \
     --moe-router-topk 8 \
     --moe-ffn-hidden-size 2048 \
+    --moe-router-score-function sigmoid \
+    --moe-router-num-groups 8 \
+    --moe-router-group-topk 4 \
+    --moe-router-topk-scaling-factor 2.5 \
+    --moe-router-enable-expert-bias \
     --moe-shared-expert-intermediate-size 2048 \
     --moe-layer-freq '([0]*3+[1]*58)' \
     --expert-model-parallel-size 64 \

@@ -33,6 +33,8 @@ torchrun --nproc-per-node "${GPUS_PER_NODE:-8}" --nnodes "${NNODES:-8}" --node-r
     --untie-embeddings-and-output-weights \
     --attention-dropout 0.0 \
     --hidden-dropout 0.0 \
+    --rotary-base 500000 \
+    --norm-epsilon 1e-05 \
     --bf16 \
     --recompute-granularity selective \
     --use-distributed-optimizer \
