@@ -138,3 +138,24 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, needle):
     assert out.returncode == 2, out.stdout
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+
+
+def test_littles_law_on_the_simulated_queue():
+    """L = lambda W for the waiting queue: its length sampled at 4,000 instants of the
+    steady run (requests arrived and not yet scheduled) against the arrival rate times the
+    mean queueing delay of the requests that arrived in that window."""
+    d = resolve(load_model("llama3-8b"), load_cluster("dgx-h100"),
+                DeploymentSpec(tp=1, max_num_seqs=8))
+    w = Workload(arrival="poisson", rate=6.0, num_requests=4000, input=Lengths(mean=512),
+                 output=Lengths(mean=64), seed=3)
+    m = simulate_requests(d, draw(w)).metrics
+    a, s = m.arrival_s, m.first_scheduled_s
+    assert np.all(s >= a)
+    lo, hi = a[500], a[3500]  # away from the start-up and the drain
+    t = np.linspace(lo, hi, 4000)
+    queue = ((a[None, :] <= t[:, None]) & (s[None, :] > t[:, None])).sum(axis=1)
+    inside = (a >= lo) & (a < hi)
+    rate = inside.sum() / (hi - lo)
+    waiting = float(np.mean(m.queueing_s[inside]))
+    assert waiting > 0.05  # a real queue, not an idle server
+    assert float(queue.mean()) == pytest.approx(rate * waiting, rel=0.1)
