@@ -102,3 +102,24 @@ def test_gemm_is_floored_by_its_bytes(h100):
     t = float(K.gemm(flops, 1.0, nbytes))
     assert t == pytest.approx(nbytes / K.mem_bw)
     assert float(K.gemm(flops)) < t
+
+
+def test_a_moe_decode_step_reads_only_the_experts_its_tokens_reach(h100):
+    """Qwen3-30B-A3B (128 experts, top 8): one decode token reaches 8 experts, so its MoE
+    block reads ~8 experts' weights, not 128 (the byte floor); a training micro-batch of
+    4,096 tokens reaches every expert, its time as if all were read."""
+    from meshplan.cost.layer import experts_touched, mlp_parts
+
+    m = load_model("qwen3-30b-a3b")
+    e = m.moe
+    assert experts_touched(e.num_experts, e.top_k) == pytest.approx(1 - (127 / 128) ** 8)
+    assert experts_touched(e.num_experts, 4096 * e.top_k) == pytest.approx(1.0)
+    K = Kernels(h100, "bf16")
+    one = float(np.asarray(mlp_parts(m, K, BatchShape(1, 1, 0.5, 1, 1), LayerDegrees(),
+                                     moe=True).gemm))
+    expert_bytes = 2 * 3 * m.hidden_size * e.expert_ffn_hidden_size
+    floor = e.top_k * (1 - 1 / 128) * expert_bytes / K.mem_bw  # ~8 distinct experts
+    assert floor * 0.9 < one < 2 * floor
+    big = float(np.asarray(mlp_parts(m, K, BatchShape(1, 4096, 4096 * 2048.5, 4096**2, 4096),
+                                     LayerDegrees(), moe=True).gemm))
+    assert big > e.num_experts * expert_bytes / K.mem_bw

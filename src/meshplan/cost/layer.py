@@ -176,6 +176,15 @@ def _mlp_elementwise(model: Model, tokens: Num, ffn: float, split: Num) -> Num:
     return per * tokens * ffn / split
 
 
+def experts_touched(num_experts: int, assignments: Num) -> Num:
+    """Expected share of the experts that receive at least one of `assignments` routed
+    (token, expert) pairs, routing uniform: 1 - (1 - 1/E)^A (the occupancy problem, Feller,
+    An Introduction to Probability Theory, vol. 1, ch. II.11). A decode batch of a few tokens
+    reads only those experts' weights; a training micro-batch (A >> E) touches all of them."""
+    share = 1.0 - np.power(1.0 - 1.0 / num_experts, assignments)
+    return np.maximum(share, 1e-12)
+
+
 def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
               moe: bool) -> LayerParts:
     """MLP block of a dense layer, or the router, routed and shared experts of a MoE layer
@@ -189,11 +198,14 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         assert model.moe is not None
         m = model.moe
         # Tokens an expert-tensor group processes; per local expert, assignments arrive from
-        # all ep ranks (balanced routing, as the NVIDIA tables force-balance).
+        # all ep ranks (balanced routing, as the NVIDIA tables force-balance), spread over
+        # the experts that receive any (all of them unless the batch is a few tokens).
         tokens_g = T * deg.etp / t
-        per_expert = tokens_g * m.top_k * deg.ep / m.num_experts
+        assignments = tokens_g * m.top_k * deg.ep
+        touched = experts_touched(m.num_experts, assignments)
+        per_expert = assignments / m.num_experts / touched
         gemm = _mlp_gemms(model, K, per_expert, m.expert_ffn_hidden_size, deg.etp,
-                          count=m.num_experts / deg.ep)
+                          count=m.num_experts / deg.ep * touched)
         elem = _mlp_elementwise(model, tokens_g * m.top_k, m.expert_ffn_hidden_size, deg.etp)
         elem = elem + 8 * T * m.top_k * h / t
         gemm = gemm + _linear(K, 2 * T / sp * h * m.num_experts, T / sp, h)
