@@ -33,7 +33,9 @@ class VLLMScheduler(Scheduler):
         while i < len(running) and budget > 0:
             rid = running[i]
             r = requests[rid]
-            n = min(r.prompt + r.generated - r.computed, budget)
+            n = r.prompt + r.generated - r.computed
+            if n > budget:
+                n = budget
             # (most decodes fit in the blocks they hold: no allocation, no prefix to cache)
             while (r.group >= 0 or r.computed + n > r.blocks * bs) and not self._grow(r, n):
                 victim = running[-1]
