@@ -214,6 +214,20 @@ class Scheduler:
         if end > r.cached_upto:
             r.cached_upto = end
 
+    def _make_room(self, r: RequestState, n: int) -> int:
+        """Allocate the blocks of `n` more tokens of running request `r`, preempting the last
+        running request until they fit (vLLM's `_preempt` loop, V1 and V0 alike); returns the
+        preemptions, `r` itself possibly the last (then it has left `running`)."""
+        preempted = 0
+        running = self.running
+        while not self._grow(r, n):
+            victim = running[-1]
+            self._preempt(victim)
+            preempted += 1
+            if victim == r.rid:
+                break
+        return preempted
+
     def _preempt(self, rid: int, front: bool = True) -> None:
         """Preemption: blocks freed; by recompute every token is computed again, by swap the
         computed tokens only need their blocks back."""

@@ -37,16 +37,13 @@ class VLLMScheduler(Scheduler):
             if n > budget:
                 n = budget
             # (most decodes fit in the blocks they hold: no allocation, no prefix to cache)
-            while (r.group >= 0 or r.computed + n > r.blocks * bs) and not self._grow(r, n):
-                victim = running[-1]
-                self._preempt(victim)
-                preempted += 1
-                if victim == rid:
-                    n = 0
-                    break
+            if r.group >= 0 or r.computed + n > r.blocks * bs:
+                made = self._make_room(r, n)
+                if made:
+                    preempted += made
+                    if rid not in running:
+                        break  # it preempted itself: nothing later in the list is left
             if n == 0:
-                if rid not in running:
-                    break  # it preempted itself: nothing later in the list is left
                 i += 1
                 continue
             scheduled.append((rid, n))

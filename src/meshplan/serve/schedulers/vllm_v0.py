@@ -79,15 +79,11 @@ class VLLMV0Scheduler(Scheduler):
             rid = running[i]
             r = requests[rid]
             n = r.known - r.computed
-            while not self._grow(r, n):
-                victim = running[-1]
-                self._preempt(victim)
-                preempted += 1
-                if victim == rid:
-                    n = 0
-                    break
-            if n == 0:
-                break  # it preempted itself, the last of the list
+            made = self._make_room(r, n)
+            if made:
+                preempted += made
+                if rid not in running:
+                    break  # it preempted itself, the last of the list
             scheduled.append((rid, n))
             i += 1
         return self._step(scheduled, preempted, [])
