@@ -171,7 +171,7 @@ def test_calibration_recovers_the_overheads_that_made_the_data():
 def test_bad_runs_files_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(MeshplanError, match="not a JSON file"):
+    with pytest.raises(MeshplanError, match="malformed JSON"):
         load_serving_runs(bad)
     bad.write_text(json.dumps({"rows": []}))
     with pytest.raises(MeshplanError, match="JSON list"):

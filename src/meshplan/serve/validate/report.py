@@ -3,7 +3,6 @@ metric it reports, and summarise the errors by scenario."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from meshplan.errors import MeshplanError
 from meshplan.serve.validate.case import Unbuildable
 from meshplan.serve.validate.predict import Overheads, flatten, predict
 from meshplan.serve.validate.rebuild import build_case
+from meshplan.specs.io import parse_json, read_text
 from meshplan.validate.report import spearman, stats
 
 RUNS_FILE = Path(__file__).resolve().parents[2] / "data" / "published_serving_runs.json"
@@ -23,12 +23,9 @@ COMPARED = ("prefill_time_ms", "decode_step_ms", "output_tokens_per_s",
 def load_serving_runs(path: str | Path | None = None) -> list[dict[str, Any]]:
     """The rows of a serving-runs file (default: the shipped copy)."""
     p = Path(path) if path is not None else RUNS_FILE
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MeshplanError(f"{p}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MeshplanError(f"{p}: not a JSON file ({err})") from None
+    if not p.is_file():
+        raise MeshplanError(f"{p}: no such file")
+    data = parse_json(read_text(p), str(p))
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise MeshplanError(f"{p}: expected a JSON list of run objects")
     for i, r in enumerate(data):
