@@ -1,10 +1,10 @@
 """The Model of a published run: its architecture fields, the family's layer conventions
-(`STYLES`) and, for a missing vocabulary, the documented tokenizer of that model (`VOCAB_DEFAULTS`).
+(`STYLES`) and, for a missing vocabulary, the documented tokenizer of that model
+(`rules.VOCAB`).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from functools import cache
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 from meshplan.specs.io import load_model
 from meshplan.specs.model import MLA, Model, MoE
 from meshplan.validate.fields import Unbuildable, int_field, need, text_field
+from meshplan.validate.rules import VOCAB, first
 
 LLAMA = {"position_embedding": "rope", "norm": "rmsnorm", "linear_bias": False,
          "tied_embeddings": False, "dropout": False}
@@ -34,37 +35,15 @@ MLP_TYPES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _gpt2_bpe(tp: int) -> int:
-    """GPT-2 BPE (50,257) padded by Megatron to a multiple of 128 x tp."""
-    unit = 128 * tp
-    return math.ceil(50257 / unit) * unit
-
-
-VOCAB_DEFAULTS: tuple[tuple[str, str, Any, str], ...] = (
-    # (source_id, regex on model_name, vocab or a function of tp, why)
-    ("hagemann2024", r"", 128000,
-     "vocab not in the data sheets: their MFU x step time at 4,194,304 tokens/step imply "
-     "~128k (dataset caveat 4); 128,000 used"),
-    ("zerobubble2024", r"GPT", _gpt2_bpe,
-     "vocab not stated: GPT-2 BPE (the Zero Bubble repo's scripts use gpt2-vocab.json; it "
-     "matches Table 3's parameter counts), padded by Megatron to {v}"),
-    ("mtnlg2022", r"", _gpt2_bpe,
-     "vocab not stated: GPT-2 BPE (MT-NLG), padded by Megatron to {v} as in Megatron 2021"),
-    ("nemo_perf_2407", r"GPT3", _gpt2_bpe,
-     "vocab not stated: NeMo GPT-3 configs use the GPT-2 BPE tokenizer, padded to {v}"),
-    ("nemo_perf_2407", r"Nemotron", 256000,
-     "vocab not stated: Nemotron tokenizer, 256,000 tokens (Nemotron-4 report)"),
-)
-
 def _vocab(row: dict[str, Any], tp: int, notes: list[str]) -> int:
     if (v := int_field(row, "vocab_size")) is not None:
         return v
-    for source, pattern, value, why in VOCAB_DEFAULTS:
-        if row["source_id"] == source and re.search(pattern, text_field(row, "model_name")):
-            v = value(tp) if callable(value) else value
-            notes.append(why.format(v=f"{v:,}"))
-            return v
-    raise Unbuildable("vocab_size not given and no documented default for this model")
+    rule = first(VOCAB, row)
+    if rule is None:
+        raise Unbuildable("vocab_size not given and no documented default for this model")
+    v = rule.value(tp) if callable(rule.value) else int(rule.value)
+    notes.append(rule.why.format(v=f"{v:,}"))
+    return v
 
 
 def build_model(row: dict[str, Any], tp: int, notes: list[str]) -> Model:
