@@ -122,3 +122,45 @@ def test_gpt2_vocab_padding_matches_megatron_2021():
     llama3 = _row(model_name="Llama-3.1-70B")
     assert rules.first(rules.VOCAB, llama3).value == 128256
     assert rules.first(rules.VOCAB, _row(model_name="Llama 30B")) is None
+
+
+def test_plain_gpt_ffn_default_but_not_for_gated_mlps():
+    gpt = _row(model_family="GPT (dense, ReLU)", mlp_type="relu")
+    assert rules.first(rules.FFN_WIDTH, gpt).value == 4
+    assert rules.first(rules.FFN_WIDTH, _row(model_family="GPT", mlp_type="swiglu")) is None
+    assert rules.first(rules.FFN_WIDTH, _row(model_family="Llama", mlp_type="swiglu")) is None
+
+
+def _pp_row(shipped: list[dict]) -> dict:
+    return copy.deepcopy(next(r for r in shipped if r["pipeline_schedule"] == "1F1B"
+                              and r["framework"] == "torchtitan"))
+
+
+@pytest.mark.parametrize(("text", "schedule", "vpp"), [
+    ("ZBVZeroBubble", "zb-v", 2), ("DualPipeV", "dualpipe-v", 2), ("GPipe", "gpipe", 1),
+    ("Interleaved1F1B", "interleaved-1f1b", 2), ("LoopedBFS", "looped-bfs", 2),
+])
+def test_engine_schedule_names_are_rebuilt_not_skipped(shipped, text, schedule, vpp):
+    row = _pp_row(shipped)
+    row["pipeline_schedule"] = text
+    case = build_case(row)
+    assert isinstance(case, Case), case
+    assert (case.plan.schedule, case.plan.vpp) == (schedule, vpp)
+
+
+def test_missing_micro_batch_of_a_megatron_engine_is_one_and_recorded(shipped):
+    row = copy.deepcopy(next(r for r in shipped if r["framework"].startswith("NeMo")))
+    row["micro_batch_size"] = None
+    case = build_case(row)
+    assert isinstance(case, Case) and case.plan.micro_batch_size == 1
+    assert any("micro-batch not given: 1" in a for a in case.assumptions)
+    row["framework"] = "some in-house trainer"
+    assert isinstance(build_case(row), Skip)
+
+
+def test_recompute_named_in_the_optimizations_text(shipped):
+    row = copy.deepcopy(next(r for r in shipped if r["framework"].startswith("NeMo")))
+    row["optimizations"] = "--recompute-granularity full --recompute-method uniform"
+    case = build_case(row)
+    assert isinstance(case, Case) and case.plan.recompute == "full"
+    assert any("recompute read from the row's text" in a for a in case.assumptions)

@@ -12,7 +12,7 @@ from typing import Any
 from meshplan.specs.io import load_model
 from meshplan.specs.model import MLA, Model, MoE
 from meshplan.validate.fields import Unbuildable, int_field, need, text_field
-from meshplan.validate.rules import VOCAB, first
+from meshplan.validate.rules import FFN_WIDTH, VOCAB, apply, first
 
 LLAMA = {"position_embedding": "rope", "norm": "rmsnorm", "linear_bias": False,
          "tied_embeddings": False, "dropout": False}
@@ -47,8 +47,8 @@ def _vocab(row: dict[str, Any], tp: int, notes: list[str]) -> int:
 
 
 def build_model(row: dict[str, Any], tp: int, notes: list[str]) -> Model:
-    layers, hidden, ffn, heads, _ = need(row, "num_layers", "hidden_size", "ffn_hidden_size",
-                                          "num_attention_heads", "seq_length")
+    layers, hidden, heads, _ = need(row, "num_layers", "hidden_size", "num_attention_heads",
+                                     "seq_length")
     family = text_field(row, "model_family")
     style, default_mlp = next(((s, d) for p, s, d in STYLES if re.search(p, family)),
                               (None, None))
@@ -64,6 +64,14 @@ def build_model(row: dict[str, Any], tp: int, notes: list[str]) -> Model:
                      f"{'Llama' if style is LLAMA else 'GPT'}-style layers assumed")
     if mlp[1]:
         notes.append(mlp[1])
+    ffn = int_field(row, "ffn_hidden_size")
+    if ffn is None:
+        factor = apply(FFN_WIDTH, {**row, "mlp_type": mlp[0]}, notes)
+        if factor is None:
+            raise Unbuildable("ffn_hidden_size not given (no engine default for a gated MLP)")
+        ffn = int(factor) * hidden
+    elif ffn <= 0:
+        raise Unbuildable(f"ffn_hidden_size={ffn}: must be positive")
     arch = text_field(row, "arch_notes")
     kwargs: dict[str, Any] = dict(style)
     if m := re.search(r"head dim (\d+)", arch):

@@ -8,6 +8,7 @@ import math
 import re
 from typing import Any
 
+from meshplan.schedules.registry import schedule_spec
 from meshplan.validate import rules
 from meshplan.validate.fields import Unbuildable, int_field, text_field
 
@@ -79,9 +80,8 @@ def pipeline_schedule(row: dict[str, Any], pp: int, layers: int,
             notes.append("interleaved stages per rank not given: 2 (torchtitan and "
                          "Megatron default)")
         return name, vpp
-    if name in ("zb-v", "dualpipe-v"):
-        return name, 2  # V-shaped: two chunks per rank
-    return name, None
+    chunks = schedule_spec(name).default_chunks  # looped and V-shaped: 2 per rank
+    return name, (vpp or chunks) if chunks > 1 else None
 
 
 def micro_and_global(row: dict[str, Any], dp: int, pp: int, vpp: int, seq: int,

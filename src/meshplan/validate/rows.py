@@ -104,25 +104,14 @@ def load_runs(path: Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-REQUIRED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length",
-            "num_gpus", "tp", "pp")
+REQUIRED = ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "num_gpus", "tp",
+            "pp")
 """Fields without which no run can be rebuilt (no engine default exists for them)."""
 
 
 def gradient_bytes(row: dict[str, Any], notes: list[str]) -> Literal[2, 4]:
-    """Bytes per gradient element the engine keeps (the default of each engine)."""
-    framework = text_field(row, "framework")
-    if "mode PURE" in text_field(row, "optimizations"):
-        return 2
-    if any(k in framework for k in ("Megatron-Core", "NeMo", "Megatron-Bridge")):
-        notes.append("gradients bf16: Megatron-Core DistributedDataParallelConfig."
-                     "grad_reduce_in_fp32 defaults to False")
-        return 2
-    if "Aleph Alpha" in framework:
-        notes.append("gradients bf16 (assumption: with fp32 gradients several of these measured "
-                     "runs could not fit)")
-        return 2
-    return 4
+    """Bytes per gradient element the engine keeps (`rules.GRAD_BYTES`)."""
+    return 2 if rules.apply(rules.GRAD_BYTES, row, notes) == 2 else 4
 
 
 def implied_flops_per_gpu(case: Case) -> dict[str, float]:

@@ -164,6 +164,13 @@ RECOMPUTE_NAMES: tuple[Rule, ...] = (
 )
 
 RECOMPUTE_DEFAULT: tuple[Rule, ...] = (
+    # `activation_recompute` is null: what the rest of the row says, then the engine's default.
+    Rule("selective", "recompute read from the row's text: selective",
+         {"engine_text": r"recompute-granularity[= ]selective|selective (activation )?"
+                         r"(checkpointing|recompute)"}),
+    Rule("full", "recompute read from the row's text: full",
+         {"engine_text": r"recompute-granularity[= ]full|checkpoint-activations|"
+                         r"activation checkpointing|full (activation )?(checkpointing|recompute)"}),
     Rule("selective", "partial recompute of modules named in the notes: modelled as selective",
          {"notes": r"recompute[^.;]*\b(mlp|moe_act|layernorm|up_proj|mla_up_proj|core_attn|"
                    r"moe|shared_experts)\b"}),
@@ -193,6 +200,26 @@ TP_OVERLAP = r"async\s*-?tp|tp[-_ ]comm[-_ ]overlap|tp communication overlap|" \
 EP_OVERLAP = r"all-to-all overlap on|overlap[-_ ]moe[-_ ]expert[-_ ]parallel[-_ ]comm|" \
              r"ep[-_ ]comm[-_ ]overlap|a2a overlap"
 """Text naming expert-parallel all-to-all overlap (Megatron --overlap-moe-expert-parallel-comm)."""
+
+
+FFN_WIDTH: tuple[Rule, ...] = (
+    # A missing FFN width, for the plain (non-gated) GPT MLP only: a gated MLP's width is
+    # rounded by each model (Llama's 8h/3 to a multiple), so it has no engine default.
+    Rule(4, "ffn_hidden_size not given: 4 x hidden (Megatron-LM --ffn-hidden-size default; "
+            "GPT-2/3 and OPT use 4h)", {"model_family": r"GPT|OPT|BLOOM|MPT"},
+         {"mlp_type": r"glu"}),
+)
+
+GRAD_BYTES: tuple[Rule, ...] = (
+    # Bytes per gradient element the engine keeps (4: fp32 gradients, torch AMP and FSDP's
+    # default MixedPrecision keep them in the parameter dtype).
+    Rule(2, "", {"optimizations": r"mode PURE|reduce_dtype\s*=?\s*bf16"}),
+    Rule(2, "gradients bf16: Megatron-Core DistributedDataParallelConfig.grad_reduce_in_fp32 "
+            "defaults to False", {"framework": MCORE}),
+    Rule(2, "gradients bf16 (assumption: with fp32 gradients several of these measured runs "
+            "could not fit)", {"framework": r"Aleph Alpha"}),
+    Rule(4, ""),
+)
 
 
 def _gpt2_bpe(tp: int) -> int:
