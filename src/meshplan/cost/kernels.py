@@ -39,10 +39,19 @@ class Kernels:
         self.weight_bytes = weight_bytes_per_element(precision)
         self.gemm_peak = acc.peak(precision)
         curve = acc.gemm_curve(precision)
-        self.gemm_eff = lambda flops: np.minimum(curve(flops) * cal.gemm_scale, 1.0)
+        # Physical limits: no kernel runs above the measured maximum achievable matmul share
+        # (MAMF, the top of the catalog's GEMM curve; Bekman, "Maximum Achievable Matmul
+        # FLOPS"), nor above the roofline. A fitted scale says how far real shapes and software
+        # fall below the curve; a scale > 1 may lift small GEMMs but never past that top.
+        # Attention's score and value GEMMs run on the same tensor cores at bf16, so its
+        # efficiency is bounded by the bf16 MAMF.
+        self.mamf = min(max(curve.y), 1.0)
+        self.gemm_eff = lambda flops: np.minimum(curve(flops) * cal.gemm_scale, self.mamf)
         self.attn_peak = acc.peak("bf16")
-        self.attn_eff = min(acc.attention_efficiency * cal.attention_scale, 1.0)
-        self.attn_bwd_eff = min(acc.attention_backward_efficiency * cal.attention_scale, 1.0)
+        attn_mamf = min(max(acc.gemm_curve("bf16").y), 1.0)
+        self.attn_eff = min(acc.attention_efficiency * cal.attention_scale, attn_mamf)
+        self.attn_bwd_eff = min(acc.attention_backward_efficiency * cal.attention_scale,
+                                attn_mamf)
         self.mem_bw = acc.memory_bandwidth * acc.memory_efficiency
         self.overhead = cluster.kernel_overhead
 

@@ -1,10 +1,10 @@
 """The Model of a published run: its architecture fields, the family's layer conventions
-(`STYLES`) and, for a missing vocabulary, the documented tokenizer of that model (`VOCAB_DEFAULTS`).
+(`STYLES`) and, for a missing vocabulary, the documented tokenizer of that model
+(`rules.VOCAB`).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from functools import cache
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 from meshplan.specs.io import load_model
 from meshplan.specs.model import MLA, Model, MoE
 from meshplan.validate.fields import Unbuildable, int_field, need, text_field
+from meshplan.validate.rules import FFN_WIDTH, VOCAB, apply, first
 
 LLAMA = {"position_embedding": "rope", "norm": "rmsnorm", "linear_bias": False,
          "tied_embeddings": False, "dropout": False}
@@ -34,42 +35,20 @@ MLP_TYPES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _gpt2_bpe(tp: int) -> int:
-    """GPT-2 BPE (50,257) padded by Megatron to a multiple of 128 x tp."""
-    unit = 128 * tp
-    return math.ceil(50257 / unit) * unit
-
-
-VOCAB_DEFAULTS: tuple[tuple[str, str, Any, str], ...] = (
-    # (source_id, regex on model_name, vocab or a function of tp, why)
-    ("hagemann2024", r"", 128000,
-     "vocab not in the data sheets: their MFU x step time at 4,194,304 tokens/step imply "
-     "~128k (dataset caveat 4); 128,000 used"),
-    ("zerobubble2024", r"GPT", _gpt2_bpe,
-     "vocab not stated: GPT-2 BPE (the Zero Bubble repo's scripts use gpt2-vocab.json; it "
-     "matches Table 3's parameter counts), padded by Megatron to {v}"),
-    ("mtnlg2022", r"", _gpt2_bpe,
-     "vocab not stated: GPT-2 BPE (MT-NLG), padded by Megatron to {v} as in Megatron 2021"),
-    ("nemo_perf_2407", r"GPT3", _gpt2_bpe,
-     "vocab not stated: NeMo GPT-3 configs use the GPT-2 BPE tokenizer, padded to {v}"),
-    ("nemo_perf_2407", r"Nemotron", 256000,
-     "vocab not stated: Nemotron tokenizer, 256,000 tokens (Nemotron-4 report)"),
-)
-
 def _vocab(row: dict[str, Any], tp: int, notes: list[str]) -> int:
     if (v := int_field(row, "vocab_size")) is not None:
         return v
-    for source, pattern, value, why in VOCAB_DEFAULTS:
-        if row["source_id"] == source and re.search(pattern, text_field(row, "model_name")):
-            v = value(tp) if callable(value) else value
-            notes.append(why.format(v=f"{v:,}"))
-            return v
-    raise Unbuildable("vocab_size not given and no documented default for this model")
+    rule = first(VOCAB, row)
+    if rule is None:
+        raise Unbuildable("vocab_size not given and no documented default for this model")
+    v = rule.value(tp) if callable(rule.value) else int(rule.value)
+    notes.append(rule.why.format(v=f"{v:,}"))
+    return v
 
 
 def build_model(row: dict[str, Any], tp: int, notes: list[str]) -> Model:
-    layers, hidden, ffn, heads, _ = need(row, "num_layers", "hidden_size", "ffn_hidden_size",
-                                          "num_attention_heads", "seq_length")
+    layers, hidden, heads, _ = need(row, "num_layers", "hidden_size", "num_attention_heads",
+                                     "seq_length")
     family = text_field(row, "model_family")
     style, default_mlp = next(((s, d) for p, s, d in STYLES if re.search(p, family)),
                               (None, None))
@@ -85,6 +64,14 @@ def build_model(row: dict[str, Any], tp: int, notes: list[str]) -> Model:
                      f"{'Llama' if style is LLAMA else 'GPT'}-style layers assumed")
     if mlp[1]:
         notes.append(mlp[1])
+    ffn = int_field(row, "ffn_hidden_size")
+    if ffn is None:
+        factor = apply(FFN_WIDTH, {**row, "mlp_type": mlp[0]}, notes)
+        if factor is None:
+            raise Unbuildable("ffn_hidden_size not given (no engine default for a gated MLP)")
+        ffn = int(factor) * hidden
+    elif ffn <= 0:
+        raise Unbuildable(f"ffn_hidden_size={ffn}: must be positive")
     arch = text_field(row, "arch_notes")
     kwargs: dict[str, Any] = dict(style)
     if m := re.search(r"head dim (\d+)", arch):

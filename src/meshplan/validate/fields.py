@@ -40,13 +40,6 @@ TEXT_KEYS: tuple[str, ...] = (
     "flops_accounting", "notes")
 """Keys whose value is text (or null)."""
 
-PRE_FLASH = frozenset({"megatron2021", "mtnlg2022", "bloom_tr11", "opt2022"})
-"""Runs from 2021-22, before FlashAttention: unfused softmax attention."""
-MEGATRON_2021 = frozenset({"megatron2021", "mtnlg2022", "bloom_tr11"})
-"""Megatron-LM / Megatron-DeepSpeed of 2021-22: no sequence parallelism."""
-NVIDIA = frozenset({"nemo_perf_2407", "megatron_bridge_perf_2509", "mcore_moe_report_2026"})
-
-
 class Unbuildable(Exception):
     """Internal: this row cannot be rebuilt (becomes a Skip)."""
 

@@ -1,5 +1,6 @@
-"""Plan fields of a published run that the source leaves null: each engine's documented
-default, per source, with the reason recorded in the row's assumptions."""
+"""Plan fields of a published run that the source leaves null or names in its own words:
+each engine's documented default or name mapping (`rules`), with the reason recorded in the
+row's assumptions."""
 
 from __future__ import annotations
 
@@ -7,60 +8,21 @@ import math
 import re
 from typing import Any
 
-from meshplan.validate.fields import MEGATRON_2021, NVIDIA, Unbuildable, int_field, text_field
-
-# Per-source defaults for fields the source leaves null, with the reason (engine defaults).
-RECOMPUTE_DEFAULT = {
-    "megatron2021": ("full", "recompute not stated: full (the paper's Eq. 3 FLOPs count the "
-                             "recomputation forward pass, as the dataset infers for Table 1)"),
-    "mtnlg2022": ("full", "recompute not stated: full (this 530B layout does not fit in 80 GB "
-                          "without it)"),
-}
-ZERO_DEFAULT = {
-    "megatron2021": (0, "ZeRO not used: Megatron-LM 2021 data parallelism (no distributed "
-                        "optimizer)"),
-    "mtnlg2022": (0, "ZeRO stage not stated: plain data parallelism assumed"),
-    "zerobubble2024": (0, "ZeRO not stated: Megatron-LM default (no distributed optimizer); "
-                          "dp=1"),
-    **{s: (1, "ZeRO not stated: Megatron-Core recipes default to the distributed optimizer "
-              "(ZeRO-1)") for s in NVIDIA},
-}
-SP_DEFAULT = {
-    **{s: (False, "sequence parallelism did not exist yet (2021-22)") for s in MEGATRON_2021},
-    "hagemann2024": (False, "sequence parallelism not in this data sheet: off (the paper "
-                            "sweeps it in separate sheets)"),
-    **{s: (True, "sequence parallelism not stated: on with TP (Megatron-Core recipes)")
-       for s in NVIDIA},
-}
-MBS_DEFAULT = {
-    "megatron2021": "micro-batch not given (Table 1): 1 assumed (Megatron-LM "
-                    "--micro-batch-size has no default)",
-    "mtnlg2022": "micro-batch not given: 1 assumed (Megatron-DeepSpeed has no default)",
-}
+from meshplan.schedules.registry import schedule_spec
+from meshplan.validate import rules
+from meshplan.validate.fields import Unbuildable, int_field, text_field
 
 
 def recompute(row: dict[str, Any], notes: list[str]) -> str:
-    text = text_field(row, "activation_recompute").lower()
-    if text.startswith("full"):
-        if "inferred" in text:
-            notes.append("full recompute inferred by the dataset, not stated by the source")
-        return "full"
-    if text.startswith("selective"):
-        if "every n" in text:
-            notes.append("source checkpoints every n-th block; modelled as selective "
-                         "(attention-core) recompute")
-        return "selective"
-    if text.startswith("none"):
-        return "none"
+    text = text_field(row, "activation_recompute")
     if text:
-        raise Unbuildable(f"activation_recompute {row['activation_recompute']!r} unknown")
-    mode, why = RECOMPUTE_DEFAULT.get(row["source_id"], ("none", "recompute not stated: none"))
-    if row["source_id"] in NVIDIA and "recompute" in text_field(row, "notes"):
-        notes.append("partial recompute of modules named in the notes (moe_act, layernorm, "
-                     "mla_up_proj): modelled as selective")
-        return "selective"
-    notes.append(why)
-    return mode
+        mode = rules.apply(rules.RECOMPUTE_NAMES, row, notes, text=text)
+        if mode is None:
+            raise Unbuildable(f"activation_recompute {row['activation_recompute']!r} unknown")
+        if "inferred" in text.lower():
+            notes.append(f"{mode} recompute inferred by the dataset, not stated by the source")
+        return str(mode)
+    return str(rules.apply(rules.RECOMPUTE_DEFAULT, row, notes))
 
 
 def zero_stage(row: dict[str, Any], notes: list[str]) -> int:
@@ -68,44 +30,62 @@ def zero_stage(row: dict[str, Any], notes: list[str]) -> int:
     if isinstance(z, int) and not isinstance(z, bool):
         return z
     text = z if isinstance(z, str) else ""
-    if m := re.search(r"ZeRO-?(\d)", text):
+    if m := re.search(r"ZeRO[- ]?(?:stage[- ]?)?(\d)", text, re.IGNORECASE):
         return int(m.group(1))
-    if "FSDP" in text or row["fsdp"] is True:
-        return 3
     if text:
-        raise Unbuildable(f"zero_stage {z!r} unknown")
-    stage, why = ZERO_DEFAULT.get(row["source_id"], (0, "ZeRO not stated: 0 assumed"))
-    notes.append(why)
-    return stage
+        stage = rules.apply(rules.ZERO_NAMES, row, notes)
+        if stage is None and row["fsdp"] is True:
+            stage = 3
+        if stage is None:
+            raise Unbuildable(f"zero_stage {z!r} unknown")
+        return int(stage)
+    if row["fsdp"] is True:
+        return 3
+    return int(rules.apply(rules.ZERO_STAGE, row, notes))
+
+
+def sequence_parallel(row: dict[str, Any], tp: int, notes: list[str]) -> bool:
+    sp = row["sequence_parallel"]
+    if tp == 1:
+        if sp:
+            notes.append("sequence_parallel=true with tp=1 is a no-op: off")
+        return False
+    if sp is None:
+        return bool(rules.apply(rules.SEQUENCE_PARALLEL, row, notes))
+    return bool(sp)
 
 
 def pipeline_schedule(row: dict[str, Any], pp: int, layers: int,
-              notes: list[str]) -> tuple[str, int | None]:
+                      notes: list[str]) -> tuple[str, int | None]:
+    """(schedule, model chunks per rank or None) from the row's schedule text and vpp."""
     if pp == 1:
         return "1f1b", None
-    text = text_field(row, "pipeline_schedule").lower()
+    text = text_field(row, "pipeline_schedule")
     vpp = int_field(row, "vpp")
-    if "zero bubble" in text:
-        return ("zb-h2" if "2p" in text else "zb-h1"), None
-    if "interleaved" in text or (vpp or 1) > 1:
-        if vpp is None and "one transformer layer per chunk" in text:
+    name = rules.apply(rules.SCHEDULES, row, notes) if text else None
+    if text and name is None:
+        raise Unbuildable(f"pipeline_schedule {row['pipeline_schedule']!r} unknown")
+    if name is None:
+        if (vpp or 1) > 1:
+            name = "interleaved-1f1b"
+        else:
+            notes.append("pipeline schedule not stated: non-interleaved 1F1B assumed")
+            name = "1f1b"
+    if name == "interleaved-1f1b":
+        if vpp is None and re.search(r"one (transformer )?layer per (chunk|stage)", text,
+                                     re.IGNORECASE):
             vpp = math.ceil(layers / pp)
         elif vpp is None:
             vpp = 2
             notes.append("interleaved stages per rank not given: 2 (torchtitan and "
                          "Megatron default)")
-        return "interleaved-1f1b", vpp
-    if "gpipe" in text:
-        return "gpipe", None
-    if not text:
-        notes.append("pipeline schedule not stated: non-interleaved 1F1B assumed")
-    elif "1f1b" not in text:
-        raise Unbuildable(f"pipeline_schedule {row['pipeline_schedule']!r} unknown")
-    return "1f1b", None
+        return name, vpp
+    chunks = schedule_spec(name).default_chunks  # looped and V-shaped: 2 per rank
+    return name, (vpp or chunks) if chunks > 1 else None
 
 
 def micro_and_global(row: dict[str, Any], dp: int, pp: int, vpp: int, seq: int,
-                      notes: list[str]) -> tuple[int, int]:
+                     notes: list[str]) -> tuple[int, int]:
     other = row["other_metrics"] if isinstance(row["other_metrics"], dict) else {}
     local = other.get("local_batch_size")
     gbs = int_field(row, "global_batch_size")
@@ -117,14 +97,16 @@ def micro_and_global(row: dict[str, Any], dp: int, pp: int, vpp: int, seq: int,
     if gbs is None:
         raise Unbuildable("global batch not given")
     mbs = int_field(row, "micro_batch_size")
-    if mbs is None and row["source_id"] == "torchtitan_bench_2412":
+    if mbs is not None:
+        return mbs, gbs
+    rule = rules.first(rules.MICRO_BATCH, row)
+    if rule is None:
+        raise Unbuildable("micro_batch_size not given and no documented engine default")
+    if rule.value == "torchtitan":
         per_rank = gbs // dp
         mbs = max(per_rank // (pp * vpp), 1)
-        notes.append(f"micro-batch not given: {mbs} (torchtitan default: pp x stages-per-rank "
-                     f"= {pp * vpp} micro-batches of the local batch {per_rank})")
-    elif mbs is None and row["source_id"] in MBS_DEFAULT:
-        mbs = 1
-        notes.append(MBS_DEFAULT[row["source_id"]])
-    elif mbs is None:
-        raise Unbuildable("micro_batch_size not given and no documented engine default")
+        notes.append(rule.why.format(mbs=mbs, chunks=pp * vpp, per_rank=per_rank))
+    else:
+        mbs = int(rule.value)
+        notes.append(rule.why)
     return mbs, gbs

@@ -21,6 +21,7 @@ from meshplan.cost.flops import forward_flops, head_flops, megatron_eq3_flops
 from meshplan.cost.params import count_params
 from meshplan.estimate import GIB, Estimate
 from meshplan.validate.rows import Case
+from meshplan.validate.rules import LEGACY_MEGATRON, NOT_MCORE, Rule, first
 
 METRICS = ("iteration_time_s", "tokens_per_sec_per_gpu", "tokens_per_sec_total",
            "samples_per_sec_per_gpu", "tflops_per_gpu", "mfu", "hfu")
@@ -101,15 +102,21 @@ def _model_flops(case: Case, hardware: bool) -> tuple[float, str]:
     return float(total), "source FLOP formula not given: meshplan model FLOPs (PaLM) used"
 
 
-ACCOUNTING: dict[str, FlopFn] = {
-    "megatron2021": _megatron_eq3,
-    "mtnlg2022": lambda c, h: (_megatron_eq3(c, h)[0], "MT-NLG FLOPs assumed Megatron Eq. 3"),
-    "bloom_tr11": _bloom,
-    "llmfoundry_bench": _llmfoundry,
-    "hagemann2024": lambda c, h: (_palm(c, h), ""),
-    "ibm_pytorch_fsdp_blog_2024": lambda c, h: (_palm(c, h), ""),
-    "torchtitan_bench_2412": lambda c, h: (_palm(c, h, exclude_embedding=True), ""),
-}
+ACCOUNTING: tuple[Rule, ...] = (
+    # The source's FLOP formula, read from its `flops_accounting` text (first match wins).
+    Rule(_megatron_eq3, "", {"flops_accounting": r"Eq\.?\s*3|96\s*\*?\s*B\s*\*?\s*s"}),
+    Rule(_bloom, "", {"flops_accounting": r"4\s*\*\s*2\s*\*\s*N"}),
+    Rule(_llmfoundry, "", {"flops_accounting": r"3\s*\*\s*2\s*\*\s*N\s*\*\s*seq"}),
+    Rule(lambda c, h: (_palm(c, h, exclude_embedding=True), ""), "",
+         {"flops_accounting": r"non-embedding|get_num_flop_per_token"}),
+    Rule(lambda c, h: (_palm(c, h), ""), "", {"flops_accounting": r"PaLM|nanoGPT|6\s*\*?\s*N"}),
+    Rule(lambda c, h: (_megatron_eq3(c, h)[0], "source FLOP formula not given: Megatron Eq. 3 "
+                                              "(the Megatron-LM / Megatron-DeepSpeed 2021-22 "
+                                              "convention)"), "",
+         {"flops_accounting": r"^$", **LEGACY_MEGATRON}, NOT_MCORE),
+)
+"""Each source's FLOP accounting, keyed by how the row describes it; otherwise meshplan's
+model FLOPs (`_model_flops`)."""
 SOURCE_PEAKS = {"A100": 312e12, "H100": 989e12}
 """Dense BF16 peaks the sources divide by (torchtitan's MFU uses the H100 SXM figure even for
 its 500 W parts)."""
@@ -140,7 +147,8 @@ def compare(case: Case, est: Estimate, metric: str) -> Comparison:
         gbs = case.job.global_batch_size
         predicted, meas_step = gbs / step / g, gbs / measured / g
     else:
-        fn = ACCOUNTING.get(row["source_id"], _model_flops)
+        rule = first(ACCOUNTING, row)
+        fn: FlopFn = rule.value if rule is not None else _model_flops
         flops, note = fn(case, metric == "hfu")
         if note:
             notes.append(note)

@@ -23,9 +23,9 @@ from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, parse_json, read
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 from meshplan.specs.plan import Plan
+from meshplan.validate import rules
 from meshplan.validate.arch import build_model
 from meshplan.validate.fields import (
-    PRE_FLASH,
     SCHEMA_KEYS,
     TEXT_KEYS,
     Unbuildable,
@@ -36,10 +36,10 @@ from meshplan.validate.fields import (
 )
 from meshplan.validate.hardware import build_cluster
 from meshplan.validate.layout import (
-    SP_DEFAULT,
     micro_and_global,
     pipeline_schedule,
     recompute,
+    sequence_parallel,
     zero_stage,
 )
 
@@ -104,25 +104,14 @@ def load_runs(path: Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-REQUIRED = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length",
-            "num_gpus", "tp", "pp")
+REQUIRED = ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "num_gpus", "tp",
+            "pp")
 """Fields without which no run can be rebuilt (no engine default exists for them)."""
 
 
 def gradient_bytes(row: dict[str, Any], notes: list[str]) -> Literal[2, 4]:
-    """Bytes per gradient element the engine keeps (the default of each engine)."""
-    framework = text_field(row, "framework")
-    if "mode PURE" in text_field(row, "optimizations"):
-        return 2
-    if any(k in framework for k in ("Megatron-Core", "NeMo", "Megatron-Bridge")):
-        notes.append("gradients bf16: Megatron-Core DistributedDataParallelConfig."
-                     "grad_reduce_in_fp32 defaults to False")
-        return 2
-    if "Aleph Alpha" in framework:
-        notes.append("gradients bf16 (assumption: with fp32 gradients several of these measured "
-                     "runs could not fit)")
-        return 2
-    return 4
+    """Bytes per gradient element the engine keeps (`rules.GRAD_BYTES`)."""
+    return 2 if rules.apply(rules.GRAD_BYTES, row, notes) == 2 else 4
 
 
 def implied_flops_per_gpu(case: Case) -> dict[str, float]:
@@ -181,29 +170,27 @@ def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
         raise Unbuildable(f"{gpu} has no FP8 peak in its preset")
     mbs, gbs = micro_and_global(row, dp, pp, vpp or 1, seq, notes)
     job = Job(global_batch_size=gbs, seq_len=seq, precision=precision,  # type: ignore[arg-type]
-              flash_attention=row["source_id"] not in PRE_FLASH,
+              flash_attention=bool(rules.apply(rules.FLASH_ATTENTION, row, notes)),
               grad_bytes=gradient_bytes(row, notes))
 
-    sp = row["sequence_parallel"]
-    if tp == 1:
-        if sp:
-            notes.append("sequence_parallel=true with tp=1 is a no-op: off")
-        sp = False
-    elif sp is None:
-        sp, why = SP_DEFAULT.get(row["source_id"], (True, "sequence parallelism not stated: "
-                                                           "on with TP"))
-        notes.append(why)
+    sp = sequence_parallel(row, tp, notes)
     ep = int_field(row, "ep") or 1
     plan = Plan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=int_field(row, "expert_tp") or 1,
                 sequence_parallel=bool(sp), zero_stage=zero_stage(row, notes),  # type: ignore[arg-type]
                 micro_batch_size=mbs, schedule=schedule, vpp=vpp,  # type: ignore[arg-type]
                 recompute=recompute(row, notes),  # type: ignore[arg-type]
-                tp_comm_overlap="AsyncTP" in text_field(row, "optimizations"),
-                ep_comm_overlap="all-to-all overlap on" in text_field(row, "notes"),
+                tp_comm_overlap=_says(row, rules.TP_OVERLAP),
+                ep_comm_overlap=_says(row, rules.EP_OVERLAP),
                 first_stage_layers=first_last[0] or None,
                 last_stage_layers=first_last[1] or None)
     return Case(row, model, source_model, cluster, job, plan, num_gpus, gpu,
                 notes + hw_notes)
+
+
+def _says(row: dict[str, Any], pattern: str) -> bool:
+    """Whether the row's optimizations or notes name an option (case-insensitive)."""
+    text = text_field(row, "optimizations") + " " + text_field(row, "notes")
+    return re.search(pattern, text, re.IGNORECASE) is not None
 
 
 def build_case(row: dict[str, Any], calibration: CalibrationRef = CALIBRATION_FILE

@@ -1,0 +1,245 @@
+"""Rebuild rules: what a published run's engine does for a field its source leaves null.
+
+Every default is a `Rule` keyed by what the row says about itself (engine and version in
+`framework` / `source_version`, model family and name, hardware, era, and the text of
+`activation_recompute`, `pipeline_schedule`, `optimizations`, `precision`, `notes`), never by
+which source it came from, so a new table from the same engine is rebuilt the same way. Each
+table is tried in order; the first rule whose every condition matches (case-insensitive regex
+search) gives the value, and its reason goes into the row's `assumptions`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshplan.validate.fields import text_field
+
+
+@dataclass(frozen=True)
+class Rule:
+    value: Any
+    why: str
+    """Recorded in the row's assumptions ("" records nothing: the row stated the value)."""
+    when: Mapping[str, str] = field(default_factory=dict)
+    """Field (or pseudo-field `era`, `engine_text`) -> regex that must match."""
+    unless: Mapping[str, str] = field(default_factory=dict)
+    """Field -> regex that must not match."""
+
+
+def year(row: dict[str, Any]) -> int | None:
+    """The year of the software the run used, from `source_version` (a date or a container
+    tag such as 24.07); None when the row gives none."""
+    text = text_field(row, "source_version")
+    if m := re.search(r"(?<![\w.])(20[12]\d)(?![\w])", text):
+        return int(m.group(1))
+    if m := re.search(r"\b(2\d)\.(0[1-9]|1[0-2])\b", text):  # NGC container tag YY.MM
+        return 2000 + int(m.group(1))
+    return None
+
+
+HOPPER_OR_LATER = r"H100|H200|H800|H20\b|GH200|B200|B300|GB200|GB300|MI3\d\d"
+"""Accelerators launched from 2022-23 on: a run on them cannot use 2021-22 software."""
+
+
+def era(row: dict[str, Any]) -> str:
+    """'legacy' for 2021-22 software (stated year <= 2022, or no year and pre-Hopper
+    hardware), 'modern' otherwise."""
+    y = year(row)
+    if y is not None:
+        return "legacy" if y <= 2022 else "modern"
+    hopper = re.search(HOPPER_OR_LATER, text_field(row, "gpu_type"), re.IGNORECASE)
+    return "modern" if hopper else "legacy"
+
+
+def _field(row: dict[str, Any], key: str) -> str:
+    if key == "era":
+        return era(row)
+    if key == "engine_text":  # everything the row says about how it ran
+        return " ".join(text_field(row, k) for k in ("framework", "optimizations", "notes",
+                                                     "activation_recompute"))
+    v = row.get(key)
+    return v if isinstance(v, str) else ("" if v is None else str(v))
+
+
+def matches(rule: Rule, row: dict[str, Any]) -> bool:
+    return all(re.search(p, _field(row, k), re.IGNORECASE) for k, p in rule.when.items()) \
+        and not any(re.search(p, _field(row, k), re.IGNORECASE) for k, p in rule.unless.items())
+
+
+def first(table: tuple[Rule, ...], row: dict[str, Any]) -> Rule | None:
+    return next((r for r in table if matches(r, row)), None)
+
+
+def apply(table: tuple[Rule, ...], row: dict[str, Any], notes: list[str], **fmt: Any) -> Any:
+    """The value of the first matching rule (its reason appended to `notes`), or None."""
+    rule = first(table, row)
+    if rule is None:
+        return None
+    if rule.why:
+        notes.append(rule.why.format(**fmt))
+    return rule.value
+
+
+# --- engine families (regexes on `framework`) ---------------------------------------------
+
+MCORE = r"Megatron-Core|Megatron-Bridge|NeMo|MCore"
+"""Megatron-Core based engines (NeMo 1.x/2.x, Megatron-Bridge, Megatron-LM core_r*)."""
+ZB_FORK = r"zero-bubble"
+"""sail-sg/zero-bubble-pipeline-parallelism: a 2023 fork of Megatron-LM (flash attention,
+no distributed optimizer unless asked)."""
+MEGATRON = r"Megatron|DeepSpeed|NeMo"
+"""The Megatron-LM family (Megatron-LM, Megatron-DeepSpeed, Megatron-Core, NeMo) and DeepSpeed."""
+LEGACY_MEGATRON = {"framework": r"Megatron-LM|Megatron-DeepSpeed|DeepSpeed|metaseq|\bOPT\b",
+                   "era": "legacy"}
+"""Megatron-LM / Megatron-DeepSpeed / DeepSpeed / metaseq as of 2021-22."""
+NOT_MCORE = {"framework": MCORE + "|" + ZB_FORK}
+
+
+# --- the tables ------------------------------------------------------------------------------
+
+FLASH_ATTENTION: tuple[Rule, ...] = (
+    Rule(True, "", {"engine_text": r"flash|FA[23]\b|cuDNN attention|SDPA"}),
+    Rule(False, "attention kernel not stated: unfused softmax attention (Megatron-LM / "
+                "DeepSpeed / metaseq of 2021-22 predate FlashAttention, added to Megatron-LM "
+                "in 2023 as --use-flash-attn)", LEGACY_MEGATRON, NOT_MCORE),
+    Rule(True, "attention kernel not stated: fused (flash) attention, the default of every "
+               "engine since 2023 (Transformer Engine, torch SDPA)"),
+)
+
+SEQUENCE_PARALLEL: tuple[Rule, ...] = (
+    Rule(False, "sequence parallelism not stated: off (Megatron-LM / Megatron-DeepSpeed of "
+                "2021-22 have none; --sequence-parallel came with Korthikanti et al. 2022)",
+         LEGACY_MEGATRON, NOT_MCORE),
+    Rule(False, "sequence parallelism not stated: off (the Aleph Alpha framework sweeps it as "
+                "a separate option; Hagemann et al. 2024 data sheets)",
+         {"framework": r"Aleph Alpha"}),
+    Rule(True, "sequence parallelism not stated: on with TP (Megatron-Core recipes set "
+               "sequence_parallel with tensor_model_parallel_size > 1)", {"framework": MCORE}),
+    Rule(True, "sequence parallelism not stated: on with TP"),
+)
+
+ZERO_STAGE: tuple[Rule, ...] = (
+    Rule(1, "ZeRO not stated: Megatron-Core recipes default to the distributed optimizer "
+            "(ZeRO-1, use_distributed_optimizer=True)", {"framework": MCORE}),
+    Rule(0, "ZeRO not stated: 0 (Megatron-LM --use-distributed-optimizer is off by default; "
+            "no distributed optimizer before 2022)", {"framework": r"Megatron-LM|" + ZB_FORK}),
+    Rule(0, "ZeRO stage not stated: 0 (DeepSpeed zero_optimization.stage defaults to 0)",
+         {"framework": r"DeepSpeed"}),
+    Rule(0, "ZeRO not stated: 0 assumed"),
+)
+
+ZERO_NAMES: tuple[Rule, ...] = (
+    # Text of `zero_stage` -> stage (FSDP FULL_SHARD and FSDP2 shard parameters: ZeRO-3).
+    Rule(1, "", {"zero_stage": r"distributed optimi[sz]er"}),
+    Rule(2, "", {"zero_stage": r"SHARD_GRAD_OP|hybrid_shard_zero2"}),
+    Rule(3, "", {"zero_stage": r"FSDP|FULL_SHARD|HYBRID_SHARD"}),
+)
+
+MICRO_BATCH: tuple[Rule, ...] = (
+    Rule("torchtitan", "micro-batch not given: {mbs} (torchtitan default: pp x stages-per-rank "
+                       "= {chunks} micro-batches of the local batch {per_rank})",
+         {"framework": r"torchtitan"}),
+    Rule(1, "micro-batch not given: 1 assumed (Megatron-LM --micro-batch-size has no "
+            "default; 1 in its and Megatron-DeepSpeed's large-model scripts)",
+         {"framework": MEGATRON}),
+)
+
+RECOMPUTE_NAMES: tuple[Rule, ...] = (
+    # Text of `activation_recompute` as engines name it -> Plan.recompute.
+    Rule("selective", "source checkpoints every n-th block; modelled as selective "
+                      "(attention-core) recompute",
+         {"activation_recompute": r"selective.*every\s*n|every\s*n.*selective|selective.*"
+                                  r"layer|ac_freq|selective_ac_option\s*=?\s*\d"}),
+    Rule("selective", "", {"activation_recompute": r"selective|core_attn"}),
+    Rule("selective", "partial recompute of named modules ({text}): modelled as selective",
+         {"activation_recompute": r"recompute-modules|mlp|moe_act|layernorm|up_proj|moe\b|"
+                                  r"shared_experts|mla"}),
+    Rule("full", "", {"activation_recompute": r"full|checkpoint-activations|activation "
+                                              r"checkpointing|every layer|per block|uniform|"
+                                              r"\bblock\b|recompute-method"}),
+    Rule("none", "", {"activation_recompute": r"^\s*(none|no|off|false|disabled)\b"}),
+)
+
+RECOMPUTE_DEFAULT: tuple[Rule, ...] = (
+    # `activation_recompute` is null: what the rest of the row says, then the engine's default.
+    Rule("selective", "recompute read from the row's text: selective",
+         {"engine_text": r"recompute-granularity[= ]selective|selective (activation )?"
+                         r"(checkpointing|recompute)"}),
+    Rule("full", "recompute read from the row's text: full",
+         {"engine_text": r"recompute-granularity[= ]full|checkpoint-activations|"
+                         r"activation checkpointing|full (activation )?(checkpointing|recompute)"}),
+    Rule("selective", "partial recompute of modules named in the notes: modelled as selective",
+         {"notes": r"recompute[^.;]*\b(mlp|moe_act|layernorm|up_proj|mla_up_proj|core_attn|"
+                   r"moe|shared_experts)\b"}),
+    Rule("full", "recompute not stated: full (Megatron-LM / DeepSpeed of 2021-22 offer only "
+                 "whole-layer --checkpoint-activations, used by their large-model scripts)",
+         LEGACY_MEGATRON, NOT_MCORE),
+    Rule("none", "recompute not stated: none"),
+)
+
+SCHEDULES: tuple[Rule, ...] = (
+    # Text of `pipeline_schedule` -> meshplan schedule (torchtitan / Megatron / DeepSpeed names).
+    Rule("dualpipe-v", "DualPipe modelled as its V-shaped variant (DualPipeV)",
+         {"pipeline_schedule": r"dual\s*pipe"}),
+    Rule("zb-v", "", {"pipeline_schedule": r"zbv|zb-v|zero\s*bubble\s*v\b|v-?shape"}),
+    Rule("zb-h2", "", {"pipeline_schedule": r"zb-?h2|(zero\s*bubble|zb).*\b2p"}),
+    Rule("zb-h1", "", {"pipeline_schedule": r"zb-?h1|zero\s*bubble|zerobubble|\bzb\b"}),
+    Rule("looped-bfs", "", {"pipeline_schedule": r"looped\s*-?bfs|breadth"}),
+    Rule("interleaved-1f1b", "", {"pipeline_schedule": r"interleav|virtual"}),
+    Rule("gpipe", "", {"pipeline_schedule": r"gpipe|fill.?drain|all.?forward"}),
+    Rule("1f1b", "", {"pipeline_schedule": r"1f1b|one.?forward.?one.?backward|pipedream.?flush|"
+                                           r"deepspeed pipeline"}),
+)
+
+TP_OVERLAP = r"async\s*-?tp|tp[-_ ]comm[-_ ]overlap|tp communication overlap|" \
+             r"tensor[- ]parallel (communication )?overlap"
+"""Text naming TP communication overlap (torchtitan AsyncTP, Megatron --tp-comm-overlap)."""
+EP_OVERLAP = r"all-to-all overlap on|overlap[-_ ]moe[-_ ]expert[-_ ]parallel[-_ ]comm|" \
+             r"ep[-_ ]comm[-_ ]overlap|a2a overlap"
+"""Text naming expert-parallel all-to-all overlap (Megatron --overlap-moe-expert-parallel-comm)."""
+
+
+FFN_WIDTH: tuple[Rule, ...] = (
+    # A missing FFN width, for the plain (non-gated) GPT MLP only: a gated MLP's width is
+    # rounded by each model (Llama's 8h/3 to a multiple), so it has no engine default.
+    Rule(4, "ffn_hidden_size not given: 4 x hidden (Megatron-LM --ffn-hidden-size default; "
+            "GPT-2/3 and OPT use 4h)", {"model_family": r"GPT|OPT|BLOOM|MPT"},
+         {"mlp_type": r"glu"}),
+)
+
+GRAD_BYTES: tuple[Rule, ...] = (
+    # Bytes per gradient element the engine keeps (4: fp32 gradients, torch AMP and FSDP's
+    # default MixedPrecision keep them in the parameter dtype).
+    Rule(2, "", {"optimizations": r"mode PURE|reduce_dtype\s*=?\s*bf16"}),
+    Rule(2, "gradients bf16: Megatron-Core DistributedDataParallelConfig.grad_reduce_in_fp32 "
+            "defaults to False", {"framework": MCORE}),
+    Rule(2, "gradients bf16 (assumption: with fp32 gradients several of these measured runs "
+            "could not fit)", {"framework": r"Aleph Alpha"}),
+    Rule(4, ""),
+)
+
+
+def _gpt2_bpe(tp: int) -> int:
+    """GPT-2 BPE (50,257) padded by Megatron to a multiple of 128 x tp
+    (--make-vocab-size-divisible-by 128)."""
+    unit = 128 * tp
+    return -(-50257 // unit) * unit
+
+
+VOCAB: tuple[Rule, ...] = (
+    Rule(256000, "vocab not stated: Nemotron tokenizer, 256,000 tokens (Nemotron-4 report)",
+         {"model_name": r"Nemotron"}),
+    Rule(128256, "vocab not stated: Llama 3 tokenizer, 128,256 tokens",
+         {"model_name": r"Llama[- _]?3(\.\d+)?(?![\d.])"}),
+    Rule(32000, "vocab not stated: Llama 2 tokenizer, 32,000 tokens",
+         {"model_name": r"Llama[- _]?2(?![\d.])"}),
+    Rule(128000, "vocab not in the data sheets: their MFU x step time at 4,194,304 "
+                 "tokens/step imply ~128k (dataset caveat 4); 128,000 used",
+         {"framework": r"Aleph Alpha"}),
+    Rule(_gpt2_bpe, "vocab not stated: GPT-2 BPE (Megatron GPT scripts use gpt2-vocab.json), "
+                    "padded by Megatron to {v}",
+         {"model_family": r"GPT", "framework": MEGATRON}),
+)
