@@ -243,7 +243,7 @@ def step_memory(model: Model, cluster: Cluster, job: Job, mesh: Mesh, counts: Pa
     totals = np.stack([sum(r.values()) for r in by_rank])
     worst = np.argmax(totals, axis=0)  # ties: the earlier position
     out = {key: np.choose(worst, [r[key] for r in by_rank]) for key in by_rank[0]}
-    out["cuda_context"] = np.full(len(P), cluster.accelerator.reserved_memory_bytes)
+    out["cuda_context"] = np.full(len(P), cluster.accelerator.training_context_bytes)
     out["peak"] = totals.max(axis=0) + out["cuda_context"]
     out["peak_rank"] = np.choose(worst, ranks.index)
     out["fragmentation_share"] = np.full(len(P), share)
