@@ -27,11 +27,11 @@ LOSS_BYTES = {"upcast": (4.0, 8.0), "vocab_parallel": (4.0, 2.0), "fused": (2.0,
 `Job.loss_kernel`. upcast: torchtitan `cross_entropy_loss` = `F.cross_entropy(pred.float())`,
 which is log_softmax (saves its fp32 output) + nll_loss; its backward holds nll_loss's fp32
 gradient (4) and log_softmax's fp32 input gradient (4) beside the saved output, more than the
-forward's bf16 logits (2) and fp32 upcast (4). vocab_parallel: Megatron `vocab_parallel_cross_entropy(
-logits.float())` exponentiates the fp32 upcast in place and saves it; the bf16 logits (2) are
-live during the cast. fused: flash-attn `CrossEntropyLoss(inplace_backward=True)` keeps the
-bf16 logits and writes the gradient into them. At the vocabulary size this is the largest
-transient of a step."""
+forward's bf16 logits (2) and fp32 upcast (4). vocab_parallel: Megatron
+`vocab_parallel_cross_entropy(logits.float())` exponentiates the fp32 upcast in place and
+saves it; the bf16 logits (2) are live during the cast. fused: flash-attn
+`CrossEntropyLoss(inplace_backward=True)` keeps the bf16 logits and writes the gradient into
+them. At the vocabulary size this is the largest transient of a step."""
 
 FSDP_PREFETCH_LAYERS = 2
 """Unsharded layers live under ZeRO-3/FSDP: the one computing and the one prefetched
