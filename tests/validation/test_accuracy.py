@@ -53,6 +53,18 @@ def test_gpt3_175b_ptdp_runs_within_15_percent(report):
 
 
 def test_measured_runs_predicted_out_of_memory_stay_few(report):
-    # target: none. Four remain (MoE runs with partial recompute we model coarsely, and the
-    # paper's starred near-limit ZeRO-3 run); listed in docs/validation.md.
-    assert len(report["summary"]["oom_misses"]) <= 4
+    # target: none. Three remain (MoE runs with partial recompute whose activations we model
+    # coarsely); listed in docs/validation.md.
+    assert len(report["summary"]["oom_misses"]) <= 3
+    # every run that reports its peak memory is predicted to fit
+    assert report["summary"]["memory"]["measured_not_fitting"] == []
+
+
+def test_peak_memory_error_bounds(report):
+    """Predicted vs reported (reserved) peak; nothing is fitted to these rows. Targets median
+    <= 10 %, p90 <= 25 %: met on torchtitan (median ~10 %), not on the Zero Bubble runs
+    (activations of the unfused attention, docs/validation.md)."""
+    s = report["summary"]["memory"]
+    assert s["count"] >= 60
+    assert s["median_abs_error"] <= 0.22 and s["p90_abs_error"] <= 0.45
+    assert s["by_source"]["torchtitan_bench_2412"]["median_abs_error"] <= 0.12

@@ -123,7 +123,7 @@ def test_custom_runs_file_through_the_cli(shipped, tmp_path):
     assert data["skipped"] == [{"id": "custom-unbuildable",
                                 "reason": "unknown hardware 'Imaginary TPU v9'"}]
     assert data["rows"][1]["memory"] is not None and set(data["rows"][1]["memory"]) == {
-        "measured_gib", "predicted_gib", "error"}
+        "measured_gib", "predicted_gib", "error", "reported"}
     assert data["summary"]["headline"]["count"] == 1 and data["summary"]["sweep"]["count"] == 1
     table = CliRunner().invoke(_app(), ["validate", "--runs", str(path), "--headline-only",
                                         "--analytic"])

@@ -74,7 +74,10 @@ def print_report(result: dict[str, Any]) -> None:
         console.print(stats_table("sweep groups (Spearman: predicted vs measured throughput)",
                                   s["sweep_groups"], spearman=True))
     if s["memory"]["count"]:
-        console.print(stats_table("peak memory (error on GiB)", {"runs with memory": s["memory"]}))
+        mem = s["memory"]
+        console.print(stats_table("peak memory (error on GiB, vs the reserved or allocated "
+                                  "peak each source reports)",
+                                  {"runs with memory": mem, **mem["by_source"]}))
     if s["oom_misses"]:
         console.print(f"[red]{len(s['oom_misses'])} measured runs predicted not to fit:[/] "
                       + ", ".join(s["oom_misses"]))

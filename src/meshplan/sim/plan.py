@@ -88,13 +88,11 @@ def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cl
     step = sum(t.values())
     per_rank = []
     for r, held in enumerate(result.peak_activation_bytes):
-        terms = stages.static_memory_of(i, r, plan.pp)
-        terms["activations"] += held
-        per_rank.append(terms)
+        per_rank.append(stages.rank_memory(i, r, plan.pp, held))
     totals = [sum(terms.values()) for terms in per_rank]
     worst = int(np.argmax(totals))
-    reserved = analytic.memory_bytes["reserved"]
-    mem = {**per_rank[worst], "reserved": reserved, "peak": totals[worst] + reserved}
+    context = analytic.memory_bytes["cuda_context"]
+    mem = {**per_rank[worst], "cuda_context": context, "peak": totals[worst] + context}
     mem = {k: mem[k] for k in analytic.memory_bytes}
     peak = cluster.accelerator.peak("bf16")
     sim_estimate = replace(

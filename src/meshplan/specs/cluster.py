@@ -77,12 +77,31 @@ class Accelerator(Spec):
     memory_efficiency: float = Field(ge=MIN_EFFICIENCY, le=1)
     """Achieved / peak HBM bandwidth for element-wise kernels."""
     reserved_memory_bytes: float = Field(ge=0, le=MAX_MEMORY_BYTES)
-    """Memory lost to the CUDA context, allocator fragmentation and workspaces."""
+    """Memory lost outside the model: in serving, the CUDA context, allocator fragmentation
+    and workspaces; in training, the CUDA context unless `context_memory_bytes` is given (on a
+    CPU: the baseline resident set)."""
+    context_memory_bytes: float | None = Field(default=None, ge=0, le=MAX_MEMORY_BYTES)
+    """Training: the CUDA context and loaded kernel modules alone, outside PyTorch's caching
+    allocator and NCCL (their terms: `cost.train.allocator`); None: reserved_memory_bytes."""
+    caching_allocator: bool | None = None
+    """Memory goes through PyTorch's CUDA caching allocator and NCCL (fragmentation, cuBLAS
+    workspaces and NCCL buffers count); None: True unless the name starts with "cpu"."""
     silicon: str | None = None
     """The silicon (die and operating point) whose fitted factors this accelerator uses: the
     table of a calibration file it reads (`calibration_key`). Accelerators on the same die
     whose peaks are quoted at their own clocks share one (H200 with H100, B200 with GB200);
     None: the accelerator's `name` is the key."""
+
+    @property
+    def training_context_bytes(self) -> float:
+        return self.reserved_memory_bytes if self.context_memory_bytes is None \
+            else self.context_memory_bytes
+
+    @property
+    def uses_caching_allocator(self) -> bool:
+        if self.caching_allocator is not None:
+            return self.caching_allocator
+        return not self.name.startswith("cpu")
 
     @property
     def calibration_key(self) -> str:

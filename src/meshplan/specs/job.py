@@ -23,6 +23,14 @@ class Job(Spec):
     """Bytes per gradient element (Megatron accumulates in fp32; FSDP bf16 reduce gives 2)."""
     flash_attention: bool = True
     """Fused attention kernel (FlashAttention); False models the unfused softmax of 2021."""
+    loss_kernel: Literal["upcast", "vocab_parallel", "fused"] = "vocab_parallel"
+    """How the loss runs at the vocabulary size (`cost.train.allocator.LOSS_BYTES`): upcast:
+    F.cross_entropy on the fp32 upcast (torchtitan, Hugging Face); vocab_parallel: Megatron's
+    vocab-parallel cross-entropy on the fp32 upcast, exp in place; fused: a fused kernel on the
+    bf16 logits (flash-attn CrossEntropyLoss, llm-foundry's fused_crossentropy)."""
+    expandable_segments: bool = False
+    """PyTorch's caching allocator runs with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    (less fragmentation: `cost.train.allocator.EXPANDABLE_SHARE`)."""
     token_budget: float | None = Field(default=None, ge=1, le=1e18)
     """Tokens to train on, for time-to-train and GPU-hours (at most 1e18: ~30,000x the
     largest pre-training corpora today, ~3.6e13 tokens)."""

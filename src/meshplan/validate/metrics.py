@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from meshplan.cost.flops import forward_flops, head_flops, megatron_eq3_flops
 from meshplan.cost.params import count_params
+from meshplan.cost.train.allocator import reported
 from meshplan.estimate import GIB, Estimate
+from meshplan.specs.job import Job
 from meshplan.validate.rows import Case
 from meshplan.validate.rules import LEGACY_MEGATRON, NOT_MCORE, Rule, first
 
@@ -37,7 +39,7 @@ class Comparison:
     measured_tokens_per_s_per_gpu: float
     predicted_tokens_per_s_per_gpu: float
     notes: tuple[str, ...]
-    memory: dict[str, float] | None
+    memory: dict[str, Any] | None
 
 
 def pick_metric(row: dict[str, Any]) -> str | None:
@@ -165,10 +167,38 @@ def compare(case: Case, est: Estimate, metric: str) -> Comparison:
                       pred_tps, tuple(notes), _memory(row, est))
 
 
-def _memory(row: dict[str, Any], est: Estimate) -> dict[str, float] | None:
+ENGINE_MEMORY: dict[str, dict[str, Any]] = {
+    # torchtitan's run_train.sh exports PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True";
+    # its loss is F.cross_entropy on the fp32 upcast (torchtitan `cross_entropy_loss`).
+    "torchtitan": {"expandable_segments": True, "loss_kernel": "upcast"},
+    # llm-foundry's MPT uses `loss_fn: fused_crossentropy` (flash-attn's CrossEntropyLoss).
+    "llm-foundry": {"loss_kernel": "fused"},
+}
+"""Allocator and loss settings of the engines whose defaults differ from meshplan's (matched
+in the row's `framework`); a rebuild rule for memory only."""
+
+
+def memory_job(case: Case) -> Job:
+    """The case's job with the engine's allocator and loss settings (`ENGINE_MEMORY`)."""
+    framework = str(case.row.get("framework") or "").lower()
+    for name, settings in ENGINE_MEMORY.items():
+        if name in framework:
+            return case.job.model_copy(update=settings)
+    return case.job
+
+
+def reported_kind(row: dict[str, Any]) -> Literal["reserved", "allocated"]:
+    """What the row's peak memory is: max allocated if its notes say so, else max reserved
+    (torchtitan's and Megatron's memory logs report the reserved peak)."""
+    text = " ".join(str(row.get(k) or "") for k in ("notes", "other_metrics")).lower()
+    return "allocated" if "allocated" in text else "reserved"
+
+
+def _memory(row: dict[str, Any], est: Estimate) -> dict[str, Any] | None:
     measured = row["peak_memory_gb"]
     if not isinstance(measured, (int, float)) or measured <= 0:
         return None
-    predicted = est.memory_bytes["peak"] / GIB
+    kind = reported_kind(row)
+    predicted = reported(est.memory_bytes, kind) / GIB
     return {"measured_gib": float(measured), "predicted_gib": predicted,
-            "error": (predicted - measured) / measured}
+            "error": (predicted - measured) / measured, "reported": kind}

@@ -18,7 +18,7 @@ import numpy as np
 from meshplan.api import estimate
 from meshplan.errors import MeshplanError, unknown_name
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef
-from meshplan.validate.metrics import Comparison, compare, pick_metric
+from meshplan.validate.metrics import Comparison, compare, memory_job, pick_metric
 from meshplan.validate.rows import Case, Skip, build_case
 
 
@@ -102,7 +102,7 @@ def validate_row(row: dict[str, Any], simulate: bool = True,
     if isinstance(case, Skip):
         return case
     try:
-        est = estimate(case.model, case.cluster, case.job, case.plan, case.num_gpus,
+        est = estimate(case.model, case.cluster, memory_job(case), case.plan, case.num_gpus,
                        simulate=simulate)
     except MeshplanError as err:
         return Skip(row["id"], f"plan illegal in meshplan: {err}")
@@ -141,6 +141,19 @@ def validate(rows: list[dict[str, Any]], simulate: bool = True,
             "summary": summarise(out_rows, skipped, throughput)}
 
 
+def memory_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Peak-memory error (predicted vs reported, `metrics.reported_kind`) overall and per
+    source. Nothing is fitted to these rows (`cost.train.allocator`), so every figure is also
+    its own leave-one-source-out figure."""
+    with_mem = [r for r in rows if r["memory"] is not None]
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in with_mem:
+        groups[r["source_id"]].append(r["memory"]["error"])
+    return {**stats(r["memory"]["error"] for r in with_mem),
+            "by_source": {k: stats(v) for k, v in sorted(groups.items())},
+            "measured_not_fitting": [r["id"] for r in with_mem if not r["fits"]]}
+
+
 def summarise(rows: list[dict[str, Any]], skipped: list[dict[str, str]],
               throughput: dict[str, tuple[float, float]]) -> dict[str, Any]:
     def by(key: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
@@ -171,7 +184,7 @@ def summarise(rows: list[dict[str, Any]], skipped: list[dict[str, str]],
         "by_source": by(lambda r: r["source_id"]),
         "by_accelerator": by(lambda r: r["gpu"]),
         "sweep_groups": groups,
-        "memory": stats(r["memory"]["error"] for r in rows if r["memory"] is not None),
+        "memory": memory_summary(rows),
         "oom_misses": [r["id"] for r in rows if not r["fits"]],
         "skip_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
     }

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshplan.cost.params import ParamCounts
+from meshplan.cost.train import allocator as alloc
 from meshplan.cost.train.pipeline import head_in_flight, head_rank, in_flight_microbatches
 from meshplan.mesh import Mesh
 from meshplan.specs.cluster import Cluster
@@ -97,9 +98,11 @@ def layer_activation_bytes(model: Model, job: Job, mesh: Mesh, moe: bool) -> np.
 
 
 def head_activation_bytes(model: Model, job: Job, mesh: Mesh) -> np.ndarray:
-    """Last stage: LM-head input and fp32 logits kept by the cross-entropy (one micro-batch)."""
+    """Last stage: LM-head input and the logits the loss keeps (`allocator.LOSS_BYTES`), one
+    micro-batch."""
     T = mesh.tokens_per_microbatch(job.seq_len)
-    return 2 * T * model.hidden_size / mesh.seq_shard + 4.0 * T * model.vocab_size \
+    saved = alloc.LOSS_BYTES[job.loss_kernel][0]
+    return 2 * T * model.hidden_size / mesh.seq_shard + saved * T * model.vocab_size \
         / mesh.plans.tp
 
 
@@ -210,10 +213,15 @@ def step_memory(model: Model, cluster: Cluster, job: Job, mesh: Mesh, counts: Pa
 
     layer_params = (counts.per_dense_layer if not model.is_moe
                     else counts.per_moe_layer_non_expert + counts.expert / (P.ep * P.etp))
-    prefetch = np.where(P.zero >= 3, 2 * 2.0 * layer_params / P.tp, 0.0)
     T = mesh.tokens_per_microbatch(job.seq_len)
+    # TP all-gather/reduce-scatter outputs and pipeline send/receive buffers (one of each way).
     comm_buf = 2 * 2.0 * T * model.hidden_size * (P.tp > 1) + 2 * 2.0 * T * model.hidden_size / \
         mesh.seq_shard * (P.pp > 1)
+    gpu = cluster.accelerator.uses_caching_allocator
+    loss = alloc.loss_transient_bytes(model, job, mesh)
+    nccl = alloc.nccl_bytes(mesh) if gpu else np.zeros(len(P))
+    workspace = alloc.workspace_bytes(len(P)) if gpu else np.zeros(len(P))
+    share = alloc.fragmentation_share(job) if gpu else 0.0
 
     by_rank = []
     for k in range(len(RANK_POSITIONS)):
@@ -224,18 +232,27 @@ def step_memory(model: Model, cluster: Cluster, job: Job, mesh: Mesh, counts: Pa
         e_states = model_state_bytes(ranks.expert[k], P, mesh.edp, job)
         one = {key: st[key] + e_states[key] for key in st}
         one["activations"] = acts + working
-        one["buffers"] = prefetch + comm_buf
+        one["buffers"] = comm_buf
+        one["zero_buffers"] = alloc.zero_buffers(job, mesh, layer_params,
+                                                 ranks.dense[k] + ranks.expert[k])
+        one["logits"] = np.where(ranks.head[k], loss, 0.0)
+        one["workspace"] = workspace
+        one["fragmentation"] = alloc.fragmentation(one, share)
+        one["nccl"] = nccl
         by_rank.append(one)
     totals = np.stack([sum(r.values()) for r in by_rank])
     worst = np.argmax(totals, axis=0)  # ties: the earlier position
     out = {key: np.choose(worst, [r[key] for r in by_rank]) for key in by_rank[0]}
-    out["reserved"] = np.full(len(P), cluster.accelerator.reserved_memory_bytes)
-    out["peak"] = totals.max(axis=0) + out["reserved"]
+    out["cuda_context"] = np.full(len(P), cluster.accelerator.training_context_bytes)
+    out["peak"] = totals.max(axis=0) + out["cuda_context"]
     out["peak_rank"] = np.choose(worst, ranks.index)
+    out["fragmentation_share"] = np.full(len(P), share)
     # For the simulator: memory that does not depend on the schedule, per rank position, and
     # the activations of one micro-batch on an evenly split rank (all its chunks) and of the head.
     for k, name in enumerate(RANK_POSITIONS):
         for key, value in by_rank[k].items():
+            if key == "fragmentation":
+                continue  # of the whole rank: the simulator adds it (`with_reserve`)
             out[f"static_{name}_{key}"] = working if key == "activations" else value
     out["activations_per_microbatch"] = per_mb
     out["head_activations"] = head_act

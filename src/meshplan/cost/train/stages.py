@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from meshplan.cost.train.allocator import fragmentation
 from meshplan.cost.train.passes import PassTimes
 from meshplan.schedules.spec import W_ACTIVATION_SHARE
 
@@ -66,6 +67,8 @@ class StageTimes:
     static_memory: tuple[dict[str, np.ndarray], ...]
     """Memory that does not depend on the schedule, by term, of the first, a middle and the
     last rank (`memory.RANK_POSITIONS`; 'activations' is full recompute's rebuilt layer)."""
+    fragmentation_share: np.ndarray
+    """The allocator's reserve over its allocated peak (`allocator.fragmentation_share`)."""
 
     def rank_scale_of(self, i: int, rank: int, pp: int) -> float:
         first, mid, last = (float(x[i]) for x in self.rank_scale)
@@ -76,6 +79,14 @@ class StageTimes:
         first, middle, last = self.static_memory
         kind = first if rank == 0 else last if rank == pp - 1 else middle
         return {k: float(v[i]) for k, v in kind.items()}
+
+    def rank_memory(self, i: int, rank: int, pp: int, held: float) -> dict[str, float]:
+        """By term, the peak memory of `rank` holding `held` bytes of in-flight activations,
+        with the allocator's reserve on what the rank allocates."""
+        terms = self.static_memory_of(i, rank, pp)
+        terms["activations"] += held
+        terms["fragmentation"] = float(fragmentation(terms, self.fragmentation_share[i]))
+        return terms
 
     def rank_terms(self, i: int, rank: int, pp: int, head_rank: int) -> dict[str, float]:
         """PASS_TERMS of one micro-batch on `rank` (the embedding on rank 0 and the head on

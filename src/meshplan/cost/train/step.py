@@ -39,10 +39,15 @@ from meshplan.specs.stages import rank_layers
 
 TIME_TERMS = ("compute", "tp_comm", "cp_comm", "ep_comm", "pp_comm", "bubble", "dp_comm",
               "optimizer")
-MEMORY_TERMS = ("weights", "gradients", "optimizer", "activations", "buffers", "reserved")
-STATIC_TERMS = ("weights", "gradients", "optimizer", "activations", "buffers")
+MEMORY_TERMS = ("weights", "gradients", "optimizer", "activations", "buffers", "zero_buffers",
+                "logits", "workspace", "fragmentation", "nccl", "cuda_context")
+"""What the model holds (weights .. activations), the transient and allocator-side terms
+(`cost.train.allocator`), and the memory outside the allocator (nccl, cuda_context)."""
+STATIC_TERMS = ("weights", "gradients", "optimizer", "activations", "buffers", "zero_buffers",
+                "logits", "workspace", "nccl")
 """A rank's memory that does not depend on the schedule ('activations': the layer a full
-recompute rebuilds), handed to the simulator per rank position."""
+recompute rebuilds), handed to the simulator per rank position; it adds the fragmentation
+of the whole rank (`fragmentation_share`)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,7 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
         head_activation_bytes=mem.pop("head_activations"),
         static_memory=tuple({key: mem.pop(f"static_{k}_{key}") for key in STATIC_TERMS}
                             for k in RANK_POSITIONS),
+        fragmentation_share=mem.pop("fragmentation_share"),
     )
     return CostArrays(
         step_time=step,
