@@ -61,8 +61,10 @@ OBJECTIVES: tuple[str, ...] = ("goodput-per-gpu", "throughput", "cost")
 WAVE = 8
 """Deployments simulated between two skip decisions: fixed, so the result does not depend on
 the number of cores."""
-BOUND_SLACK = 1.25
-REFINE = 2
+BOUND_SLACK = 1.5
+"""The estimate ignores how prefill chunks and decodes slow each other down, in either
+direction; the search starts this far above it and skips only what this much above cannot win."""
+REFINE = 1
 RATE_TOLERANCE = 0.05
 MAX_STEPS = 10
 DEFAULT_NUM_REQUESTS = 1000
@@ -364,7 +366,7 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
 
     def run(batch: list[tuple[AnySpec, Bound]]) -> None:
         nonlocal simulations
-        results = mapper(_evaluate, [(m, c, s, q, b.rate_per_s) for s, b in batch])
+        results = mapper(_evaluate, [(m, c, s, q, b.rate_per_s * BOUND_SLACK) for s, b in batch])
         for (s, b), r in zip(batch, results, strict=True):
             simulations += r.simulations
             if r.held is None:

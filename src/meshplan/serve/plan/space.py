@@ -1,7 +1,7 @@
 """The deployments a serving plan search considers on N GPUs.
 
-Per-instance layouts: tp over the divisors of a node's GPUs, pp in 1, 2, 4 (colocated
-instances only), and for a MoE model ep and dp_attention each 1 or tp; every layout passes the
+Per-instance layouts: tp over the divisors of a node's GPUs, pp in 1, 2, 4 at tp = a node
+(colocated instances only), and for a MoE model ep and dp_attention each 1 or tp; every layout passes the
 simulator's own layout rules (`deployment._check_layout`, through `resolve`). Colocated: as
 many instances of one layout as fit in N GPUs. Disaggregated (xPyD): x prefill instances of
 one layout and y decode instances of another (pp = 1 each), every (x, y) that leaves no room
@@ -81,7 +81,10 @@ def instance_layouts(model: Model, cluster: Cluster, engine: str, max_gpus: int,
     moe = model.moe is not None
     for tp in _divisors(cluster.gpus_per_node):
         for pp in PIPELINE_STAGES if pipeline else (1,):
-            if tp * pp > max_gpus:
+            # pipeline stages only past a node's tensor parallelism (where a model needs
+            # them to fit): below it, more TP or more instances serve better and a pp > 1
+            # instance simulates batch by batch (slow)
+            if tp * pp > max_gpus or (pp > 1 and tp < cluster.gpus_per_node):
                 continue
             for ep in sorted({1, tp}) if moe else (1,):
                 for dpa in sorted({1, tp}) if moe else (1,):
