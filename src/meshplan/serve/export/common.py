@@ -71,4 +71,5 @@ def header(d: AnyDeployment, engine: str, version: str) -> list[str]:
             "# Instances on consecutive GPUs, node by node; run each command on its node "
             "(HOST_<node> is its address).",
             "set -euo pipefail",
-            f'MODEL="${{MODEL:-{model_id(d)}}}"']
+            f'MODEL="${{MODEL:-{model_id(d)}}}"',
+            *[f'HOST_{n}="${{HOST_{n}:-127.0.0.1}}"' for n in sorted({s.node for s in slots(d)})]]

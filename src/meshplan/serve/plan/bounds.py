@@ -33,6 +33,8 @@ class Bound:
     reason: str | None
     detail: str
     rate_per_s: float = 0.0
+    lifetime_s: float = 0.0
+    """A request's estimated time in the system at that rate (prefill, then O - 1 steps)."""
 
 
 def prefill_time(c: IterationCost, d: Deployment, prompts: int, tokens: int) -> float:
@@ -131,8 +133,9 @@ def bound(d: AnyDeployment, input_len: int, output_len: int, slo_ttft_s: float,
         k = max(1, p.max_num_batched_tokens // i)
         prefill_rate = k / prefill_time(cp, p, k, i) * p.pp
         rate = min(p.instances * prefill_rate, q.instances * decode_rate)
+        life = t1 + (o - 1) * decode_step(cq, b, i + o / 2)
         return Bound(None, f"prefill {p.instances * prefill_rate:.2f} req/s, decode "
-                     f"{q.instances * decode_rate:.2f} req/s at batch {b}", rate)
+                     f"{q.instances * decode_rate:.2f} req/s at batch {b}", rate, life)
     # Colocated: a prompt's marginal time on top of the decode batch it joins.
     chunk = min(i, d.max_num_batched_tokens)
     ctx = b * (i + o / 2)
@@ -140,4 +143,5 @@ def bound(d: AnyDeployment, input_len: int, output_len: int, slo_ttft_s: float,
     marginal = max(mixed - decode_step(cq, b, i + o / 2), 0.0) * (i / chunk)
     per_request = marginal + max(o - 1, 1) * decode_step(cq, b, i + o / 2) / b
     rate = d.instances * d.pp / per_request
-    return Bound(None, f"{rate:.2f} req/s at decode batch {b}", rate)
+    life = t1 + (o - 1) * decode_step(cq, b, i + o / 2)
+    return Bound(None, f"{rate:.2f} req/s at decode batch {b}", rate, life)

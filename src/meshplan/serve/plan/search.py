@@ -15,14 +15,16 @@ within TTFT and TPOT SLOs, every number shown from the request-level simulator.
 For one deployment, `max_rate` bisects the Poisson rate: the SLOs hold at a rate when the
 chosen percentile of TTFT and of TPOT, over the requests arriving in the second half of
 `num_requests` (fixed lengths, fixed seed; the first half warms the batch up from empty), is
-within its bound. The bisection starts at the steady-state estimate times `BOUND_SLACK` (a
-run that holds there is reported there: a finite run can hold above what a deployment
-sustains, because its requests' decodes finish after the arrivals stop) and stops when the
-failing rate is within `RATE_TOLERANCE` of the holding one. The default of 1,000 requests
-(500 measured): a p99 is then the 5th worst measured request; a deployment overloaded by a
-fraction e queues about e x 1000 / rate s of prefill work by the end, so a p99 TTFT SLO of
-S s detects an overload above S x rate / 1000 (~10 % at 50 req/s and 2 s). Fewer requests
-hide overload, more cost time linearly (`num_requests`).
+within its bound. It starts at the steady-state estimate, steps by `BRACKET` until one rate
+holds and the next fails, and bisects until they are within `RATE_TOLERANCE`. How many
+requests: a run must last a few request lifetimes (`Query.requests_at`: arrivals over
+`STEADY_LIFETIMES` x the estimated time a request spends in the system, at least
+`num_requests` = 1,000, at most 8,000), or its decode batch never grows to the size it would
+keep (a 70B model decoding 256 tokens lives ~15 s: 1,000 requests at 40 req/s last 25 s,
+and such a run holds the SLOs ~1.7x above what 4,000 requests sustain). The measured half
+then holds 500 to 4,000 requests, a p99 their 5th to 40th worst; a deployment overloaded
+by a fraction e queues about e x duration / 2 s of work in it, so a p99 TTFT SLO of S s
+detects overload above ~2 S / duration.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,15 +60,18 @@ from meshplan.specs.model import Model
 
 Objective = Literal["goodput-per-gpu", "throughput", "cost"]
 OBJECTIVES: tuple[str, ...] = ("goodput-per-gpu", "throughput", "cost")
-WAVE = 8
+WAVE = 4
 """Deployments simulated between two skip decisions: fixed, so the result does not depend on
 the number of cores."""
-BOUND_SLACK = 1.5
+BOUND_SLACK = 1.25
 """The estimate ignores how prefill chunks and decodes slow each other down, in either
-direction; the search starts this far above it and skips only what this much above cannot win."""
+direction; the search skips only a deployment that this much above it cannot win."""
+BRACKET = 1.25
+"""Factor between the rates tried before the bisection."""
 REFINE = 1
 RATE_TOLERANCE = 0.05
-MAX_STEPS = 10
+MAX_STEPS = 12
+STEADY_LIFETIMES = 3.0
 DEFAULT_NUM_REQUESTS = 1000
 
 
@@ -81,9 +86,21 @@ class Query:
     percentile: float = 99.0
     num_requests: int = DEFAULT_NUM_REQUESTS
     seed: int = 0
+    lifetime_s: float | None = None
+    """A request's estimated time in the system (the deployment's bound), else the SLOs'."""
+
+    def requests_at(self, rate: float) -> int:
+        """Requests simulated at `rate`: `num_requests`, or enough for the arrivals to span
+        `STEADY_LIFETIMES` request lifetimes (`lifetime_s`, else at most the TTFT SLO and
+        (O - 1) x the TPOT SLO), so that the measured second half sees the batch at its
+        steady size (up to 8 x num_requests)."""
+        life = self.lifetime_s if self.lifetime_s is not None else \
+            (self.output_len - 1) * self.slo_tpot_s + self.slo_ttft_s
+        need = math.ceil(STEADY_LIFETIMES * rate * life)
+        return max(self.num_requests, min(need, 8 * self.num_requests))
 
     def workload(self, rate: float) -> Workload:
-        return Workload(arrival="poisson", rate=rate, num_requests=self.num_requests,
+        return Workload(arrival="poisson", rate=rate, num_requests=self.requests_at(rate),
                         seed=self.seed, input=Lengths(mean=self.input_len),
                         output=Lengths(mean=self.output_len))
 
@@ -137,7 +154,9 @@ class RateSearch:
 
 def max_rate(model: Model, cluster: Cluster, spec: AnySpec, q: Query,
              start: float) -> RateSearch:
-    """Bisect the Poisson rate between a holding and a failing one, from `start`."""
+    """The highest Poisson rate at which `spec` meets the SLOs: from `start` (the
+    steady-state estimate), up or down by `BRACKET` until one rate holds and the next fails,
+    then bisection until they are within `RATE_TOLERANCE` of each other."""
     runs = 0
 
     def at(rate: float) -> Probe:
@@ -146,15 +165,27 @@ def max_rate(model: Model, cluster: Cluster, spec: AnySpec, q: Query,
         return probe(model, cluster, spec, q, rate)
 
     held: Probe | None = None
+    failed: Probe | None = None
     p = at(start)
-    if p.ok:  # holds at the capacity estimate's ceiling: reported there, not above
-        return RateSearch(p, None, runs)
-    failed = p
     for _ in range(MAX_STEPS):
-        lo = 0.0 if held is None else held.rate_per_s
-        if held is not None and failed.rate_per_s - lo <= RATE_TOLERANCE * failed.rate_per_s:
+        if p.ok:
+            held = p
+            if failed is not None:
+                break
+            if p.rate_per_s >= start * BRACKET ** 3:  # held far above the estimate: stop there
+                return RateSearch(held, None, runs)
+            p = at(p.rate_per_s * BRACKET)
+        else:
+            failed = p
+            if held is not None:
+                break
+            p = at(p.rate_per_s / BRACKET)
+    if held is None or failed is None:
+        return RateSearch(held, failed, runs)
+    for _ in range(MAX_STEPS):
+        if failed.rate_per_s - held.rate_per_s <= RATE_TOLERANCE * failed.rate_per_s:
             break
-        p = at(0.5 * (lo + failed.rate_per_s))
+        p = at(0.5 * (held.rate_per_s + failed.rate_per_s))
         if p.ok:
             held = p
         else:
@@ -366,7 +397,8 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
 
     def run(batch: list[tuple[AnySpec, Bound]]) -> None:
         nonlocal simulations
-        results = mapper(_evaluate, [(m, c, s, q, b.rate_per_s * BOUND_SLACK) for s, b in batch])
+        results = mapper(_evaluate, [(m, c, s, replace(q, lifetime_s=b.lifetime_s), b.rate_per_s)
+                                      for s, b in batch])
         for (s, b), r in zip(batch, results, strict=True):
             simulations += r.simulations
             if r.held is None:

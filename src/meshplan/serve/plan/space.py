@@ -24,10 +24,10 @@ from meshplan.specs.model import Model
 AnySpec = DeploymentSpec | DisaggregatedSpec
 
 PIPELINE_STAGES = (1, 2, 4)
-MAX_NUM_SEQS_VARIANTS = (256, 64)
+MAX_NUM_SEQS_VARIANTS = (256,)
 """Tried below the engine default (vLLM's 1024 on large GPUs, 256 elsewhere)."""
-BATCHED_TOKENS_VARIANTS = (2048, 16384)
-"""Around vLLM V1's 8192 / SGLang's 8192 default chunk on H100-class GPUs."""
+BATCHED_TOKENS_VARIANTS = (2048,)
+"""Below vLLM V1's / SGLang's 8192 default chunk on H100-class GPUs (`presets/engines`)."""
 
 
 def pool_label(s: DeploymentSpec) -> str:
