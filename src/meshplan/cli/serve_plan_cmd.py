@@ -32,7 +32,7 @@ def _write(text: str, out: str) -> None:
         Path(out).write_text(text)
     except OSError as err:
         raise MeshplanError(f"--out={out}: cannot write: {err.strerror}") from None
-    console.print(f"launch script written to {out}")
+    typer.echo(f"launch script written to {out}", err=True)
 
 
 def _print_plan(r: ServePlan) -> None:
@@ -47,10 +47,7 @@ def _print_plan(r: ServePlan) -> None:
                 "GPU-h/1M req"):
         t.add_column(col, justify="left" if col == "deployment" else "right")
     for k, p in enumerate(r.plans, 1):
-        m = p.metrics
-        pct = f"p{q.percentile:g}"
-        ttft = m["ttft_ms"].get(pct) if pct in m["ttft_ms"] else m["ttft_ms"]["p99"]
-        tpot = m["tpot_ms"].get(pct) if pct in m["tpot_ms"] else m["tpot_ms"]["p99"]
+        ttft, tpot = p.slo_ttft_ms, p.slo_tpot_ms
         t.add_row(str(k), p.label, str(p.num_gpus), f"{p.max_rate_per_s:.2f}",
                   f"{p.goodput_per_gpu:.3f}", f"{p.tokens_per_s_per_gpu:.0f}",
                   f"{p.tokens_per_s_per_user:.1f}", f"{ttft:.0f}", f"{tpot:.1f}",

@@ -8,8 +8,8 @@ For one pool (`Deployment`) and a request of I prompt and O output tokens:
   takes longer than the TTFT SLO (no queueing can make it faster);
 * TPOT: one decode step of a lone sequence at the mean context I + O / 2 takes longer than the
   TPOT SLO (every output token after the first costs at least one step);
-* rate: the steady state at the largest decode batch B that holds in the KV cache (at I + O / 2 tokens a request), within
-  max_num_seqs and with a step no slower than the TPOT SLO: each request costs O / B decode
+* rate: the steady state at the largest decode batch B that holds in the KV cache (at
+  I + O / 2 tokens a request), within max_num_seqs and with a step no slower than the TPOT SLO: each request costs O / B decode
   steps of t_d(B) and its prefill's marginal time on top of that batch (colocated), or the
   pools work apart (disaggregated: x prefill instances at one batch-packed prefill each,
   y decode instances at B / (O t_d(B)) requests per second). Queueing only lowers what a
@@ -136,10 +136,15 @@ def bound(d: AnyDeployment, input_len: int, output_len: int, slo_ttft_s: float,
         life = t1 + (o - 1) * decode_step(cq, b, i + o / 2)
         return Bound(None, f"prefill {p.instances * prefill_rate:.2f} req/s, decode "
                      f"{q.instances * decode_rate:.2f} req/s at batch {b}", rate, life)
-    # Colocated: a prompt's marginal time on top of the decode batch it joins.
-    chunk = min(i, d.max_num_batched_tokens)
+    # Colocated: a prompt's marginal time on top of the decode batch it joins, with as many
+    # whole prompts as the token budget packs into one iteration (k x I tokens) or one
+    # budget-sized chunk of a longer prompt.
+    k = max(1, d.max_num_batched_tokens // i)
+    chunk = min(k * i, d.max_num_batched_tokens)
+    per_seq = min(i, chunk)
     ctx = b * (i + o / 2)
-    mixed = cq.time(b + 1, b + chunk, ctx, b + chunk * chunk, ctx + b + chunk, b + 1)
+    seqs = -(-chunk // per_seq)
+    mixed = cq.time(b + seqs, b + chunk, ctx, b + chunk * per_seq, ctx + b + chunk, b + seqs)
     marginal = max(mixed - decode_step(cq, b, i + o / 2), 0.0) * (i / chunk)
     per_request = marginal + max(o - 1, 1) * decode_step(cq, b, i + o / 2) / b
     rate = d.instances * d.pp / per_request

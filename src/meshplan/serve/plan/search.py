@@ -210,10 +210,20 @@ class PlanEntry:
     bound_rate_per_s: float
     metrics: dict[str, Any]
     simulations: int
+    query: Query
+    """The query its simulations used (with its lifetime estimate: `probe` re-runs them)."""
+    slo_ttft_ms: float
+    slo_tpot_ms: float
+    """The SLO percentile of TTFT / TPOT over the measured (second) half at that rate."""
 
     @property
     def disaggregated(self) -> bool:
         return isinstance(self.spec, DisaggregatedSpec)
+
+    @property
+    def workload(self) -> Workload:
+        """The workload it was simulated with at max_rate_per_s (to re-simulate it)."""
+        return self.query.workload(self.max_rate_per_s)
 
     @property
     def label(self) -> str:
@@ -248,6 +258,8 @@ class PlanEntry:
                 "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
                 "tokens_per_s_per_user": self.tokens_per_s_per_user,
                 "metrics": self.metrics, "simulations": self.simulations,
+                "num_requests": self.workload.num_requests, "seed": self.workload.seed,
+                "slo_measured": {"ttft_ms": self.slo_ttft_ms, "tpot_ms": self.slo_tpot_ms},
                 "simulated": True}
 
 
@@ -328,14 +340,14 @@ def _check(model: Model, cluster: Cluster, n: int, q: Query, objective: str,
         raise MeshplanError(f"--num-gpus={n}: {cluster.name} has {cluster.num_gpus} GPUs")
     if top < 1:
         raise MeshplanError(f"--top={top}: must be positive")
-    for name, v in (("--input-len", q.input_len), ("--output-len", q.output_len)):
-        if v < 1:
-            raise MeshplanError(f"{name}={v}: must be positive")
-    if q.input_len + q.output_len > model.max_seq_len:
+    for name, length in (("--input-len", q.input_len), ("--output-len", q.output_len)):
+        if length < 1:
+            raise MeshplanError(f"{name}={length}: must be positive")
+    if model.max_seq_len is not None and q.input_len + q.output_len > model.max_seq_len:
         raise MeshplanError(f"--input-len + --output-len = {q.input_len + q.output_len}: over "
                             f"{model.name}'s max length {model.max_seq_len}")
-    for name, v in (("--slo-ttft-ms", q.slo_ttft_s), ("--slo-tpot-ms", q.slo_tpot_s)):
-        if not 0 < v < math.inf:
+    for name, bound_s in (("--slo-ttft-ms", q.slo_ttft_s), ("--slo-tpot-ms", q.slo_tpot_s)):
+        if not 0 < bound_s < math.inf:
             raise MeshplanError(f"{name}: must be a positive number of milliseconds")
     if not 0 < q.percentile <= 100:
         raise MeshplanError(f"--slo-percentile={q.percentile}: must be in (0, 100]")
@@ -409,9 +421,11 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
                       f"{f.tpot_ms:.1f} ms even at {f.rate_per_s:.3g} req/s", True)
                 continue
             d = resolve_any(m, c, s)
+            w = replace(q, lifetime_s=b.lifetime_s)
             plans.append(PlanEntry(s, d.to_json(), d.num_gpus, r.held.rate_per_s,
                                    None if r.failed is None else r.failed.rate_per_s,
-                                   b.rate_per_s, r.held.metrics, r.simulations))
+                                   b.rate_per_s, r.held.metrics, r.simulations, w,
+                                   r.held.ttft_ms, r.held.tpot_ms))
 
     def key(p: PlanEntry) -> tuple[float, int, str]:
         return (-score(objective, p.max_rate_per_s, p.num_gpus), p.num_gpus, p.label)

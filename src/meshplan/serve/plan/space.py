@@ -1,8 +1,8 @@
 """The deployments a serving plan search considers on N GPUs.
 
 Per-instance layouts: tp over the divisors of a node's GPUs, pp in 1, 2, 4 at tp = a node
-(colocated instances only), and for a MoE model ep and dp_attention each 1 or tp; every layout passes the
-simulator's own layout rules (`deployment._check_layout`, through `resolve`). Colocated: as
+(colocated instances only), and for a MoE model ep and dp_attention each 1 or tp; every
+layout passes the simulator's own layout rules (`deployment._check_layout`, through `resolve`). Colocated: as
 many instances of one layout as fit in N GPUs. Disaggregated (xPyD): x prefill instances of
 one layout and y decode instances of another (pp = 1 each), every (x, y) that leaves no room
 for another instance of either pool. The engine's scheduler knobs start at its defaults;
