@@ -9,12 +9,14 @@ For one pool (`Deployment`) and a request of I prompt and O output tokens:
 * TPOT: one decode step of a lone sequence at the mean context I + O / 2 takes longer than the
   TPOT SLO (every output token after the first costs at least one step);
 * rate: the steady state at the largest decode batch B that holds in the KV cache (at
-  I + O / 2 tokens a request), within max_num_seqs and with a step no slower than the TPOT SLO: each request costs O / B decode
-  steps of t_d(B) and its prefill's marginal time on top of that batch (colocated), or the
-  pools work apart (disaggregated: x prefill instances at one batch-packed prefill each,
-  y decode instances at B / (O t_d(B)) requests per second). Queueing only lowers what a
-  deployment sustains, so this is an optimistic estimate (it ignores the prefill chunks that
-  slow the decode steps they share); the search simulates above it when the SLOs hold there.
+  I + O / 2 tokens a request), within max_num_seqs and with a step no slower than the TPOT
+  SLO: each request costs O / B decode steps of t_d(B) and its prefill's marginal time on
+  top of that batch, prompts packed up to the token budget (colocated), or the pools work
+  apart (disaggregated: x prefill instances at one batch-packed prefill each, y decode
+  instances at B / (O t_d(B)) requests per second). It is an estimate, not a proof: it
+  ignores queueing and how prefill chunks slow the decode steps they share (both lower the
+  rate) but also that a decode batch can run past B with steps above the SLO's mean; the
+  search simulates around it.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Per-instance layouts: tp over the divisors of a node's GPUs, pp in 1, 2, 4 at tp = a node
 (colocated instances only), and for a MoE model ep and dp_attention each 1 or tp; every
-layout passes the simulator's own layout rules (`deployment._check_layout`, through `resolve`). Colocated: as
-many instances of one layout as fit in N GPUs. Disaggregated (xPyD): x prefill instances of
-one layout and y decode instances of another (pp = 1 each), every (x, y) that leaves no room
-for another instance of either pool. The engine's scheduler knobs start at its defaults;
+layout passes the simulator's own layout rules (`deployment._check_layout`, through
+`resolve`). Colocated: as many instances of one layout as fit in N GPUs. Disaggregated
+(xPyD): x prefill instances of one layout and y decode instances of another (pp = 1 each),
+every (x, y) that leaves no room for another instance of either pool. The engine's
+scheduler knobs start at its defaults;
 `knob_variants` gives the few values the search tries on its best layouts (max_num_seqs
 bounds the decode batch and so TPOT; max_num_batched_tokens is the prefill chunk, trading
 TTFT against the decodes sharing an iteration).
