@@ -72,8 +72,10 @@ def test_vllm_flags_are_real_and_every_size_written():
 
 
 def test_vllm_moe_maps_dp_attention_and_expert_parallel():
-    d = deploy("qwen3-30b-a3b", DeploymentSpec(tp=8, ep=8, dp_attention=8))
-    c = next(c for c in commands(export(d, "vllm")) if "vllm serve" in c)
+    spec = DeploymentSpec(tp=8, ep=8, dp_attention=8)
+    c = next(c for c in commands(export(deploy("qwen3-30b-a3b", spec), "vllm"))
+             if "vllm serve" in c)
+    d = deploy("qwen3-30b-a3b", spec.model_copy(update={"engine": "sglang"}))
     assert value(c, "--tensor-parallel-size") == "1"
     assert value(c, "--data-parallel-size") == "8"
     assert "--enable-expert-parallel" in flags(c)
@@ -84,16 +86,17 @@ def test_vllm_moe_maps_dp_attention_and_expert_parallel():
 
 
 def test_fp8_and_knobs():
-    d = deploy("llama3-8b", DeploymentSpec(tp=1, weights_dtype="fp8", kv_cache_dtype="fp8",
-                                           max_num_seqs=64, max_num_batched_tokens=2048,
-                                           gpu_memory_utilization=0.85,
-                                           enable_chunked_prefill=False))
+    knobs = dict(tp=1, weights_dtype="fp8", kv_cache_dtype="fp8", max_num_seqs=64,
+                 max_num_batched_tokens=2048, gpu_memory_utilization=0.85,
+                 enable_chunked_prefill=False)
+    d = deploy("llama3-8b", DeploymentSpec(**knobs))
     c = next(c for c in commands(export(d, "vllm")) if "vllm serve" in c)
     assert (value(c, "--quantization"), value(c, "--kv-cache-dtype")) == ("fp8", "fp8")
     assert (value(c, "--max-num-seqs"), value(c, "--max-num-batched-tokens")) == \
         ("64", "2048")
     assert value(c, "--gpu-memory-utilization") == "0.85"
     assert "--no-enable-chunked-prefill" in flags(c)
+    d = deploy("llama3-8b", DeploymentSpec(**knobs, engine="sglang"))
     s = next(c for c in commands(export(d, "sglang")) if "launch_server" in c)
     assert set(flags(s)) <= SGLANG_FLAGS
     assert value(s, "--kv-cache-dtype") == "fp8_e4m3"
@@ -106,13 +109,16 @@ def test_disaggregated_one_command_per_role_and_the_router():
                              decode=DeploymentSpec(tp=4, instances=1))
     d = deploy("llama3-8b", spec)
     v = commands(export(d, "vllm"))
+    both = {"engine": "sglang"}
+    sg = deploy("llama3-8b", DisaggregatedSpec(prefill=spec.prefill.model_copy(update=both),
+                                               decode=spec.decode.model_copy(update=both)))
     serves = [c for c in v if "vllm serve" in c]
     assert len(serves) == 3 and all("NixlConnector" in c for c in serves)
     assert [value(c, "--tensor-parallel-size") for c in serves] == ["2", "2", "4"]
     proxy = next(c for c in v if "toy_proxy_server.py" in c)
     assert set(flags(proxy)) <= VLLM_PROXY_FLAGS
     assert value(proxy, "--prefiller-ports") == "8100"
-    s = commands(export(d, "sglang"))
+    s = commands(export(sg, "sglang"))
     servers = [c for c in s if "launch_server" in c]
     assert [value(c, "--disaggregation-mode") for c in servers] == \
         ["prefill", "prefill", "decode"]
@@ -124,7 +130,10 @@ def test_disaggregated_one_command_per_role_and_the_router():
 
 def test_a_layout_vllm_cannot_express_is_refused():
     d = deploy("qwen3-30b-a3b", DeploymentSpec(tp=4, ep=2))
-    assert refuse(d, "vllm") is not None and refuse(d, "sglang") is None
+    assert refuse(d, "vllm") is not None and "expert" in str(refuse(d, "vllm"))
+    assert refuse(d, "sglang") is not None  # simulated with the vLLM profile
+    sg = deploy("qwen3-30b-a3b", DeploymentSpec(tp=4, ep=2, engine="sglang"))
+    assert refuse(sg, "sglang") is None
     with pytest.raises(MeshplanError, match="--to vllm"):
         export(d, "vllm")
     with pytest.raises(MeshplanError, match="--to="):

@@ -15,11 +15,10 @@ KV_CACHE_DTYPE = {"bf16": "auto", "fp16": "auto", "fp8": "fp8_e4m3"}
 
 
 def refuse(d: AnyDeployment) -> str | None:
+    """Why SGLang cannot run `d` as meshplan laid it out (None: it can)."""
     for p in d.pools:
-        if p.engine.name != "sglang" and p.engine.name not in ("vllm", "vllm-v0"):
-            return f"the deployment uses engine {p.engine.name}"
-        if p.pp > 1 and p.dp_attention > 1:
-            return "SGLang runs data-parallel attention without pipeline stages"
+        if p.engine.name != "sglang":
+            return f"the deployment uses engine {p.engine.name}, not SGLang"
     return None
 
 

@@ -6,9 +6,11 @@ within TTFT and TPOT SLOs, every number shown from the request-level simulator.
    TTFT or lone-request TPOT cannot meet the SLOs, and estimate the rate each other one can
    sustain (`bounds.bound`).
 2. Simulate in order of that estimate, in waves of `WAVE` deployments across processes; before
-   each wave, skip every deployment whose estimate (times `BOUND_SLACK`, since it is an
-   estimate) cannot beat both the K-th best simulated plan and the best simulated plan of its
-   own kind (colocated or disaggregated), so that the best of each kind is still found.
+   each wave, skip every deployment whose estimate (times `BOUND_SLACK`, and times the
+   largest found / estimated rate ratio of its kind's simulated plans when below 1: the
+   estimates of one kind err alike) cannot beat both the K-th best simulated plan and the
+   best simulated plan of its own kind (colocated or disaggregated), so that the best of
+   each kind is still found.
 3. Simulate the other knob values (`space.knob_variants`) of the best `REFINE` layouts of
    each kind.
 
@@ -16,7 +18,8 @@ For one deployment, `max_rate` bisects the Poisson rate: the SLOs hold at a rate
 chosen percentile of TTFT and of TPOT, over the requests arriving in the second half of
 `num_requests` (fixed lengths, fixed seed; the first half warms the batch up from empty), is
 within its bound. It starts at the steady-state estimate, steps by `BRACKET` until one rate
-holds and the next fails, and bisects until they are within `RATE_TOLERANCE`. How many
+holds and the next fails (`BRACKET` up, `BRACKET_DOWN` down), and bisects until they are
+within `RATE_TOLERANCE`. How many
 requests: a run must last a few request lifetimes (`Query.requests_at`: arrivals over
 `STEADY_LIFETIMES` x the estimated time a request spends in the system, at least
 `num_requests` = 1,000, at most 8,000), or its decode batch never grows to the size it would
@@ -67,7 +70,9 @@ BOUND_SLACK = 1.25
 """The estimate ignores how prefill chunks and decodes slow each other down, in either
 direction; the search skips only a deployment that this much above it cannot win."""
 BRACKET = 1.25
-"""Factor between the rates tried before the bisection."""
+"""Factor between the rates tried upwards before the bisection."""
+BRACKET_DOWN = 1.6
+"""Downwards (an estimate that fails is often far too high: it ignores prefill stalls)."""
 REFINE = 1
 RATE_TOLERANCE = 0.05
 MAX_STEPS = 12
@@ -179,7 +184,7 @@ def max_rate(model: Model, cluster: Cluster, spec: AnySpec, q: Query,
             failed = p
             if held is not None:
                 break
-            p = at(p.rate_per_s / BRACKET)
+            p = at(p.rate_per_s / BRACKET_DOWN)
     if held is None or failed is None:
         return RateSearch(held, failed, runs)
     for _ in range(MAX_STEPS):
@@ -430,6 +435,13 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
     def key(p: PlanEntry) -> tuple[float, int, str]:
         return (-score(objective, p.max_rate_per_s, p.num_gpus), p.num_gpus, p.label)
 
+    def realized(kind: bool) -> float:
+        """The largest ratio of found to estimated rate among this kind's plans (1 before
+        any): the estimates of one kind err alike, so skipping scales them by it."""
+        xs = [p.max_rate_per_s / p.bound_rate_per_s for p in plans
+              if p.disaggregated == kind and p.bound_rate_per_s > 0]
+        return min(1.0, max(xs)) if xs else 1.0
+
     def best_of(kind: bool) -> float:
         xs = [score(objective, p.max_rate_per_s, p.num_gpus) for p in plans
               if p.disaggregated == kind]
@@ -447,8 +459,9 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
         wave: list[tuple[AnySpec, Bound]] = []
         rest: list[tuple[AnySpec, Bound]] = []
         for s, b in live:
-            est = score(objective, b.rate_per_s, num_gpus(s)) * BOUND_SLACK
-            if est < kth and est < best_of(isinstance(s, DisaggregatedSpec)):
+            kind = isinstance(s, DisaggregatedSpec)
+            est = score(objective, b.rate_per_s, num_gpus(s)) * BOUND_SLACK * realized(kind)
+            if est < kth and est < best_of(kind):
                 prune(s, "rate", f"estimated at most {b.rate_per_s:.3g} req/s "
                       f"({b.detail}), below the plans found", False)
             elif len(wave) < WAVE:
