@@ -189,7 +189,8 @@ def simulate_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add `serve` to the meshplan app."""
-    from meshplan.cli import serve_validate_cmd
+    from meshplan.cli import serve_plan_cmd, serve_validate_cmd
 
     serve_validate_cmd.register(serve_app)
+    serve_plan_cmd.register(serve_app)
     app.add_typer(serve_app, name="serve")

@@ -9,6 +9,7 @@ prefill pool and a decode pool (`DisaggregatedSpec`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from meshplan.serve.deployment import (
     AnyDeployment,
@@ -27,6 +28,9 @@ from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import load_model
 from meshplan.specs.model import Model
 
+if TYPE_CHECKING:
+    from meshplan.serve.plan import ServePlan
+
 
 def resolve_any(model: Model, cluster: Cluster,
                 spec: DeploymentSpec | DisaggregatedSpec) -> AnyDeployment:
@@ -34,6 +38,13 @@ def resolve_any(model: Model, cluster: Cluster,
     if isinstance(spec, DisaggregatedSpec):
         return resolve_disaggregated(model, cluster, spec)
     return resolve(model, cluster, spec)
+
+
+def plan(*args: Any, **kwargs: Any) -> ServePlan:
+    """Serving plan search under SLOs (`meshplan.serve.plan.search.plan`)."""
+    from meshplan.serve.plan import plan as search
+
+    return search(*args, **kwargs)
 
 
 def simulate(model: str | Path | Model, cluster: str | Path | Cluster,
@@ -47,6 +58,6 @@ def simulate(model: str | Path | Model, cluster: str | Path | Cluster,
 
 
 __all__ = ["AnyDeployment", "Deployment", "DeploymentSpec", "DisaggregatedDeployment",
-           "DisaggregatedSpec", "Lengths", "Requests", "ServeResult", "Workload", "draw",
+           "DisaggregatedSpec", "Lengths", "plan", "Requests", "ServeResult", "Workload", "draw",
            "load_serving_cluster", "resolve", "resolve_any", "resolve_disaggregated",
            "simulate", "simulate_requests"]

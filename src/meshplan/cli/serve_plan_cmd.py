@@ -1,0 +1,195 @@
+"""`meshplan serve plan` (search deployments under SLOs) and `meshplan serve export` (launch
+scripts for vLLM / SGLang). Parsing and printing only; the work is `meshplan.serve.plan` and
+`meshplan.serve.export`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from meshplan.cli.render import console, print_json
+from meshplan.errors import MeshplanError, from_validation_error
+from meshplan.serve import DeploymentSpec, DisaggregatedSpec, load_serving_cluster, resolve_any
+from meshplan.serve.export import TARGETS, export, refuse
+from meshplan.serve.plan import ServePlan, plan
+from meshplan.specs.io import load_model
+
+
+def _opt(flag: str, help_text: str) -> Any:
+    return typer.Option(flag, help=help_text)
+
+
+def _write(text: str, out: str) -> None:
+    if out == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        Path(out).write_text(text)
+    except OSError as err:
+        raise MeshplanError(f"--out={out}: cannot write: {err.strerror}") from None
+    typer.echo(f"launch script written to {out}", err=True)
+
+
+def _print_plan(r: ServePlan) -> None:
+    q = r.query
+    console.print(f"{r.model} on {r.cluster}: {r.candidates} deployments, {r.simulated} "
+                  f"simulated ({r.simulations} runs); SLO p{q.percentile:g} TTFT <= "
+                  f"{q.slo_ttft_s * 1e3:g} ms, TPOT <= {q.slo_tpot_s * 1e3:g} ms; "
+                  f"objective {r.objective}")
+    t = Table(header_style="bold")
+    for col in ("#", "deployment", "GPUs", "max req/s", "req/s/GPU", "tok/s/GPU",
+                "tok/s/user", f"TTFT p{q.percentile:g}", f"TPOT p{q.percentile:g}",
+                "GPU-h/1M req"):
+        t.add_column(col, justify="left" if col == "deployment" else "right")
+    for k, p in enumerate(r.plans, 1):
+        ttft, tpot = p.slo_ttft_ms, p.slo_tpot_ms
+        t.add_row(str(k), p.label, str(p.num_gpus), f"{p.max_rate_per_s:.2f}",
+                  f"{p.goodput_per_gpu:.3f}", f"{p.tokens_per_s_per_gpu:.0f}",
+                  f"{p.tokens_per_s_per_user:.1f}", f"{ttft:.0f}", f"{tpot:.1f}",
+                  f"{p.gpu_hours_per_million_requests:.1f}")
+    console.print(t)
+    console.print("Pareto frontier (tok/s/GPU vs tok/s/user): " + "; ".join(
+        f"{p.label} ({p.tokens_per_s_per_gpu:.0f}, {p.tokens_per_s_per_user:.1f})"
+        for p in r.pareto))
+    if r.pruned:
+        t = Table(title="pruned", header_style="bold")
+        for col in ("class", "reason", "count", "why (first)"):
+            t.add_column(col)
+        for x in r.pruned:
+            t.add_row(x.layout_class, x.reason + (" (simulated)" if x.simulated else ""),
+                      str(x.count), x.detail)
+        console.print(t)
+
+
+def plan_cmd(
+    model: Annotated[str, _opt("--model", "Model: preset name, meshplan file or HF config")
+                     ] = "llama3-8b",
+    cluster: Annotated[str, _opt("--cluster", "Cluster: preset name or cluster file")
+                       ] = "dgx-h100",
+    num_gpus: Annotated[int, _opt("--num-gpus", "GPUs to deploy on")] = 8,
+    workload: Annotated[str, _opt("--workload", "Arrivals (poisson)")] = "poisson",
+    input_len: Annotated[int, _opt("--input-len", "Prompt tokens")] = 1024,
+    output_len: Annotated[int, _opt("--output-len", "Output tokens")] = 256,
+    slo_ttft_ms: Annotated[float, _opt("--slo-ttft-ms", "TTFT bound (ms)")] = 2000.0,
+    slo_tpot_ms: Annotated[float, _opt("--slo-tpot-ms", "TPOT bound (ms)")] = 100.0,
+    slo_percentile: Annotated[float, _opt("--slo-percentile", "Percentile the SLOs bound")
+                              ] = 99.0,
+    objective: Annotated[str, _opt("--objective", "goodput-per-gpu, throughput or cost")
+                         ] = "goodput-per-gpu",
+    top: Annotated[int, _opt("--top", "Plans to show")] = 5,
+    engine: Annotated[str | None, _opt("--engine", "Engine profile (default: the --export "
+                                       "target, else vllm)")] = None,
+    num_requests: Annotated[int, _opt("--num-requests", "Fewest requests a simulation runs "
+                                      "(more for long-lived requests)")] = 1000,
+    seed: Annotated[int, _opt("--seed", "Workload seed")] = 0,
+    workers: Annotated[int | None, _opt("--workers", "Processes (default: every core)")
+                       ] = None,
+    no_disaggregation: Annotated[bool, _opt("--no-disaggregation",
+                                            "Colocated deployments only")] = False,
+    ray: Annotated[str | None, _opt("--ray", "Ray cluster address (not available in this "
+                                    "version)")] = None,
+    export_to: Annotated[str | None, _opt("--export", "Also write the best plan the engine "
+                                          "can express: vllm or sglang")] = None,
+    out: Annotated[str | None, _opt("--out", "Launch script file (- for stdout)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")
+                        ] = False,
+) -> None:
+    """Search deployments of N GPUs for the highest request rate within TTFT/TPOT SLOs."""
+    if workload != "poisson":
+        raise MeshplanError(f"--workload={workload!r}: the search uses poisson arrivals")
+    if ray is not None:
+        raise MeshplanError("--ray: Ray execution is not available in this version; the "
+                            "search runs on this machine's cores (--workers)")
+    if export_to is not None and export_to not in TARGETS:
+        raise MeshplanError(f"--export={export_to!r}: one of {', '.join(TARGETS)}")
+    if (export_to is None) != (out is None):
+        raise MeshplanError("--export and --out: give both (the script's target and file)")
+    if json_out and out == "-":
+        raise MeshplanError("--json with --out -: both would go to standard output")
+    if workers is not None and workers < 1:
+        raise MeshplanError(f"--workers={workers}: must be positive")
+    eng = engine or ("sglang" if export_to == "sglang" else "vllm")
+    r = plan(model, cluster, num_gpus, input_len, output_len, slo_ttft_ms, slo_tpot_ms,
+             slo_percentile, objective, top, eng, num_requests, seed, workers,
+             not no_disaggregation)
+    if json_out:
+        print_json(r.to_json())
+    elif out != "-":
+        _print_plan(r)
+    if export_to is not None and out is not None:
+        m, c = load_model(model), load_serving_cluster(cluster)
+        for p in r.all_plans:
+            d = resolve_any(m, c, p.spec)
+            if refuse(d, export_to) is None:
+                _write(export(d, export_to), out)
+                return
+        raise MeshplanError(f"--export={export_to}: it can express none of the plans found")
+
+
+def export_cmd(
+    to: Annotated[str, _opt("--to", "vllm or sglang")],
+    out: Annotated[str, _opt("--out", "Launch script file (- for stdout)")] = "-",
+    model: Annotated[str, _opt("--model", "Model: preset name, meshplan file or HF config")
+                     ] = "llama3-8b",
+    cluster: Annotated[str, _opt("--cluster", "Cluster: preset name or cluster file")
+                       ] = "dgx-h100",
+    tp: Annotated[int, _opt("--tp", "Tensor-parallel degree of one instance")] = 1,
+    pp: Annotated[int, _opt("--pp", "Pipeline stages of one instance")] = 1,
+    ep: Annotated[int, _opt("--ep", "Expert-parallel GPUs of a stage (MoE)")] = 1,
+    dp_attention: Annotated[int, _opt("--dp-attention",
+                                      "Data-parallel attention ranks of a stage (MoE)")] = 1,
+    instances: Annotated[int, _opt("--instances", "Instances behind the router")] = 1,
+    prefill_instances: Annotated[int | None, _opt("--prefill-instances",
+                                                  "Disaggregated: prefill instances")] = None,
+    decode_instances: Annotated[int | None, _opt("--decode-instances",
+                                                 "Disaggregated: decode instances")] = None,
+    prefill_tp: Annotated[int | None, _opt("--prefill-tp", "Prefill pool's tp")] = None,
+    decode_tp: Annotated[int | None, _opt("--decode-tp", "Decode pool's tp")] = None,
+    engine: Annotated[str | None, _opt("--engine", "Engine profile (default: --to)")] = None,
+    max_num_seqs: Annotated[int | None, _opt("--max-num-seqs", "Engine max sequences")] = None,
+    max_num_batched_tokens: Annotated[int | None, _opt(
+        "--max-num-batched-tokens", "Engine token budget per iteration")] = None,
+    gpu_memory_utilization: Annotated[float | None, _opt(
+        "--gpu-memory-utilization", "Share of HBM the engine may use")] = None,
+    no_chunked_prefill: Annotated[bool, _opt("--no-chunked-prefill",
+                                             "Prefill prompts whole")] = False,
+    kv_cache_dtype: Annotated[str, _opt("--kv-cache-dtype", "bf16, fp16 or fp8")] = "bf16",
+    weights_dtype: Annotated[str, _opt("--weights-dtype", "bf16, fp16 or fp8")] = "bf16",
+) -> None:
+    """Write the launch script of a deployment for vLLM or SGLang."""
+    if to not in TARGETS:
+        raise MeshplanError(f"--to={to!r}: one of {', '.join(TARGETS)}")
+    try:
+        common: dict[str, Any] = dict(
+            pp=pp, ep=ep, dp_attention=dp_attention, engine=engine or to,
+            kv_cache_dtype=kv_cache_dtype, weights_dtype=weights_dtype,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_chunked_prefill=False if no_chunked_prefill else None)
+        spec: DeploymentSpec | DisaggregatedSpec
+        if (prefill_instances, decode_instances) == (None, None):
+            spec = DeploymentSpec(tp=tp, instances=instances, **common)
+        elif prefill_instances is None or decode_instances is None:
+            raise MeshplanError("--prefill-instances and --decode-instances: give both for a "
+                                "disaggregated deployment")
+        else:
+            spec = DisaggregatedSpec(
+                prefill=DeploymentSpec(tp=prefill_tp or tp, instances=prefill_instances,
+                                       **{**common, "pp": 1}),
+                decode=DeploymentSpec(tp=decode_tp or tp, instances=decode_instances,
+                                      **{**common, "pp": 1}))
+    except ValidationError as err:
+        raise from_validation_error(err, "serve export") from None
+    d = resolve_any(load_model(model), load_serving_cluster(cluster), spec)
+    _write(export(d, to), out)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `plan` and `export` to `meshplan serve`."""
+    app.command("plan")(plan_cmd)
+    app.command("export")(export_cmd)

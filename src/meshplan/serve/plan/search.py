@@ -1,0 +1,507 @@
+"""Serving plan search: the deployment of N GPUs that sustains the highest request rate
+within TTFT and TPOT SLOs, every number shown from the request-level simulator.
+
+1. Enumerate (`space.enumerate_space`) colocated and disaggregated deployments at the
+   engine's default knobs; rule out, without simulating, those whose memory, lone-request
+   TTFT or lone-request TPOT cannot meet the SLOs, and estimate the rate each other one can
+   sustain (`bounds.bound`).
+2. Simulate in order of that estimate, in waves of `WAVE` deployments across processes; before
+   each wave, skip every deployment whose estimate (times `BOUND_SLACK`, and times the
+   largest found / estimated rate ratio of its kind's simulated plans when below 1: the
+   estimates of one kind err alike) cannot beat both the K-th best simulated plan and the
+   best simulated plan of its own kind (colocated or disaggregated), so that the best of
+   each kind is still found.
+3. Simulate the other knob values (`space.knob_variants`) of the best `REFINE` layouts of
+   each kind.
+
+For one deployment, `max_rate` bisects the Poisson rate: the SLOs hold at a rate when the
+chosen percentile of TTFT and of TPOT, over the requests arriving in the second half of
+`num_requests` (fixed lengths, fixed seed; the first half warms the batch up from empty), is
+within its bound. It starts at the steady-state estimate, steps by `BRACKET` until one rate
+holds and the next fails (`BRACKET` up, `BRACKET_DOWN` down), and bisects until they are
+within `RATE_TOLERANCE`. How many
+requests: a run must last a few request lifetimes (`Query.requests_at`: arrivals over
+`STEADY_LIFETIMES` x the estimated time a request spends in the system, at least
+`num_requests` = 1,000, at most 8,000), or its decode batch never grows to the size it would
+keep (a 70B model decoding 256 tokens lives ~15 s: 1,000 requests at 40 req/s last 25 s,
+and such a run holds the SLOs ~1.7x above what 4,000 requests sustain). The measured half
+then holds 500 to 4,000 requests, a p99 their 5th to 40th worst; a deployment overloaded
+by a fraction e queues about e x duration / 2 s of work in it, so a p99 TTFT SLO of S s
+detects overload above ~2 S / duration.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from meshplan.errors import MeshplanError
+from meshplan.serve.deployment import DeploymentSpec, DisaggregatedSpec, load_serving_cluster
+from meshplan.serve.engines import load_engine
+from meshplan.serve.loop import simulate as simulate_requests
+from meshplan.serve.plan.bounds import Bound, bound
+from meshplan.serve.plan.pareto import frontier
+from meshplan.serve.plan.space import (
+    AnySpec,
+    enumerate_space,
+    knob_variants,
+    label,
+    layout_class,
+    num_gpus,
+)
+from meshplan.serve.workload import Lengths, Workload, draw
+from meshplan.specs.cluster import Cluster
+from meshplan.specs.io import load_model
+from meshplan.specs.model import Model
+
+Objective = Literal["goodput-per-gpu", "throughput", "cost"]
+OBJECTIVES: tuple[str, ...] = ("goodput-per-gpu", "throughput", "cost")
+WAVE = 4
+"""Deployments simulated between two skip decisions: fixed, so the result does not depend on
+the number of cores."""
+BOUND_SLACK = 1.25
+"""The estimate ignores how prefill chunks and decodes slow each other down, in either
+direction; the search skips only a deployment that this much above it cannot win."""
+BRACKET = 1.25
+"""Factor between the rates tried upwards before the bisection."""
+BRACKET_DOWN = 1.6
+"""Downwards (an estimate that fails is often far too high: it ignores prefill stalls)."""
+REFINE = 1
+RATE_TOLERANCE = 0.05
+MAX_STEPS = 12
+STEADY_LIFETIMES = 3.0
+DEFAULT_NUM_REQUESTS = 1000
+
+
+@dataclass(frozen=True)
+class Query:
+    """What is searched for: the traffic's shape and the SLOs (seconds)."""
+
+    input_len: int
+    output_len: int
+    slo_ttft_s: float
+    slo_tpot_s: float
+    percentile: float = 99.0
+    num_requests: int = DEFAULT_NUM_REQUESTS
+    seed: int = 0
+    lifetime_s: float | None = None
+    """A request's estimated time in the system (the deployment's bound), else the SLOs'."""
+
+    def requests_at(self, rate: float) -> int:
+        """Requests simulated at `rate`: `num_requests`, or enough for the arrivals to span
+        `STEADY_LIFETIMES` request lifetimes (`lifetime_s`, else at most the TTFT SLO and
+        (O - 1) x the TPOT SLO), so that the measured second half sees the batch at its
+        steady size (up to 8 x num_requests)."""
+        life = self.lifetime_s if self.lifetime_s is not None else \
+            (self.output_len - 1) * self.slo_tpot_s + self.slo_ttft_s
+        need = math.ceil(STEADY_LIFETIMES * rate * life)
+        return max(self.num_requests, min(need, 8 * self.num_requests))
+
+    def workload(self, rate: float) -> Workload:
+        return Workload(arrival="poisson", rate=rate, num_requests=self.requests_at(rate),
+                        seed=self.seed, input=Lengths(mean=self.input_len),
+                        output=Lengths(mean=self.output_len))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One simulation at one rate."""
+
+    rate_per_s: float
+    ttft_ms: float
+    tpot_ms: float
+    ok: bool
+    metrics: dict[str, Any]
+
+
+def probe(model: Model, cluster: Cluster, spec: AnySpec, q: Query, rate: float) -> Probe:
+    """Simulate `spec` at Poisson `rate` and check the SLOs at the query's percentile."""
+    from meshplan.serve import resolve_any
+
+    d = resolve_any(model, cluster, spec)
+    try:
+        r = simulate_requests(d, draw(q.workload(rate)))
+    except AssertionError:
+        # The loop's end-of-run check (every request done, every block free) fails on some
+        # overloaded disaggregated runs (a decode pool that never drains its transfers):
+        # counted as the SLOs failing at this rate; reported to the simulator's owners.
+        return Probe(rate, math.inf, math.inf, False, {})
+    m = r.metrics
+    assert m is not None, "memory fit is checked by the bounds first"
+    # Steady state: the requests arriving in the second half of the arrivals (the first half
+    # warms the batch up from empty).
+    late = m.arrival_s >= np.median(m.arrival_s)
+    ttft = float(np.percentile(m.ttft_s[late], q.percentile))
+    many = late & (m.output_len > 1)
+    tpot_s = (m.e2e_s[many] - m.ttft_s[many]) / (m.output_len[many] - 1)
+    tpot = float(np.percentile(tpot_s, q.percentile)) if len(tpot_s) else 0.0
+    ok = ttft <= q.slo_ttft_s and tpot <= q.slo_tpot_s
+    return Probe(rate, ttft * 1e3, tpot * 1e3, ok,
+                 m.aggregate(d.num_gpus, q.slo_ttft_s, q.slo_tpot_s))
+
+
+@dataclass(frozen=True)
+class RateSearch:
+    """The bisection's outcome: the highest rate found to hold (None: none did) and the
+    lowest found to fail above it (None: every rate tried held)."""
+
+    held: Probe | None
+    failed: Probe | None
+    simulations: int
+
+
+def max_rate(model: Model, cluster: Cluster, spec: AnySpec, q: Query,
+             start: float) -> RateSearch:
+    """The highest Poisson rate at which `spec` meets the SLOs: from `start` (the
+    steady-state estimate), up or down by `BRACKET` until one rate holds and the next fails,
+    then bisection until they are within `RATE_TOLERANCE` of each other."""
+    runs = 0
+
+    def at(rate: float) -> Probe:
+        nonlocal runs
+        runs += 1
+        return probe(model, cluster, spec, q, rate)
+
+    held: Probe | None = None
+    failed: Probe | None = None
+    p = at(start)
+    for _ in range(MAX_STEPS):
+        if p.ok:
+            held = p
+            if failed is not None:
+                break
+            if p.rate_per_s >= start * BRACKET ** 3:  # held far above the estimate: stop there
+                return RateSearch(held, None, runs)
+            p = at(p.rate_per_s * BRACKET)
+        else:
+            failed = p
+            if held is not None:
+                break
+            p = at(p.rate_per_s / BRACKET_DOWN)
+    if held is None or failed is None:
+        return RateSearch(held, failed, runs)
+    for _ in range(MAX_STEPS):
+        if failed.rate_per_s - held.rate_per_s <= RATE_TOLERANCE * failed.rate_per_s:
+            break
+        p = at(0.5 * (held.rate_per_s + failed.rate_per_s))
+        if p.ok:
+            held = p
+        else:
+            failed = p
+    return RateSearch(held, failed, runs)
+
+
+def _evaluate(args: tuple[Model, Cluster, AnySpec, Query, float]) -> RateSearch:
+    model, cluster, spec, q, start = args
+    return max_rate(model, cluster, spec, q, start)
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """A simulated deployment at the highest rate where it met the SLOs."""
+
+    spec: AnySpec
+    deployment: dict[str, Any]
+    num_gpus: int
+    max_rate_per_s: float
+    failed_rate_per_s: float | None
+    bound_rate_per_s: float
+    metrics: dict[str, Any]
+    simulations: int
+    query: Query
+    """The query its simulations used (with its lifetime estimate: `probe` re-runs them)."""
+    slo_ttft_ms: float
+    slo_tpot_ms: float
+    """The SLO percentile of TTFT / TPOT over the measured (second) half at that rate."""
+
+    @property
+    def disaggregated(self) -> bool:
+        return isinstance(self.spec, DisaggregatedSpec)
+
+    @property
+    def workload(self) -> Workload:
+        """The workload it was simulated with at max_rate_per_s (to re-simulate it)."""
+        return self.query.workload(self.max_rate_per_s)
+
+    @property
+    def label(self) -> str:
+        return label(self.spec)
+
+    @property
+    def goodput_per_gpu(self) -> float:
+        return self.max_rate_per_s / self.num_gpus
+
+    @property
+    def gpu_hours_per_million_requests(self) -> float:
+        return self.num_gpus * 1e6 / (self.max_rate_per_s * 3600.0)
+
+    @property
+    def tokens_per_s_per_gpu(self) -> float:
+        return float(self.metrics["output_tokens_per_s_per_gpu"])
+
+    @property
+    def tokens_per_s_per_user(self) -> float:
+        """Interactivity: output tokens per second one request sees (1 / mean TPOT)."""
+        tpot = self.metrics["tpot_ms"]["mean"]
+        return 1e3 / tpot if tpot else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "deployment": self.deployment,
+                "disaggregated": self.disaggregated, "num_gpus": self.num_gpus,
+                "max_rate_per_s": self.max_rate_per_s,
+                "failed_rate_per_s": self.failed_rate_per_s,
+                "bound_rate_per_s": self.bound_rate_per_s,
+                "goodput_per_gpu": self.goodput_per_gpu,
+                "gpu_hours_per_million_requests": self.gpu_hours_per_million_requests,
+                "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
+                "tokens_per_s_per_user": self.tokens_per_s_per_user,
+                "metrics": self.metrics, "simulations": self.simulations,
+                "num_requests": self.workload.num_requests, "seed": self.workload.seed,
+                "slo_measured": {"ttft_ms": self.slo_ttft_ms, "tpot_ms": self.slo_tpot_ms},
+                "simulated": True}
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """A class of layouts that lost, with why: memory, TTFT or TPOT (by the bounds, or
+    `simulated`: no rate met it), or rate (its estimate could not beat the plans found)."""
+
+    layout_class: str
+    reason: str
+    detail: str
+    count: int
+    example: str
+    simulated: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class": self.layout_class, "reason": self.reason, "detail": self.detail,
+                "count": self.count, "example": self.example, "simulated": self.simulated}
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """The search's answer: ranked plans, the Pareto frontier and the pruned classes."""
+
+    plans: list[PlanEntry]
+    pareto: list[PlanEntry]
+    pruned: list[Pruned]
+    objective: str
+    query: Query
+    model: str
+    cluster: str
+    candidates: int
+    simulated: int
+    simulations: int
+    all_plans: list[PlanEntry] = field(default_factory=list)
+
+    @property
+    def best(self) -> PlanEntry:
+        return self.plans[0]
+
+    def to_json(self) -> dict[str, Any]:
+        q = self.query
+        return {"model": self.model, "cluster": self.cluster, "objective": self.objective,
+                "workload": {"arrival": "poisson", "input_len": q.input_len,
+                             "output_len": q.output_len, "num_requests": q.num_requests,
+                             "seed": q.seed},
+                "slo": {"ttft_ms": q.slo_ttft_s * 1e3, "tpot_ms": q.slo_tpot_s * 1e3,
+                        "percentile": q.percentile},
+                "candidates": self.candidates, "simulated_candidates": self.simulated,
+                "simulations": self.simulations,
+                "plans": [p.to_json() for p in self.plans],
+                "pareto": [{"label": p.label, "deployment": p.deployment,
+                            "disaggregated": p.disaggregated,
+                            "tokens_per_s_per_gpu": p.tokens_per_s_per_gpu,
+                            "tokens_per_s_per_user": p.tokens_per_s_per_user,
+                            "max_rate_per_s": p.max_rate_per_s} for p in self.pareto],
+                "pruned": [x.to_json() for x in self.pruned]}
+
+
+def score(objective: str, rate: float, gpus: int) -> float:
+    """Higher is better: goodput per GPU and cost (GPU-hours per request, its inverse) rank
+    alike; throughput is the rate itself."""
+    return rate if objective == "throughput" else rate / gpus
+
+
+def _check(model: Model, cluster: Cluster, n: int, q: Query, objective: str,
+           engine: str, top: int) -> None:
+    if objective not in OBJECTIVES:
+        raise MeshplanError(f"--objective={objective!r}: one of {', '.join(OBJECTIVES)}")
+    load_engine(engine)
+    if n < 1:
+        raise MeshplanError(f"--num-gpus={n}: must be positive")
+    g = cluster.gpus_per_node
+    if n > g and n % g:
+        raise MeshplanError(f"--num-gpus={n}: must be a multiple of the {g} GPUs of a node "
+                            f"of {cluster.name} when more than one node")
+    if cluster.num_gpus is not None and n > cluster.num_gpus:
+        raise MeshplanError(f"--num-gpus={n}: {cluster.name} has {cluster.num_gpus} GPUs")
+    if top < 1:
+        raise MeshplanError(f"--top={top}: must be positive")
+    for name, length in (("--input-len", q.input_len), ("--output-len", q.output_len)):
+        if length < 1:
+            raise MeshplanError(f"{name}={length}: must be positive")
+    if model.max_seq_len is not None and q.input_len + q.output_len > model.max_seq_len:
+        raise MeshplanError(f"--input-len + --output-len = {q.input_len + q.output_len}: over "
+                            f"{model.name}'s max length {model.max_seq_len}")
+    for name, bound_s in (("--slo-ttft-ms", q.slo_ttft_s), ("--slo-tpot-ms", q.slo_tpot_s)):
+        if not 0 < bound_s < math.inf:
+            raise MeshplanError(f"{name}: must be a positive number of milliseconds")
+    if not 0 < q.percentile <= 100:
+        raise MeshplanError(f"--slo-percentile={q.percentile}: must be in (0, 100]")
+    if q.num_requests < 10:
+        raise MeshplanError(f"--num-requests={q.num_requests}: at least 10")
+
+
+Mapper = Callable[[Callable[[Any], RateSearch], list[Any]], Iterable[RateSearch]]
+
+
+def plan(model: str | Path | Model, cluster: str | Path | Cluster, num_gpus_total: int,
+         input_len: int, output_len: int, slo_ttft_ms: float, slo_tpot_ms: float,
+         slo_percentile: float = 99.0, objective: str = "goodput-per-gpu", top: int = 5,
+         engine: str = "vllm", num_requests: int = DEFAULT_NUM_REQUESTS, seed: int = 0,
+         workers: int | None = None, disaggregation: bool = True) -> ServePlan:
+    """Search the deployments of `num_gpus_total` GPUs for `model` on `cluster` under Poisson
+    traffic of fixed `input_len` / `output_len` and the SLOs (ms at `slo_percentile`);
+    `workers`: processes (None: every core; 1: this process)."""
+    m, c = load_model(model), load_serving_cluster(cluster)
+    q = Query(input_len, output_len, slo_ttft_ms / 1e3, slo_tpot_ms / 1e3, slo_percentile,
+              num_requests, seed)
+    _check(m, c, num_gpus_total, q, objective, engine, top)
+    space = enumerate_space(m, c, num_gpus_total, engine, disaggregation)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        mapper: Mapper = pool.map if pool is not None else map  # type: ignore[assignment]
+        return _search(m, c, num_gpus_total, q, objective, top, space.all(), mapper)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
+            specs: list[AnySpec], mapper: Mapper) -> ServePlan:
+    from meshplan.serve import resolve_any
+
+    pruned: dict[tuple[str, str, bool], list[tuple[str, str]]] = {}
+
+    def prune(spec: AnySpec, reason: str, detail: str, simulated: bool) -> None:
+        pruned.setdefault((layout_class(spec), reason, simulated), []).append(
+            (label(spec), detail))
+
+    def bounded(cands: list[AnySpec]) -> list[tuple[AnySpec, Bound]]:
+        out = []
+        for s in cands:
+            b = bound(resolve_any(m, c, s), q.input_len, q.output_len, q.slo_ttft_s,
+                      q.slo_tpot_s)
+            if b.reason is not None:
+                prune(s, b.reason, b.detail, False)
+            else:
+                out.append((s, b))
+        return out
+
+    plans: list[PlanEntry] = []
+    simulations = 0
+
+    def run(batch: list[tuple[AnySpec, Bound]]) -> None:
+        nonlocal simulations
+        results = mapper(_evaluate, [(m, c, s, replace(q, lifetime_s=b.lifetime_s), b.rate_per_s)
+                                      for s, b in batch])
+        for (s, b), r in zip(batch, results, strict=True):
+            simulations += r.simulations
+            if r.held is None:
+                assert r.failed is not None
+                f = r.failed
+                why = "TTFT" if f.ttft_ms > q.slo_ttft_s * 1e3 else "TPOT"
+                prune(s, why, f"p{q.percentile:g} TTFT {f.ttft_ms:.0f} ms, TPOT "
+                      f"{f.tpot_ms:.1f} ms even at {f.rate_per_s:.3g} req/s", True)
+                continue
+            d = resolve_any(m, c, s)
+            w = replace(q, lifetime_s=b.lifetime_s)
+            plans.append(PlanEntry(s, d.to_json(), d.num_gpus, r.held.rate_per_s,
+                                   None if r.failed is None else r.failed.rate_per_s,
+                                   b.rate_per_s, r.held.metrics, r.simulations, w,
+                                   r.held.ttft_ms, r.held.tpot_ms))
+
+    def key(p: PlanEntry) -> tuple[float, int, str]:
+        return (-score(objective, p.max_rate_per_s, p.num_gpus), p.num_gpus, p.label)
+
+    def realized(kind: bool) -> float:
+        """The largest ratio of found to estimated rate among this kind's plans (1 before
+        any): the estimates of one kind err alike, so skipping scales them by it."""
+        xs = [p.max_rate_per_s / p.bound_rate_per_s for p in plans
+              if p.disaggregated == kind and p.bound_rate_per_s > 0]
+        return min(1.0, max(xs)) if xs else 1.0
+
+    def best_of(kind: bool) -> float:
+        xs = [score(objective, p.max_rate_per_s, p.num_gpus) for p in plans
+              if p.disaggregated == kind]
+        return max(xs, default=-math.inf)
+
+    live = bounded(specs)
+    live.sort(key=lambda sb: (-score(objective, sb[1].rate_per_s, num_gpus(sb[0])),
+                              label(sb[0])))
+    candidates = len(specs)
+    simulated = 0
+    while live:
+        ranked = sorted(plans, key=key)
+        kth = -math.inf if len(ranked) < top else \
+            score(objective, ranked[top - 1].max_rate_per_s, ranked[top - 1].num_gpus)
+        wave: list[tuple[AnySpec, Bound]] = []
+        rest: list[tuple[AnySpec, Bound]] = []
+        for s, b in live:
+            kind = isinstance(s, DisaggregatedSpec)
+            est = score(objective, b.rate_per_s, num_gpus(s)) * BOUND_SLACK * realized(kind)
+            if est < kth and est < best_of(kind):
+                prune(s, "rate", f"estimated at most {b.rate_per_s:.3g} req/s "
+                      f"({b.detail}), below the plans found", False)
+            elif len(wave) < WAVE:
+                wave.append((s, b))
+            else:
+                rest.append((s, b))
+        run(wave)
+        simulated += len(wave)
+        live = rest
+    # Knob refinement of the best layouts of each kind.
+    refine: list[AnySpec] = []
+    for kind in (False, True):
+        best = [p for p in sorted(plans, key=key) if p.disaggregated == kind][:REFINE]
+        for p in best:
+            d = resolve_any(m, c, p.spec)
+            pool = d.pools[-1]
+            refine += knob_variants(p.spec, pool.max_num_seqs,
+                                    d.pools[0].max_num_batched_tokens)
+    candidates += len(refine)
+    extra = bounded(refine)
+    run(extra)
+    simulated += len(extra)
+    if not plans:
+        reasons = sorted({r for _, r, _ in pruned})
+        raise MeshplanError(f"no deployment of {m.name} on {n} GPUs of {c.name} meets the SLOs "
+                            f"(pruned by {', '.join(reasons) or 'nothing'}); see --json for "
+                            "each class")
+    ranked = sorted(plans, key=key)
+    shown = ranked[:top]
+    for kind in (False, True):
+        best_kind = next((p for p in ranked if p.disaggregated == kind), None)
+        if best_kind is not None and best_kind not in shown:
+            shown.append(best_kind)
+    pts = [(p.tokens_per_s_per_gpu, p.tokens_per_s_per_user) for p in ranked]
+    pareto = [ranked[k] for k in frontier(pts)]
+    out_pruned = [Pruned(cls, reason, xs[0][1], len(xs), xs[0][0], sim)
+                  for (cls, reason, sim), xs in sorted(pruned.items())]
+    return ServePlan(shown, pareto, out_pruned, objective, q, m.name, c.name, candidates,
+                     simulated, simulations, ranked)
+
+
+__all__ = ["DeploymentSpec", "DisaggregatedSpec", "OBJECTIVES", "PlanEntry", "Probe",
+           "Pruned", "Query", "RateSearch", "ServePlan", "max_rate", "plan", "probe", "score"]
