@@ -291,6 +291,7 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
     # disaggregation: per decode instance the transfers waiting for blocks, per prefill
     # instance when its KV link is next free
     pending: list[deque[tuple[int, int, int]]] = [deque() for _ in range(ninst)]
+    inbound = [0] * ninst  # transfers under way to each decode instance
     link_free = [0.0] * ninst
     transfer_s = array("d")
     kv_tier = {(a, b): tier_between(cluster, placed[a][:2], placed[b][:2])
@@ -527,10 +528,16 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
             rid, src, held = q[0]
             prompt = int(input_len[rid])
             need = -(-prompt // s.block_size)
-            if need > s.free_blocks:
+            # Requests preempted on the decode instance go first (vLLM puts them at the
+            # front of its queue), and a transfer starts only for a request the instance
+            # can run on landing: no landed request waits holding blocks another needs.
+            if s.waiting or need > s.free_blocks \
+                    or len(s.running) + inbound[j] >= s.max_num_seqs \
+                    or not s.accept(prompt, int(output_len[rid])):
                 return
             q.popleft()
             s.free_blocks -= need
+            inbound[j] += 1
             nbytes = kv_transfer_bytes(pools[0], pools[1], prompt)
             dur = kv_transfer_time(cluster, kv_tier[src, j], nbytes)
             begin = max(now, link_free[src])
@@ -546,10 +553,9 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         if not running[x.src]:
             starter[x.src](x.src, now)
         s = schedulers[x.dst]
-        s.add(x.rid, int(input_len[x.rid]), int(output_len[x.rid]))
-        r = s.requests[x.rid]
-        r.computed, r.generated, r.blocks = r.prompt, 1, x.blocks
-        r.last_token_s = first_tok[x.rid]
+        inbound[x.dst] -= 1
+        s.receive(x.rid, int(input_len[x.rid]), int(output_len[x.rid]), x.blocks)
+        s.requests[x.rid].last_token_s = first_tok[x.rid]
         record_usage(now)
         if not running[x.dst]:
             starter[x.dst](x.dst, now)

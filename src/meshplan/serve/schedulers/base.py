@@ -107,6 +107,19 @@ class Scheduler:
                                           prefix=prefix)
         self.waiting.append(rid)
 
+    def accept(self, prompt: int, output: int) -> bool:
+        """Whether the instance takes a request prefilled elsewhere now (disaggregation),
+        reserving what its engine reserves at admission; its blocks are the caller's."""
+        return True
+
+    def receive(self, rid: int, prompt: int, output: int, blocks: int) -> None:
+        """A request whose prompt KV arrived from a prefill instance (accepted, its `blocks`
+        allocated when the transfer began, as vLLM's scheduler allocates a remote request's
+        blocks before loading them): it runs from its first token on."""
+        self.requests[rid] = RequestState(prompt, output, computed=prompt, generated=1,
+                                          blocks=blocks, rid=rid)
+        self.running.append(rid)
+
     @property
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)

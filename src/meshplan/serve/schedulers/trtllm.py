@@ -77,6 +77,14 @@ class TRTLLMScheduler(Scheduler):
             assert ok, "GUARANTEED_NO_EVICT promised these blocks"
         return self._step(scheduled, 0, admitted)
 
+    def accept(self, prompt: int, output: int) -> bool:
+        """GUARANTEED_NO_EVICT: a transferred request is promised its whole length too."""
+        whole = self._blocks_for(prompt + output)
+        if self.promised + whole > self.num_blocks:
+            return False
+        self.promised += whole
+        return True
+
     def finish(self, rid: int) -> None:
         self.promised -= self._whole(self.requests[rid])
         super().finish(rid)
