@@ -13,10 +13,28 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from meshplan.cli.render import console, print_json
+from meshplan.cli.serve_options import (
+    ClusterOpt,
+    DecodeInstancesOpt,
+    DecodeTpOpt,
+    DpAttentionOpt,
+    EpOpt,
+    GpuMemoryUtilizationOpt,
+    InstancesOpt,
+    KvCacheDtypeOpt,
+    MaxNumBatchedTokensOpt,
+    MaxNumSeqsOpt,
+    ModelOpt,
+    NoChunkedPrefillOpt,
+    PpOpt,
+    PrefillInstancesOpt,
+    PrefillTpOpt,
+    TpOpt,
+    deployment_spec,
+    option,
+)
 from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.serve import (
-    DeploymentSpec,
-    DisaggregatedSpec,
     Lengths,
     Workload,
     load_serving_cluster,
@@ -27,77 +45,62 @@ from meshplan.specs.io import load_model
 serve_app = typer.Typer(no_args_is_help=True, help="Serving: simulate LLM inference deployments.")
 
 
-def _opt(flag: str, help_text: str) -> Any:
-    return typer.Option(flag, help=help_text)
-
-
 @serve_app.command("simulate")
 def simulate_cmd(
-    model: Annotated[str, _opt("--model", "Model: preset name, meshplan file or HF config")
-                     ] = "llama3-8b",
-    cluster: Annotated[str, _opt("--cluster", "Cluster: preset name or cluster file")
-                       ] = "dgx-h100",
-    tp: Annotated[int, _opt("--tp", "Tensor-parallel degree of one instance")] = 1,
-    pp: Annotated[int, _opt("--pp", "Pipeline stages of one instance")] = 1,
-    ep: Annotated[int, _opt("--ep", "Expert-parallel GPUs of a stage (MoE)")] = 1,
-    dp_attention: Annotated[int, _opt("--dp-attention",
-                                      "Data-parallel attention ranks of a stage (MoE)")] = 1,
-    instances: Annotated[int, _opt("--instances", "Instances behind the router")] = 1,
-    prefill_instances: Annotated[int | None, _opt(
-        "--prefill-instances", "Disaggregated: prefill instances (with --decode-instances)")
-        ] = None,
-    decode_instances: Annotated[int | None, _opt(
-        "--decode-instances", "Disaggregated: decode instances")] = None,
-    prefill_tp: Annotated[int | None, _opt("--prefill-tp", "Prefill pool's tp (default --tp)")
-                          ] = None,
-    decode_tp: Annotated[int | None, _opt("--decode-tp", "Decode pool's tp (default --tp)")
-                         ] = None,
-    trace: Annotated[str | None, _opt("--trace", "Write a Perfetto trace-event JSON file")
+    model: ModelOpt = "llama3-8b",
+    cluster: ClusterOpt = "dgx-h100",
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    ep: EpOpt = 1,
+    dp_attention: DpAttentionOpt = 1,
+    instances: InstancesOpt = 1,
+    prefill_instances: PrefillInstancesOpt = None,
+    decode_instances: DecodeInstancesOpt = None,
+    prefill_tp: PrefillTpOpt = None,
+    decode_tp: DecodeTpOpt = None,
+    trace: Annotated[str | None, option("--trace", "Write a Perfetto trace-event JSON file")
                      ] = None,
-    engine: Annotated[str, _opt("--engine", "Engine profile (presets/engines)")] = "vllm",
-    router: Annotated[str, _opt("--router", "round-robin, least-requests or least-tokens")
+    engine: Annotated[str, option("--engine", "Engine profile (presets/engines)")] = "vllm",
+    router: Annotated[str, option("--router", "round-robin, least-requests or least-tokens")
                       ] = "round-robin",
-    workload: Annotated[str, _opt("--workload", "Arrivals: poisson, gamma, constant, burst, "
+    workload: Annotated[str, option("--workload", "Arrivals: poisson, gamma, constant, burst, "
                                   "closed (--clients) or replay (--lengths-file's times)")
                         ] = "poisson",
-    rate: Annotated[float | None, _opt("--rate", "Requests per second")] = None,
-    cv: Annotated[float, _opt("--cv", "Gap coefficient of variation (gamma)")] = 1.0,
-    clients: Annotated[int | None, _opt("--clients", "Concurrent clients (closed loop)")
+    rate: Annotated[float | None, option("--rate", "Requests per second")] = None,
+    cv: Annotated[float, option("--cv", "Gap coefficient of variation (gamma)")] = 1.0,
+    clients: Annotated[int | None, option("--clients", "Concurrent clients (closed loop)")
                        ] = None,
-    think_s: Annotated[float, _opt("--think-s", "Closed loop: seconds a client waits "
+    think_s: Annotated[float, option("--think-s", "Closed loop: seconds a client waits "
                                    "between a response and its next request")] = 0.0,
-    num_requests: Annotated[int | None, _opt(
+    num_requests: Annotated[int | None, option(
         "--num-requests", "Requests to simulate (default 1000, or every row of "
         "--lengths-file)")] = None,
-    input_len: Annotated[int, _opt("--input-len", "Mean prompt tokens")] = 1024,
-    output_len: Annotated[int, _opt("--output-len", "Mean output tokens")] = 256,
-    lengths: Annotated[str, _opt("--lengths", "fixed, uniform, normal, lognormal or zipf")
+    input_len: Annotated[int, option("--input-len", "Mean prompt tokens")] = 1024,
+    output_len: Annotated[int, option("--output-len", "Mean output tokens")] = 256,
+    lengths: Annotated[str, option("--lengths", "fixed, uniform, normal, lognormal or zipf")
                        ] = "fixed",
-    spread: Annotated[float, _opt("--spread", "Length spread (see Lengths; zipf: the "
+    spread: Annotated[float, option("--spread", "Length spread (see Lengths; zipf: the "
                                   "exponent)")] = 0.0,
-    lengths_file: Annotated[str | None, _opt(
+    lengths_file: Annotated[str | None, option(
         "--lengths-file", "CSV or JSONL trace: input_len, output_len[, arrival_s or "
         "timestamp] per request")] = None,
-    prefix_len: Annotated[int, _opt("--prefix-len", "Prompt tokens shared by each group")
+    prefix_len: Annotated[int, option("--prefix-len", "Prompt tokens shared by each group")
                           ] = 0,
-    prefix_group_size: Annotated[int, _opt("--prefix-group-size",
+    prefix_group_size: Annotated[int, option("--prefix-group-size",
                                            "Consecutive requests sharing one prefix")] = 1,
-    max_num_seqs: Annotated[int | None, _opt("--max-num-seqs", "Engine max sequences")] = None,
-    max_num_batched_tokens: Annotated[int | None, _opt(
-        "--max-num-batched-tokens", "Engine token budget per iteration")] = None,
-    gpu_memory_utilization: Annotated[float | None, _opt(
-        "--gpu-memory-utilization", "Share of HBM the engine may use")] = None,
-    no_chunked_prefill: Annotated[bool, _opt("--no-chunked-prefill",
-                                             "Prefill prompts whole")] = False,
-    kv_cache_dtype: Annotated[str, _opt("--kv-cache-dtype", "bf16, fp16 or fp8")] = "bf16",
-    num_gpu_blocks: Annotated[int | None, _opt(
+    max_num_seqs: MaxNumSeqsOpt = None,
+    max_num_batched_tokens: MaxNumBatchedTokensOpt = None,
+    gpu_memory_utilization: GpuMemoryUtilizationOpt = None,
+    no_chunked_prefill: NoChunkedPrefillOpt = False,
+    kv_cache_dtype: KvCacheDtypeOpt = "bf16",
+    num_gpu_blocks: Annotated[int | None, option(
         "--num-gpu-blocks", "KV blocks per instance instead of the memory estimate")] = None,
-    num_scheduler_steps: Annotated[int, _opt(
+    num_scheduler_steps: Annotated[int, option(
         "--num-scheduler-steps", "Decode steps per scheduling (vllm-v0 multi-step)")] = 1,
-    seed: Annotated[int, _opt("--seed", "Workload seed")] = 0,
-    slo_ttft_ms: Annotated[float | None, _opt("--slo-ttft-ms", "TTFT bound for goodput")
+    seed: Annotated[int, option("--seed", "Workload seed")] = 0,
+    slo_ttft_ms: Annotated[float | None, option("--slo-ttft-ms", "TTFT bound for goodput")
                            ] = None,
-    slo_tpot_ms: Annotated[float | None, _opt("--slo-tpot-ms", "TPOT bound for goodput")
+    slo_tpot_ms: Annotated[float | None, option("--slo-tpot-ms", "TPOT bound for goodput")
                            ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")
                         ] = False,
@@ -111,23 +114,8 @@ def simulate_cmd(
             gpu_memory_utilization=gpu_memory_utilization,
             enable_chunked_prefill=False if no_chunked_prefill else None,
             num_gpu_blocks=num_gpu_blocks, num_scheduler_steps=num_scheduler_steps)
-        split = (prefill_instances, decode_instances)
-        spec: DeploymentSpec | DisaggregatedSpec
-        if split == (None, None):
-            for flag, value in (("--prefill-tp", prefill_tp), ("--decode-tp", decode_tp)):
-                if value is not None:
-                    raise MeshplanError(f"{flag}: only with --prefill-instances and "
-                                        "--decode-instances")
-            spec = DeploymentSpec(tp=tp, instances=instances, **common)
-        elif prefill_instances is None or decode_instances is None:
-            raise MeshplanError("--prefill-instances and --decode-instances: give both for a "
-                                "disaggregated deployment")
-        else:
-            ptp = tp if prefill_tp is None else prefill_tp
-            dtp = tp if decode_tp is None else decode_tp
-            spec = DisaggregatedSpec(
-                prefill=DeploymentSpec(tp=ptp, instances=prefill_instances, **common),
-                decode=DeploymentSpec(tp=dtp, instances=decode_instances, **common))
+        spec = deployment_spec(tp, instances, prefill_instances, decode_instances,
+                               prefill_tp, decode_tp, **common)
         kind = lengths
         work = Workload(arrival=workload, rate=rate, cv=cv,  # type: ignore[arg-type]
                         clients=clients, think_s=think_s,

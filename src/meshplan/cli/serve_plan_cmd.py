@@ -13,15 +13,31 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from meshplan.cli.render import console, print_json
+from meshplan.cli.serve_options import (
+    ClusterOpt,
+    DecodeInstancesOpt,
+    DecodeTpOpt,
+    DpAttentionOpt,
+    EpOpt,
+    GpuMemoryUtilizationOpt,
+    InstancesOpt,
+    KvCacheDtypeOpt,
+    MaxNumBatchedTokensOpt,
+    MaxNumSeqsOpt,
+    ModelOpt,
+    NoChunkedPrefillOpt,
+    PpOpt,
+    PrefillInstancesOpt,
+    PrefillTpOpt,
+    TpOpt,
+    deployment_spec,
+    option,
+)
 from meshplan.errors import MeshplanError, from_validation_error
-from meshplan.serve import DeploymentSpec, DisaggregatedSpec, load_serving_cluster, resolve_any
+from meshplan.serve import load_serving_cluster, resolve_any
 from meshplan.serve.export import TARGETS, export, refuse
 from meshplan.serve.plan import ServePlan, plan
 from meshplan.specs.io import load_model
-
-
-def _opt(flag: str, help_text: str) -> Any:
-    return typer.Option(flag, help=help_text)
 
 
 def _write(text: str, out: str) -> None:
@@ -67,35 +83,33 @@ def _print_plan(r: ServePlan) -> None:
 
 
 def plan_cmd(
-    model: Annotated[str, _opt("--model", "Model: preset name, meshplan file or HF config")
-                     ] = "llama3-8b",
-    cluster: Annotated[str, _opt("--cluster", "Cluster: preset name or cluster file")
-                       ] = "dgx-h100",
-    num_gpus: Annotated[int, _opt("--num-gpus", "GPUs to deploy on")] = 8,
-    workload: Annotated[str, _opt("--workload", "Arrivals (poisson)")] = "poisson",
-    input_len: Annotated[int, _opt("--input-len", "Prompt tokens")] = 1024,
-    output_len: Annotated[int, _opt("--output-len", "Output tokens")] = 256,
-    slo_ttft_ms: Annotated[float, _opt("--slo-ttft-ms", "TTFT bound (ms)")] = 2000.0,
-    slo_tpot_ms: Annotated[float, _opt("--slo-tpot-ms", "TPOT bound (ms)")] = 100.0,
-    slo_percentile: Annotated[float, _opt("--slo-percentile", "Percentile the SLOs bound")
+    model: ModelOpt = "llama3-8b",
+    cluster: ClusterOpt = "dgx-h100",
+    num_gpus: Annotated[int, option("--num-gpus", "GPUs to deploy on")] = 8,
+    workload: Annotated[str, option("--workload", "Arrivals (poisson)")] = "poisson",
+    input_len: Annotated[int, option("--input-len", "Prompt tokens")] = 1024,
+    output_len: Annotated[int, option("--output-len", "Output tokens")] = 256,
+    slo_ttft_ms: Annotated[float, option("--slo-ttft-ms", "TTFT bound (ms)")] = 2000.0,
+    slo_tpot_ms: Annotated[float, option("--slo-tpot-ms", "TPOT bound (ms)")] = 100.0,
+    slo_percentile: Annotated[float, option("--slo-percentile", "Percentile the SLOs bound")
                               ] = 99.0,
-    objective: Annotated[str, _opt("--objective", "goodput-per-gpu, throughput or cost")
+    objective: Annotated[str, option("--objective", "goodput-per-gpu, throughput or cost")
                          ] = "goodput-per-gpu",
-    top: Annotated[int, _opt("--top", "Plans to show")] = 5,
-    engine: Annotated[str | None, _opt("--engine", "Engine profile (default: the --export "
+    top: Annotated[int, option("--top", "Plans to show")] = 5,
+    engine: Annotated[str | None, option("--engine", "Engine profile (default: the --export "
                                        "target, else vllm)")] = None,
-    num_requests: Annotated[int, _opt("--num-requests", "Fewest requests a simulation runs "
+    num_requests: Annotated[int, option("--num-requests", "Fewest requests a simulation runs "
                                       "(more for long-lived requests)")] = 1000,
-    seed: Annotated[int, _opt("--seed", "Workload seed")] = 0,
-    workers: Annotated[int | None, _opt("--workers", "Processes (default: every core)")
+    seed: Annotated[int, option("--seed", "Workload seed")] = 0,
+    workers: Annotated[int | None, option("--workers", "Processes (default: every core)")
                        ] = None,
-    no_disaggregation: Annotated[bool, _opt("--no-disaggregation",
+    no_disaggregation: Annotated[bool, option("--no-disaggregation",
                                             "Colocated deployments only")] = False,
-    ray: Annotated[str | None, _opt("--ray", "Ray cluster address (not available in this "
+    ray: Annotated[str | None, option("--ray", "Ray cluster address (not available in this "
                                     "version)")] = None,
-    export_to: Annotated[str | None, _opt("--export", "Also write the best plan the engine "
+    export_to: Annotated[str | None, option("--export", "Also write the best plan the engine "
                                           "can express: vllm or sglang")] = None,
-    out: Annotated[str | None, _opt("--out", "Launch script file (- for stdout)")] = None,
+    out: Annotated[str | None, option("--out", "Launch script file (- for stdout)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")
                         ] = False,
 ) -> None:
@@ -132,34 +146,26 @@ def plan_cmd(
 
 
 def export_cmd(
-    to: Annotated[str, _opt("--to", "vllm or sglang")],
-    out: Annotated[str, _opt("--out", "Launch script file (- for stdout)")] = "-",
-    model: Annotated[str, _opt("--model", "Model: preset name, meshplan file or HF config")
-                     ] = "llama3-8b",
-    cluster: Annotated[str, _opt("--cluster", "Cluster: preset name or cluster file")
-                       ] = "dgx-h100",
-    tp: Annotated[int, _opt("--tp", "Tensor-parallel degree of one instance")] = 1,
-    pp: Annotated[int, _opt("--pp", "Pipeline stages of one instance")] = 1,
-    ep: Annotated[int, _opt("--ep", "Expert-parallel GPUs of a stage (MoE)")] = 1,
-    dp_attention: Annotated[int, _opt("--dp-attention",
-                                      "Data-parallel attention ranks of a stage (MoE)")] = 1,
-    instances: Annotated[int, _opt("--instances", "Instances behind the router")] = 1,
-    prefill_instances: Annotated[int | None, _opt("--prefill-instances",
-                                                  "Disaggregated: prefill instances")] = None,
-    decode_instances: Annotated[int | None, _opt("--decode-instances",
-                                                 "Disaggregated: decode instances")] = None,
-    prefill_tp: Annotated[int | None, _opt("--prefill-tp", "Prefill pool's tp")] = None,
-    decode_tp: Annotated[int | None, _opt("--decode-tp", "Decode pool's tp")] = None,
-    engine: Annotated[str | None, _opt("--engine", "Engine profile (default: --to)")] = None,
-    max_num_seqs: Annotated[int | None, _opt("--max-num-seqs", "Engine max sequences")] = None,
-    max_num_batched_tokens: Annotated[int | None, _opt(
-        "--max-num-batched-tokens", "Engine token budget per iteration")] = None,
-    gpu_memory_utilization: Annotated[float | None, _opt(
-        "--gpu-memory-utilization", "Share of HBM the engine may use")] = None,
-    no_chunked_prefill: Annotated[bool, _opt("--no-chunked-prefill",
-                                             "Prefill prompts whole")] = False,
-    kv_cache_dtype: Annotated[str, _opt("--kv-cache-dtype", "bf16, fp16 or fp8")] = "bf16",
-    weights_dtype: Annotated[str, _opt("--weights-dtype", "bf16, fp16 or fp8")] = "bf16",
+    to: Annotated[str, option("--to", "vllm or sglang")],
+    out: Annotated[str, option("--out", "Launch script file (- for stdout)")] = "-",
+    model: ModelOpt = "llama3-8b",
+    cluster: ClusterOpt = "dgx-h100",
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    ep: EpOpt = 1,
+    dp_attention: DpAttentionOpt = 1,
+    instances: InstancesOpt = 1,
+    prefill_instances: PrefillInstancesOpt = None,
+    decode_instances: DecodeInstancesOpt = None,
+    prefill_tp: PrefillTpOpt = None,
+    decode_tp: DecodeTpOpt = None,
+    engine: Annotated[str | None, option("--engine", "Engine profile (default: --to)")] = None,
+    max_num_seqs: MaxNumSeqsOpt = None,
+    max_num_batched_tokens: MaxNumBatchedTokensOpt = None,
+    gpu_memory_utilization: GpuMemoryUtilizationOpt = None,
+    no_chunked_prefill: NoChunkedPrefillOpt = False,
+    kv_cache_dtype: KvCacheDtypeOpt = "bf16",
+    weights_dtype: Annotated[str, option("--weights-dtype", "bf16, fp16 or fp8")] = "bf16",
 ) -> None:
     """Write the launch script of a deployment for vLLM or SGLang."""
     if to not in TARGETS:
@@ -171,18 +177,8 @@ def export_cmd(
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             gpu_memory_utilization=gpu_memory_utilization,
             enable_chunked_prefill=False if no_chunked_prefill else None)
-        spec: DeploymentSpec | DisaggregatedSpec
-        if (prefill_instances, decode_instances) == (None, None):
-            spec = DeploymentSpec(tp=tp, instances=instances, **common)
-        elif prefill_instances is None or decode_instances is None:
-            raise MeshplanError("--prefill-instances and --decode-instances: give both for a "
-                                "disaggregated deployment")
-        else:
-            spec = DisaggregatedSpec(
-                prefill=DeploymentSpec(tp=prefill_tp or tp, instances=prefill_instances,
-                                       **{**common, "pp": 1}),
-                decode=DeploymentSpec(tp=decode_tp or tp, instances=decode_instances,
-                                      **{**common, "pp": 1}))
+        spec = deployment_spec(tp, instances, prefill_instances, decode_instances,
+                               prefill_tp, decode_tp, **common)
     except ValidationError as err:
         raise from_validation_error(err, "serve export") from None
     d = resolve_any(load_model(model), load_serving_cluster(cluster), spec)
