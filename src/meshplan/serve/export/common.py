@@ -6,6 +6,7 @@ import shlex
 from dataclasses import dataclass
 
 from meshplan.serve.deployment import AnyDeployment, Deployment
+from meshplan.serve.placement import instance_ranges
 
 BASE_PORT = 8100
 ROUTER_PORT = 8000
@@ -23,19 +24,21 @@ class Slot:
 
 
 def slots(d: AnyDeployment) -> list[Slot]:
-    """Every instance on consecutive GPUs (prefill pool first), as the simulator places them."""
-    out: list[Slot] = []
-    start = 0
+    """Every instance where the simulator places it (`placement.instance_ranges`)."""
     per_node = d.cluster.gpus_per_node
-    roles = ("prefill", "decode") if d.disaggregated else ("serve",)
-    for role, pool in zip(roles, d.pools, strict=True):
-        for _ in range(pool.instances):
-            node = start // per_node
-            local = start % per_node
-            out.append(Slot(role, pool, node, tuple(range(local, local + pool.gpus_per_instance)),
-                            BASE_PORT + len(out)))
-            start += pool.gpus_per_instance
-    return out
+    first_pool = d.pools[0].instances  # the prefill pool's instances come first
+    return [Slot(("prefill" if k < first_pool else "decode") if d.disaggregated else "serve",
+                 pool, first // per_node,
+                 tuple(range(first % per_node, first % per_node + size)), BASE_PORT + k)
+            for k, (first, size, pool) in enumerate(instance_ranges(d))]
+
+
+def instance_lines(s: Slot, args: list[str]) -> list[str]:
+    """One instance's lines of the script: where it runs, then its command in the
+    background on its GPUs."""
+    gpus = ",".join(map(str, s.gpus))
+    return ["", f"# {s.role} instance on node {s.node}, GPUs {gpus}",
+            f"CUDA_VISIBLE_DEVICES={gpus} " + line(args) + " &"]
 
 
 def model_id(d: AnyDeployment) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from meshplan.errors import MeshplanError
 from meshplan.serve.deployment import AnyDeployment, Deployment
-from meshplan.serve.export.common import ROUTER_PORT, header, line, slots
+from meshplan.serve.export.common import ROUTER_PORT, header, instance_lines, line, slots
 
 VERSION = "0.5"
 KV_CACHE_DTYPE = {"bf16": "auto", "fp16": "auto", "fp8": "fp8_e4m3"}
@@ -55,9 +55,7 @@ def script(d: AnyDeployment) -> str:
                      "--disaggregation-transfer-backend", "nixl"]
             if s.role == "prefill":
                 args += ["--disaggregation-bootstrap-port", str(9000 + k)]
-        out += ["", f"# {s.role} instance on node {s.node}, GPUs "
-                f"{','.join(map(str, s.gpus))}",
-                f"CUDA_VISIBLE_DEVICES={','.join(map(str, s.gpus))} " + line(args) + " &"]
+        out += instance_lines(s, args)
     router = ["python3", "-m", "sglang_router.launch_router", "--host", "0.0.0.0",
               "--port", str(ROUTER_PORT)]
     if d.disaggregated:

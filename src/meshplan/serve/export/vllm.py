@@ -14,7 +14,7 @@ import json
 
 from meshplan.errors import MeshplanError
 from meshplan.serve.deployment import AnyDeployment, Deployment
-from meshplan.serve.export.common import ROUTER_PORT, header, line, q, slots
+from meshplan.serve.export.common import ROUTER_PORT, header, instance_lines, line, q, slots
 
 VERSION = "0.11"
 KV_CACHE_DTYPE = {"bf16": "auto", "fp16": "auto", "fp8": "fp8"}
@@ -69,9 +69,7 @@ def script(d: AnyDeployment) -> str:
                 *engine_args(s.pool)]
         if d.disaggregated:
             args += ["--kv-transfer-config", q(NIXL)]
-        out += ["", f"# {s.role} instance on node {s.node}, GPUs "
-                f"{','.join(map(str, s.gpus))}",
-                f"CUDA_VISIBLE_DEVICES={','.join(map(str, s.gpus))} " + line(args) + " &"]
+        out += instance_lines(s, args)
     if d.disaggregated:
         pre = [s for s in ss if s.role == "prefill"]
         dec = [s for s in ss if s.role == "decode"]
