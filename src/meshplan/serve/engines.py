@@ -4,6 +4,7 @@ fraction is meant, and its host overhead per iteration, as data (`presets/engine
 from __future__ import annotations
 
 import tomllib
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,7 +156,9 @@ class EngineProfile(Spec):
         return min(max(round((mem - reserved) / mem, 3), 0.01), 1.0)
 
 
+@cache
 def engine_names() -> list[str]:
+    """The shipped engine profiles (files of the installed package: read once)."""
     return sorted(p.stem for p in ENGINES_DIR.glob("*.toml"))
 
 
@@ -176,11 +179,17 @@ def fitted_overheads(path: Path = SERVING_CALIBRATION) -> dict[str, dict[str, An
 
 def load_engine(name: str, calibration: Path | None = SERVING_CALIBRATION) -> EngineProfile:
     """An engine profile, with the fitted overheads of `calibration` (None: the profile's
-    own first guesses)."""
-    path = ENGINES_DIR / f"{name}.toml"
-    if not path.is_file():
+    own first guesses). Read once per calibration file version (profiles are frozen):
+    every deployment a search or a validation resolves asks for one."""
+    if name not in engine_names():
         raise unknown_name("engine", name, engine_names())
-    data = tomllib.loads(path.read_text())
+    stamp = calibration.stat().st_mtime_ns if calibration and calibration.is_file() else 0
+    return _load_engine(name, calibration, stamp)
+
+
+@cache
+def _load_engine(name: str, calibration: Path | None, stamp: int) -> EngineProfile:
+    data = tomllib.loads((ENGINES_DIR / f"{name}.toml").read_text())
     group = data.get("fit_group") or name
     fitted = fitted_overheads(calibration).get(group, {}) if calibration else {}
     data.update({k: v for k, v in fitted.items() if k in FITTED_KEYS})
