@@ -210,3 +210,25 @@ def test_static_batch_dataclass_is_what_static_rows_build(runs):
     assert case.workload == StaticBatch(512, 128, 128)
     d = deployment(case)
     assert IterationCost(d).model.num_layers == 28
+
+
+@pytest.mark.parametrize(("path", "value", "why"), [
+    ("workload.input_len", -5, "greater than 0"),
+    ("workload.batch_size", 0, "positive count"),
+    ("parallelism.tp", 0, "positive count"),
+    ("parallelism.tp", "four", "wrong type"),
+    ("workload.output_len", float("nan"), "wrong type"),
+    ("hardware.gpu_memory_gb", -1, "must be positive"),
+])
+def test_a_row_with_an_impossible_field_is_skipped_with_its_reason(runs, path, value, why):
+    out = validate_row(row_like(runs, **{path: value}))
+    assert why in out["skipped"]
+    assert all(m["predicted"] is None for m in out["metrics"].values())
+
+
+def test_figures_without_a_relative_error_are_not_compared(runs):
+    """A 0, negative or NaN measured figure would give an infinite or NaN error."""
+    row = row_like(runs)
+    row["metrics"]["prefill_time_ms"] = 0.0
+    row["metrics"]["decode_step_ms"] = float("nan")
+    assert validate_row(row)["metrics"] == {}

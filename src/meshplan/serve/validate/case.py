@@ -15,6 +15,17 @@ class Unbuildable(Exception):
     """This row cannot be rebuilt (its reason becomes the row's `skipped`)."""
 
 
+def count(section: dict[str, Any], key: str, default: int) -> int:
+    """A count field of the row (`default` when null); 0 or negative is no count at all."""
+    value = section.get(key)
+    if value is None:
+        return default
+    n = int(value)
+    if n <= 0:
+        raise Unbuildable(f"{key}={value!r}: must be a positive count")
+    return n
+
+
 @dataclass(frozen=True)
 class StaticBatch:
     """One fixed batch: `size` prompts of `input_len` tokens prefilled together, then decoded

@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 from meshplan.serve.deployment import load_serving_cluster
-from meshplan.serve.validate.case import Unbuildable
+from meshplan.serve.validate.case import Unbuildable, count
 from meshplan.specs.catalog import catalog_cluster, catalog_key
 from meshplan.specs.cluster import Cluster
 
@@ -53,7 +53,7 @@ def power_fraction(hw: dict[str, Any]) -> float | None:
 def build_cluster(row: dict[str, Any], notes: list[str]) -> Cluster:
     hw = row["hardware"]
     gpu = str(hw.get("gpu_type") or hw.get("gpu_key") or "")
-    gpn = int(hw.get("gpus_per_node") or max(int(hw.get("num_gpus") or 1), 1))
+    gpn = count(hw, "gpus_per_node", count(hw, "num_gpus", 1))
     key = catalog_key(gpu) if re.search(r"PCIe|RTX|L40|\bL4\b|V100", gpu, re.IGNORECASE) \
         else None
     preset = next((p for pat, p in PRESETS if re.search(pat, gpu, re.IGNORECASE)), None)
@@ -76,6 +76,8 @@ def build_cluster(row: dict[str, Any], notes: list[str]) -> Cluster:
     if mem is None:
         m = re.search(r"(\d+)\s*GB", gpu)
         mem = float(m.group(1)) if m else None
+    if mem is not None and not float(mem) > 0:
+        raise Unbuildable(f"gpu_memory_gb={mem!r}: must be positive")
     if mem is not None and round(float(mem)) != round(acc.memory_bytes / GIB):
         acc = acc.model_copy(update={"memory_bytes": float(mem) * GIB})
         notes.append(f"{acc.name} with {float(mem):g} GB HBM (read as GiB)")

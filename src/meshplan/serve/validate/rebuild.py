@@ -14,7 +14,7 @@ from typing import Any
 
 from meshplan.serve.deployment import DeploymentSpec
 from meshplan.serve.engines import engine_names, load_engine
-from meshplan.serve.validate.case import ServeCase, StaticBatch, Unbuildable
+from meshplan.serve.validate.case import ServeCase, StaticBatch, Unbuildable, count
 from meshplan.serve.validate.hardware import build_cluster
 from meshplan.serve.workload import Lengths, Workload
 from meshplan.specs.model import Model, MoE
@@ -229,11 +229,13 @@ def workload(row: dict[str, Any], notes: list[str]) -> Workload | StaticBatch:
     w = row["workload"]
     inp, out = lengths(row, notes)
     if row["scenario"] == "static_batch":
-        return StaticBatch(int(w.get("batch_size") or 1), inp.mean, out.mean)
-    n = int(w.get("num_requests") or 1000)
-    if not w.get("num_requests"):
+        return StaticBatch(count(w, "batch_size", 1), inp.mean, out.mean)
+    n = count(w, "num_requests", 1000)
+    if w.get("num_requests") is None:
         notes.append("number of requests not stated: 1000")
     rate = w.get("request_rate_per_s")
+    if rate not in (None, "inf") and not float(rate) > 0:
+        raise Unbuildable(f"request_rate_per_s={rate!r}: must be positive or 'inf'")
     if rate in (None, "inf") or row["scenario"] == "offline":
         return Workload(arrival="burst", num_requests=n, input=inp, output=out)
     process = str(w.get("arrival_process") or "")
@@ -249,8 +251,8 @@ def layout(row: dict[str, Any], model: Model, notes: list[str]) -> dict[str, int
     pp, ep, dp: dp model replicas, or with expert parallelism over them, data-parallel
     attention ranks of one instance)."""
     par = row["parallelism"]
-    tp, pp = int(par.get("tp") or 1), int(par.get("pp") or 1)
-    dp, ep = int(par.get("dp") or 1), int(par.get("ep") or 1)
+    tp, pp = count(par, "tp", 1), count(par, "pp", 1)
+    dp, ep = count(par, "dp", 1), count(par, "ep", 1)
     other = row["scheduler"].get("other") or {}
     if model.moe is None:
         return {"tp": tp, "pp": pp, "instances": dp}

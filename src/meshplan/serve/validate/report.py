@@ -3,10 +3,13 @@ metric it reports, and summarise the errors by scenario."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from meshplan.errors import MeshplanError
+from pydantic import ValidationError
+
+from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.serve.validate.case import Unbuildable
 from meshplan.serve.validate.predict import Overheads, flatten, predict
 from meshplan.serve.validate.rebuild import build_case
@@ -38,8 +41,11 @@ def load_serving_runs(path: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def measured(row: dict[str, Any]) -> dict[str, float]:
+    """The row's comparable figures: finite and positive (a 0, negative or NaN figure has
+    no relative error)."""
     m = row["metrics"]
-    return flatten({k: m[k] for k in COMPARED if m.get(k) is not None})
+    figures = flatten({k: m[k] for k in COMPARED if isinstance(m.get(k), (dict, int, float))})
+    return {k: v for k, v in figures.items() if math.isfinite(v) and v > 0}
 
 
 def validate_row(row: dict[str, Any], overheads: Overheads | None = None) -> dict[str, Any]:
@@ -49,6 +55,7 @@ def validate_row(row: dict[str, Any], overheads: Overheads | None = None) -> dic
                            "source": (row.get("source") or {}).get("source_id"),
                            "metrics": {}, "skipped": None, "assumptions": []}
     read_as: dict[str, str] = {}
+    pred = None
     try:
         case = build_case(row)
         out["assumptions"] = case.assumptions
@@ -56,7 +63,10 @@ def validate_row(row: dict[str, Any], overheads: Overheads | None = None) -> dic
         pred = predict(case, overheads)
     except (Unbuildable, MeshplanError) as err:
         out["skipped"] = str(err)
-        pred = None
+    except ValidationError as err:  # a field's value out of range: this row, not the run
+        out["skipped"] = str(from_validation_error(err, f"row {row['id']}"))
+    except (TypeError, ValueError) as err:  # a field of the wrong type (text for a number)
+        out["skipped"] = f"row {row['id']}: a field has the wrong type ({err})"
     if pred is not None and not pred.fits:
         out["skipped"] = f"predicted not to fit: {pred.why_not}"
     for key, value in truth.items():
