@@ -152,3 +152,15 @@ def test_cli_export_to_stdout_and_bad_target():
     bad = subprocess.run([*run, "--to", "vllm", "--model", "qwen3-30b-a3b", "--tp", "4",
                           "--ep", "2"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "expert" in bad.stderr
+
+
+def test_an_unwritable_out_is_refused_before_the_search(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "meshplan", "serve", "plan", "--num-gpus", "8",
+                        "--input-len", "512", "--output-len", "64", "--slo-ttft-ms", "1000",
+                        "--slo-tpot-ms", "50", "--export", "vllm",
+                        "--out", str(tmp_path / "missing" / "x.sh")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "does not exist" in p.stderr and "Traceback" not in p.stderr

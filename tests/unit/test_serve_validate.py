@@ -176,6 +176,9 @@ def test_bad_runs_files_are_one_line_errors(tmp_path):
     bad.write_text(json.dumps({"rows": []}))
     with pytest.raises(MeshplanError, match="JSON list"):
         load_serving_runs(bad)
+    bad.write_text("[]")
+    with pytest.raises(MeshplanError, match="no runs"):
+        load_serving_runs(bad)
     bad.write_text(json.dumps([{"id": "x", "scenario": "online"}]))
     with pytest.raises(MeshplanError, match="lacks 'model'"):
         load_serving_runs(bad)
@@ -195,6 +198,10 @@ def test_cli_serve_validate_json(tmp_path, runs):
                               str(tmp_path / "none.json")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such file" in missing.stderr
     assert "Traceback" not in missing.stderr
+    unwritable = subprocess.run([sys.executable, "-m", "meshplan", "serve", "calibrate",
+                                 "--runs", str(path), "--out", str(tmp_path / "no" / "x.toml")],
+                                capture_output=True, text=True)
+    assert unwritable.returncode == 2 and "does not exist" in unwritable.stderr
 
 
 def test_catalog_cluster_of_unknown_key_is_an_error():

@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from meshplan.cli.options import check_out
 from meshplan.cli.render import console, print_json
 from meshplan.cli.serve_options import (
     ClusterOpt,
@@ -114,6 +115,8 @@ def plan_cmd(
                         ] = False,
 ) -> None:
     """Search deployments of N GPUs for the highest request rate within TTFT/TPOT SLOs."""
+    if export_to is not None:
+        check_out("--out", out, stdout_ok=True)  # before the search
     if workload != "poisson":
         raise MeshplanError(f"--workload={workload!r}: the search uses poisson arrivals")
     if ray is not None:
@@ -168,6 +171,7 @@ def export_cmd(
     weights_dtype: Annotated[str, option("--weights-dtype", "bf16, fp16 or fp8")] = "bf16",
 ) -> None:
     """Write the launch script of a deployment for vLLM or SGLang."""
+    check_out("--out", out, stdout_ok=True)
     if to not in TARGETS:
         raise MeshplanError(f"--to={to!r}: one of {', '.join(TARGETS)}")
     try:

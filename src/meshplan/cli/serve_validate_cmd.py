@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from meshplan.cli.options import check_out
 from meshplan.cli.render import console, print_json
 from meshplan.serve.validate import load_serving_runs, validate
 from meshplan.serve.validate.calibrate import calibrate, calibration_toml
@@ -61,6 +62,7 @@ def calibrate_cmd(
 ) -> None:
     """Fit each engine profile's overheads to the runs; report in-sample and held-out
     (leave one source out) errors. Minutes for the shipped runs on 2 cores."""
+    check_out("--out", out)  # before minutes of fitting
     rows = load_serving_runs(None if runs == "shipped" else runs)
     fit = calibrate(rows)
     if out is not None:

@@ -31,6 +31,8 @@ def load_serving_runs(path: str | Path | None = None) -> list[dict[str, Any]]:
     data = parse_json(read_text(p), str(p))
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise MeshplanError(f"{p}: expected a JSON list of run objects")
+    if not data:
+        raise MeshplanError(f"{p}: no runs in the file")
     for i, r in enumerate(data):
         missing = [k for k in ("id", "scenario", "model", "hardware", "engine", "precision",
                                "parallelism", "workload", "scheduler", "metrics")
