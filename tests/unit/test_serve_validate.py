@@ -239,3 +239,10 @@ def test_figures_without_a_relative_error_are_not_compared(runs):
     row["metrics"]["prefill_time_ms"] = 0.0
     row["metrics"]["decode_step_ms"] = float("nan")
     assert validate_row(row)["metrics"] == {}
+
+
+def test_every_engine_the_rules_name_is_shipped():
+    from meshplan.serve.engines import engine_names
+    from meshplan.serve.validate.rebuild import ENGINES, UNKNOWN_ENGINE
+
+    assert {p for _, p, _ in ENGINES} | {UNKNOWN_ENGINE} <= set(engine_names())
