@@ -14,9 +14,9 @@ from meshplan.specs import Job, Model, Plan
 from meshplan.specs.io import load_cluster, load_model
 from meshplan.specs.plan import PlanArrays
 
-STRICT_MARKERS = ("engines", "torch")
-"""Tests that check meshplan against an engine's or torch's own code."""
-MISSING = ("could not import", "not installed", "install-engines.sh")
+STRICT_MARKERS = ("engines", "torch", "browser")
+"""Tests that check meshplan against an engine's or torch's own code, or in a real browser."""
+MISSING = ("could not import", "not installed", "install-engines.sh", "install-browser.sh")
 """Skip reasons that mean a dependency is missing (pytest.importorskip says "could not import";
 our own skips name scripts/install-engines.sh), as opposed to a case that does not apply."""
 
@@ -35,8 +35,8 @@ def _missing(report: pytest.CollectReport | pytest.TestReport) -> str | None:
 
 def _fail(report: pytest.CollectReport | pytest.TestReport, reason: str) -> None:
     report.outcome = "failed"
-    report.longrepr = f"CI=true: a dependency check may not skip ({reason}); install the " \
-                      "engines with scripts/install-engines.sh"
+    report.longrepr = f"CI=true: a dependency check may not skip ({reason}); install what " \
+                      "it needs with scripts/install-engines.sh or scripts/install-browser.sh"
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshplan.api.predict import ClusterRef, ModelRef
 from meshplan.cost.params import count_params
@@ -51,6 +52,9 @@ class PlanResult:
     """With an export target: the configuration of the best plan it can express."""
     full: list[Estimate] = field(default_factory=list)
     """With an export target: the best plans of the whole space, expressible or not."""
+    space: dict[str, Any] = field(default_factory=dict)
+    """The costed space as chart points (`meshplan.search.frontier.space_points`): every
+    plan of the Pareto frontier of throughput per GPU against memory, and a sample."""
 
     def ranking(self, top: int) -> list[Estimate]:
         """The first `top` plans of the full ranking, expressible or not."""
@@ -70,6 +74,7 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
     `config` holds the configuration of the best one.
     """
     from meshplan.export.api import TARGETS, export, expressible_mask, refusal
+    from meshplan.search.frontier import space_points
     from meshplan.search.rank import best_plans, rank_space
 
     if num_gpus <= 0:
@@ -88,9 +93,11 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
     info = calibration_info(cluster)  # every result names the calibration it was costed with
     full = [with_calibration_info(e, info)
             for e in best_plans(space, cluster, job, top, include_unfit, simulate_top)]
+    seconds = time.perf_counter() - space.start
+    points = space_points(space, num_gpus)
     if export_target is None:
-        return PlanResult(full, len(space.plans), space.generated, space.num_fitting,
-                          time.perf_counter() - space.start)
+        return PlanResult(full, len(space.plans), space.generated, space.num_fitting, seconds,
+                          space=points)
     keep = expressible_mask(export_target, model, job, space.plans)
     plans = [with_calibration_info(e, info) for e in
              best_plans(space, cluster, job, top, include_unfit, simulate_top, keep=keep)]
@@ -102,7 +109,7 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
         if plans else None
     return PlanResult(plans, len(space.plans), space.generated, space.num_fitting,
                       time.perf_counter() - space.start, export_target=export_target,
-                      ranks=ranks, skipped=skipped, config=config, full=full)
+                      ranks=ranks, skipped=skipped, config=config, full=full, space=points)
 
 
 def _ranks(plans: list[Estimate], full: list[Estimate]) -> list[int]:

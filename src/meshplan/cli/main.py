@@ -16,8 +16,10 @@ import typer
 from meshplan import api
 from meshplan.cli.options import Inputs, check_out, is_stdout, with_inputs
 from meshplan.cli.render import breakdown_tables, console, plans_table, print_json, summary_line
+from meshplan.cli.report_cmd import HtmlOpt, check_html, emit
 from meshplan.errors import MeshplanError
 from meshplan.estimate import calibration_line
+from meshplan.output import envelope
 from meshplan.specs.io import load_cluster, load_model, preset_names
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -78,8 +80,9 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
          explain: Annotated[int | None, typer.Option(
              "--explain", help="Show plan N's breakdowns and why its neighbours rank where "
                                "they do")] = None,
-         json_out: JsonFlag = False) -> None:
+         html: HtmlOpt = None, json_out: JsonFlag = False) -> None:
     """Search every legal layout and rank those that fit by throughput."""
+    check_html(html)
     if top <= 0:
         raise MeshplanError(f"--top={top}: must be positive")
     if explain is not None and not 1 <= explain <= top:
@@ -108,10 +111,13 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
         if out is None or is_stdout(out):
             return
     plans = result.ranking(top)
-    if json_out:
-        print_json({"plans": [e.to_json() for e in plans], "evaluated": result.evaluated,
-                    "num_fitting": result.num_fitting, "search_seconds": result.search_seconds})
-        return
+    if json_out or html:
+        emit(envelope("plan", inputs.to_json(), {
+            "plans": [e.to_json() for e in plans], "evaluated": result.evaluated,
+            "num_fitting": result.num_fitting, "search_seconds": result.search_seconds,
+            "space": result.space}), json_out, html)
+        if json_out:
+            return
     title = (f"{inputs.model.name} on {inputs.num_gpus} x {inputs.cluster.accelerator.name}, "
              f"batch {inputs.job.global_batch_size} x {inputs.job.seq_len}")
     if not plans:
@@ -178,12 +184,14 @@ def _export_best(result: api.PlanResult, out: Path | None) -> None:
 
 @app.command()
 @with_inputs(imports=True)
-def estimate(inputs: Inputs, json_out: JsonFlag = False) -> None:
+def estimate(inputs: Inputs, html: HtmlOpt = None, json_out: JsonFlag = False) -> None:
     """Predict step time, throughput and memory of one plan."""
+    check_html(html)
     e = api.estimate(inputs.model, inputs.cluster, inputs.job, inputs.plan(), inputs.num_gpus)
-    if json_out:
-        print_json(e.to_json())
-        return
+    if json_out or html:
+        emit(envelope("estimate", inputs.to_json(), e.to_json()), json_out, html)
+        if json_out:
+            return
     console.print(summary_line(e))
     if e.calibration:
         console.print(calibration_line(e.calibration))
@@ -196,22 +204,27 @@ def estimate(inputs: Inputs, json_out: JsonFlag = False) -> None:
 def simulate(inputs: Inputs,
              trace: Annotated[str | None, typer.Option(
                  "--trace", help="Write a Chrome/Perfetto trace (JSON) of the step here")] = None,
-             json_out: JsonFlag = False) -> None:
+             html: HtmlOpt = None, json_out: JsonFlag = False) -> None:
     """Simulate the plan's pipeline schedule event by event; optionally write a trace."""
+    from meshplan.sim.timeline import timeline_json
     from meshplan.sim.trace import write_trace
 
     check_out("--trace", trace)
+    check_html(html)
+    # The timeline (JSON and report) needs the simulation's boxes: keep them always.
     sim = api.simulate(inputs.model, inputs.cluster, inputs.job, inputs.plan(), inputs.num_gpus,
-                       trace=trace is not None)
+                       trace=True)
     if trace is not None:
         try:
             write_trace(sim.result, trace)
         except OSError as err:
             raise MeshplanError(f"--trace={trace}: cannot write: {err.strerror}") from None
     e = sim.estimate
-    if json_out:
-        print_json(e.to_json())
-        return
+    if json_out or html:
+        emit(envelope("simulate", inputs.to_json(),
+                      {**e.to_json(), "timeline": timeline_json(sim.result)}), json_out, html)
+        if json_out:
+            return
     console.print(summary_line(e))
     if e.calibration:
         console.print(calibration_line(e.calibration))
@@ -237,6 +250,7 @@ def _register_extensions() -> None:
         calibrate_cmd,
         compare_cmd,
         export_cmd,
+        report_cmd,
         run_cmd,
         serve_cmd,
         validate_cmd,
@@ -248,6 +262,7 @@ def _register_extensions() -> None:
     run_cmd.register(app)
     calibrate_cmd.register(app)
     serve_cmd.register(app)
+    report_cmd.register(app)
 
 
 _register_extensions()

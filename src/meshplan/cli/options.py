@@ -45,6 +45,16 @@ class Inputs:
     imported: Any = None
     """The `ImportedJob` of a --from-ENGINE file, or None."""
 
+    def to_json(self) -> dict[str, Any]:
+        """The inputs a JSON result answered (its envelope's `inputs`)."""
+        from meshplan.output import cluster_inputs
+
+        return {"model": self.model.model_dump(mode="json"),
+                "cluster": cluster_inputs(self.cluster),
+                "job": self.job.model_dump(mode="json"), "num_gpus": self.num_gpus,
+                "plan_flags": {k: v for k, v in self.plan_flags.items() if v is not None},
+                **({} if self.imported is None else {"imported": str(self.imported.path)})}
+
     def plan(self) -> Plan:
         """The Plan of the flags; dp defaults to whatever makes the degrees fill num_gpus."""
         flags = {k: v for k, v in self.plan_flags.items() if v is not None}

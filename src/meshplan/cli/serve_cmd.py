@@ -12,7 +12,8 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from meshplan.cli.render import console, print_json
+from meshplan.cli.render import console
+from meshplan.cli.report_cmd import HtmlOpt, check_html, emit
 from meshplan.cli.serve_options import (
     ClusterOpt,
     DecodeInstancesOpt,
@@ -34,6 +35,7 @@ from meshplan.cli.serve_options import (
     option,
 )
 from meshplan.errors import MeshplanError, from_validation_error
+from meshplan.output import envelope
 from meshplan.serve import (
     Lengths,
     Workload,
@@ -102,10 +104,12 @@ def simulate_cmd(
                            ] = None,
     slo_tpot_ms: Annotated[float | None, option("--slo-tpot-ms", "TPOT bound for goodput")
                            ] = None,
+    html: HtmlOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")
                         ] = False,
 ) -> None:
     """Simulate a request stream through a deployment; print latencies and throughput."""
+    check_html(html)
     try:
         common: dict[str, Any] = dict(
             pp=pp, ep=ep, dp_attention=dp_attention, engine=engine, router=router,
@@ -134,9 +138,13 @@ def simulate_cmd(
     slo_ttft = None if slo_ttft_ms is None else slo_ttft_ms / 1e3
     slo_tpot = None if slo_tpot_ms is None else slo_tpot_ms / 1e3
     out = result.to_json(slo_ttft, slo_tpot)
-    if json_out:
-        print_json(out)
-        return
+    if json_out or html:
+        inputs = {"model": model, "cluster": cluster, "deployment": spec.model_dump(mode="json"),
+                  "workload": work.model_dump(mode="json"), "slo_ttft_ms": slo_ttft_ms,
+                  "slo_tpot_ms": slo_tpot_ms}
+        emit(envelope("serve simulate", inputs, out), json_out, html)
+        if json_out:
+            return
     d = out["deployment"]
     pools = [("prefill ", d["prefill"]), ("decode ", d["decode"])] if d["disaggregated"] \
         else [("", d)]

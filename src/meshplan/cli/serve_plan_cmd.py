@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from meshplan.cli.options import check_out
-from meshplan.cli.render import console, print_json
+from meshplan.cli.render import console
+from meshplan.cli.report_cmd import HtmlOpt, check_html, emit
 from meshplan.cli.serve_options import (
     ClusterOpt,
     DecodeInstancesOpt,
@@ -35,6 +36,7 @@ from meshplan.cli.serve_options import (
     option,
 )
 from meshplan.errors import MeshplanError, from_validation_error
+from meshplan.output import envelope
 from meshplan.serve import load_serving_cluster, resolve_any
 from meshplan.serve.export import TARGETS, export, refuse
 from meshplan.serve.plan import ServePlan, plan
@@ -111,10 +113,12 @@ def plan_cmd(
     export_to: Annotated[str | None, option("--export", "Also write the best plan the engine "
                                           "can express: vllm or sglang")] = None,
     out: Annotated[str | None, option("--out", "Launch script file (- for stdout)")] = None,
+    html: HtmlOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")
                         ] = False,
 ) -> None:
     """Search deployments of N GPUs for the highest request rate within TTFT/TPOT SLOs."""
+    check_html(html)
     if export_to is not None:
         check_out("--out", out, stdout_ok=True)  # before the search
     if workload != "poisson":
@@ -134,9 +138,16 @@ def plan_cmd(
     r = plan(model, cluster, num_gpus, input_len, output_len, slo_ttft_ms, slo_tpot_ms,
              slo_percentile, objective, top, eng, num_requests, seed, workers,
              not no_disaggregation)
-    if json_out:
-        print_json(r.to_json())
-    elif out != "-":
+    if json_out or html:
+        inputs = {"model": model, "cluster": cluster, "num_gpus": num_gpus,
+                  "input_len": input_len, "output_len": output_len, "slo_ttft_ms": slo_ttft_ms,
+                  "slo_tpot_ms": slo_tpot_ms, "slo_percentile": slo_percentile,
+                  "objective": objective, "engine": eng, "num_requests": num_requests,
+                  "seed": seed, "disaggregation": not no_disaggregation}
+        emit(envelope("serve plan", inputs, {**r.to_json(),
+                                             "best_simulation": _replay_best(r, model, cluster)}),
+             json_out, html)
+    if not json_out and out != "-":
         _print_plan(r)
     if export_to is not None and out is not None:
         m, c = load_model(model), load_serving_cluster(cluster)
@@ -146,6 +157,16 @@ def plan_cmd(
                 _write(export(d, export_to), out)
                 return
         raise MeshplanError(f"--export={export_to}: it can express none of the plans found")
+
+
+def _replay_best(r: ServePlan, model: str, cluster: str) -> dict[str, Any]:
+    """The best plan simulated again at its highest rate (the same numbers as in its row:
+    the search is deterministic), with its latency distributions and time series."""
+    from meshplan.serve import simulate
+
+    best = r.best
+    return simulate(model, cluster, best.spec, best.workload).to_json(
+        r.query.slo_ttft_s, r.query.slo_tpot_s)
 
 
 def export_cmd(

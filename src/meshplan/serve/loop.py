@@ -42,7 +42,7 @@ import itertools
 import math
 from array import array
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,9 @@ class ServeResult:
     """Of a disaggregated deployment: (prefill, decode) instances'."""
     kv_transfer_s: np.ndarray | None = None
     """Of a disaggregated deployment: each KV transfer's seconds on the wire."""
+    queue_len: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """(time, requests waiting to be scheduled), all instances, sampled with `kv_usage`
+    (`Timeline`: its peak survives the halving)."""
 
     @property
     def fits(self) -> bool:
@@ -121,7 +124,23 @@ class ServeResult:
                                      **summary(self.kv_transfer_s, 1e3)}
         if m is not None:
             out["metrics"] = m.aggregate(self.deployment.num_gpus, slo_ttft_s, slo_tpot_s)
+            out["distributions"] = m.distributions()
+        out["timeseries"] = {"kv_usage": thin(self.kv_usage),
+                             "queue_length": thin(self.queue_len)}
         return out
+
+
+SERIES_POINTS = 1000
+
+
+def thin(series: np.ndarray, points: int = SERIES_POINTS) -> list[list[float]]:
+    """At most `points` (time, value) pairs of `series`: the largest value of each run of
+    neighbours (peaks survive), with that run's last time."""
+    if len(series) <= points:
+        return [[float(t), float(v)] for t, v in series]
+    edges = np.linspace(0, len(series), points + 1).astype(int)
+    return [[float(series[b - 1, 0]), float(series[a:b, 1].max())]
+            for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 @dataclass
@@ -273,6 +292,7 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
     itl_v = array("d")
     itl_w = array("I")  # counts (uint32)
     usage = Timeline()
+    queued = Timeline()
     total_blocks = sum(c.num_blocks * p.instances for c, p in zip(caps, pools, strict=True))
     # (end, instance, sequence number, start, what): a Step ending, None (a pipelined
     # instance's first stage free again) or a _Transfer landing; a heap
@@ -301,6 +321,7 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
 
     def record_usage(now: float) -> None:
         usage.add(now, sum(s.used_blocks for s in schedulers) / total_blocks)
+        queued.add(now, sum(len(s.waiting) for s in schedulers))
 
     def push(end: float, i: int, began: float, what: Any) -> None:
         heapq.heappush(busy, (end, i, next(seq), began, what))
@@ -632,4 +653,5 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         tracer.write(trace, feed.arrival, first_tok, finish, ninst)
     return ServeResult(d, capacity, metrics, iterations,
                        sum(s.preemptions for s in schedulers), usage.to_array(), pool_caps,
-                       np.frombuffer(transfer_s) if disagg else None)
+                       np.frombuffer(transfer_s) if disagg else None,
+                       queue_len=queued.to_array())

@@ -47,6 +47,18 @@ def weighted_summary(values: np.ndarray, weights: np.ndarray,
     return out
 
 
+CDF_POINTS = 101
+
+
+def quantile_curve(x: np.ndarray, scale: float = 1.0) -> list[float]:
+    """The 0th..100th percentiles of `x` times `scale` (`CDF_POINTS` values, [] when empty):
+    a distribution's CDF in a fixed size whatever the number of requests."""
+    if len(x) == 0:
+        return []
+    q = np.percentile(np.asarray(x, dtype=float) * scale, np.linspace(0, 100, CDF_POINTS))
+    return [float(v) for v in q]
+
+
 @dataclass(frozen=True)
 class RequestMetrics:
     """Per request (arrays aligned with the workload's requests)."""
@@ -115,3 +127,9 @@ class RequestMetrics:
             "goodput_requests_per_s": rate(float(good.sum())),
             "slo_attainment": float(good.mean()) if n else None,
         }
+
+    def distributions(self) -> dict[str, list[float]]:
+        """TTFT, TPOT and E2E (ms) as percentile curves (`quantile_curve`)."""
+        return {"ttft_ms": quantile_curve(self.ttft_s, 1e3),
+                "tpot_ms": quantile_curve(self.tpot_s, 1e3),
+                "e2e_ms": quantile_curve(self.e2e_s, 1e3)}

@@ -120,6 +120,14 @@ class Probe:
     ok: bool
     metrics: dict[str, Any]
 
+    def to_json(self) -> dict[str, Any]:
+        """The point it adds to a throughput-against-rate curve."""
+        m = self.metrics
+        return {"rate_per_s": self.rate_per_s, "requests_per_s": m["requests_per_s"],
+                "goodput_requests_per_s": m["goodput_requests_per_s"],
+                "output_tokens_per_s": m["output_tokens_per_s"], "ttft_ms": self.ttft_ms,
+                "tpot_ms": self.tpot_ms, "meets_slo": self.ok}
+
 
 def probe(model: Model, cluster: Cluster, spec: AnySpec, q: Query, rate: float) -> Probe:
     """Simulate `spec` at Poisson `rate` and check the SLOs at the query's percentile."""
@@ -149,6 +157,8 @@ class RateSearch:
     held: Probe | None
     failed: Probe | None
     simulations: int
+    tried: tuple[Probe, ...] = ()
+    """Every rate simulated, in the order tried."""
 
 
 def max_rate(model: Model, cluster: Cluster, spec: AnySpec, q: Query,
@@ -156,12 +166,11 @@ def max_rate(model: Model, cluster: Cluster, spec: AnySpec, q: Query,
     """The highest Poisson rate at which `spec` meets the SLOs: from `start` (the
     steady-state estimate), up or down by `BRACKET` until one rate holds and the next fails,
     then bisection until they are within `RATE_TOLERANCE` of each other."""
-    runs = 0
+    tried: list[Probe] = []
 
     def at(rate: float) -> Probe:
-        nonlocal runs
-        runs += 1
-        return probe(model, cluster, spec, q, rate)
+        tried.append(probe(model, cluster, spec, q, rate))
+        return tried[-1]
 
     held: Probe | None = None
     failed: Probe | None = None
@@ -172,7 +181,7 @@ def max_rate(model: Model, cluster: Cluster, spec: AnySpec, q: Query,
             if failed is not None:
                 break
             if p.rate_per_s >= start * BRACKET ** 3:  # held far above the estimate: stop there
-                return RateSearch(held, None, runs)
+                return RateSearch(held, None, len(tried), tuple(tried))
             p = at(p.rate_per_s * BRACKET)
         else:
             failed = p
@@ -180,7 +189,7 @@ def max_rate(model: Model, cluster: Cluster, spec: AnySpec, q: Query,
                 break
             p = at(p.rate_per_s / BRACKET_DOWN)
     if held is None or failed is None:
-        return RateSearch(held, failed, runs)
+        return RateSearch(held, failed, len(tried), tuple(tried))
     for _ in range(MAX_STEPS):
         if failed.rate_per_s - held.rate_per_s <= RATE_TOLERANCE * failed.rate_per_s:
             break
@@ -189,7 +198,7 @@ def max_rate(model: Model, cluster: Cluster, spec: AnySpec, q: Query,
             held = p
         else:
             failed = p
-    return RateSearch(held, failed, runs)
+    return RateSearch(held, failed, len(tried), tuple(tried))
 
 
 def _evaluate(args: tuple[Model, Cluster, AnySpec, Query, float]) -> RateSearch:
@@ -214,6 +223,8 @@ class PlanEntry:
     slo_ttft_ms: float
     slo_tpot_ms: float
     """The SLO percentile of TTFT / TPOT over the measured (second) half at that rate."""
+    probes: tuple[dict[str, Any], ...] = ()
+    """Every rate its search simulated (`Probe.to_json`), by rate."""
 
     @property
     def disaggregated(self) -> bool:
@@ -259,7 +270,7 @@ class PlanEntry:
                 "metrics": self.metrics, "simulations": self.simulations,
                 "num_requests": self.workload.num_requests, "seed": self.workload.seed,
                 "slo_measured": {"ttft_ms": self.slo_ttft_ms, "tpot_ms": self.slo_tpot_ms},
-                "simulated": True}
+                "probes": list(self.probes), "simulated": True}
 
 
 @dataclass(frozen=True)
@@ -424,7 +435,9 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
             plans.append(PlanEntry(s, d.to_json(), d.num_gpus, r.held.rate_per_s,
                                    None if r.failed is None else r.failed.rate_per_s,
                                    b.rate_per_s, r.held.metrics, r.simulations, w,
-                                   r.held.ttft_ms, r.held.tpot_ms))
+                                   r.held.ttft_ms, r.held.tpot_ms,
+                                   probes=tuple(p.to_json() for p in
+                                                sorted(r.tried, key=lambda p: p.rate_per_s))))
 
     def key(p: PlanEntry) -> tuple[float, int, str]:
         return (-score(objective, p.max_rate_per_s, p.num_gpus), p.num_gpus, p.label)

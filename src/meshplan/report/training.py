@@ -1,0 +1,216 @@
+"""Pages of the training commands: `plan` (the space's Pareto frontier, the top plans' time
+and memory breakdowns), `estimate` (one plan's breakdowns) and `simulate` (the pipeline
+timeline and each rank's activation memory over the step)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from meshplan.report.page import Section
+
+TIME_PARTS = {"compute": "compute", "tp_comm": "TP comm", "cp_comm": "CP comm",
+              "ep_comm": "EP comm", "pp_comm": "PP comm", "bubble": "pipeline bubble",
+              "dp_comm": "DP comm", "optimizer": "optimizer"}
+KIND_COLOURS = {"F": "#4c78a8", "B": "#e45756", "I": "#f58518", "W": "#72b7b2",
+                "comm": "#9d755d", "grad": "#b279a2"}
+KIND_NAMES = {"F": "forward", "B": "backward", "I": "backward (input grad)",
+              "W": "backward (weight grad)", "comm": "send / receive",
+              "grad": "gradient reduction"}
+ACTION = re.compile(r"^(\d+)([FBIW])(\d+)$")
+
+
+def hbm_gib(doc: dict[str, Any]) -> float | None:
+    return doc.get("inputs", {}).get("cluster", {}).get("memory_gib")
+
+
+def describe(p: dict[str, Any]) -> str:
+    """A plan's degrees in one label, e.g. `tp2 pp4 dp8 mbs1`."""
+    degrees = [f"{k}{p[k]}" for k in ("tp", "cp", "pp", "dp", "ep") if p.get(k, 1) > 1]
+    return " ".join(degrees or ["dp1"]) + f" mbs{p['micro_batch_size']}"
+
+
+def frontier_figure(doc: dict[str, Any]) -> Any:
+    """Tokens/s per GPU against peak memory per GPU for the costed space; frontier marked."""
+    import plotly.graph_objects as go
+
+    space = doc["space"]
+    cols = {c: i for i, c in enumerate(space["columns"])}
+    rows = space["rows"]
+
+    def pick(keep: Any) -> list[list[Any]]:
+        return [r for r in rows if keep(r)]
+
+    def hover(r: list[Any]) -> str:
+        return (f"tp{r[cols['tp']]} cp{r[cols['cp']]} pp{r[cols['pp']]} dp{r[cols['dp']]} "
+                f"ep{r[cols['ep']]}<br>schedule {r[cols['schedule']]} (vpp "
+                f"{r[cols['vpp']]}), micro-batch {r[cols['micro_batch_size']]}<br>recompute "
+                f"{r[cols['recompute']]}, ZeRO {r[cols['zero_stage']]}<br>"
+                f"{r[cols['tokens_per_s_per_gpu']]:,.0f} tok/s/GPU, "
+                f"{r[cols['memory_gib']]:.1f} GiB")
+
+    fig = go.Figure()
+    x, y = cols["memory_gib"], cols["tokens_per_s_per_gpu"]
+    for name, keep, marker in (
+            ("fits", lambda r: r[cols["fits"]], {"color": "#4c78a8", "size": 6}),
+            ("does not fit", lambda r: not r[cols["fits"]],
+             {"color": "#bbbbbb", "size": 6, "symbol": "x"})):
+        pts = pick(keep)
+        fig.add_trace(go.Scatter(x=[r[x] for r in pts], y=[r[y] for r in pts], mode="markers",
+                                 name=name, marker=marker, text=[hover(r) for r in pts],
+                                 hovertemplate="%{text}<extra></extra>"))
+    front = sorted(pick(lambda r: r[cols["pareto"]]), key=lambda r: r[x])
+    fig.add_trace(go.Scatter(x=[r[x] for r in front], y=[r[y] for r in front],
+                             mode="lines+markers", name="Pareto frontier",
+                             line={"color": "#e45756"}, marker={"size": 8},
+                             text=[hover(r) for r in front],
+                             hovertemplate="%{text}<extra></extra>"))
+    hbm = hbm_gib(doc)
+    if hbm:
+        fig.add_vline(x=hbm, line_dash="dash", line_color="#444",
+                      annotation_text=f"HBM {hbm:.0f} GiB")
+    fig.update_layout(xaxis_title="peak memory per GPU (GiB)",
+                      yaxis_title="tokens/s per GPU", hovermode="closest", height=480)
+    return fig
+
+
+def breakdown_figures(plans: list[dict[str, Any]], labels: list[str],
+                      hbm: float | None) -> tuple[Any, Any]:
+    """Stacked bars of each plan's step time by part and its peak memory by term (the HBM
+    line over the memory bars)."""
+    import plotly.graph_objects as go
+
+    time_fig = go.Figure()
+    for key, name in TIME_PARTS.items():
+        vals = [p["time_breakdown_s"].get(key, 0.0) for p in plans]
+        if any(v > 0 for v in vals):
+            time_fig.add_trace(go.Bar(x=labels, y=vals, name=name,
+                                      hovertemplate=f"{name}: %{{y:.4f}} s<extra></extra>"))
+    time_fig.update_layout(barmode="stack", yaxis_title="step time (s)", height=420)
+    mem_fig = go.Figure()
+    terms = [k for k in plans[0]["memory_gib"] if k != "peak"]
+    for key in terms:
+        vals = [p["memory_gib"].get(key, 0.0) for p in plans]
+        if any(v > 0 for v in vals):
+            mem_fig.add_trace(go.Bar(x=labels, y=vals, name=key.replace("_", " "),
+                                     hovertemplate=f"{key}: %{{y:.2f}} GiB<extra></extra>"))
+    if hbm:
+        mem_fig.add_hline(y=hbm, line_dash="dash", line_color="#444",
+                          annotation_text=f"HBM {hbm:.0f} GiB")
+    mem_fig.update_layout(barmode="stack", yaxis_title="peak memory per GPU (GiB)", height=420)
+    return time_fig, mem_fig
+
+
+def plan_table(plans: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    header = ["#", "tp", "cp", "pp", "dp", "ep", "mbs", "schedule", "zero", "recompute",
+              "step (s)", "tok/s/GPU", "MFU", "mem (GiB)", "binds", "alike"]
+    rows = []
+    for i, e in enumerate(plans, 1):
+        p = e["plan"]
+        rows.append([i, p["tp"], p["cp"], p["pp"], p["dp"], p["ep"], p["micro_batch_size"],
+                     p["schedule"], p["zero_stage"], p["recompute"], e["step_time_s"],
+                     e["tokens_per_s_per_gpu"], e["mfu"], e["memory_gib"]["peak"],
+                     e.get("binds"), e.get("equivalent_plans")])
+    return header, rows
+
+
+def title_of(doc: dict[str, Any]) -> str:
+    i = doc.get("inputs", {})
+    job = i.get("job", {})
+    return (f"{i.get('model', {}).get('name', '?')} on {i.get('num_gpus', '?')} x "
+            f"{i.get('cluster', {}).get('accelerator', '?')}, batch "
+            f"{job.get('global_batch_size', '?')} x {job.get('seq_len', '?')}")
+
+
+def plan_sections(doc: dict[str, Any]) -> list[Section]:
+    plans = doc["plans"]
+    space = doc["space"]
+    top = plans[:8]
+    labels = [f"#{i} {describe(e['plan'])}" for i, e in enumerate(top, 1)]
+    header, rows = plan_table(plans)
+    out = [Section("Plan space: throughput against memory",
+                   note=f"{space['evaluated']:,} plans costed; {len(space['rows']):,} drawn "
+                        "(the whole Pareto frontier, the best of the ranking and an even "
+                        "sample of the rest). Hover a point for its layout.")
+           .chart(frontier_figure(doc)),
+           Section("Best plans").table(header, rows)]
+    if top:
+        t, m = breakdown_figures(top, labels, hbm_gib(doc))
+        out += [Section("Step time of the best plans").chart(t),
+                Section("Peak memory of the best plans").chart(m)]
+    return out
+
+
+def estimate_sections(doc: dict[str, Any]) -> list[Section]:
+    header, rows = plan_table([doc])
+    t, m = breakdown_figures([doc], [describe(doc["plan"])], hbm_gib(doc))
+    return [Section("The plan", note=f"memory: {doc.get('fit_reason')}").table(header, rows),
+            Section("Step time").chart(t), Section("Peak memory").chart(m)]
+
+
+def kind_of(name: str, stream: str) -> tuple[str, str]:
+    """(colour class, micro-batch label) of a timeline box."""
+    hit = ACTION.match(name)
+    if hit:
+        return hit.group(2), hit.group(3)
+    if name.startswith("grad"):
+        return "grad", ""
+    return "comm", re.sub(r"\D", "", name)
+
+
+def timeline_figure(timeline: dict[str, Any]) -> Any:
+    """One lane per rank and stream; boxes coloured by F / B / I / W, labelled with their
+    micro-batch (when few enough to read)."""
+    import plotly.graph_objects as go
+
+    boxes = timeline["intervals"]
+    ranks = sorted({b[0] for b in boxes})
+    lanes = [f"rank {r} {s}" for r in ranks for s in ("compute", "comm")]
+    groups: dict[str, list[list[Any]]] = {}
+    for rank, stream, name, start, end in boxes:
+        kind, mb = kind_of(name, stream)
+        groups.setdefault(kind, []).append([f"rank {rank} {stream}", start, end, name, mb])
+    labelled = len(boxes) <= 2000
+    fig = go.Figure()
+    for kind in KIND_COLOURS:
+        bs = groups.get(kind, [])
+        if not bs:
+            continue
+        fig.add_trace(go.Bar(
+            y=[b[0] for b in bs], base=[b[1] * 1e3 for b in bs],
+            x=[(b[2] - b[1]) * 1e3 for b in bs], orientation="h", name=KIND_NAMES[kind],
+            marker={"color": KIND_COLOURS[kind], "line": {"width": 0.5, "color": "white"}},
+            text=[b[4] for b in bs] if labelled else None, textposition="inside",
+            insidetextanchor="middle", customdata=[[b[3], b[1] * 1e3, b[2] * 1e3] for b in bs],
+            hovertemplate="%{customdata[0]}: %{customdata[1]:.2f} to %{customdata[2]:.2f} ms"
+                          "<extra></extra>"))
+    fig.update_layout(barmode="overlay", xaxis_title="time in the step (ms)",
+                      yaxis={"categoryorder": "array", "categoryarray": lanes[::-1]},
+                      height=max(300, 60 * len(lanes)), bargap=0.25)
+    return fig
+
+
+def memory_figure(timeline: dict[str, Any]) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for r, points in enumerate(timeline["activation_gib"]):
+        fig.add_trace(go.Scatter(x=[t * 1e3 for t, _ in points], y=[v for _, v in points],
+                                 mode="lines", line_shape="hv", name=f"rank {r}",
+                                 hovertemplate=f"rank {r}: %{{y:.2f}} GiB at %{{x:.2f}} ms"
+                                               "<extra></extra>"))
+    fig.update_layout(xaxis_title="time in the step (ms)",
+                      yaxis_title="activation memory held (GiB)", height=380)
+    return fig
+
+
+def simulate_sections(doc: dict[str, Any]) -> list[Section]:
+    out = []
+    timeline = doc.get("timeline")
+    if timeline and timeline["intervals"]:
+        note = "one lane per pipeline rank and stream; hover a box for its times"
+        if timeline.get("truncated"):
+            note += f" (the first {len(timeline['intervals']):,} boxes only)"
+        out += [Section("Pipeline timeline", note=note).chart(timeline_figure(timeline)),
+                Section("Activation memory over the step").chart(memory_figure(timeline))]
+    return out + estimate_sections(doc)
