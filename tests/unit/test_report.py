@@ -198,3 +198,12 @@ def test_html_without_the_extra_names_it(tmp_path, monkeypatch) -> None:
 def test_html_to_an_unwritable_place_is_refused_first(tmp_path) -> None:
     code, stdout, err = invoke("plan", *SMALL, "--html", str(tmp_path / "no" / "p.html"))
     assert code == 2 and "does not exist" in err and stdout == ""
+
+
+def test_the_other_json_results_carry_it_too() -> None:
+    compared = run_json("compare", *SMALL, "tp=2", "tp=4")
+    assert compared["command"] == "compare" and compared["inputs"]["plans"] == ["tp=2", "tp=4"]
+    assert len(compared["plans"]) == 2
+    validated = run_json("validate", "--analytic", "--source", "megatron2021")
+    assert validated["command"] == "validate" and validated["inputs"]["source"] == "megatron2021"
+    assert validated["schema_version"] == SCHEMA_VERSION

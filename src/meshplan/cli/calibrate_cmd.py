@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,6 +29,7 @@ from meshplan.cli.options import check_out
 from meshplan.cli.render import console, print_json
 from meshplan.cli.run_cmd import LOCAL_CLUSTER
 from meshplan.errors import MeshplanError
+from meshplan.output import envelope
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")]
 
@@ -67,14 +68,16 @@ def calibrate(
             fitted = api.calibrate(runs, leave_one_source_out=loso, progress=progress)
         assert isinstance(fitted, api.RunsCalibration)
         _save(fitted.text, out)
-        _print_fit(fitted, out, json_out)
+        _print_fit(fitted, out, json_out, {"runs": runs, "loso": loso,
+                                           "out": None if out is None else str(out)})
         return
     measured = api.calibrate(local=True, threads=threads)
     assert isinstance(measured, api.LocalCalibration) and out is not None
     _save(measured.text, out)
     data = measured.cluster
     if json_out:
-        print_json({"path": str(out), "cluster": data})
+        print_json(envelope("calibrate", {"local": True, "threads_per_rank": threads,
+                                          "out": str(out)}, {"path": str(out), "cluster": data}))
         return
     acc, net = data["accelerator"], data["network"][0]
     peaks = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in acc["peak_flops"].items())
@@ -117,10 +120,12 @@ def _save(text: str, out: Path | None) -> None:
         raise MeshplanError(f"--out={str(out)!r}: cannot write ({err.strerror})") from None
 
 
-def _print_fit(fitted: api.RunsCalibration, out: Path | None, json_out: bool) -> None:
+def _print_fit(fitted: api.RunsCalibration, out: Path | None, json_out: bool,
+               inputs: dict[str, Any]) -> None:
     summary = fitted.to_json()
     if json_out:
-        print_json(summary if out is None else {**summary, "path": str(out)})
+        print_json(envelope("calibrate", inputs,
+                            summary if out is None else {**summary, "path": str(out)}))
         return
     for group, f in sorted(fitted.factors.items()):
         console.print(f"{group:18} " + "  ".join(f"{k}={v:.4g}" for k, v in f.items()))

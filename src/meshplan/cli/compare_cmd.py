@@ -17,6 +17,7 @@ from meshplan.cli.options import Inputs, with_inputs
 from meshplan.cli.render import compare_table, console, print_json
 from meshplan.compare import difference
 from meshplan.errors import MeshplanError
+from meshplan.output import envelope
 from meshplan.specs.plan import Plan
 
 ALIASES = {"zero": "zero_stage", "mbs": "micro_batch_size", "sp": "sequence_parallel"}
@@ -67,9 +68,11 @@ def register(app: typer.Typer) -> None:
                      for p in chosen]
         diffs = [difference(estimates[0], e) for e in estimates[1:]]
         if json_out:
-            print_json({"plans": [e.to_json() for e in estimates], "versus_first": [
-                {"step_delta_s": d.step_delta_s, "time_terms_s": dict(d.time_terms),
-                 "memory_terms_bytes": dict(d.memory_terms), "why": d.why()} for d in diffs]})
+            print_json(envelope("compare", {**inputs.to_json(), "plans": plans or []}, {
+                "plans": [e.to_json() for e in estimates], "versus_first": [
+                    {"step_delta_s": d.step_delta_s, "time_terms_s": dict(d.time_terms),
+                     "memory_terms_bytes": dict(d.memory_terms), "why": d.why()}
+                    for d in diffs]}))
             return
         console.print(compare_table(estimates, diffs))
         for i, d in enumerate(diffs, 2):

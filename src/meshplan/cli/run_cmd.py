@@ -20,6 +20,7 @@ from meshplan.api.running import signed_error
 from meshplan.cli.options import COMMON, Inputs, with_inputs
 from meshplan.cli.render import console, print_json
 from meshplan.errors import MeshplanError
+from meshplan.output import envelope
 
 LOCAL_CLUSTER = "meshplan-local.toml"
 RUN_DEFAULTS = {"model": "debug", "cluster": LOCAL_CLUSTER, "global_batch_size": 8,
@@ -81,7 +82,8 @@ def _report(inputs: Inputs, result: api.RunResult, nodes: int) -> None:
     console.print("loss: " + " ".join(f"{x:.4f}" for x in measured["losses"]))
 
 
-def _report_interrupted(exc: Any, warmup: int, json_out: bool) -> None:
+def _report_interrupted(exc: Any, warmup: int, json_out: bool, inputs: dict[str, Any]
+                        ) -> None:
     """What rank 0 finished before SIGINT / SIGTERM: steps, their times and losses."""
     import statistics
 
@@ -92,7 +94,7 @@ def _report_interrupted(exc: Any, warmup: int, json_out: bool) -> None:
               "step_time_s": statistics.median(timed) if timed else None}
     name = str(exc).split()[-1]
     if json_out:
-        print_json({"interrupted": name, "measured_so_far": so_far})
+        print_json(envelope("run", inputs, {"interrupted": name, "measured_so_far": so_far}))
     msg = f"interrupted by {name} after {len(rows)} step(s); every rank stopped"
     if timed:
         msg += (f"; median step so far {so_far['step_time_s'] * 1e3:.1f} ms (rank 0), loss "
@@ -120,6 +122,9 @@ def run(inputs: Inputs,
                                  "is not this machine (its name)")] = None,
         json_out: JsonFlag = False) -> None:
     """Run a plan on torch.distributed, measure it and compare with the prediction."""
+    echo = {**inputs.to_json(), "steps": steps, "warmup": warmup, "nproc": nproc,
+            "nnodes": nnodes, "seed": seed, "optimizer": optimizer, "threads_per_rank": threads,
+            "compare_to": compare_to}
     try:
         result = api.run(inputs.model, inputs.cluster, inputs.job, inputs.plan(), steps=steps,
                          warmup=warmup, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
@@ -133,14 +138,14 @@ def run(inputs: Inputs,
 
         if not isinstance(exc, Interrupted):
             raise
-        _report_interrupted(exc, warmup, json_out)
+        _report_interrupted(exc, warmup, json_out, echo)
         # sys.exit, not typer.Exit: under standalone_mode=False click returns an Exit's code
         # from app() instead of raising it, and cli.main would exit 0
         sys.exit(exc.exit_code)
     if result is None:  # a node without rank 0: rank 0's node reports
         return
     if json_out:
-        print_json(result.to_json())
+        print_json(envelope("run", echo, result.to_json()))
         return
     _report(inputs, result, nnodes)
 

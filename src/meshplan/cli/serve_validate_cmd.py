@@ -14,6 +14,7 @@ from rich.table import Table
 
 from meshplan.cli.options import check_out
 from meshplan.cli.render import console, print_json
+from meshplan.output import envelope
 from meshplan.serve.validate import load_serving_runs, validate
 from meshplan.serve.validate.calibrate import calibrate, calibration_toml
 from meshplan.serve.validate.report import summarise
@@ -30,7 +31,7 @@ def validate_cmd(
     rows = load_serving_runs(None if runs == "shipped" else runs)
     result = validate(rows)
     if json_out:
-        print_json(result)
+        print_json(envelope("serve validate", {"runs": runs}, result))
         return
     console.print(summary_table(f"{len(rows)} serving runs", result["summary"]))
     for r in result["rows"]:
@@ -71,7 +72,8 @@ def calibrate_cmd(
                          for e, p in fit.fitted.items()},
               "in_sample": summarise(fit.in_sample), "leave_one_source_out": summarise(fit.loso)}
     if json_out:
-        print_json(result)
+        print_json(envelope("serve calibrate", {"runs": runs, "out": None if out is None
+                                                else str(out)}, result))
         return
     for engine, p in sorted(fit.fitted.items()):
         console.print(f"{engine}: iteration_overhead_s {p[0]:.3g}, block_overhead_s {p[1]:.3g}")

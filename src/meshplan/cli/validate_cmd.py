@@ -16,6 +16,7 @@ from rich.table import Table
 from meshplan import api
 from meshplan.cli.options import COMMON, calibration_ref
 from meshplan.cli.render import console, print_json
+from meshplan.output import envelope
 
 CalibrationOption = next(ann for name, ann, _ in COMMON if name == "calibration")
 
@@ -118,6 +119,9 @@ def register(app: typer.Typer) -> None:
         result = api.validate(runs, source=source, headline_only=headline_only,
                               simulate=not analytic, calibration=calibration_ref(calibration))
         if json_out:
-            print_json(result)
+            print_json(envelope("validate", {
+                "runs": "shipped" if runs is None else str(runs), "source": source,
+                "headline_only": headline_only, "analytic": analytic,
+                "calibration": calibration}, result))
             return
         print_report(result)
