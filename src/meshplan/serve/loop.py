@@ -84,8 +84,8 @@ class ServeResult:
     kv_transfer_s: np.ndarray | None = None
     """Of a disaggregated deployment: each KV transfer's seconds on the wire."""
     queue_len: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    """(time, requests waiting to be scheduled), all instances, sampled with `kv_usage`
-    (`Timeline`: its peak survives the halving)."""
+    """(time, requests waiting to be scheduled), all instances, at each change seen when
+    `kv_usage` is sampled (`Timeline`: its peak survives the halving)."""
 
     @property
     def fits(self) -> bool:
@@ -179,6 +179,12 @@ class Timeline:
             self.t, self.v = array("d"), array("d")
             self.t.frombytes(tp[rows, pick].tobytes())
             self.v.frombytes(vp[rows, pick].tobytes())
+
+    def change(self, t: float, v: float) -> None:
+        """`add` only when `v` differs from the latest value (a step function: its samples
+        are its changes)."""
+        if self.last is None or self.last[1] != v:
+            self.add(t, v)
 
     def to_array(self) -> np.ndarray:
         out = np.stack([np.frombuffer(self.t), np.frombuffer(self.v)], axis=1)
@@ -321,7 +327,14 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
 
     def record_usage(now: float) -> None:
         usage.add(now, sum(s.used_blocks for s in schedulers) / total_blocks)
-        queued.add(now, sum(len(s.waiting) for s in schedulers))
+        queued.change(now, sum(len(s.waiting) for s in schedulers))
+
+    if ninst == 1:  # the common case, on the hot path: no generator per iteration
+        only = schedulers[0]
+
+        def record_usage(now: float) -> None:
+            usage.add(now, only.used_blocks / total_blocks)
+            queued.change(now, len(only.waiting))
 
     def push(end: float, i: int, began: float, what: Any) -> None:
         heapq.heappush(busy, (end, i, next(seq), began, what))
