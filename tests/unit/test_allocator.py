@@ -95,3 +95,28 @@ def test_a_cpu_has_no_allocator_terms():
     assert e.memory_bytes["fragmentation"] == e.memory_bytes["nccl"] == 0.0
     assert e.memory_bytes["workspace"] == 0.0
     assert e.memory_bytes["cuda_context"] == acc.reserved_memory_bytes  # no context field
+
+
+def test_loss_kernel_and_expandable_segments_flags_reach_the_job() -> None:
+    """`--loss-kernel` and `--expandable-segments` set the Job fields the allocator terms read:
+    the upcast loss holds the fp32 logits (larger transient), expandable segments shrink the
+    fragmentation to EXPANDABLE_SHARE of what FRAGMENTATION_SHARE gives."""
+    import json
+
+    from meshplan.cost.train.allocator import EXPANDABLE_SHARE, FRAGMENTATION_SHARE
+    from tests.conftest import invoke
+
+    base = ["estimate", "--model", "llama3-8b", "--cluster", "dgx-h100", "--num-gpus", "8",
+            "--global-batch-size", "8", "--seq-len", "8192", "--json"]
+    code, out, err = invoke(*base)
+    assert code == 0, err
+    code2, out2, err2 = invoke(*base, "--loss-kernel", "upcast", "--expandable-segments")
+    assert code2 == 0, err2
+    a, b = json.loads(out), json.loads(out2)
+    assert b["inputs"]["job"]["loss_kernel"] == "upcast" and b["inputs"]["job"][
+        "expandable_segments"]
+    assert b["memory_gib"]["logits"] > a["memory_gib"]["logits"]
+    ratio = b["memory_gib"]["fragmentation"] / a["memory_gib"]["fragmentation"]
+    assert ratio < EXPANDABLE_SHARE / FRAGMENTATION_SHARE * 1.5  # the logits grew too
+    code3, _, err3 = invoke(*base, "--loss-kernel", "bogus")
+    assert code3 == 2 and "loss_kernel" in err3

@@ -95,6 +95,14 @@ COMMON: list[tuple[str, Any, Any]] = [
     ("token_budget", Annotated[float | None, _opt("--token-budget",
                                                   "Tokens to train on (time-to-train)")],
      None),
+    ("loss_kernel", Annotated[str, _opt(
+        "--loss-kernel", "The loss at the vocabulary size: upcast (F.cross_entropy on fp32 "
+                         "logits: torchtitan, Hugging Face), vocab_parallel (Megatron) or "
+                         "fused (a fused kernel)")], "vocab_parallel"),
+    ("expandable_segments", Annotated[bool, _opt(
+        "--expandable-segments/--no-expandable-segments",
+        "The job sets PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (less fragmentation)")],
+     False),
     ("calibration", Annotated[str | None, _opt(
         "--calibration", "Fitted factors for the cluster presets: a calibration file (from "
                          "`meshplan calibrate --runs ... --out`), or 'none' for the raw "
@@ -203,7 +211,8 @@ def calibration_ref(value: str | None) -> CalibrationRef:
 
 def build_inputs(values: dict[str, Any]) -> Inputs:
     """Load the model and cluster and build the Job from the shared flags."""
-    extra = {k: values[k] for k in ("grad_bytes", "flash_attention") if k in values}
+    extra = {k: values[k] for k in ("grad_bytes", "flash_attention", "loss_kernel",
+                                    "expandable_segments") if k in values}
     try:
         job = Job(global_batch_size=values["global_batch_size"], seq_len=values["seq_len"],
                   precision=values["precision"], token_budget=values["token_budget"], **extra)
