@@ -64,6 +64,10 @@ def test_run_reports_measured_and_predicted(cli, local_cluster: Path) -> None:  
     assert p["plan"]["dp"] == 2 and p["step_time_s"] > 0
     assert data["error"] == pytest.approx((p["step_time_s"] - m["step_time_s"])
                                           / m["step_time_s"])
+    # predicted against measured peak memory, and what the measurement is (max RSS on CPU)
+    assert data["memory_error"] == pytest.approx((p["memory_gib"]["peak"] - m["peak_memory_gib"])
+                                                 / m["peak_memory_gib"])
+    assert "RSS" in m["peak_memory_measures"] and data["command"] == "run"
 
 
 def test_more_ranks_than_cores_is_warned(local_cluster: Path,

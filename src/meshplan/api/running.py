@@ -23,13 +23,21 @@ class RunResult:
     """Measured next to predicted; `error` = (predicted - measured) / measured step time."""
 
     measured: dict[str, Any]
-    """step_time_s, peak_memory_gib, losses, step_times_s, peak_memory_gib_per_rank, device."""
+    """step_time_s, peak_memory_gib, losses, step_times_s, peak_memory_gib_per_rank,
+    peak_memory_measures (what the peak is: reserved on a GPU, max RSS on the CPU), device."""
     predicted: Estimate
     error: float
 
+    @property
+    def memory_error(self) -> float:
+        """(predicted - measured) / measured peak memory (the busiest rank's; on a GPU the
+        allocator's reserved peak, which is what meshplan predicts)."""
+        return signed_error(self.predicted.memory_bytes["peak"] / GIB,
+                            self.measured["peak_memory_gib"])
+
     def to_json(self) -> dict[str, Any]:
         return {"measured": self.measured, "predicted": self.predicted.to_json(),
-                "error": self.error}
+                "error": self.error, "memory_error": self.memory_error}
 
 
 def signed_error(predicted: float, measured: float) -> float:
@@ -142,7 +150,7 @@ def run(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan, *, steps: in
     args = _torchrun_args(nnodes, node_rank, rdzv_endpoint)
     from meshplan.execute.launch import launch  # raises MeshplanError without torch
     from meshplan.execute.parallelize import check_supported
-    from meshplan.execute.runtime import RunConfig, default_device_type
+    from meshplan.execute.runtime import PEAK_MEMORY_KIND, RunConfig, default_device_type
 
     device_type = default_device_type()
     check_supported(model, plan, device_type)
@@ -167,6 +175,7 @@ def run(model: ModelRef, cluster: ClusterRef, job: Job, plan: Plan, *, steps: in
                 "losses": result["losses"], "step_times_s": result["step_times_s"],
                 "peak_memory_gib_per_rank": [b / GIB for b in
                                              result["peak_memory_bytes_per_rank"]],
+                "peak_memory_measures": PEAK_MEMORY_KIND.get(result["device"], "?"),
                 "device": result["device"], "oversubscribed": oversubscribed}
     return RunResult(measured, predicted,
                      signed_error(predicted.step_time_s, measured["step_time_s"]))

@@ -77,8 +77,9 @@ def _report(inputs: Inputs, result: api.RunResult, nodes: int) -> None:
     table.add_row("step time", f"{t_m * 1e3:.1f} ms", f"{t_p * 1e3:.1f} ms",
                   f"{signed_error(t_p, t_m):+.1%}")
     table.add_row("peak memory", f"{m_m:.2f} GiB", f"{m_p:.2f} GiB",
-                  f"{signed_error(m_p, m_m):+.1%}")
+                  f"{result.memory_error:+.1%}")
     console.print(table)
+    console.print(f"measured peak memory: {measured['peak_memory_measures']}")
     console.print("loss: " + " ".join(f"{x:.4f}" for x in measured["losses"]))
 
 

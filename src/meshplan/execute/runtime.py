@@ -6,7 +6,7 @@ RANK/WORLD_SIZE/MASTER_ADDR). Each rank builds its share of the model (`parallel
 tokens and the loss falls as the model memorises it), and times each step wall-clock between
 barriers. Rank 0 writes the JSON: the loss per step (averaged over data-parallel replicas, as
 the single-process loss of the whole batch), the median step time after warm-up (the slowest
-rank's), and the peak memory per rank (CUDA: `max_memory_allocated`; CPU: the process's max
+rank's), and the peak memory per rank (CUDA: `max_memory_reserved`; CPU: the process's max
 RSS from `resource.getrusage`, which is what the calibrated `reserved_memory_bytes` baseline
 is measured against).
 """
@@ -88,9 +88,16 @@ def default_device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+PEAK_MEMORY_KIND = {"cuda": "reserved by the caching allocator (torch.cuda.max_memory_reserved)",
+                    "cpu": "process max RSS (resource.getrusage)"}
+"""What `peak_memory_bytes` measures per device type: on a GPU the allocator's reserved peak,
+the figure meshplan's memory model predicts (what is allocated plus what the allocator holds
+back: `cost.train.allocator`), as the sources it is validated on report it."""
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+        return int(torch.cuda.max_memory_reserved(device))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
