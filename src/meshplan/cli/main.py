@@ -28,7 +28,7 @@ from meshplan.errors import MeshplanError
 from meshplan.estimate import calibration_line
 from meshplan.specs.io import load_cluster, load_model, preset_names
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, predict and prove hybrid-parallel layouts for transformer "
                        "training.")
 
@@ -277,7 +277,7 @@ def main() -> None:
     """Console entry: run the app, turning user errors into one line and exit code 2."""
     try:
         # Outside standalone mode click returns an Exit's code instead of raising it.
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="meshplan")
     except MeshplanError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
