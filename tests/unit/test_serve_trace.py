@@ -36,7 +36,7 @@ def check_schema(doc):
     events = doc["traceEvents"]
     assert events
     for e in events:
-        assert e["ph"] in {"X", "b", "e", "n", "M"}
+        assert e["ph"] in {"X", "b", "e", "n", "M", "s", "f"}
         assert isinstance(e["pid"], int) and isinstance(e["tid"], int)
         if e["ph"] != "M":
             assert isinstance(e["ts"], float) and e["ts"] >= 0
@@ -79,6 +79,18 @@ def test_disaggregated_trace_has_kv_transfers(tmp_path):
     assert len(sends) == len(r.kv_transfer_s)
     assert {(e["pid"], e["tid"]) for e in sends} == {(0, 1)}  # the prefill instance's link
     assert sends[0]["dur"] == pytest.approx(r.kv_transfer_s[0] * 1e6)
+    # Each transfer flows from its slice to the decode instance's next iteration.
+    starts = {e["id"]: e for e in events if e["ph"] == "s"}
+    ends = {e["id"]: e for e in events if e["ph"] == "f"}
+    assert len(starts) == len(ends) == len(sends) and set(starts) == set(ends)
+    decode_starts = sorted(ts for ts, _ in tracks[1, 0])
+    for send in sends:
+        (s,) = [e for e in starts.values() if send["ts"] <= e["ts"] <= send["ts"] + send["dur"]
+                and e["pid"] == send["pid"]]
+        f = ends[s["id"]]
+        assert (f["pid"], f["tid"]) == (send["args"]["to_instance"], 0) == (1, 0)
+        assert f["ts"] == pytest.approx(send["ts"] + send["dur"])
+        assert any(ts >= f["ts"] - 1e-6 for ts in decode_starts)  # a slice to bind to
     names = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
     assert any(n.startswith("prefill 0") for n in names)
     assert any(n.startswith("decode 0") for n in names)

@@ -14,15 +14,23 @@ from typing import Annotated, Any
 import typer
 
 from meshplan import api
-from meshplan.cli.options import Inputs, check_out, is_stdout, with_inputs
-from meshplan.cli.render import breakdown_tables, console, plans_table, print_json, summary_line
+from meshplan.cli.options import FormatOpt, Inputs, check_out, is_stdout, wants_csv, with_inputs
+from meshplan.cli.render import (
+    breakdown_tables,
+    console,
+    plan_rows,
+    plans_table,
+    print_json,
+    summary_line,
+    write_csv,
+)
 from meshplan.cli.report_cmd import HtmlOpt, check_html, emit
 from meshplan.errors import MeshplanError
 from meshplan.estimate import calibration_line
 from meshplan.output import envelope
 from meshplan.specs.io import load_cluster, load_model, preset_names
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, predict and prove hybrid-parallel layouts for transformer "
                        "training.")
 
@@ -80,9 +88,14 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
          explain: Annotated[int | None, typer.Option(
              "--explain", help="Show plan N's breakdowns and why its neighbours rank where "
                                "they do")] = None,
+         fmt: FormatOpt = "table",
          html: HtmlOpt = None, json_out: JsonFlag = False) -> None:
     """Search every legal layout and rank those that fit by throughput."""
     check_html(html)
+    csv_out = wants_csv(fmt, json_out)
+    if csv_out and explain is not None:
+        raise MeshplanError("--explain with --format csv: the explanation is text; use the "
+                            "table")
     if top <= 0:
         raise MeshplanError(f"--top={top}: must be positive")
     if explain is not None and not 1 <= explain <= top:
@@ -97,13 +110,15 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
         if export not in TARGETS:
             raise unknown_name("export target", export, TARGETS)
         check_out("--out", out, stdout_ok=True)
-        if json_out and (out is None or is_stdout(out)):
-            raise MeshplanError("--json with --export: the config goes to standard output; "
-                                "give --out FILE to print the ranking as JSON as well")
+        if (json_out or csv_out) and (out is None or is_stdout(out)):
+            raise MeshplanError(f"--{'json' if json_out else 'format csv'} with --export: the "
+                                "config goes to standard output; give --out FILE to print "
+                                "the ranking as well")
     elif out is not None:
         raise MeshplanError(f"--out={out!r}: only with --export TARGET (the file the best "
                             "plan's config is written to)")
-    with console.status("searching plans...", spinner="dots") if not json_out else _quiet():
+    quiet = json_out or csv_out
+    with console.status("searching plans...", spinner="dots") if not quiet else _quiet():
         result = api.plan(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=top,
                           simulate_top=simulate_top, export_target=export)
     if export is not None:
@@ -118,6 +133,11 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
             "space": result.space}), json_out, html)
         if json_out:
             return
+    if csv_out:
+        write_csv(plan_rows(plans))
+        if not plans:
+            raise typer.Exit(1)
+        return
     title = (f"{inputs.model.name} on {inputs.num_gpus} x {inputs.cluster.accelerator.name}, "
              f"batch {inputs.job.global_batch_size} x {inputs.job.seq_len}")
     if not plans:
@@ -272,7 +292,7 @@ def main() -> None:
     """Console entry: run the app, turning user errors into one line and exit code 2."""
     try:
         # Outside standalone mode click returns an Exit's code instead of raising it.
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="meshplan")
     except MeshplanError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

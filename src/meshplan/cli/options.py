@@ -313,3 +313,20 @@ def _name_max(folder: Path) -> int:
         return os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # not POSIX: the common limit
         return 255
+
+
+FORMATS = ("table", "csv")
+FormatOpt = Annotated[str, typer.Option(
+    "--format", help="table, or csv: the table's rows on standard output (units in the "
+                     "column names)")]
+
+
+def wants_csv(fmt: str, json_out: bool) -> bool:
+    """Whether --format asks for CSV; an unknown format, or CSV with --json (both would be
+    standard output), is refused."""
+    if fmt not in FORMATS:
+        raise MeshplanError(f"--format={fmt!r}: one of {', '.join(FORMATS)}")
+    if fmt == "csv" and json_out:
+        raise MeshplanError("--format csv with --json: both print to standard output; "
+                            "choose one")
+    return fmt == "csv"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -21,24 +24,75 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def plans_table(estimates: list[Estimate], title: str) -> Table:
+@dataclass(frozen=True)
+class Column:
+    """One column of a ranking, shown as a rich table or written as CSV from the same rows."""
+
+    name: str
+    """CSV header: machine-readable, units in the name (`step_s`, `mem_gib`)."""
+    title: str
+    """Table header."""
+    show: Callable[[Any], str] = str
+    """How the table prints a raw value (the CSV writes the value itself)."""
+    left: bool = False
+
+
+Rows = tuple[tuple[Column, ...], list[tuple[Any, ...]]]
+"""Columns and one tuple of raw values per row: the one source of a table and its CSV."""
+
+
+def fixed(spec: str) -> Callable[[Any], str]:
+    return lambda v: format(v, spec)
+
+
+def rows_table(rows: Rows, title: str | None = None) -> Table:
+    columns, values = rows
+    table = Table(title=title, header_style="bold")
+    for c in columns:
+        table.add_column(c.title, justify="left" if c.left else "right")
+    for row in values:
+        table.add_row(*(c.show(v) for c, v in zip(columns, row, strict=True)))
+    return table
+
+
+def write_csv(rows: Rows) -> None:
+    """Header row, then the raw values (floats in full precision, booleans as true/false)."""
+    columns, values = rows
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(c.name for c in columns)
+    for row in values:
+        w.writerow(str(v).lower() if isinstance(v, bool) else v for v in row)
+
+
+def plan_rows(estimates: Sequence[Estimate]) -> Rows:
     """One row per group of equivalent plans ("alike": how many it stands for), with its free
     memory and what binds it."""
-    table = Table(title=title, header_style="bold")
-    left = ("schedule", "recompute", "binds")
-    for col in ("#", "tp", "cp", "pp", "dp", "ep", "mbs", "schedule", "zero", "recompute",
-                "step (s)", "tok/s/GPU", "MFU", "mem (GiB)", "free (GiB)", "binds", "alike",
-                "fits"):
-        table.add_column(col, justify="left" if col in left else "right")
+    columns = (
+        Column("rank", "#"), Column("tp", "tp"), Column("cp", "cp"), Column("pp", "pp"),
+        Column("dp", "dp"), Column("ep", "ep"), Column("mbs", "mbs"),
+        Column("schedule", "schedule", left=True), Column("zero", "zero"),
+        Column("recompute", "recompute", left=True),
+        Column("step_s", "step (s)", fixed(".3f")),
+        Column("tokens_per_s_per_gpu", "tok/s/GPU", fixed(",.0f")),
+        Column("mfu", "MFU", fixed(".1%")),
+        Column("mem_gib", "mem (GiB)", fixed(".1f")),
+        Column("free_gib", "free (GiB)", fixed(".1f")),
+        Column("binds", "binds", left=True), Column("alike", "alike"),
+        Column("fits", "fits", lambda v: "yes" if v else "NO"),
+    )
+    values = []
     for i, e in enumerate(estimates, 1):
         p = e.plan
         sched = "-" if p.pp == 1 else p.schedule + (f"/v{p.vpp}" if p.vpp > 1 else "")
-        table.add_row(str(i), str(p.tp), str(p.cp), str(p.pp), str(p.dp), str(p.ep),
-                      str(p.micro_batch_size), sched, str(p.zero_stage), p.recompute,
-                      f"{e.step_time_s:.3f}", f"{e.tokens_per_s_per_gpu:,.0f}", f"{e.mfu:.1%}",
-                      f"{e.memory_bytes['peak'] / GIB:.1f}", f"{e.headroom_bytes / GIB:.1f}",
-                      e.binding, str(e.equivalent_plans), "yes" if e.fits else "NO")
-    return table
+        values.append((i, p.tp, p.cp, p.pp, p.dp, p.ep, p.micro_batch_size, sched,
+                       p.zero_stage, p.recompute, e.step_time_s, e.tokens_per_s_per_gpu, e.mfu,
+                       e.memory_bytes["peak"] / GIB, e.headroom_bytes / GIB, e.binding,
+                       e.equivalent_plans, e.fits))
+    return columns, values
+
+
+def plans_table(estimates: list[Estimate], title: str) -> Table:
+    return rows_table(plan_rows(estimates), title)
 
 
 def breakdown_tables(e: Estimate) -> tuple[Table, Table]:

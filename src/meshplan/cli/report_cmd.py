@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,8 +35,8 @@ def emit(doc: dict[str, Any], json_out: bool, html: str | None) -> None:
         write_html(doc, html)
     if json_out:
         print_json(doc)
-    elif html is not None:
-        console.print(f"report written to {html}")
+    elif html is not None:  # on stderr: stdout may be a CSV table
+        print(f"report written to {html}", file=sys.stderr)
 
 
 def report(result: Annotated[str, typer.Argument(help="A meshplan --json output file")],

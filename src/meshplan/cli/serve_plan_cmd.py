@@ -12,8 +12,8 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from meshplan.cli.options import check_out
-from meshplan.cli.render import console
+from meshplan.cli.options import FormatOpt, check_out, wants_csv
+from meshplan.cli.render import Column, Rows, console, fixed, rows_table, write_csv
 from meshplan.cli.report_cmd import HtmlOpt, check_html, emit
 from meshplan.cli.serve_options import (
     ClusterOpt,
@@ -54,24 +54,32 @@ def _write(text: str, out: str) -> None:
     typer.echo(f"launch script written to {out}", err=True)
 
 
+def plan_rows(r: ServePlan) -> Rows:
+    """The ranked deployments: one source for the table and the CSV."""
+    pct = f"{r.query.percentile:g}"
+    columns = (
+        Column("rank", "#"), Column("deployment", "deployment", left=True),
+        Column("gpus", "GPUs"), Column("max_rate_per_s", "max req/s", fixed(".2f")),
+        Column("goodput_per_gpu", "req/s/GPU", fixed(".3f")),
+        Column("tokens_per_s_per_gpu", "tok/s/GPU", fixed(".0f")),
+        Column("tokens_per_s_per_user", "tok/s/user", fixed(".1f")),
+        Column(f"ttft_p{pct}_ms", f"TTFT p{pct}", fixed(".0f")),
+        Column(f"tpot_p{pct}_ms", f"TPOT p{pct}", fixed(".1f")),
+        Column("gpu_hours_per_million_requests", "GPU-h/1M req", fixed(".1f")),
+    )
+    values = [(k, p.label, p.num_gpus, p.max_rate_per_s, p.goodput_per_gpu,
+               p.tokens_per_s_per_gpu, p.tokens_per_s_per_user, p.slo_ttft_ms, p.slo_tpot_ms,
+               p.gpu_hours_per_million_requests) for k, p in enumerate(r.plans, 1)]
+    return columns, values
+
+
 def _print_plan(r: ServePlan) -> None:
     q = r.query
     console.print(f"{r.model} on {r.cluster}: {r.candidates} deployments, {r.simulated} "
                   f"simulated ({r.simulations} runs); SLO p{q.percentile:g} TTFT <= "
                   f"{q.slo_ttft_s * 1e3:g} ms, TPOT <= {q.slo_tpot_s * 1e3:g} ms; "
                   f"objective {r.objective}")
-    t = Table(header_style="bold")
-    for col in ("#", "deployment", "GPUs", "max req/s", "req/s/GPU", "tok/s/GPU",
-                "tok/s/user", f"TTFT p{q.percentile:g}", f"TPOT p{q.percentile:g}",
-                "GPU-h/1M req"):
-        t.add_column(col, justify="left" if col == "deployment" else "right")
-    for k, p in enumerate(r.plans, 1):
-        ttft, tpot = p.slo_ttft_ms, p.slo_tpot_ms
-        t.add_row(str(k), p.label, str(p.num_gpus), f"{p.max_rate_per_s:.2f}",
-                  f"{p.goodput_per_gpu:.3f}", f"{p.tokens_per_s_per_gpu:.0f}",
-                  f"{p.tokens_per_s_per_user:.1f}", f"{ttft:.0f}", f"{tpot:.1f}",
-                  f"{p.gpu_hours_per_million_requests:.1f}")
-    console.print(t)
+    console.print(rows_table(plan_rows(r)))
     console.print("Pareto frontier (tok/s/GPU vs tok/s/user): " + "; ".join(
         f"{p.label} ({p.tokens_per_s_per_gpu:.0f}, {p.tokens_per_s_per_user:.1f})"
         for p in r.pareto))
@@ -113,12 +121,14 @@ def plan_cmd(
     export_to: Annotated[str | None, option("--export", "Also write the best plan the engine "
                                           "can express: vllm or sglang")] = None,
     out: Annotated[str | None, option("--out", "Launch script file (- for stdout)")] = None,
+    fmt: FormatOpt = "table",
     html: HtmlOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")
                         ] = False,
 ) -> None:
     """Search deployments of N GPUs for the highest request rate within TTFT/TPOT SLOs."""
     check_html(html)
+    csv_out = wants_csv(fmt, json_out)
     if export_to is not None:
         check_out("--out", out, stdout_ok=True)  # before the search
     if workload != "poisson":
@@ -130,8 +140,9 @@ def plan_cmd(
         raise MeshplanError(f"--export={export_to!r}: one of {', '.join(TARGETS)}")
     if (export_to is None) != (out is None):
         raise MeshplanError("--export and --out: give both (the script's target and file)")
-    if json_out and out == "-":
-        raise MeshplanError("--json with --out -: both would go to standard output")
+    if (json_out or csv_out) and out == "-":
+        raise MeshplanError(f"--{'json' if json_out else 'format csv'} with --out -: both "
+                            "would go to standard output")
     if workers is not None and workers < 1:
         raise MeshplanError(f"--workers={workers}: must be positive")
     eng = engine or ("sglang" if export_to == "sglang" else "vllm")
@@ -147,7 +158,9 @@ def plan_cmd(
         emit(envelope("serve plan", inputs, {**r.to_json(),
                                              "best_simulation": _replay_best(r, model, cluster)}),
              json_out, html)
-    if not json_out and out != "-":
+    if csv_out:
+        write_csv(plan_rows(r))
+    elif not json_out and out != "-":
         _print_plan(r)
     if export_to is not None and out is not None:
         m, c = load_model(model), load_serving_cluster(cluster)

@@ -18,6 +18,12 @@ Num = float | np.ndarray
 ACTIVATION_BYTES = 2.0
 
 
+def tp_block_bytes(tokens: Num, hidden: int, sequence_parallel: np.ndarray | bool) -> Num:
+    """Bytes one tensor-parallel block's forward collectives carry: the b s h / c activation
+    once (all-reduce), or twice with sequence parallelism (all-gather + reduce-scatter)."""
+    return ACTIVATION_BYTES * tokens * hidden * (1 + sequence_parallel)
+
+
 def tp_block_time(cluster: Cluster, members: list[np.ndarray], tokens: Num, hidden: int,
                   sequence_parallel: np.ndarray | bool) -> np.ndarray:
     """One tensor-parallel block's forward collective on `tokens` tokens of width `hidden`.
@@ -26,7 +32,7 @@ def tp_block_time(cluster: Cluster, members: list[np.ndarray], tokens: Num, hidd
     all-gather before and a reduce-scatter after with it (Korthikanti et al. 2022 Sec. 4.2.2),
     of the b s h / c activations. A layer has two blocks (attention, MLP).
     """
-    act = ACTIVATION_BYTES * tokens * hidden
+    act = tp_block_bytes(tokens, hidden, False)
     ar = comm.all_reduce_time(cluster, members, act)
     ag = comm.all_gather_time(cluster, members, act)
     return np.where(sequence_parallel, ag + ag, ar)
@@ -44,9 +50,13 @@ def ep_dispatch_combine_time(cluster: Cluster, members: list[np.ndarray], model:
                              tokens: Num) -> np.ndarray:
     """Token dispatch + combine all-to-alls of one MoE layer's forward (GShard, Lepikhin et
     al. 2021): each rank sends its `tokens` x top-k hidden vectors, and receives them back."""
+    return 2 * comm.all_to_all_time(cluster, members, ep_all_to_all_bytes(model, tokens))
+
+
+def ep_all_to_all_bytes(model: Model, tokens: Num) -> Num:
+    """One of the two all-to-alls (dispatch or combine): `tokens` x top-k hidden vectors."""
     assert model.moe is not None
-    nbytes = ACTIVATION_BYTES * tokens * model.moe.top_k * model.hidden_size
-    return 2 * comm.all_to_all_time(cluster, members, nbytes)
+    return ACTIVATION_BYTES * tokens * model.moe.top_k * model.hidden_size
 
 
 def cp_kv_bytes(model: Model, tokens: Num, tp: Num) -> Num:

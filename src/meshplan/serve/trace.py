@@ -4,7 +4,10 @@
 
 One process per instance, one thread per pipeline stage (so one stage's iteration slices never
 overlap) and, on a disaggregated prefill instance, a `kv send` thread with its KV transfers
-(they run one at a time per sending instance). Each iteration is a complete ("X") slice whose
+(they run one at a time per sending instance), each linked by a flow arrow ("s" / "f", one id
+per transfer) to the first iteration on the decode instance's first stage that starts once
+the KV has landed (the flow end binds to the next slice, the Trace Event Format's default):
+the earliest iteration that can run the request. Each iteration is a complete ("X") slice whose
 args give its prefill and decode sequences, its query tokens and the KV blocks in use; a
 fast-forwarded decode run gives one slice per step, all with the blocks in use at the run's
 end. Requests are async spans ("b"/"e", id = request index) from arrival to the last token,
@@ -36,6 +39,7 @@ class Tracer:
         self.events: list[dict[str, Any]] = []
         self.slices = 0
         self.dropped = 0
+        self.flows = 0
 
     def name_instance(self, pid: int, name: str, stages: int, kv_send: bool) -> None:
         self.events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
@@ -71,8 +75,15 @@ class Tracer:
 
     def transfer(self, pid: int, tid: int, rid: int, dst: int, start: float, end: float,
                  nbytes: float) -> None:
+        kept = self.slices
         self._slice(pid, tid, "kv transfer", start, end,
                     {"request": rid, "to_instance": dst, "bytes_per_gpu": nbytes})
+        if self.slices > kept:
+            self.flows += 1
+            common = {"name": "kv transfer", "cat": "kv", "id": self.flows}
+            self.events.append({**common, "ph": "s", "pid": pid, "tid": tid,
+                                "ts": (start + end) / 2 * 1e6})
+            self.events.append({**common, "ph": "f", "pid": dst, "tid": 0, "ts": end * 1e6})
 
     def write(self, path: str | Path, arrival: np.ndarray, first_token: np.ndarray,
               finish: np.ndarray, pid: int) -> None:

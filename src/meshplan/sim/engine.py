@@ -10,6 +10,10 @@ is the share of a transfer that still stalls the sender (Megatron's synchronous 
 1.0). Activation memory is tracked per rank: F allocates the stage's activations, I frees all
 but the part W still needs (the inputs of the linear layers, `w_share`), W and B free the rest.
 
+With `trace`, every box is kept (`Interval`): the compute actions, the transfers (with their
+destination), the gradient reduction, and the TP / CP / EP time the stage costs fold into
+each F and I, as boxes inside the action on the axis's own lane.
+
 The loop is event-driven on data dependencies (a rank blocked on an input is woken when it
 arrives), so it costs O(actions) and a 64-stage x 1,024-micro-batch 1F1B step runs in well
 under a second. A rank that can never proceed is a deadlock: `ScheduleError` with the grid.
@@ -35,9 +39,19 @@ class Interval:
 
     rank: int
     stream: str
+    """"compute", "comm" (pipeline sends, gradient reduction), or "tp" / "cp" / "ep": the
+    exposed collectives folded into a compute box, drawn inside it (`StageCosts.*_comm`)."""
     name: str
     start: float
     end: float
+    kind: str = ""
+    """F, B, I, W; SEND_F, SEND_B; tp, cp, ep; grad_reduce."""
+    stage: int = -1
+    microbatch: int = -1
+    nbytes: float = 0.0
+    """Compute: the stage's activations of one micro-batch; comm: what it carries."""
+    peer: int = -1
+    """A send's destination rank."""
 
 
 @dataclass
@@ -84,10 +98,10 @@ class SimResult:
 
 
 def _wiring(num_stages: int, num_microbatches: int, where: tuple[int, ...]) -> tuple[
-        list[list[int]], list[list[tuple[tuple[int, int, str], ...]]]]:
+        list[list[int]], list[list[tuple[tuple[int, int, tuple[int, str]], ...]]]]:
     """From `deps`, once per run: per (kind code, stage), the `ready` slot base it waits on
-    (-1: none; add the microbatch) and the (slot base, destination rank, trace label) of each
-    waiting action its result is delivered to.
+    (-1: none; add the microbatch) and the (slot base, destination rank, (stage, F or B) for
+    the trace) of each waiting action its result is delivered to.
 
     Slots are keyed by the awaited (what, stage): each is awaited by one kind of action on one
     stage (B and I share theirs), so the transfer to that action's rank is known."""
@@ -101,12 +115,12 @@ def _wiring(num_stages: int, num_microbatches: int, where: tuple[int, ...]) -> t
                 assert need[0] != Done.WEIGHT_GRAD, "nothing waits on W"
                 waits[c][s] = (need[0] * S + need[1]) * M
                 consumer[need[0], need[1]] = s
-    sends: list[list[tuple[tuple[int, int, str], ...]]] = [[()] * S for _ in _KINDS]
+    sends: list[list[tuple[tuple[int, int, tuple[int, str]], ...]]] = [[()] * S for _ in _KINDS]
     for c, kind in enumerate(_KINDS):
         for s in range(S):
             sends[c][s] = tuple(
                 ((int(done) * S + s) * M, where[consumer[done, s]],
-                 f"send {s}{'F' if kind is _F else 'B'}")
+                 (s, "F" if kind is _F else "B"))
                 for done in COMPLETES[kind] if (done, s) in consumer)
     return waits, sends
 
@@ -141,15 +155,19 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
     queue = deque(ranks)
     p2p, blocking, w_share = costs.p2p_time, costs.p2p_blocking, costs.w_share
     acts = costs.activation_bytes
+    # The exposed TP/CP/EP seconds inside F, B (its I part) and I, by kind code (traces only).
+    folded = (costs.forward_comm, costs.backward_comm, costs.backward_comm, ())
 
-    def deliver(key: int, src: int, dst: int, t: float, label: str, mb: int) -> None:
+    def deliver(key: int, src: int, dst: int, t: float, tag: tuple[int, str], mb: int) -> None:
         if src != dst and p2p > 0:
             start = max(t, comm_free[src])
             t = start + p2p
             comm_free[src] = t
             free[src] += blocking * p2p
             if trace:
-                intervals.append(Interval(src, "comm", f"{label}{mb}", start, t))
+                s, what = tag
+                intervals.append(Interval(src, "comm", f"send {s}{what}{mb}", start, t,
+                                          f"SEND_{what}", s, mb, costs.p2p_bytes, dst))
         ready[key] = t
         if key in waiting:
             queue.append(waiting.pop(key))
@@ -189,10 +207,18 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
             if kind:
                 last_bwd[r] = (start, end)
             if trace:
-                intervals.append(Interval(r, "compute", str(a), start, end))
+                intervals.append(Interval(r, "compute", str(a), start, end, a.kind.value, s,
+                                          mb, acts[s]))
                 mem_tl[r].append((end, held[r]))
-            for base, dst, label in sends[kind][s]:
-                deliver(base + mb, r, dst, end, label, mb)
+                t_c = start  # the folded collectives, back to back from the box's start
+                for part in folded[kind]:
+                    d = part.seconds[s]
+                    if d > 0:
+                        intervals.append(Interval(r, part.axis, f"{part.axis} {a}", t_c,
+                                                  t_c + d, part.axis, s, mb, part.nbytes[s]))
+                        t_c += d
+            for base, dst, tag in sends[kind][s]:
+                deliver(base + mb, r, dst, end, tag, mb)
             i += 1
         pos[r] = i
     stuck = [r for r in ranks if pos[r] < len(orders[r])]
@@ -206,7 +232,8 @@ def simulate_schedule(schedule: Schedule, costs: StageCosts, trace: bool = False
             start = max(comm_free[r], b1 - costs.grad_reduce_overlap * (b1 - b0))
             comm_free[r] = start + costs.grad_reduce
             if trace:
-                intervals.append(Interval(r, "comm", "grad reduce", start, comm_free[r]))
+                intervals.append(Interval(r, "comm", "grad reduce", start, comm_free[r],
+                                          "grad_reduce"))
     makespan = max(max(free.values()), max(comm_free.values()))
     start0 = {r: max(first[r], 0.0) for r in ranks}
     span = [max(free[r], comm_free[r]) - start0[r] for r in ranks]

@@ -12,7 +12,9 @@ from meshplan.cost import comm
 from meshplan.cost.collectives import (
     cp_kv_bytes,
     cp_ring_time,
+    ep_all_to_all_bytes,
     ep_dispatch_combine_time,
+    tp_block_bytes,
     tp_block_time,
     tp_blocks_per_layer,
 )
@@ -36,13 +38,17 @@ def tp_exposed(model: Model, cluster: Cluster, job: Job, mesh: Mesh, moe_layers:
     P = mesh.plans
     per_block = tp_block_time(cluster, mesh.members(cluster, Group.TP),
                               mesh.tokens_per_microbatch(job.seq_len), model.hidden_size, P.sp)
-    blocks = tp_blocks_per_layer(False, True) * dense_layers \
-        + tp_blocks_per_layer(True, P.etp == P.tp) * moe_layers
-    total = blocks * per_block
+    total = _tp_blocks(mesh, moe_layers, dense_layers) * per_block
     ov = cluster.overlap
     fwd = total * np.where(P.tp_overlap, 1 - ov.tp_overlapped, 1.0)
     bwd = total * np.where(P.tp_overlap, 1 - ov.tp_overlapped, 1 - ov.tp_backward)
     return fwd, bwd
+
+
+def _tp_blocks(mesh: Mesh, moe_layers: np.ndarray, dense_layers: np.ndarray) -> np.ndarray:
+    P = mesh.plans
+    return np.asarray(tp_blocks_per_layer(False, True) * dense_layers
+                      + tp_blocks_per_layer(True, P.etp == P.tp) * moe_layers)
 
 
 def ep_exposed(model: Model, cluster: Cluster, job: Job, mesh: Mesh,
@@ -71,15 +77,34 @@ def cp_exposed(model: Model, cluster: Cluster, job: Job, mesh: Mesh, layers: np.
     return layers * fwd, layers * bwd
 
 
-def pp_transfer_time(model: Model, cluster: Cluster, job: Job, mesh: Mesh) -> np.ndarray:
-    """One activation (or gradient) transfer between pipeline stages.
+def collective_bytes(model: Model, job: Job, mesh: Mesh, moe_layers: np.ndarray,
+                     dense_layers: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Bytes the TP, CP and EP collectives of one micro-batch carry on one GPU of a rank
+    holding L / p layers, (forward, backward), before any overlap: the messages the times
+    above price (for traces; the backward sends what the forward did, CP's ring also the K/V
+    gradients). An axis of degree 1 carries nothing."""
+    P = mesh.plans
+    tokens = mesh.tokens_per_microbatch(job.seq_len)
+    tp = np.where(P.tp > 1, _tp_blocks(mesh, moe_layers, dense_layers)
+                  * tp_block_bytes(tokens, model.hidden_size, P.sp), 0.0)
+    cp = (P.cp - 1) * (moe_layers + dense_layers) * cp_kv_bytes(model, tokens, P.tp)
+    ep = np.zeros(len(P)) if model.moe is None else np.where(
+        P.ep > 1, 2 * moe_layers * ep_all_to_all_bytes(model, tokens / mesh.seq_shard), 0.0)
+    return {"tp_comm": (tp, tp), "cp_comm": (cp, 2 * cp), "ep_comm": (ep, ep)}
 
-    Megatron's scatter/gather optimisation (Narayanan et al. 2021 Sec. 4.1): each of the t
-    ranks sends 1/t of the activation over its own NIC, then an NVLink all-gather.
-    """
-    act = ACTIVATION_BYTES * mesh.tokens_per_microbatch(job.seq_len) * model.hidden_size \
-        / mesh.plans.tp
-    return comm.p2p_time(cluster, mesh.tier_index(cluster, Group.PP), act)
+
+def pp_transfer_bytes(model: Model, job: Job, mesh: Mesh) -> np.ndarray:
+    """One micro-batch's activation (or its gradient) between pipeline stages, per GPU: with
+    Megatron's scatter/gather optimisation (Narayanan et al. 2021 Sec. 4.1) each of the t
+    ranks sends 1/t of it over its own NIC, then an NVLink all-gather rebuilds it."""
+    return np.asarray(ACTIVATION_BYTES * mesh.tokens_per_microbatch(job.seq_len)
+                      * model.hidden_size / mesh.plans.tp)
+
+
+def pp_transfer_time(model: Model, cluster: Cluster, job: Job, mesh: Mesh) -> np.ndarray:
+    """One activation (or gradient) transfer between pipeline stages (`pp_transfer_bytes`)."""
+    return comm.p2p_time(cluster, mesh.tier_index(cluster, Group.PP),
+                         pp_transfer_bytes(model, job, mesh))
 
 
 @dataclass(frozen=True)

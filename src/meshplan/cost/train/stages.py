@@ -19,6 +19,18 @@ from meshplan.schedules.spec import W_ACTIVATION_SHARE
 
 PASS_TERMS = ("compute", "tp_comm", "cp_comm", "ep_comm")
 """What one micro-batch's F + I + W on a rank is made of (they add up to it)."""
+COMM_TERMS = PASS_TERMS[1:]
+
+
+@dataclass(frozen=True)
+class PassComm:
+    """One axis's exposed collectives inside one kind of pass (F or I), per stage: the seconds
+    folded into that pass's duration, and the bytes the collectives carry (before overlap)."""
+
+    axis: str
+    """"tp", "cp" or "ep"."""
+    seconds: tuple[float, ...]
+    nbytes: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,12 @@ class StageCosts:
     grad_reduce_overlap: float = 0.0
     """Share of the rank's last backward action the reduction may overlap (bucketed
     reduce-scatter starts while the last micro-batch's gradients are still being produced)."""
+    p2p_bytes: float = 0.0
+    """What one transfer between stages carries per GPU (for traces)."""
+    forward_comm: tuple[PassComm, ...] = ()
+    """The TP / CP / EP part of `forward` (for traces; the simulator runs the totals)."""
+    backward_comm: tuple[PassComm, ...] = ()
+    """The TP / CP / EP part of `backward_input` (W has none)."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +67,17 @@ class StageTimes:
     rank, all its chunks together; `recompute` is zero (folded into I)."""
     unit_terms: dict[str, np.ndarray]
     """`unit`'s F + I + W split by PASS_TERMS."""
+    pass_comm: dict[str, tuple[np.ndarray, np.ndarray]]
+    """By COMM_TERMS, the exposed seconds in `unit`'s (F, I); they sum to `unit_terms`."""
+    pass_comm_bytes: dict[str, tuple[np.ndarray, np.ndarray]]
+    """By COMM_TERMS, the bytes those collectives carry in (F, I)."""
     rank_scale: tuple[np.ndarray, np.ndarray, np.ndarray]
     """Layers of the (first, middle, last) rank over L / pp (uneven splits)."""
     embedding: PassTimes
     head: PassTimes
     p2p: np.ndarray
     """One activation or gradient transfer between stages."""
+    p2p_bytes: np.ndarray
     p2p_blocking: float
     """Share of a transfer that stalls the sender (1 - overlap.pp)."""
     grad_reduce: np.ndarray
@@ -116,10 +139,20 @@ class StageTimes:
         bi[-1] += float(self.head.backward_input[i])
         bw[-1] += float(self.head.backward_weight[i])
         acts[-1] += float(self.head_activation_bytes[i])
+
+        def comm(p: int) -> tuple[PassComm, ...]:
+            return tuple(PassComm(t.removesuffix("_comm"),
+                                  tuple(float(self.pass_comm[t][p][i]) / v * k for k in scale),
+                                  tuple(float(self.pass_comm_bytes[t][p][i]) / v * k
+                                        for k in scale))
+                         for t in COMM_TERMS)
+
         return StageCosts(tuple(fw), tuple(bi), tuple(bw), tuple(acts),
                           p2p_time=float(self.p2p[i]), p2p_blocking=self.p2p_blocking,
                           grad_reduce=float(self.grad_reduce[i]),
-                          grad_reduce_overlap=float(self.grad_reduce_overlap[i]))
+                          grad_reduce_overlap=float(self.grad_reduce_overlap[i]),
+                          p2p_bytes=float(self.p2p_bytes[i]), forward_comm=comm(0),
+                          backward_comm=comm(1))
 
 
 def _total(p: PassTimes, i: int) -> float:

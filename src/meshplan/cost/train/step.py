@@ -103,6 +103,13 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     full_rc = P.recompute == 2
     fwd_comm = tp_f + ep_one + cp_f
     bwd_comm = tp_b + ep_one + cp_b + np.where(full_rc, fwd_comm, 0.0)
+    # The same split by axis (for the trace): full recompute repeats the forward's
+    # collectives before the backward.
+    rc = np.where(full_rc, 1.0, 0.0)
+    pass_comm = {"tp_comm": (tp_f, tp_b + rc * tp_f), "cp_comm": (cp_f, cp_b + rc * cp_f),
+                 "ep_comm": (ep_one, ep_one * (1 + rc))}
+    pass_bytes = {k: (f, b + rc * f) for k, (f, b) in
+                  comm.collective_bytes(model, job, mesh, moe_layers, dense_layers).items()}
 
     p2p = comm.pp_transfer_time(model, cluster, job, mesh)
     pp_exposed = np.where(P.pp > 1, 2 * P.vpp * p2p * (1 - cluster.overlap.pp), 0.0)
@@ -137,9 +144,7 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     slowest = np.maximum(np.maximum(first, last), mid)
     compute_share = m * (fwd_c + bwd_i_c + bwd_w_c + rec_c) * s_mid
     unit_terms = {"compute": fwd_c + bwd_i_c + bwd_w_c + rec_c,
-                  "tp_comm": tp_f + tp_b + np.where(full_rc, tp_f, 0.0),
-                  "cp_comm": cp_f + cp_b + np.where(full_rc, cp_f, 0.0),
-                  "ep_comm": ep_one * np.where(full_rc, 3.0, 2.0)}
+                  **{k: f + b for k, (f, b) in pass_comm.items()}}
     time = {
         "compute": compute_share + m * (slowest - mid),
         "tp_comm": m * unit_terms["tp_comm"] * s_mid,
@@ -157,9 +162,10 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     peak = cluster.accelerator.peak("bf16")
     stages = StageTimes(
         unit=PassTimes(unit_f, unit_i, unit_w, np.zeros_like(unit_f)),
-        unit_terms=unit_terms,
+        unit_terms=unit_terms, pass_comm=pass_comm, pass_comm_bytes=pass_bytes,
         rank_scale=(s_first, s_mid, s_last),
-        embedding=emb, head=head, p2p=p2p, p2p_blocking=1.0 - cluster.overlap.pp,
+        embedding=emb, head=head, p2p=p2p, p2p_bytes=comm.pp_transfer_bytes(model, job, mesh),
+        p2p_blocking=1.0 - cluster.overlap.pp,
         grad_reduce=dp.grad, grad_reduce_exposed=dp.grad_exposed,
         grad_reduce_overlap=np.where(P.overlap_grad, cluster.overlap.dp, 0.0),
         activation_bytes=mem.pop("activations_per_microbatch"),
