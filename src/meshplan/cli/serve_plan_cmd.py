@@ -37,7 +37,8 @@ from meshplan.cli.serve_options import (
 from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.serve import load_serving_cluster, resolve_any
 from meshplan.serve.export import TARGETS, export, refuse
-from meshplan.serve.plan import ServePlan, plan
+from meshplan.serve.plan import ServePlan, WhatIf, plan, what_if
+from meshplan.serve.plan.whatif import check_price, parse_counts
 from meshplan.specs.io import load_model
 
 
@@ -52,7 +53,29 @@ def _write(text: str, out: str) -> None:
     typer.echo(f"launch script written to {out}", err=True)
 
 
-def _print_plan(r: ServePlan) -> None:
+def _print_what_if(w: WhatIf) -> None:
+    """One line per GPU count: its best plan and what a million requests cost with it."""
+    t = Table(title="what-if: best plan per GPU count", header_style="bold")
+    cols = ["GPUs", "best deployment", "max req/s", "req/s/GPU", "tok/s/GPU", "GPU-h/1M req"]
+    if w.gpu_hour_price is not None:
+        cols.append("$/1M req")
+    for col in cols:
+        t.add_column(col, justify="left" if col == "best deployment" else "right")
+    for row in w.rows:
+        if row.result is None:
+            t.add_row(str(row.num_gpus), "none meets the SLOs", *["-"] * (len(cols) - 2))
+            continue
+        b = row.result.best
+        cells = [str(row.num_gpus), b.label, f"{b.max_rate_per_s:.2f}",
+                 f"{b.goodput_per_gpu:.3f}", f"{b.tokens_per_s_per_gpu:.0f}",
+                 f"{b.gpu_hours_per_million_requests:.1f}"]
+        if row.cost_per_million_requests is not None:
+            cells.append(f"{row.cost_per_million_requests:.2f}")
+        t.add_row(*cells)
+    console.print(t)
+
+
+def _print_plan(r: ServePlan, gpu_hour_price: float | None = None) -> None:
     q = r.query
     console.print(f"{r.model} on {r.cluster}: {r.candidates} deployments, {r.simulated} "
                   f"simulated ({r.simulations} runs); SLO p{q.percentile:g} TTFT <= "
@@ -61,14 +84,16 @@ def _print_plan(r: ServePlan) -> None:
     t = Table(header_style="bold")
     for col in ("#", "deployment", "GPUs", "max req/s", "req/s/GPU", "tok/s/GPU",
                 "tok/s/user", f"TTFT p{q.percentile:g}", f"TPOT p{q.percentile:g}",
-                "GPU-h/1M req"):
+                "GPU-h/1M req", *(["$/1M req"] if gpu_hour_price is not None else [])):
         t.add_column(col, justify="left" if col == "deployment" else "right")
     for k, p in enumerate(r.plans, 1):
         ttft, tpot = p.slo_ttft_ms, p.slo_tpot_ms
         t.add_row(str(k), p.label, str(p.num_gpus), f"{p.max_rate_per_s:.2f}",
                   f"{p.goodput_per_gpu:.3f}", f"{p.tokens_per_s_per_gpu:.0f}",
                   f"{p.tokens_per_s_per_user:.1f}", f"{ttft:.0f}", f"{tpot:.1f}",
-                  f"{p.gpu_hours_per_million_requests:.1f}")
+                  f"{p.gpu_hours_per_million_requests:.1f}",
+                  *([f"{p.gpu_hours_per_million_requests * gpu_hour_price:.2f}"]
+                    if gpu_hour_price is not None else []))
     console.print(t)
     console.print("Pareto frontier (tok/s/GPU vs tok/s/user): " + "; ".join(
         f"{p.label} ({p.tokens_per_s_per_gpu:.0f}, {p.tokens_per_s_per_user:.1f})"
@@ -86,7 +111,8 @@ def _print_plan(r: ServePlan) -> None:
 def plan_cmd(
     model: ModelOpt = "llama3-8b",
     cluster: ClusterOpt = "dgx-h100",
-    num_gpus: Annotated[int, option("--num-gpus", "GPUs to deploy on")] = 8,
+    num_gpus: Annotated[str, option("--num-gpus", "GPUs to deploy on; several (8,16,32): "
+                                    "the search per count, what-if")] = "8",
     workload: Annotated[str, option("--workload", "Arrivals (poisson)")] = "poisson",
     input_len: Annotated[int, option("--input-len", "Prompt tokens")] = 1024,
     output_len: Annotated[int, option("--output-len", "Output tokens")] = 256,
@@ -106,8 +132,11 @@ def plan_cmd(
                        ] = None,
     no_disaggregation: Annotated[bool, option("--no-disaggregation",
                                             "Colocated deployments only")] = False,
-    ray: Annotated[str | None, option("--ray", "Ray cluster address (not available in this "
-                                    "version)")] = None,
+    ray: Annotated[str | None, option("--ray", "Run the simulations as Ray tasks on the "
+                                    "cluster at this address (auto: RAY_ADDRESS)")] = None,
+    gpu_hour_price: Annotated[float | None, option("--gpu-hour-price", "Price of a GPU-hour: "
+                                                 "also the cost per million requests")
+                              ] = None,
     export_to: Annotated[str | None, option("--export", "Also write the best plan the engine "
                                           "can express: vllm or sglang")] = None,
     out: Annotated[str | None, option("--out", "Launch script file (- for stdout)")] = None,
@@ -119,9 +148,11 @@ def plan_cmd(
         check_out("--out", out, stdout_ok=True)  # before the search
     if workload != "poisson":
         raise MeshplanError(f"--workload={workload!r}: the search uses poisson arrivals")
-    if ray is not None:
-        raise MeshplanError("--ray: Ray execution is not available in this version; the "
-                            "search runs on this machine's cores (--workers)")
+    counts = parse_counts(num_gpus)
+    check_price(gpu_hour_price)
+    if len(counts) > 1 and export_to is not None:
+        raise MeshplanError("--export with several --num-gpus: export one count's best plan "
+                            "(give one count)")
     if export_to is not None and export_to not in TARGETS:
         raise MeshplanError(f"--export={export_to!r}: one of {', '.join(TARGETS)}")
     if (export_to is None) != (out is None):
@@ -131,13 +162,23 @@ def plan_cmd(
     if workers is not None and workers < 1:
         raise MeshplanError(f"--workers={workers}: must be positive")
     eng = engine or ("sglang" if export_to == "sglang" else "vllm")
-    r = plan(model, cluster, num_gpus, input_len, output_len, slo_ttft_ms, slo_tpot_ms,
-             slo_percentile, objective, top, eng, num_requests, seed, workers,
-             not no_disaggregation)
+    common: dict[str, Any] = dict(slo_percentile=slo_percentile, objective=objective, top=top,
+                                  engine=eng, num_requests=num_requests, seed=seed,
+                                  disaggregation=not no_disaggregation)
+    if len(counts) > 1:
+        w = what_if(model, cluster, counts, input_len, output_len, slo_ttft_ms, slo_tpot_ms,
+                    gpu_hour_price, workers, ray, **common)
+        if json_out:
+            print_json(w.to_json())
+        else:
+            _print_what_if(w)
+        return
+    r = plan(model, cluster, counts[0], input_len, output_len, slo_ttft_ms, slo_tpot_ms,
+             workers=workers, ray_address=ray, **common)
     if json_out:
-        print_json(r.to_json())
+        print_json(r.to_json(gpu_hour_price))
     elif out != "-":
-        _print_plan(r)
+        _print_plan(r, gpu_hour_price)
     if export_to is not None and out is not None:
         m, c = load_model(model), load_serving_cluster(cluster)
         for p in r.all_plans:
