@@ -14,8 +14,8 @@ from meshplan.specs import Job, Model, Plan
 from meshplan.specs.io import load_cluster, load_model
 from meshplan.specs.plan import PlanArrays
 
-STRICT_MARKERS = ("engines", "torch")
-"""Tests that check meshplan against an engine's or torch's own code."""
+STRICT_MARKERS = ("engines", "torch", "ray")
+"""Tests that check meshplan against an engine's or torch's own code (or run on Ray)."""
 MISSING = ("could not import", "not installed", "install-engines.sh")
 """Skip reasons that mean a dependency is missing (pytest.importorskip says "could not import";
 our own skips name scripts/install-engines.sh), as opposed to a case that does not apply."""
