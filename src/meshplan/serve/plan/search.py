@@ -5,7 +5,8 @@ within TTFT and TPOT SLOs, every number shown from the request-level simulator.
    engine's default knobs; rule out, without simulating, those whose memory, lone-request
    TTFT or lone-request TPOT cannot meet the SLOs, and estimate the rate each other one can
    sustain (`bounds.bound`).
-2. Simulate in order of that estimate, in waves of `WAVE` deployments across processes; before
+2. Simulate in order of that estimate, in waves of `WAVE` deployments (run by the
+   `executor`: processes or Ray tasks, results in candidate order); before
    each wave, skip every deployment whose estimate (times `BOUND_SLACK`, and times the
    largest found / estimated rate ratio of its kind's simulated plans when below 1: the
    estimates of one kind err alike) cannot beat both the K-th best simulated plan and the
