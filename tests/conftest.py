@@ -14,8 +14,9 @@ from meshplan.specs import Job, Model, Plan
 from meshplan.specs.io import load_cluster, load_model
 from meshplan.specs.plan import PlanArrays
 
-STRICT_MARKERS = ("engines", "torch", "browser")
-"""Tests that check meshplan against an engine's or torch's own code, or in a real browser."""
+STRICT_MARKERS = ("engines", "torch", "browser", "ray")
+"""Tests that check meshplan against an engine's or torch's own code, in a real browser, or
+on Ray."""
 MISSING = ("could not import", "not installed", "install-engines.sh", "install-browser.sh")
 """Skip reasons that mean a dependency is missing (pytest.importorskip says "could not import";
 our own skips name scripts/install-engines.sh), as opposed to a case that does not apply."""

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from meshplan.cli.options import FormatOpt, check_out, wants_csv
-from meshplan.cli.render import Column, Rows, console, fixed, rows_table, write_csv
+from meshplan.cli.render import Column, Rows, console, fixed, print_json, rows_table, write_csv
 from meshplan.cli.report_cmd import HtmlOpt, check_html, emit
 from meshplan.cli.serve_options import (
     ClusterOpt,
@@ -39,7 +39,8 @@ from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.output import envelope
 from meshplan.serve import load_serving_cluster, resolve_any
 from meshplan.serve.export import TARGETS, export, refuse
-from meshplan.serve.plan import ServePlan, plan
+from meshplan.serve.plan import ServePlan, WhatIf, plan, what_if
+from meshplan.serve.plan.whatif import check_price, parse_counts
 from meshplan.specs.io import load_model
 
 
@@ -54,7 +55,29 @@ def _write(text: str, out: str) -> None:
     typer.echo(f"launch script written to {out}", err=True)
 
 
-def plan_rows(r: ServePlan) -> Rows:
+def _print_what_if(w: WhatIf) -> None:
+    """One line per GPU count: its best plan and what a million requests cost with it."""
+    t = Table(title="what-if: best plan per GPU count", header_style="bold")
+    cols = ["GPUs", "best deployment", "max req/s", "req/s/GPU", "tok/s/GPU", "GPU-h/1M req"]
+    if w.gpu_hour_price is not None:
+        cols.append("$/1M req")
+    for col in cols:
+        t.add_column(col, justify="left" if col == "best deployment" else "right")
+    for row in w.rows:
+        if row.result is None:
+            t.add_row(str(row.num_gpus), "none meets the SLOs", *["-"] * (len(cols) - 2))
+            continue
+        b = row.result.best
+        cells = [str(row.num_gpus), b.label, f"{b.max_rate_per_s:.2f}",
+                 f"{b.goodput_per_gpu:.3f}", f"{b.tokens_per_s_per_gpu:.0f}",
+                 f"{b.gpu_hours_per_million_requests:.1f}"]
+        if row.cost_per_million_requests is not None:
+            cells.append(f"{row.cost_per_million_requests:.2f}")
+        t.add_row(*cells)
+    console.print(t)
+
+
+def plan_rows(r: ServePlan, gpu_hour_price: float | None = None) -> Rows:
     """The ranked deployments: one source for the table and the CSV."""
     pct = f"{r.query.percentile:g}"
     columns = (
@@ -66,20 +89,24 @@ def plan_rows(r: ServePlan) -> Rows:
         Column(f"ttft_p{pct}_ms", f"TTFT p{pct}", fixed(".0f")),
         Column(f"tpot_p{pct}_ms", f"TPOT p{pct}", fixed(".1f")),
         Column("gpu_hours_per_million_requests", "GPU-h/1M req", fixed(".1f")),
+        *([Column("cost_per_million_requests", "$/1M req", fixed(".2f"))]
+          if gpu_hour_price is not None else []),
     )
     values = [(k, p.label, p.num_gpus, p.max_rate_per_s, p.goodput_per_gpu,
                p.tokens_per_s_per_gpu, p.tokens_per_s_per_user, p.slo_ttft_ms, p.slo_tpot_ms,
-               p.gpu_hours_per_million_requests) for k, p in enumerate(r.plans, 1)]
+               p.gpu_hours_per_million_requests,
+               *([p.gpu_hours_per_million_requests * gpu_hour_price]
+                 if gpu_hour_price is not None else [])) for k, p in enumerate(r.plans, 1)]
     return columns, values
 
 
-def _print_plan(r: ServePlan) -> None:
+def _print_plan(r: ServePlan, gpu_hour_price: float | None = None) -> None:
     q = r.query
     console.print(f"{r.model} on {r.cluster}: {r.candidates} deployments, {r.simulated} "
                   f"simulated ({r.simulations} runs); SLO p{q.percentile:g} TTFT <= "
                   f"{q.slo_ttft_s * 1e3:g} ms, TPOT <= {q.slo_tpot_s * 1e3:g} ms; "
                   f"objective {r.objective}")
-    console.print(rows_table(plan_rows(r)))
+    console.print(rows_table(plan_rows(r, gpu_hour_price)))
     console.print("Pareto frontier (tok/s/GPU vs tok/s/user): " + "; ".join(
         f"{p.label} ({p.tokens_per_s_per_gpu:.0f}, {p.tokens_per_s_per_user:.1f})"
         for p in r.pareto))
@@ -96,7 +123,8 @@ def _print_plan(r: ServePlan) -> None:
 def plan_cmd(
     model: ModelOpt = "llama3-8b",
     cluster: ClusterOpt = "dgx-h100",
-    num_gpus: Annotated[int, option("--num-gpus", "GPUs to deploy on")] = 8,
+    num_gpus: Annotated[str, option("--num-gpus", "GPUs to deploy on; several (8,16,32): "
+                                    "the search per count, what-if")] = "8",
     workload: Annotated[str, option("--workload", "Arrivals (poisson)")] = "poisson",
     input_len: Annotated[int, option("--input-len", "Prompt tokens")] = 1024,
     output_len: Annotated[int, option("--output-len", "Output tokens")] = 256,
@@ -116,8 +144,11 @@ def plan_cmd(
                        ] = None,
     no_disaggregation: Annotated[bool, option("--no-disaggregation",
                                             "Colocated deployments only")] = False,
-    ray: Annotated[str | None, option("--ray", "Ray cluster address (not available in this "
-                                    "version)")] = None,
+    ray: Annotated[str | None, option("--ray", "Run the simulations as Ray tasks on the "
+                                    "cluster at this address (auto: RAY_ADDRESS)")] = None,
+    gpu_hour_price: Annotated[float | None, option("--gpu-hour-price", "Price of a GPU-hour: "
+                                                 "also the cost per million requests")
+                              ] = None,
     export_to: Annotated[str | None, option("--export", "Also write the best plan the engine "
                                           "can express: vllm or sglang")] = None,
     out: Annotated[str | None, option("--out", "Launch script file (- for stdout)")] = None,
@@ -133,35 +164,48 @@ def plan_cmd(
         check_out("--out", out, stdout_ok=True)  # before the search
     if workload != "poisson":
         raise MeshplanError(f"--workload={workload!r}: the search uses poisson arrivals")
-    if ray is not None:
-        raise MeshplanError("--ray: Ray execution is not available in this version; the "
-                            "search runs on this machine's cores (--workers)")
+    counts = parse_counts(num_gpus)
+    check_price(gpu_hour_price)
+    if len(counts) > 1 and (csv_out or html):
+        raise MeshplanError("--format csv / --html with several --num-gpus: the what-if table "
+                            "has its own shape; give one count, or --json")
+    if len(counts) > 1 and export_to is not None:
+        raise MeshplanError("--export with several --num-gpus: export one count's best plan "
+                            "(give one count)")
     if export_to is not None and export_to not in TARGETS:
         raise MeshplanError(f"--export={export_to!r}: one of {', '.join(TARGETS)}")
     if (export_to is None) != (out is None):
         raise MeshplanError("--export and --out: give both (the script's target and file)")
-    if (json_out or csv_out) and out == "-":
-        raise MeshplanError(f"--{'json' if json_out else 'format csv'} with --out -: both "
-                            "would go to standard output")
+    if json_out and out == "-":
+        raise MeshplanError("--json with --out -: both would go to standard output")
     if workers is not None and workers < 1:
         raise MeshplanError(f"--workers={workers}: must be positive")
     eng = engine or ("sglang" if export_to == "sglang" else "vllm")
-    r = plan(model, cluster, num_gpus, input_len, output_len, slo_ttft_ms, slo_tpot_ms,
-             slo_percentile, objective, top, eng, num_requests, seed, workers,
-             not no_disaggregation)
+    common: dict[str, Any] = dict(slo_percentile=slo_percentile, objective=objective, top=top,
+                                  engine=eng, num_requests=num_requests, seed=seed,
+                                  disaggregation=not no_disaggregation)
+    inputs = {"model": model, "cluster": cluster,
+              "num_gpus": counts[0] if len(counts) == 1 else counts, "input_len": input_len,
+              "output_len": output_len, "slo_ttft_ms": slo_ttft_ms, "slo_tpot_ms": slo_tpot_ms,
+              "gpu_hour_price": gpu_hour_price, **common}
+    if len(counts) > 1:
+        w = what_if(model, cluster, counts, input_len, output_len, slo_ttft_ms, slo_tpot_ms,
+                    gpu_hour_price, workers, ray, **common)
+        if json_out:
+            print_json(envelope("serve plan", inputs, w.to_json()))
+        else:
+            _print_what_if(w)
+        return
+    r = plan(model, cluster, counts[0], input_len, output_len, slo_ttft_ms, slo_tpot_ms,
+             workers=workers, ray_address=ray, **common)
     if json_out or html:
-        inputs = {"model": model, "cluster": cluster, "num_gpus": num_gpus,
-                  "input_len": input_len, "output_len": output_len, "slo_ttft_ms": slo_ttft_ms,
-                  "slo_tpot_ms": slo_tpot_ms, "slo_percentile": slo_percentile,
-                  "objective": objective, "engine": eng, "num_requests": num_requests,
-                  "seed": seed, "disaggregation": not no_disaggregation}
-        emit(envelope("serve plan", inputs, {**r.to_json(),
+        emit(envelope("serve plan", inputs, {**r.to_json(gpu_hour_price),
                                              "best_simulation": _replay_best(r, model, cluster)}),
              json_out, html)
     if csv_out:
-        write_csv(plan_rows(r))
+        write_csv(plan_rows(r, gpu_hour_price))
     elif not json_out and out != "-":
-        _print_plan(r)
+        _print_plan(r, gpu_hour_price)
     if export_to is not None and out is not None:
         m, c = load_model(model), load_serving_cluster(cluster)
         for p in r.all_plans:

@@ -5,7 +5,8 @@ within TTFT and TPOT SLOs, every number shown from the request-level simulator.
    engine's default knobs; rule out, without simulating, those whose memory, lone-request
    TTFT or lone-request TPOT cannot meet the SLOs, and estimate the rate each other one can
    sustain (`bounds.bound`).
-2. Simulate in order of that estimate, in waves of `WAVE` deployments across processes; before
+2. Simulate in order of that estimate, in waves of `WAVE` deployments (run by the
+   `executor`: processes or Ray tasks, results in candidate order); before
    each wave, skip every deployment whose estimate (times `BOUND_SLACK`, and times the
    largest found / estimated rate ratio of its kind's simulated plans when below 1: the
    estimates of one kind err alike) cannot beat both the K-th best simulated plan and the
@@ -33,9 +34,6 @@ detects overload above ~2 S / duration.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +45,7 @@ from meshplan.serve.deployment import DeploymentSpec, DisaggregatedSpec, load_se
 from meshplan.serve.engines import load_engine
 from meshplan.serve.loop import simulate as simulate_requests
 from meshplan.serve.plan.bounds import Bound, bound
+from meshplan.serve.plan.executor import Mapper, executor
 from meshplan.serve.plan.pareto import frontier
 from meshplan.serve.plan.space import (
     AnySpec,
@@ -257,7 +256,10 @@ class PlanEntry:
         tpot = self.metrics["tpot_ms"]["mean"]
         return 1e3 / tpot if tpot else 0.0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, gpu_hour_price: float | None = None) -> dict[str, Any]:
+        """With a `gpu_hour_price`, also `cost_per_million_requests` (GPU-hours x price)."""
+        cost = {} if gpu_hour_price is None else {
+            "cost_per_million_requests": self.gpu_hours_per_million_requests * gpu_hour_price}
         return {"label": self.label, "deployment": self.deployment,
                 "disaggregated": self.disaggregated, "num_gpus": self.num_gpus,
                 "max_rate_per_s": self.max_rate_per_s,
@@ -265,6 +267,7 @@ class PlanEntry:
                 "bound_rate_per_s": self.bound_rate_per_s,
                 "goodput_per_gpu": self.goodput_per_gpu,
                 "gpu_hours_per_million_requests": self.gpu_hours_per_million_requests,
+                **cost,
                 "tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
                 "tokens_per_s_per_user": self.tokens_per_s_per_user,
                 "metrics": self.metrics, "simulations": self.simulations,
@@ -310,8 +313,9 @@ class ServePlan:
     def best(self) -> PlanEntry:
         return self.plans[0]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, gpu_hour_price: float | None = None) -> dict[str, Any]:
         q = self.query
+        price = {} if gpu_hour_price is None else {"gpu_hour_price": gpu_hour_price}
         return {"model": self.model, "cluster": self.cluster, "objective": self.objective,
                 "workload": {"arrival": "poisson", "input_len": q.input_len,
                              "output_len": q.output_len, "num_requests": q.num_requests,
@@ -319,8 +323,8 @@ class ServePlan:
                 "slo": {"ttft_ms": q.slo_ttft_s * 1e3, "tpot_ms": q.slo_tpot_s * 1e3,
                         "percentile": q.percentile},
                 "candidates": self.candidates, "simulated_candidates": self.simulated,
-                "simulations": self.simulations,
-                "plans": [p.to_json() for p in self.plans],
+                "simulations": self.simulations, **price,
+                "plans": [p.to_json(gpu_hour_price) for p in self.plans],
                 "pareto": [{"label": p.label, "deployment": p.deployment,
                             "disaggregated": p.disaggregated,
                             "tokens_per_s_per_gpu": p.tokens_per_s_per_gpu,
@@ -365,32 +369,59 @@ def _check(model: Model, cluster: Cluster, n: int, q: Query, objective: str,
         raise MeshplanError(f"--num-requests={q.num_requests}: at least 10")
 
 
-Mapper = Callable[[Callable[[Any], RateSearch], list[Any]], Iterable[RateSearch]]
+class NoDeployment(MeshplanError):
+    """No deployment of the GPUs meets the SLOs (the search ran; its input was fine)."""
+
+
+@dataclass(frozen=True)
+class Search:
+    """A checked search: what the executor's simulations are asked for."""
+
+    model: Model
+    cluster: Cluster
+    num_gpus: int
+    query: Query
+    objective: str
+    top: int
+    engine: str
+    disaggregation: bool
+
+    def run(self, mapper: Mapper) -> ServePlan:
+        space = enumerate_space(self.model, self.cluster, self.num_gpus, self.engine,
+                                self.disaggregation)
+        return _search(self.model, self.cluster, self.num_gpus, self.query, self.objective,
+                       self.top, space.all(), mapper)
+
+
+def prepare(model: str | Path | Model, cluster: str | Path | Cluster, num_gpus_total: int,
+            input_len: int, output_len: int, slo_ttft_ms: float, slo_tpot_ms: float,
+            slo_percentile: float = 99.0, objective: str = "goodput-per-gpu", top: int = 5,
+            engine: str = "vllm", num_requests: int = DEFAULT_NUM_REQUESTS, seed: int = 0,
+            disaggregation: bool = True) -> Search:
+    """Load and check a search's input (a bad value is a MeshplanError before any work)."""
+    m, c = load_model(model), load_serving_cluster(cluster)
+    q = Query(input_len, output_len, slo_ttft_ms / 1e3, slo_tpot_ms / 1e3, slo_percentile,
+              num_requests, seed)
+    _check(m, c, num_gpus_total, q, objective, engine, top)
+    return Search(m, c, num_gpus_total, q, objective, top, engine, disaggregation)
 
 
 def plan(model: str | Path | Model, cluster: str | Path | Cluster, num_gpus_total: int,
          input_len: int, output_len: int, slo_ttft_ms: float, slo_tpot_ms: float,
          slo_percentile: float = 99.0, objective: str = "goodput-per-gpu", top: int = 5,
          engine: str = "vllm", num_requests: int = DEFAULT_NUM_REQUESTS, seed: int = 0,
-         workers: int | None = None, disaggregation: bool = True) -> ServePlan:
+         workers: int | None = None, disaggregation: bool = True,
+         ray_address: str | None = None) -> ServePlan:
     """Search the deployments of `num_gpus_total` GPUs for `model` on `cluster` under Poisson
-    traffic of fixed `input_len` / `output_len` and the SLOs (ms at `slo_percentile`);
-    `workers`: processes (None: every core; 1: this process)."""
-    m, c = load_model(model), load_serving_cluster(cluster)
-    q = Query(input_len, output_len, slo_ttft_ms / 1e3, slo_tpot_ms / 1e3, slo_percentile,
-              num_requests, seed)
-    _check(m, c, num_gpus_total, q, objective, engine, top)
-    space = enumerate_space(m, c, num_gpus_total, engine, disaggregation)
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else (os.cpu_count() or 1)
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-    try:
-        mapper: Mapper = pool.map if pool is not None else map  # type: ignore[assignment]
-        return _search(m, c, num_gpus_total, q, objective, top, space.all(), mapper)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    traffic of fixed `input_len` / `output_len` and the SLOs (ms at `slo_percentile`).
+    Where the simulations run (`executor`): `workers` processes (None: every core; 1: this
+    process), or Ray tasks on the cluster at `ray_address` (`"auto"`: the one the
+    environment points to); the result is the same."""
+    s = prepare(model, cluster, num_gpus_total, input_len, output_len, slo_ttft_ms,
+                slo_tpot_ms, slo_percentile, objective, top, engine, num_requests, seed,
+                disaggregation)
+    with executor(workers, ray_address) as mapper:
+        return s.run(mapper)
 
 
 def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
@@ -493,7 +524,7 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
     simulated += len(extra)
     if not plans:
         reasons = sorted({r for _, r, _ in pruned})
-        raise MeshplanError(f"no deployment of {m.name} on {n} GPUs of {c.name} meets the SLOs "
+        raise NoDeployment(f"no deployment of {m.name} on {n} GPUs of {c.name} meets the SLOs "
                             f"(pruned by {', '.join(reasons) or 'nothing'}); see --json for "
                             "each class")
     ranked = sorted(plans, key=key)
@@ -510,5 +541,6 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
                      simulated, simulations, ranked)
 
 
-__all__ = ["DeploymentSpec", "DisaggregatedSpec", "OBJECTIVES", "PlanEntry", "Probe",
-           "Pruned", "Query", "RateSearch", "ServePlan", "max_rate", "plan", "probe", "score"]
+__all__ = ["DeploymentSpec", "DisaggregatedSpec", "NoDeployment", "OBJECTIVES", "PlanEntry",
+           "Probe", "Pruned", "Query", "RateSearch", "Search", "ServePlan", "max_rate", "plan",
+           "prepare", "probe", "score"]
