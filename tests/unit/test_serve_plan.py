@@ -164,7 +164,12 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (("--num-gpus", "8", "--export", "trtllm", "--out", "x.sh"), "--export"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, needle):
-    out = cli("--input-len", "512", "--output-len", "64", "--num-requests", "100", *args)
+    assert_one_error_line(cli("--input-len", "512", "--output-len", "64", "--num-requests",
+                              "100", *args), needle)
+
+
+def assert_one_error_line(out: subprocess.CompletedProcess, needle: str) -> None:
+    """Exit 2 with one `error:` line on stderr that names `needle`."""
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]

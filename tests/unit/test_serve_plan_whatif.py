@@ -95,10 +95,10 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     (("--num-gpus", "1,2", "--export", "vllm", "--out", "x.sh"), "--export"),
 ])
 def test_cli_bad_what_if_input_is_one_line_and_exit_2(args, needle):
-    out = cli("--input-len", "512", "--output-len", "64", "--num-requests", "100", *args)
-    assert out.returncode == 2, out.stdout + out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+    from tests.unit.test_serve_plan import assert_one_error_line
+
+    assert_one_error_line(cli("--input-len", "512", "--output-len", "64", "--num-requests",
+                              "100", *args), needle)
 
 
 def test_cli_what_if_table_and_json():
