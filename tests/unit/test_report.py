@@ -207,3 +207,13 @@ def test_the_other_json_results_carry_it_too() -> None:
     validated = run_json("validate", "--analytic", "--source", "megatron2021")
     assert validated["command"] == "validate" and validated["inputs"]["source"] == "megatron2021"
     assert validated["schema_version"] == SCHEMA_VERSION
+
+
+def test_timeline_boxes_are_told_apart() -> None:
+    from meshplan.report.training import kind_of
+
+    assert kind_of("0F3", "compute") == ("F", "3")
+    assert kind_of("2W11", "compute") == ("W", "11")
+    assert kind_of("tp 1B4", "tp") == ("tp", "4")
+    assert kind_of("send 0F2", "comm") == ("comm", "2")
+    assert kind_of("grad reduce", "comm") == ("grad", "")

@@ -13,11 +13,14 @@ TIME_PARTS = {"compute": "compute", "tp_comm": "TP comm", "cp_comm": "CP comm",
               "ep_comm": "EP comm", "pp_comm": "PP comm", "bubble": "pipeline bubble",
               "dp_comm": "DP comm", "optimizer": "optimizer"}
 KIND_COLOURS = {"F": "#4c78a8", "B": "#e45756", "I": "#f58518", "W": "#72b7b2",
-                "comm": "#9d755d", "grad": "#b279a2"}
+                "tp": "#54a24b", "cp": "#eeca3b", "ep": "#ff9da6", "comm": "#9d755d",
+                "grad": "#b279a2"}
 KIND_NAMES = {"F": "forward", "B": "backward", "I": "backward (input grad)",
-              "W": "backward (weight grad)", "comm": "send / receive",
-              "grad": "gradient reduction"}
-ACTION = re.compile(r"^(\d+)([FBIW])(\d+)$")
+              "W": "backward (weight grad)", "tp": "TP collectives", "cp": "CP ring exchange",
+              "ep": "EP all-to-all", "comm": "pipeline send", "grad": "gradient reduction"}
+STREAMS = ("compute", "tp", "cp", "ep", "comm")
+"""Lane order within a rank (the simulator's streams, `sim.engine.Interval.stream`)."""
+ACTION = re.compile(r"(\d+)([FBIW])(\d+)")
 
 
 def hbm_gib(doc: dict[str, Any]) -> float | None:
@@ -149,13 +152,15 @@ def estimate_sections(doc: dict[str, Any]) -> list[Section]:
 
 
 def kind_of(name: str, stream: str) -> tuple[str, str]:
-    """(colour class, micro-batch label) of a timeline box."""
-    hit = ACTION.match(name)
-    if hit:
-        return hit.group(2), hit.group(3)
-    if name.startswith("grad"):
-        return "grad", ""
-    return "comm", re.sub(r"\D", "", name)
+    """(colour class, micro-batch label) of a timeline box: its action's kind on the compute
+    lane, its axis on a collective lane, else a send or the gradient reduction."""
+    hit = ACTION.search(name)
+    mb = hit.group(3) if hit else ""
+    if stream == "compute" and hit:
+        return hit.group(2), mb
+    if stream in ("tp", "cp", "ep"):
+        return stream, mb
+    return ("grad" if name.startswith("grad") else "comm"), mb
 
 
 def timeline_figure(timeline: dict[str, Any]) -> Any:
@@ -164,8 +169,9 @@ def timeline_figure(timeline: dict[str, Any]) -> Any:
     import plotly.graph_objects as go
 
     boxes = timeline["intervals"]
-    ranks = sorted({b[0] for b in boxes})
-    lanes = [f"rank {r} {s}" for r in ranks for s in ("compute", "comm")]
+    present = {(b[0], b[1]) for b in boxes}
+    lanes = [f"rank {r} {s}" for r in sorted({b[0] for b in boxes}) for s in STREAMS
+             if (r, s) in present]
     groups: dict[str, list[list[Any]]] = {}
     for rank, stream, name, start, end in boxes:
         kind, mb = kind_of(name, stream)
