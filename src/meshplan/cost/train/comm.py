@@ -184,9 +184,11 @@ def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert
     grad_exposed = np.maximum(grad - ov * bwd, 0.0)
     per_step = grad_exposed + np.maximum(gather - ov * fwd, 0.0)
     zero2_mb = np.where(z == 2, np.maximum(rs_s + e_rs - ov * bwd, 0.0), 0.0)
-    # ZeRO-3, per layer of the rank.
+    # ZeRO-3, per layer of the rank (a rank without experts runs no expert collective).
     n = np.maximum(layers, 1.0)
-    ag, rs = (ag_s + e_ag) / n, (rs_s + e_rs) / n
+    experts = expert_p > 0
+    ag = (ag_s + np.where(experts, e_ag, 0.0)) / n
+    rs = (rs_s + np.where(experts, e_rs, 0.0)) / n
     f, b = ov * fwd / n, ov * bwd / n
     pipelined = P.pp > 1
     gathers = prefetched_exposed(ag, ag, f, n) - ag
