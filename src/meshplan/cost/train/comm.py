@@ -151,11 +151,13 @@ def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert
     Hybrid sharding adds an all-reduce of the shards across replicas.
 
     ZeRO-3 runs layer by layer, prefetched `FSDP_PREFETCH_DEPTH` ahead (`prefetched_exposed`,
-    one FSDP unit per layer as torchtitan, llm-foundry and Megatron-Core wrap them): the
-    forward exposes the first layer's gather; the backward gathers the other layers while
-    reduce-scattering the ones done, and exposes the last reduce-scatter (the last layer's
-    weights stay gathered from its forward: torchtitan `reshard_after_forward=False` for the
-    last block). With pipeline parallelism the stage's weights stay gathered between
+    one FSDP unit per layer as torchtitan, llm-foundry and Megatron-Core wrap them). The
+    first layer's gather is exposed once per step (a later micro-batch's runs under the
+    previous backward's tail); the backward gathers the other layers while reduce-scattering
+    the ones done (the last layer stays gathered from its forward: torchtitan
+    `reshard_after_forward=False` for the last block) and exposes the last reduce-scatter
+    each micro-batch (FSDP2 reduce-scatters every micro-batch by default, and the end of its
+    backward waits for it). With pipeline parallelism the stage's weights stay gathered between
     micro-batches and gradients reduce-scatter on the last one (torchtitan
     `reshard_after_forward = not pp_enabled`, `set_requires_gradient_sync(last_backward)`;
     `allocator.zero_buffers`): once per step.
@@ -191,7 +193,7 @@ def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert
     rs = (rs_s + np.where(experts, e_rs, 0.0)) / n
     f, b = ov * fwd / n, ov * bwd / n
     pipelined = P.pp > 1
-    gathers = prefetched_exposed(ag, ag, f, n) - ag
+    gathers = prefetched_exposed(0.0 * ag, ag, f, n)
     backward = np.where(pipelined, prefetched_exposed(rs, rs, b, n),
                         prefetched_exposed(rs, ag + rs, b, n))
     once = np.where(z == 3, ag + np.where(pipelined, gathers + backward, 0.0), 0.0)
