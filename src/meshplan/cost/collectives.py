@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from meshplan.cost import comm
+from meshplan.cost.kernels import attention_key_efficiency
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.model import Model
 
@@ -65,7 +66,50 @@ def cp_kv_bytes(model: Model, tokens: Num, tp: Num) -> Num:
     return 2 * ACTIVATION_BYTES * tokens * kv_local * model.head_size
 
 
-def cp_ring_time(cluster: Cluster, tier: np.ndarray, cp: Num, nbytes: Num) -> np.ndarray:
-    """Ring attention's exchange (Liu et al. 2023; Megatron context parallel): cp - 1
-    point-to-point steps of `nbytes`, before any overlap with the attention chunks."""
-    return (cp - 1) * comm.p2p_time(cluster, tier, nbytes)
+def cp_ring_steps(cp: Num) -> Num:
+    """K/V exchanges of one ring-attention pass over `cp` ranks: each rank computes cp blocks,
+    its own first, and receives the next block's K/V while it computes the current one
+    (Liu et al. 2023, ring attention; Transformer Engine `AttnFuncWithCPAndKVP2P`, which
+    Megatron-Core context parallelism runs): cp - 1 exchanges, cp - 1 extra blocks."""
+    return cp - 1
+
+
+def cp_block_keys(seq_len: Num, cp: Num) -> Num:
+    """Mean key loop of one ring step's attention kernel.
+
+    meshplan assumes the load-balanced causal split of Megatron-Core / Transformer Engine (the
+    sequence cut into 2 cp chunks, rank i holding chunks i and 2cp - 1 - i) and of PyTorch's
+    `context_parallel` (load balancing on, its head-tail shuffle): every step then computes
+    half of an (s/cp) x (s/cp) block (TE: all of Q against the first half of K/V, or the
+    second half of Q against all of K/V; the diagonal step two causal chunks and one full
+    one), so the ranks are balanced and no imbalance term is needed. Each step loops over
+    s / (2 cp) keys on average; at cp = 1 the causal kernel's mean key loop is s / 2, the
+    same formula.
+    """
+    return seq_len / (2 * cp)
+
+
+def cp_block_efficiency(seq_len: Num, cp: Num) -> np.ndarray:
+    """A ring step's attention rate over the unsplit sequence's (the calibrated one): the key
+    loop shrinks from s/2 to s/(2 cp) (`kernels.attention_key_efficiency`); 1 at cp = 1."""
+    ratio = attention_key_efficiency(cp_block_keys(seq_len, cp)) \
+        / attention_key_efficiency(cp_block_keys(seq_len, 1))
+    return np.where(np.asarray(cp) > 1, ratio, 1.0)
+
+
+MERGE_BYTES = 3 * ACTIVATION_BYTES
+"""Bytes per element to merge one ring step's partial result into the running one: read the
+step's output, read and write the running output (TE `flash_attn_fwd_out_correction`,
+`out.add_(out_per_step * scale)`; backward: `dq.add_(dq_)` and the dK/dV accumulation)."""
+
+
+def cp_merge_bytes(model: Model, tokens: Num, tp: Num, backward: bool) -> Num:
+    """HBM bytes of one ring step's merge on a rank with `tokens` queries: its output rows
+    (forward), or its dQ rows and the received block's dK/dV (backward). A single fused kernel
+    keeps these in registers; the ring writes each step's partial result out."""
+    heads = model.num_attention_heads / tp
+    out = tokens * heads * model.head_size
+    if not backward:
+        return MERGE_BYTES * out
+    kv_local = model.kv_heads / np.minimum(tp, model.kv_heads)
+    return MERGE_BYTES * (out + 2 * tokens * kv_local * model.head_size)

@@ -18,6 +18,21 @@ Num = float | np.ndarray
 ACTIVATION_BYTES = 2.0
 """bf16 activations in and out of every GEMM."""
 
+ATTENTION_HALF_KEYS = 230.0
+"""Keys per query block at which a fused attention kernel runs at half its long-sequence rate:
+its per-tile fixed work (loading Q, rescaling and writing O) is amortised over the key loop,
+so the rate goes as keys / (keys + ATTENTION_HALF_KEYS). Fitted to FlashAttention-3's forward
+on H100 (d = 128, non-causal, batch x seqlen = 16k so the tile count is fixed; pytorch/benchmark
+PR #2391): 430, 517, 566, 590, 614, 621 TFLOP/s at 512, 1k, ..., 16k keys; with a 629 TFLOP/s
+asymptote the rule is within 0.9 % of each (the minimax fit)."""
+
+
+def attention_key_efficiency(keys: Num) -> np.ndarray:
+    """Share of its long-sequence rate a fused attention kernel reaches when each query block
+    loops over `keys` keys (`ATTENTION_HALF_KEYS`)."""
+    k = np.asarray(keys, dtype=float)
+    return k / (k + ATTENTION_HALF_KEYS)
+
 
 def weight_bytes_per_element(precision: str) -> float:
     """Bytes of one weight element a GEMM reads: FP8 GEMMs read FP8 weights, others 16-bit."""
@@ -63,11 +78,15 @@ class Kernels:
         compute = count * flops / (self.gemm_peak * self.gemm_eff(flops))
         return np.maximum(compute, count * np.asarray(nbytes) / self.mem_bw)
 
-    def attention(self, flops: Num, nbytes: Num = 0.0, backward: bool = False) -> np.ndarray:
+    def attention(self, flops: Num, nbytes: Num = 0.0, backward: bool = False,
+                  block_efficiency: Num = 1.0) -> np.ndarray:
         """Fused (flash) attention core: FLOPs at the kernel's efficiency, floored by the
-        bytes it streams (queries, outputs and the K/V it reads)."""
+        bytes it streams (queries, outputs and the K/V it reads). `block_efficiency` scales
+        the rate when the kernel runs on smaller blocks than its calibration (ring attention's
+        steps: `attention_key_efficiency`)."""
         eff = self.attn_bwd_eff if backward else self.attn_eff
-        return np.maximum(flops / (self.attn_peak * eff), np.asarray(nbytes) / self.mem_bw)
+        return np.maximum(flops / (self.attn_peak * eff * block_efficiency),
+                          np.asarray(nbytes) / self.mem_bw)
 
     def memory(self, nbytes: Num) -> np.ndarray:
         """Element-wise kernels: bytes over the achieved HBM bandwidth."""

@@ -136,8 +136,10 @@ def attention_io_bytes(model: Model, shape: BatchShape, tp: Num,
 
 
 def attention_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
-                    fused: bool = True, kv_bytes_per_token: Num | None = None) -> LayerParts:
-    """Attention block: QKV and output GEMMs, the attention core, norms/residual/RoPE."""
+                    fused: bool = True, kv_bytes_per_token: Num | None = None,
+                    block_efficiency: Num = 1.0) -> LayerParts:
+    """Attention block: QKV and output GEMMs, the attention core, norms/residual/RoPE.
+    `block_efficiency`: the fused kernel's rate on smaller blocks (`Kernels.attention`)."""
     t, T, sp = deg.tp, shape.tokens, deg.seq_shard
     h, d, a = model.hidden_size, model.head_size, model.num_attention_heads
     dv = F.value_head_dim(model)
@@ -146,7 +148,8 @@ def attention_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegre
     score_bytes: Num = 0.0
     if fused:
         core = K.attention(attention_core_flops(model, shape.causal_pairs, t),
-                           attention_io_bytes(model, shape, t, kv_bytes_per_token))
+                           attention_io_bytes(model, shape, t, kv_bytes_per_token),
+                           block_efficiency=block_efficiency)
     else:
         # Unfused attention runs one batched GEMM pair per (sequence, head): its efficiency is
         # that of a single head's q x kv x d GEMM, and it computes the masked scores too.

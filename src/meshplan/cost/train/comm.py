@@ -11,20 +11,24 @@ import numpy as np
 from meshplan.cost import comm
 from meshplan.cost.collectives import (
     cp_kv_bytes,
-    cp_ring_time,
+    cp_merge_bytes,
+    cp_ring_steps,
     ep_all_to_all_bytes,
     ep_dispatch_combine_time,
     tp_block_bytes,
     tp_block_time,
     tp_blocks_per_layer,
 )
-from meshplan.cost.train.passes import PassTimes
+from meshplan.cost.kernels import Kernels
+from meshplan.cost.train.allocator import FSDP_PREFETCH_LAYERS
+from meshplan.cost.train.passes import AttentionTimes
 from meshplan.mesh import Group, Mesh
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
 
 ACTIVATION_BYTES = 2.0
+Num = float | np.ndarray
 
 
 def tp_exposed(model: Model, cluster: Cluster, job: Job, mesh: Mesh, moe_layers: np.ndarray,
@@ -63,18 +67,34 @@ def ep_exposed(model: Model, cluster: Cluster, job: Job, mesh: Mesh,
                                                  model, tokens) * exposed
 
 
-def cp_exposed(model: Model, cluster: Cluster, job: Job, mesh: Mesh, layers: np.ndarray,
-               attn: PassTimes) -> tuple[np.ndarray, np.ndarray]:
-    """Ring attention's K/V exchange left over after hiding `overlap.cp` of the attention
-    kernel behind it; the backward sends K/V and their gradients."""
+def cp_exposed(model: Model, cluster: Cluster, job: Job, K: Kernels, mesh: Mesh,
+               layers: np.ndarray, attn: AttentionTimes) -> tuple[np.ndarray, np.ndarray]:
+    """Ring attention's cost beyond its blocks' compute, per micro-batch on one rank:
+    (forward, backward). The blocks' own slowdown is in the attention core
+    (`collectives.cp_block_efficiency`).
+
+    Each of the cp - 1 steps after the local block (`collectives.cp_ring_steps`), in every
+    attention layer and pass: the point-to-point exchange of the next K/V block (backward:
+    K/V and their gradients), of which `overlap.cp` hides behind that step's block (the
+    core's 1/cp: one exchange overlaps one step, so a small block leaves each exchange
+    exposed, latency included); the merge of the step's partial result
+    (`collectives.cp_merge_bytes`); and the fixed cost of the step's extra kernels
+    (`Cluster.kernel_overhead`, as for a block). Ulysses-style (all-to-all) context
+    parallelism is not modelled: meshplan's cp is the ring (Megatron-Core, torchtitan).
+    """
     P = mesh.plans
     tier = mesh.tier_index(cluster, Group.CP)
-    kv = cp_kv_bytes(model, mesh.tokens_per_microbatch(job.seq_len), P.tp)
+    T = mesh.tokens_per_microbatch(job.seq_len)
+    kv = cp_kv_bytes(model, T, P.tp)
+    steps = layers * cp_ring_steps(P.cp)
     hide = cluster.overlap.cp
-    fwd = np.maximum(cp_ring_time(cluster, tier, P.cp, kv) - hide * attn.forward, 0.0)
-    bwd = np.maximum(cp_ring_time(cluster, tier, P.cp, 2 * kv) - hide * attn.backward_input,
-                     0.0)
-    return layers * fwd, layers * bwd
+
+    def per_pass(nbytes: Num, core: np.ndarray, backward: bool) -> np.ndarray:
+        exchange = np.maximum(comm.p2p_time(cluster, tier, nbytes) - hide * core / P.cp, 0.0)
+        merge = K.memory(cp_merge_bytes(model, T, P.tp, backward))
+        return steps * (exchange + merge + K.overhead)
+
+    return per_pass(kv, attn.core_forward, False), per_pass(2 * kv, attn.core_backward, True)
 
 
 def collective_bytes(model: Model, job: Job, mesh: Mesh, moe_layers: np.ndarray,
@@ -107,6 +127,29 @@ def pp_transfer_time(model: Model, cluster: Cluster, job: Job, mesh: Mesh) -> np
                          pp_transfer_bytes(model, job, mesh))
 
 
+FSDP_PREFETCH_DEPTH = FSDP_PREFETCH_LAYERS - 1
+"""Layers whose all-gather may run ahead of the computing one: FSDP2 keeps two all-gather
+outputs alive in forward (implicit prefetch) and prefetches the next layer in backward
+(pytorch/pytorch#128884); DeepSpeed ZeRO-3 prefetches up to `stage3_prefetch_bucket_size`
+(5e7) elements, at least one parameter ahead. With layers alike, any depth >= 1 gives the same
+steady state (`prefetched_exposed`)."""
+
+
+def prefetched_exposed(first: np.ndarray, per_layer: np.ndarray, window: np.ndarray,
+                       n: np.ndarray) -> np.ndarray:
+    """Exposed time of n layers' communication issued one layer ahead of their compute.
+
+    `first` cannot overlap anything (the PyTorch FSDP notes: "the 1st all-gather will not be
+    able to overlap with anything"); each of the other n - 1 layers' `per_layer` traffic runs
+    behind one layer's compute `window` and sticks out by what it exceeds it. Compute that
+    covers the traffic exposes exactly `first`; traffic that exceeds it sets the pace:
+    first + (n - 1)(per_layer - window).
+    """
+    if FSDP_PREFETCH_DEPTH < 1:
+        return first + (n - 1) * per_layer
+    return first + (n - 1) * np.maximum(per_layer - window, 0.0)
+
+
 @dataclass(frozen=True)
 class DataParallelTimes:
     """Data-parallel / ZeRO traffic of one step (seconds, one GPU)."""
@@ -122,14 +165,27 @@ class DataParallelTimes:
 
 
 def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert_p: np.ndarray,
-             fwd: np.ndarray, bwd: np.ndarray) -> DataParallelTimes:
-    """Exposed data-parallel and ZeRO traffic.
+             fwd: np.ndarray, bwd: np.ndarray, layers: np.ndarray) -> DataParallelTimes:
+    """Exposed data-parallel and ZeRO traffic (`fwd`, `bwd`: one micro-batch's passes through
+    the rank's `layers` layers).
 
     ZeRO-0 all-reduces gradients; ZeRO-1/2 reduce-scatter them and all-gather the updated
     bf16 weights (Megatron distributed optimizer); ZeRO-2 reduce-scatters every micro-batch;
     ZeRO-3/FSDP all-gathers weights for forward and backward and reduce-scatters gradients
     every micro-batch (Rajbhandari et al. 2020, Sec. 7; Zhao et al., PyTorch FSDP, VLDB 2023).
     Hybrid sharding adds an all-reduce of the shards across replicas.
+
+    ZeRO-3 runs layer by layer, prefetched `FSDP_PREFETCH_DEPTH` ahead (`prefetched_exposed`,
+    one FSDP unit per layer as torchtitan, llm-foundry and Megatron-Core wrap them). The
+    first layer's gather is exposed once per step (a later micro-batch's runs under the
+    previous backward's tail); the backward gathers the other layers while reduce-scattering
+    the ones done (the last layer stays gathered from its forward: torchtitan
+    `reshard_after_forward=False` for the last block) and exposes the last reduce-scatter
+    each micro-batch (FSDP2 reduce-scatters every micro-batch by default, and the end of its
+    backward waits for it). With pipeline parallelism the stage's weights stay gathered between
+    micro-batches and gradients reduce-scatter on the last one (torchtitan
+    `reshard_after_forward = not pp_enabled`, `set_requires_gradient_sync(last_backward)`;
+    `allocator.zero_buffers`): once per step.
     """
     P = mesh.plans
     full = mesh.members(cluster, Group.DP)
@@ -155,6 +211,17 @@ def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert
     grad_exposed = np.maximum(grad - ov * bwd, 0.0)
     per_step = grad_exposed + np.maximum(gather - ov * fwd, 0.0)
     zero2_mb = np.where(z == 2, np.maximum(rs_s + e_rs - ov * bwd, 0.0), 0.0)
-    zero3_comm = 2 * (ag_s + e_ag) + rs_s + e_rs
-    zero3_mb = np.where(z == 3, np.maximum(zero3_comm - ov * (fwd + bwd), 0.0), 0.0)
+    # ZeRO-3, per layer of the rank (a rank without experts runs no expert collective).
+    n = np.maximum(layers, 1.0)
+    experts = expert_p > 0
+    ag = (ag_s + np.where(experts, e_ag, 0.0)) / n
+    rs = (rs_s + np.where(experts, e_rs, 0.0)) / n
+    f, b = ov * fwd / n, ov * bwd / n
+    pipelined = P.pp > 1
+    gathers = prefetched_exposed(0.0 * ag, ag, f, n)
+    backward = np.where(pipelined, prefetched_exposed(rs, rs, b, n),
+                        prefetched_exposed(rs, ag + rs, b, n))
+    once = np.where(z == 3, ag + np.where(pipelined, gathers + backward, 0.0), 0.0)
+    per_step = per_step + once
+    zero3_mb = np.where((z == 3) & ~pipelined, gathers + backward, 0.0)
     return DataParallelTimes(grad, grad_exposed, per_step, zero2_mb + zero3_mb)

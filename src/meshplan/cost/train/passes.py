@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from meshplan.cost.collectives import cp_block_efficiency
 from meshplan.cost.kernels import Kernels
 from meshplan.cost.layer import (
     BatchShape,
@@ -51,6 +52,15 @@ class PassTimes:
         return self.backward_input + self.backward_weight
 
 
+@dataclass(frozen=True)
+class AttentionTimes(PassTimes):
+    """An attention block's passes and, within them, its attention core's (what context
+    parallelism's ring exchange can hide behind: `train.comm.cp_exposed`)."""
+
+    core_forward: np.ndarray
+    core_backward: np.ndarray
+
+
 def _shape(job: Job, mesh: Mesh) -> tuple[BatchShape, LayerDegrees]:
     P = mesh.plans
     return BatchShape.training(P.mbs, job.seq_len, P.cp), LayerDegrees.of(mesh)
@@ -60,14 +70,19 @@ def _recompute(P: PlanArrays, forward: np.ndarray, selective: np.ndarray | float
     return np.where(P.recompute == 2, forward, np.where(P.recompute == 1, selective, 0.0))
 
 
-def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes:
-    """Attention block: QKV and output GEMMs, the attention core, norms/residual/RoPE."""
+def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> AttentionTimes:
+    """Attention block: QKV and output GEMMs, the attention core, norms/residual/RoPE.
+
+    Under context parallelism the fused core runs as cp ring steps on smaller blocks, at
+    `collectives.cp_block_efficiency` of the calibrated rate (1 at cp = 1)."""
     shape, deg = _shape(job, mesh)
-    parts = attention_parts(model, K, shape, deg, fused=job.flash_attention)
+    block = cp_block_efficiency(job.seq_len, mesh.plans.cp)
+    parts = attention_parts(model, K, shape, deg, fused=job.flash_attention,
+                            block_efficiency=block)
     core_b: np.ndarray | float
     if job.flash_attention:
         core_b = K.attention(2 * attention_core_flops(model, shape.causal_pairs, deg.tp),
-                             backward=True)
+                             backward=True, block_efficiency=block)
     else:
         core_b = 2 * parts.core
     fwd = parts.time(K)
@@ -78,7 +93,9 @@ def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes
     T, sp = shape.tokens, deg.seq_shard
     selective = (parts.core + K.memory(parts.score_bytes) if not job.flash_attention
                  else K.memory(4 * T * model.hidden_size / sp))
-    return PassTimes(fwd, bwd_i, parts.gemm, _recompute(mesh.plans, fwd, selective))
+    zero = np.zeros_like(fwd)
+    return AttentionTimes(fwd, bwd_i, parts.gemm, _recompute(mesh.plans, fwd, selective),
+                          parts.core + zero, core_b + zero)
 
 
 def mlp_times(model: Model, job: Job, K: Kernels, mesh: Mesh, moe: bool) -> PassTimes:

@@ -99,7 +99,7 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
                                        "recompute"))
     tp_f, tp_b = comm.tp_exposed(model, cluster, job, mesh, moe_layers, dense_layers)
     ep_one = comm.ep_exposed(model, cluster, job, mesh, moe_layers)
-    cp_f, cp_b = comm.cp_exposed(model, cluster, job, mesh, layers, attn)
+    cp_f, cp_b = comm.cp_exposed(model, cluster, job, K, mesh, layers, attn)
     full_rc = P.recompute == 2
     fwd_comm = tp_f + ep_one + cp_f
     bwd_comm = tp_b + ep_one + cp_b + np.where(full_rc, fwd_comm, 0.0)
@@ -136,7 +136,8 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     # Data parallel, ZeRO and optimizer, on the rank holding the most parameters.
     ranks = rank_layout(counts, model, P)
     dense_p, expert_p = ranks.dense_max, ranks.expert_max
-    dp = comm.dp_times(cluster, job, mesh, dense_p, expert_p, unit_f, unit_i + unit_w)
+    dp = comm.dp_times(cluster, job, mesh, dense_p, expert_p, unit_f, unit_i + unit_w,
+                      layers)
     dp_exposed = dp.per_step + m * dp.per_microbatch
     opt = optimizer_time(cluster, mesh, dense_p, expert_p)
 
