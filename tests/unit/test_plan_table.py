@@ -26,9 +26,20 @@ def _degrees(e):
     return (e.plan.tp, e.plan.cp, e.plan.pp, e.plan.dp, e.plan.ep)
 
 
-def test_rows_with_the_same_degrees_differ_by_more_than_the_tolerance(result):
-    plans = result.plans
+def test_each_row_is_one_layout(result):
+    """The README's first command: the top rows are ten different sets of parallel degrees
+    (issue 16: "five plans with five different sets of parallel degrees at the top")."""
+    degrees = [_degrees(e) for e in result.plans]
+    assert len(degrees) == 10 and len(set(degrees)) == 10
+    steps = [e.step_time_s for e in result.plans]
+    assert steps == sorted(steps)
+
+
+def test_rows_with_the_same_degrees_differ_by_more_than_the_tolerance():
+    plans = meshplan.plan("llama3-8b", "dgx-h100", JOB, num_gpus=64, top=10,
+                          variants=True).plans
     assert len(plans) == 10
+    assert len({_degrees(e) for e in plans}) < 10  # --variants: settings of one layout too
     for i, a in enumerate(plans):
         for b in plans[i + 1:]:
             if _degrees(a) == _degrees(b):

@@ -63,8 +63,10 @@ class PlanResult:
 
 def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int = 10,
          include_unfit: bool = False, simulate_top: int = 10, export_target: str | None = None,
-         calibration: CalibrationRef = CALIBRATION_FILE) -> PlanResult:
-    """Search every legal plan and return the `top` fastest that fit, best first.
+         calibration: CalibrationRef = CALIBRATION_FILE, variants: bool = False) -> PlanResult:
+    """Search every legal plan and return the `top` fastest that fit, best first: one per set
+    of parallel degrees (tp, cp, pp, dp, ep) at its best micro-batch, recompute and ZeRO
+    stage, or with `variants` also the slower settings of the same degrees.
 
     The best `max(top, simulate_top)` pipelined candidates (at most `MAX_SIMULATED`) are
     re-ranked with the event simulator (0: closed form only). With `export_target`
@@ -92,7 +94,8 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
     space = rank_space(model, cluster, job, num_gpus, include_unfit=include_unfit)
     info = calibration_info(cluster)  # every result names the calibration it was costed with
     full = [with_calibration_info(e, info)
-            for e in best_plans(space, cluster, job, top, include_unfit, simulate_top)]
+            for e in best_plans(space, cluster, job, top, include_unfit, simulate_top,
+                                variants=variants)]
     seconds = time.perf_counter() - space.start
     points = space_points(space, num_gpus)
     if export_target is None:
@@ -100,7 +103,8 @@ def plan(model: ModelRef, cluster: ClusterRef, job: Job, num_gpus: int, top: int
                           space=points)
     keep = expressible_mask(export_target, model, job, space.plans)
     plans = [with_calibration_info(e, info) for e in
-             best_plans(space, cluster, job, top, include_unfit, simulate_top, keep=keep)]
+             best_plans(space, cluster, job, top, include_unfit, simulate_top, keep=keep,
+                        variants=variants)]
     ranks = _ranks(plans, full)
     last = ranks[-1] if ranks else len(full) + 1
     skipped = [Refusal(rank, e, str(why)) for rank, e in enumerate(full, 1)

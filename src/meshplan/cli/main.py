@@ -88,6 +88,10 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
          explain: Annotated[int | None, typer.Option(
              "--explain", help="Show plan N's breakdowns and why its neighbours rank where "
                                "they do")] = None,
+         variants: Annotated[bool, typer.Option(
+             "--variants", help="Also rank slower micro-batch / recompute / ZeRO settings of "
+                                "the same parallel degrees (default: one row per layout)")
+         ] = False,
          fmt: FormatOpt = "table",
          html: HtmlOpt = None, json_out: JsonFlag = False) -> None:
     """Search every legal layout and rank those that fit by throughput."""
@@ -120,7 +124,7 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
     quiet = json_out or csv_out
     with console.status("searching plans...", spinner="dots") if not quiet else _quiet():
         result = api.plan(inputs.model, inputs.cluster, inputs.job, inputs.num_gpus, top=top,
-                          simulate_top=simulate_top, export_target=export)
+                          simulate_top=simulate_top, export_target=export, variants=variants)
     if export is not None:
         _export_best(result, None if out is None or is_stdout(out) else Path(out))
         if out is None or is_stdout(out):

@@ -73,9 +73,11 @@ GROUP_WALK = 50_000
 
 def best_plans(space: RankedSpace, cluster: Cluster, job: Job, top: int = 10,
                include_unfit: bool = False, simulate_top: int = 10,
-               keep: np.ndarray | None = None) -> list[Estimate]:
+               keep: np.ndarray | None = None, variants: bool = False) -> list[Estimate]:
     """The `top` best groups of equivalent plans of `space` (only the plans `keep` marks, when
-    given), each shown by its representative (`group_equivalents`); the best
+    given), each shown by its representative (`group_equivalents`): one group per set of
+    parallel degrees, its fastest, unless `variants` (then slower groups of the same degrees,
+    more than EQUIVALENT_STEP apart, are rows too); the best
     `min(max(top, simulate_top), MAX_SIMULATED)` pipelined representatives re-ranked with the
     event simulator (simulate_top 0: closed form only)."""
     P, costs = space.plans, space.costs
@@ -84,7 +86,7 @@ def best_plans(space: RankedSpace, cluster: Cluster, job: Job, top: int = 10,
         order = order[costs.fits[order]]
     simulated = min(max(simulate_top, top), MAX_SIMULATED) if simulate_top > 0 else 0
     # Extra candidates stand by for those the simulator finds slower or not fitting.
-    chosen, counts = _group_heads(space, order, max(top, 3 * simulated))
+    chosen, counts = _group_heads(space, order, max(top, 3 * simulated), variants)
     best = [replace(estimate_from_arrays(costs, i, P.plan(i), cluster.accelerator.memory_bytes,
                                          axis_tiers(cluster, P, i)), equivalent_plans=n)
             for i, n in zip(chosen, counts, strict=True)]
@@ -115,11 +117,13 @@ class _Group:
             self.peak, self.zero, self.index = peak, zero, index
 
 
-def _group_heads(space: RankedSpace, order: np.ndarray, groups: int) -> tuple[list[int],
-                                                                             list[int]]:
+def _group_heads(space: RankedSpace, order: np.ndarray, groups: int, variants: bool = False
+                 ) -> tuple[list[int], list[int]]:
     """Representatives of the first `groups` groups of equivalent plans along `order`, and
     how many plans each stands for (a group: same degrees, step within EQUIVALENT_STEP of its
-    fastest; its representative: the most memory headroom, then the lowest ZeRO stage)."""
+    fastest; its representative: the most memory headroom, then the lowest ZeRO stage).
+    Without `variants`, a slower group of degrees already seen is no row: the ranking is one
+    of layouts, each at its best micro-batch, recompute and ZeRO stage."""
     P, costs = space.plans, space.costs
     walk = order[:GROUP_WALK]
     keys = np.stack([P.tp[walk], P.cp[walk], P.pp[walk], P.dp[walk], P.ep[walk]], axis=1)
@@ -132,7 +136,7 @@ def _group_heads(space: RankedSpace, order: np.ndarray, groups: int) -> tuple[li
         key = tuple(keys[j].tolist())
         g = latest.get(key)
         if g is None or step[j] > (1 + EQUIVALENT_STEP) * heads[g].fastest:
-            if len(heads) >= groups:
+            if len(heads) >= groups or (g is not None and not variants):
                 continue
             latest[key] = len(heads)
             heads.append(_Group(float(step[j]), float(peak[j]), int(zero[j]), int(walk[j])))
