@@ -117,7 +117,9 @@ def test_custom_runs_file_through_the_cli(shipped, tmp_path):
     out = CliRunner().invoke(_app(), ["validate", "--runs", str(path), "--json"])
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
-    assert set(data) == {"rows", "skipped", "summary"}
+    assert set(data) == {"rows", "skipped", "summary", "schema_version", "meshplan_version",
+                         "command", "inputs"}
+    assert data["inputs"]["runs"] == str(path)
     assert [r["id"] for r in data["rows"]] == ["custom-a", "custom-b"]
     assert all(set(r) == ROW_KEYS for r in data["rows"])
     assert data["skipped"] == [{"id": "custom-unbuildable",
