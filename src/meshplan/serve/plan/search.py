@@ -76,6 +76,23 @@ REFINE = 1
 RATE_TOLERANCE = 0.05
 MAX_STEPS = 12
 STEADY_LIFETIMES = 3.0
+STEADY_SLACK = 0.20
+"""A rate holds only if the deployment keeps up with it: the requests finishing while the
+second half of the arrivals comes in are at least 1 - this share of those arriving meanwhile
+(the batch still growing from empty accounts for the rest), and the queueing delay does not
+grow from the third to the last quarter of the arrivals by more than QUEUE_GROWTH times
+(plus QUEUE_FLOOR of the TTFT SLO, for delays near zero; a queue growing linearly from the
+start gives 1.4). A deployment that falls behind does
+not sustain the rate, even when a short run's late requests still met the SLOs: its queue
+grows for as long as the traffic lasts."""
+QUEUE_GROWTH = 1.2
+QUEUE_FLOOR = 0.05
+TPOT_GROWTH = 1.03
+"""Nor may the TPOT grow more than this from the second to the third quarter: a batch still
+growing (the run shorter than the settling time) is not yet the rate's steady state."""
+MAX_RUN = 8
+"""A probe reruns with more requests (up to this many times `num_requests`) when requests live
+longer than the run was sized for."""
 DEFAULT_NUM_REQUESTS = 1000
 
 
@@ -97,14 +114,16 @@ class Query:
         """Requests simulated at `rate`: `num_requests`, or enough for the arrivals to span
         `STEADY_LIFETIMES` request lifetimes (`lifetime_s`, else at most the TTFT SLO and
         (O - 1) x the TPOT SLO), so that the measured second half sees the batch at its
-        steady size (up to 8 x num_requests)."""
+        steady size (up to MAX_RUN x num_requests; `probe` reruns longer when the measured
+        lifetime is longer)."""
         life = self.lifetime_s if self.lifetime_s is not None else \
             (self.output_len - 1) * self.slo_tpot_s + self.slo_ttft_s
         need = math.ceil(STEADY_LIFETIMES * rate * life)
-        return max(self.num_requests, min(need, 8 * self.num_requests))
+        return max(self.num_requests, min(need, MAX_RUN * self.num_requests))
 
-    def workload(self, rate: float) -> Workload:
-        return Workload(arrival="poisson", rate=rate, num_requests=self.requests_at(rate),
+    def workload(self, rate: float, num_requests: int | None = None) -> Workload:
+        n = self.requests_at(rate) if num_requests is None else num_requests
+        return Workload(arrival="poisson", rate=rate, num_requests=n,
                         seed=self.seed, input=Lengths(mean=self.input_len),
                         output=Lengths(mean=self.output_len))
 
@@ -118,14 +137,18 @@ class Probe:
     tpot_ms: float
     ok: bool
     metrics: dict[str, Any]
+    """The whole run's aggregates (`RequestMetrics.aggregate`: what `serve simulate` of the
+    same workload reports)."""
+    steady: dict[str, Any]
+    """The measured window's (`steady_state`): the basis of every figure a plan shows."""
 
     def to_json(self) -> dict[str, Any]:
         """The point it adds to a throughput-against-rate curve."""
-        m = self.metrics
-        return {"rate_per_s": self.rate_per_s, "requests_per_s": m["requests_per_s"],
-                "goodput_requests_per_s": m["goodput_requests_per_s"],
-                "output_tokens_per_s": m["output_tokens_per_s"], "ttft_ms": self.ttft_ms,
-                "tpot_ms": self.tpot_ms, "meets_slo": self.ok}
+        w = self.steady
+        return {"rate_per_s": self.rate_per_s, "requests_per_s": w["requests_per_s"],
+                "goodput_requests_per_s": w["goodput_requests_per_s"],
+                "output_tokens_per_s": w["output_tokens_per_s"], "ttft_ms": self.ttft_ms,
+                "tpot_ms": self.tpot_ms, "keeps_up": w["keeps_up"], "meets_slo": self.ok}
 
 
 def probe(model: Model, cluster: Cluster, spec: AnySpec, q: Query, rate: float) -> Probe:
@@ -133,19 +156,66 @@ def probe(model: Model, cluster: Cluster, spec: AnySpec, q: Query, rate: float) 
     from meshplan.serve import resolve_any
 
     d = resolve_any(model, cluster, spec)
-    r = simulate_requests(d, draw(q.workload(rate)))
-    m = r.metrics
-    assert m is not None, "memory fit is checked by the bounds first"
-    # Steady state: the requests arriving in the second half of the arrivals (the first half
-    # warms the batch up from empty).
-    late = m.arrival_s >= np.median(m.arrival_s)
-    ttft = float(np.percentile(m.ttft_s[late], q.percentile))
+    n = q.requests_at(rate)
+    while True:
+        m = simulate_requests(d, draw(q.workload(rate, n))).metrics
+        assert m is not None, "memory fit is checked by the bounds first"
+        w = steady_state(m, q)
+        # The lifetime the run was sized by is an estimate; under load requests live longer
+        # (a bigger batch decodes slower): rerun long enough for the one measured.
+        need = math.ceil(STEADY_LIFETIMES * rate * w["e2e_mean_s"])
+        if n >= need or n >= MAX_RUN * q.num_requests:
+            break
+        n = min(max(need, 2 * n), MAX_RUN * q.num_requests)
+    w["num_requests"] = n
+    ok = w["keeps_up"] and w["ttft_ms"] <= q.slo_ttft_s * 1e3 \
+        and w["tpot_ms"] <= q.slo_tpot_s * 1e3
+    return Probe(rate, w["ttft_ms"], w["tpot_ms"], ok,
+                 m.aggregate(d.num_gpus, q.slo_ttft_s, q.slo_tpot_s), w)
+
+
+def steady_state(m: Any, q: Query) -> dict[str, Any]:
+    """The run measured once the batch has warmed up from empty: latencies (at the query's
+    percentile, and TPOT's mean) of the requests arriving in the second half of the arrivals,
+    and rates over that half's span (from the median to the last arrival) — requests and
+    output tokens finishing in it, those within the SLOs, and whether the deployment keeps up
+    (`STEADY_SLACK`). A stable deployment completes what arrives: its rates then equal the
+    offered rate and its tokens that rate times the output length, with no drain diluting
+    them."""
+    t0, t1 = float(np.median(m.arrival_s)), float(m.arrival_s.max())
+    late = m.arrival_s >= t0
     many = late & (m.output_len > 1)
+    q2, q3, q4 = np.quantile(m.arrival_s, [0.25, 0.5, 0.75])
+    second = (m.arrival_s >= q2) & (m.arrival_s < q3)
+    third, last = (m.arrival_s >= q3) & (m.arrival_s < q4), m.arrival_s >= q4
+    wait = m.queueing_s
+    # Once the deployment has settled, a quarter of the arrivals sees what the one before it
+    # saw (up to noise): queueing (at admission, before the drain) growing from the third to
+    # the last quarter means it falls behind; TPOT growing from the second to the third (the
+    # last one's requests decode into the drain) means its batch is still growing.
+    growing = float(wait[last].mean()) > QUEUE_GROWTH * float(wait[third].mean()) \
+        + QUEUE_FLOOR * q.slo_ttft_s
+    per_token = np.where(m.output_len > 1, (m.e2e_s - m.ttft_s)
+                         / np.maximum(m.output_len - 1, 1), 0.0)
+    settling = float(per_token[third].mean()) > TPOT_GROWTH * float(per_token[second].mean())
     tpot_s = (m.e2e_s[many] - m.ttft_s[many]) / (m.output_len[many] - 1)
-    tpot = float(np.percentile(tpot_s, q.percentile)) if len(tpot_s) else 0.0
-    ok = ttft <= q.slo_ttft_s and tpot <= q.slo_tpot_s
-    return Probe(rate, ttft * 1e3, tpot * 1e3, ok,
-                 m.aggregate(d.num_gpus, q.slo_ttft_s, q.slo_tpot_s))
+    per_request_tpot = np.where(m.output_len > 1, (m.e2e_s - m.ttft_s)
+                                / np.maximum(m.output_len - 1, 1), 0.0)
+    good = (m.ttft_s <= q.slo_ttft_s) & (per_request_tpot <= q.slo_tpot_s)
+    span = max(t1 - t0, 1e-9)
+    done = (m.finish_s >= t0) & (m.finish_s <= t1)
+    arrived = int(((m.arrival_s > t0) & (m.arrival_s <= t1)).sum())
+    return {"window_s": span,
+            "ttft_ms": float(np.percentile(m.ttft_s[late], q.percentile)) * 1e3,
+            "tpot_ms": float(np.percentile(tpot_s, q.percentile)) * 1e3 if len(tpot_s)
+            else 0.0,
+            "tpot_mean_ms": float(tpot_s.mean()) * 1e3 if len(tpot_s) else 0.0,
+            "requests_per_s": float(done.sum()) / span,
+            "goodput_requests_per_s": float((done & good).sum()) / span,
+            "output_tokens_per_s": float(m.output_len[done].sum()) / span,
+            "e2e_mean_s": float(m.e2e_s[late].mean()),
+            "keeps_up": bool(done.sum() >= (1 - STEADY_SLACK) * arrived and not growing
+                             and not settling)}
 
 
 @dataclass(frozen=True)
@@ -224,6 +294,8 @@ class PlanEntry:
     """The SLO percentile of TTFT / TPOT over the measured (second) half at that rate."""
     probes: tuple[dict[str, Any], ...] = ()
     """Every rate its search simulated (`Probe.to_json`), by rate."""
+    steady: dict[str, Any] = field(default_factory=dict)
+    """The measured window at max_rate_per_s (`steady_state`)."""
 
     @property
     def disaggregated(self) -> bool:
@@ -232,7 +304,7 @@ class PlanEntry:
     @property
     def workload(self) -> Workload:
         """The workload it was simulated with at max_rate_per_s (to re-simulate it)."""
-        return self.query.workload(self.max_rate_per_s)
+        return self.query.workload(self.max_rate_per_s, self.steady.get("num_requests"))
 
     @property
     def label(self) -> str:
@@ -248,12 +320,13 @@ class PlanEntry:
 
     @property
     def tokens_per_s_per_gpu(self) -> float:
-        return float(self.metrics["output_tokens_per_s_per_gpu"])
+        """Output tokens per second per GPU in the measured window (at max_rate_per_s)."""
+        return float(self.steady["output_tokens_per_s"]) / self.num_gpus
 
     @property
     def tokens_per_s_per_user(self) -> float:
         """Interactivity: output tokens per second one request sees (1 / mean TPOT)."""
-        tpot = self.metrics["tpot_ms"]["mean"]
+        tpot = self.steady["tpot_mean_ms"]
         return 1e3 / tpot if tpot else 0.0
 
     def to_json(self, gpu_hour_price: float | None = None) -> dict[str, Any]:
@@ -273,7 +346,8 @@ class PlanEntry:
                 "metrics": self.metrics, "simulations": self.simulations,
                 "num_requests": self.workload.num_requests, "seed": self.workload.seed,
                 "slo_measured": {"ttft_ms": self.slo_ttft_ms, "tpot_ms": self.slo_tpot_ms},
-                "probes": list(self.probes), "simulated": True}
+                "steady_state": self.steady, "probes": list(self.probes),
+                "simulated": True}
 
 
 @dataclass(frozen=True)
@@ -457,9 +531,11 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
             if r.held is None:
                 assert r.failed is not None
                 f = r.failed
-                why = "TTFT" if f.ttft_ms > q.slo_ttft_s * 1e3 else "TPOT"
+                why = "TTFT" if f.ttft_ms > q.slo_ttft_s * 1e3 else \
+                    "TPOT" if f.tpot_ms > q.slo_tpot_s * 1e3 else "overload"
                 prune(s, why, f"p{q.percentile:g} TTFT {f.ttft_ms:.0f} ms, TPOT "
-                      f"{f.tpot_ms:.1f} ms even at {f.rate_per_s:.3g} req/s", True)
+                      f"{f.tpot_ms:.1f} ms{'' if f.steady['keeps_up'] else ', falling behind'}"
+                      f" even at {f.rate_per_s:.3g} req/s", True)
                 continue
             d = resolve_any(m, c, s)
             w = replace(q, lifetime_s=b.lifetime_s)
@@ -468,7 +544,8 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
                                    b.rate_per_s, r.held.metrics, r.simulations, w,
                                    r.held.ttft_ms, r.held.tpot_ms,
                                    probes=tuple(p.to_json() for p in
-                                                sorted(r.tried, key=lambda p: p.rate_per_s))))
+                                                sorted(r.tried, key=lambda p: p.rate_per_s)),
+                                   steady=r.held.steady))
 
     def key(p: PlanEntry) -> tuple[float, int, str]:
         return (-score(objective, p.max_rate_per_s, p.num_gpus), p.num_gpus, p.label)
