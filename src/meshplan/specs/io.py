@@ -150,7 +150,7 @@ def load_calibration(ref: CalibrationRef = CALIBRATION_FILE) -> dict[str, dict[s
 
 
 def _preset_key(name: str) -> str:
-    acc = read_file(PRESETS / "clusters" / f"{name}.toml").get("accelerator", {})
+    acc = preset_data(name).get("accelerator", {})
     return str(acc.get("silicon") or acc.get("name", "?"))
 
 
@@ -174,10 +174,23 @@ def load_cluster(ref: str | Path | Cluster,
         raise unknown_name("cluster", ref_s, preset_names("clusters"))
     else:
         data, where = read_file(PRESETS / "clusters" / f"{ref_s}.toml"), f"preset {ref_s}"
+    data = expanded(data)
     key = calibration_key(data)
     merged = with_calibration(data, fitted.get(key) if key else None, key,
                               calibration_label(calibration))
     return _validate(Cluster, merged, where)
+
+
+def expanded(data: dict[str, Any]) -> dict[str, Any]:
+    """A cluster file's data with its catalog accelerator filled in (`specs.catalog`)."""
+    from meshplan.specs.catalog import expand_catalog
+
+    return expand_catalog(data)
+
+
+def preset_data(name: str) -> dict[str, Any]:
+    """A cluster preset's data as `load_cluster` validates it (catalog filled in)."""
+    return expanded(read_file(PRESETS / "clusters" / f"{name}.toml"))
 
 
 def calibration_key(data: dict[str, Any]) -> str | None:

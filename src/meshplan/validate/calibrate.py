@@ -281,10 +281,9 @@ def calibrate(rows: Iterable[dict[str, Any]], leave_one_source_out: bool = True,
 
 def presets_reading(key: str) -> list[str]:
     """The cluster presets whose accelerator reads calibration table `key`."""
-    from meshplan.specs.io import PRESETS, calibration_key, preset_names, read_file
+    from meshplan.specs.io import calibration_key, preset_data, preset_names
 
-    return [n for n in preset_names("clusters")
-            if calibration_key(read_file(PRESETS / "clusters" / f"{n}.toml")) == key]
+    return [n for n in preset_names("clusters") if calibration_key(preset_data(n)) == key]
 
 
 def calibration_toml(result: FitResult, source: str) -> str:
