@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from meshplan.errors import MeshplanError, from_validation_error, unknown_name
 from meshplan.specs._base import Spec
-from meshplan.specs.cluster import Cluster
+from meshplan.specs.cluster import FP8_RECIPES, Cluster
 from meshplan.specs.model import Model
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
@@ -115,7 +115,8 @@ CalibrationRef = str | Path | None
 """Where fitted factors come from: a calibration file (default: the shipped one), or None /
 "none" for the raw efficiency curves of the cluster files."""
 
-_FITTED_KEYS = {"gemm_scale", "attention_scale", "kernel_overhead", "pp_overlap", "source"}
+_FITTED_KEYS = {"gemm_scale", "attention_scale", "kernel_overhead", "pp_overlap", "source",
+                "gemm_scale_fp8", *(f"gemm_scale_{r}" for r in FP8_RECIPES)}
 
 
 def calibration_label(ref: CalibrationRef) -> str:
