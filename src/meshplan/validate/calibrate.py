@@ -226,6 +226,16 @@ class Fitter:
             out[self.batches[b].members] = steps
         return out
 
+    def precision_params(self, without: str | None = None) -> list[str]:
+        """The per-precision GEMM factors a fit of this group (less one source) fits."""
+        return precision_params([fc for fc in self.cases if fc.source != without])
+
+    def fit_evaluations(self, without: str | None = None, sweeps: int = SWEEPS) -> int:
+        """Loss evaluations of one fit (golden section: two points, then one per iteration,
+        per parameter and sweep)."""
+        return sweeps * (len(PARAMS) + len(self.precision_params(without))) * \
+            (GOLDEN_ITERS + 2)
+
     def fit(self, without: str | None = None, sweeps: int = SWEEPS,
             tick: Callable[[], None] | None = None) -> Factors:
         """Coordinate descent over PARAMS on the group's runs (less one source)."""
@@ -244,7 +254,7 @@ class Fitter:
             return float(np.sum(weights * np.abs(np.log(pred / meas))) / np.sum(weights))
 
         factors = dict(DEFAULTS)
-        extra = precision_params([fc for fc, k in zip(self.cases, keep, strict=True) if k])
+        extra = self.precision_params(without)
         factors.update({name: DEFAULTS["gemm_scale"] for name in extra})
         bounds = {**PARAMS, **{name: PARAMS["gemm_scale"] for name in extra}}
         for _ in range(sweeps):
@@ -311,11 +321,9 @@ def calibrate(rows: Iterable[dict[str, Any]], leave_one_source_out: bool = True,
         if leave_one_source_out:
             # A source alone on its hardware has nothing to learn from: it keeps the defaults.
             fits += [(name, s) for s in sources if len(sources) > 1]
-    extra = {name: len(precision_params(m)) for name, m in groups.items()}
-    total = sum(SWEEPS * (len(PARAMS) + extra[n]) * (GOLDEN_ITERS + 2) for n, _ in fits)
-    done = 0
     result = FitResult({})
     fitters = {name: Fitter(members) for name, members in groups.items()}
+    total, done = sum(fitters[n].fit_evaluations(without) for n, without in fits), 0
     for name, without in fits:
         fitter = fitters[name]
         what = (f"{name}: {len(fitter.cases)} runs" if without is None else
