@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from meshplan.errors import MeshplanError
-from meshplan.specs.catalog import _catalog, expand_catalog
+from meshplan.specs.catalog import catalog_entries, expand_catalog
 from meshplan.specs.io import (
     CALIBRATION_FILE,
     PRESETS,
@@ -64,7 +64,7 @@ def test_every_catalog_accelerator_has_a_preset_with_its_figures(cid):
 
 
 def test_catalog_entries_name_their_hardware_catalog_id_and_preset():
-    entries = {e["catalog_id"]: e for e in _catalog().values() if "catalog_id" in e}
+    entries = {e["catalog_id"]: e for e in catalog_entries().values() if "catalog_id" in e}
     # every catalog accelerator is either an entry or one of the hand-measured presets
     measured = {"nvidia_a100_80gb_sxm4", "nvidia_h100_sxm5", "nvidia_h200_sxm",
                 "nvidia_b200_hgx", "nvidia_gb200_nvl72", "amd_mi300x"}

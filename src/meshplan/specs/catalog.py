@@ -32,6 +32,11 @@ def _catalog() -> dict[str, dict[str, Any]]:
     return read_file(CATALOG_FILE)
 
 
+def catalog_entries() -> dict[str, dict[str, Any]]:
+    """Every catalog entry by key, in file order (the order `match` patterns are tried)."""
+    return dict(_catalog())
+
+
 def catalog_key(gpu_name: str) -> str | None:
     """The catalog entry whose `match` patterns match `gpu_name`, or None."""
     for key, entry in _catalog().items():

@@ -10,9 +10,9 @@ Procedure (`meshplan calibrate --runs FILE`):
    curves), a GEMM factor per precision where the group has the runs for it (`gemm_scale_fp8`,
    `gemm_scale_<recipe>`: see `precision_params`; a precision group of fewer than
    `MIN_GROUP_RUNS` runs or from one source falls back recipe -> fp8 -> bf16, and its runs fit
-   the factor they fall back to), `kernel_overhead` (seconds per layer and pass) and `pp_overlap` (share of pipeline
-   send/receive hidden behind compute) by coordinate descent with a
-   golden-section search per parameter, minimising the weighted mean |log(predicted step /
+   the factor they fall back to), `kernel_overhead` (seconds per layer and pass) and
+   `pp_overlap` (share of pipeline send/receive hidden behind compute) by coordinate descent
+   with a golden-section search per parameter, minimising the weighted mean |log(predicted step /
    measured step)|; each source gets equal weight inside a group, so a 178-row sweep does not
    outvote a 3-row paper. Nothing is fitted per row.
 4. Leave-one-source-out: refit each group without one source and predict that source's runs

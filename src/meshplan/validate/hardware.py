@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from meshplan.specs.catalog import catalog_entries
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster
 
@@ -35,11 +36,8 @@ class GpuRule:
 def _catalog_rules() -> tuple[GpuRule, ...]:
     """One rule per accelerator-catalog entry with a cluster preset (its `match` patterns, in
     file order: PCIe parts before their SXM namesakes)."""
-    from meshplan.specs.catalog import _catalog
-
-    return tuple(GpuRule("|".join(f"(?:{p})" for p in e["match"]), e["preset"],
-                         key)
-                 for key, e in _catalog().items() if "preset" in e)
+    return tuple(GpuRule("|".join(f"(?:{p})" for p in e["match"]), e["preset"], key)
+                 for key, e in catalog_entries().items() if "preset" in e)
 
 
 GPUS: tuple[GpuRule, ...] = (
