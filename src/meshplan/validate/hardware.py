@@ -36,7 +36,8 @@ class GpuRule:
 def _catalog_rules() -> tuple[GpuRule, ...]:
     """One rule per accelerator-catalog entry with a cluster preset (its `match` patterns, in
     file order: PCIe parts before their SXM namesakes)."""
-    return tuple(GpuRule("|".join(f"(?:{p})" for p in e["match"]), e["preset"], key)
+    return tuple(GpuRule("|".join(f"(?:{p})" for p in e["match"]), e["preset"],
+                         e.get("label", key))
                  for key, e in catalog_entries().items() if "preset" in e)
 
 
