@@ -13,6 +13,7 @@ stderr)
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections import defaultdict
@@ -52,6 +53,10 @@ def main() -> None:
     print("fitted factors:")
     for group, f in sorted(result.factors.items()):
         print(f"  {group:18} " + "  ".join(f"{k}={v:.4g}" for k, v in f.items()))
+    print("precision groups (runs / sources -> factor they fit):")
+    for group, f in sorted(result.precision.items()):
+        print(f"  {group:18} " + ", ".join(f"{k}: {n} runs / {m} src -> {t}"
+                                          for k, (n, m, t) in f.items()))
     header = (f"\n{'subset':34} {'in-sample: med':>14} {'p90':>6} {'bias':>7} {'n':>4}   "
               f"{'held-out: med':>13} {'p90':>6} {'bias':>7} {'n':>4}")
     print(header)
@@ -64,6 +69,9 @@ def main() -> None:
     line("all", lambda r: True)
     line("headline (is_sweep false)", lambda r: not r["is_sweep"])
     line("sweep", lambda r: r["is_sweep"])
+    fp8 = re.compile(r"fp8|float8", re.IGNORECASE)
+    line("fp8 rows", lambda r: bool(fp8.search(str(r.get("precision") or ""))))
+    line("bf16 rows", lambda r: not fp8.search(str(r.get("precision") or "")))
     by_source: dict[str, None] = defaultdict(lambda: None)
     for r in rows:
         by_source[r["source_id"]]

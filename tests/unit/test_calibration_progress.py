@@ -24,7 +24,9 @@ def test_progress_counts_every_loss_evaluation_up_to_the_total(tmp_path: Path) -
     runs = _runs(tmp_path, "nemo_perf_2407", "megatron_bridge_perf_2509")
     fitted = meshplan.calibrate(runs, progress=lambda *a: seen.append(a))
     assert isinstance(fitted, meshplan.RunsCalibration) and set(fitted.factors) == {"H100"}
-    total = 3 * cal.EVALUATIONS_PER_FIT  # the fit and two leave-one-source-out refits
+    # the fit (with the FP8-tensorwise factor these 18 runs from two sources earn) and two
+    # leave-one-source-out refits (one source each: FP8 falls back to bf16, one factor less)
+    total = 3 * cal.EVALUATIONS_PER_FIT + cal.SWEEPS * (cal.GOLDEN_ITERS + 2)
     assert {t for _, _, t in seen} == {total}
     assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen) and seen[-1][1] == total
     assert [w for w, _, _ in seen if w != "done"][0] == "H100: 18 runs"

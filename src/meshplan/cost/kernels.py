@@ -61,7 +61,8 @@ class Kernels:
         # Attention's score and value GEMMs run on the same tensor cores at bf16, so its
         # efficiency is bounded by the bf16 MAMF.
         self.mamf = min(max(curve.y), 1.0)
-        self.gemm_eff = lambda flops: np.minimum(curve(flops) * cal.gemm_scale, self.mamf)
+        scale = cal.gemm_scale_for(precision)  # per precision and FP8 recipe (calibration)
+        self.gemm_eff = lambda flops: np.minimum(curve(flops) * scale, self.mamf)
         self.attn_peak = acc.peak("bf16")
         attn_mamf = min(max(acc.gemm_curve("bf16").y), 1.0)
         self.attn_eff = min(acc.attention_efficiency * cal.attention_scale, attn_mamf)

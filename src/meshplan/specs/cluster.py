@@ -6,6 +6,8 @@ calibration changes data, not code (DESIGN.md, Conventions).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
@@ -193,6 +195,25 @@ class Overlap(Spec):
     --overlap-moe-expert-parallel-comm, DeepSeek's dual-micro-batch overlap)."""
 
 
+FP8_RECIPES = ("fp8_tensorwise", "fp8_rowwise", "fp8_blockwise", "mxfp8")
+"""FP8 scaling recipes with their own fitted GEMM factor: one scale per tensor (Transformer
+Engine's delayed and current scaling, torchao's default `tensorwise`), per row (torchao
+`rowwise`), per 1x128 / 128x128 block (DeepSeek-V3 Sec. 3.3.2; TE Float8BlockScaling), and MX
+blocks of 32 with E8M0 scales (OCP MX spec v1.0; TE MXFP8BlockScaling on Blackwell)."""
+
+
+def precision_chain(key: str) -> tuple[str, ...]:
+    """The GEMM-factor keys a precision falls back through: recipe -> fp8 -> bf16."""
+    if key in FP8_RECIPES:
+        return (key, "fp8", "bf16")
+    return ("fp8", "bf16") if key == "fp8" else ("bf16",)
+
+
+def gemm_scale_field(key: str) -> str:
+    """The calibration key holding a precision's GEMM factor (`gemm_scale` for bf16)."""
+    return "gemm_scale" if key == "bf16" else f"gemm_scale_{key}"
+
+
 class Calibration(Spec):
     """Factors fitted to published runs by `meshplan calibrate` (docs/validation.md).
 
@@ -205,6 +226,16 @@ class Calibration(Spec):
     MAMF the curve is anchored at)."""
     attention_scale: float = Field(default=1.0, gt=0, le=1.5)
     """Multiplies both attention efficiencies."""
+    gemm_scale_fp8: float | None = Field(default=None, gt=0, le=1.5)
+    """Multiplies `fp8_gemm_efficiency` for FP8 GEMMs; None: `gemm_scale` (too few runs)."""
+    gemm_scale_fp8_tensorwise: float | None = Field(default=None, gt=0, le=1.5)
+    gemm_scale_fp8_rowwise: float | None = Field(default=None, gt=0, le=1.5)
+    gemm_scale_fp8_blockwise: float | None = Field(default=None, gt=0, le=1.5)
+    gemm_scale_mxfp8: float | None = Field(default=None, gt=0, le=1.5)
+    """Per FP8 recipe (`FP8_RECIPES`); None: `gemm_scale_fp8`, then `gemm_scale`."""
+    fp8_recipe: Literal["fp8_tensorwise", "fp8_rowwise", "fp8_blockwise", "mxfp8"] | None = None
+    """The FP8 recipe the job's FP8 GEMMs use (software, like `[overlap]`), selecting its
+    factor; None: the generic FP8 factor. The validator sets it from a run's precision text."""
     source: str = ""
     """How the factors were fitted (command, data, date)."""
     key: str | None = None
@@ -213,6 +244,16 @@ class Calibration(Spec):
     file: str = ""
     """The calibration file asked for when the cluster was loaded: "shipped", "none" or a
     path ("": the cluster was built directly, not loaded)."""
+
+    def gemm_scale_for(self, precision: str) -> float:
+        """The GEMM factor at a compute precision: for FP8, the recipe's factor, else the
+        generic FP8 one, else the bf16 `gemm_scale` (`precision_chain`)."""
+        key = (self.fp8_recipe or "fp8") if precision == "fp8" else "bf16"
+        for k in precision_chain(key):
+            value = getattr(self, gemm_scale_field(k))
+            if value is not None:
+                return float(value)
+        return self.gemm_scale
 
 
 class Cluster(Spec):

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from meshplan.errors import MeshplanError, from_validation_error, unknown_name
 from meshplan.specs._base import Spec
-from meshplan.specs.cluster import Cluster
+from meshplan.specs.cluster import FP8_RECIPES, Cluster
 from meshplan.specs.model import Model
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
@@ -115,7 +115,8 @@ CalibrationRef = str | Path | None
 """Where fitted factors come from: a calibration file (default: the shipped one), or None /
 "none" for the raw efficiency curves of the cluster files."""
 
-_FITTED_KEYS = {"gemm_scale", "attention_scale", "kernel_overhead", "pp_overlap", "source"}
+_FITTED_KEYS = {"gemm_scale", "attention_scale", "kernel_overhead", "pp_overlap", "source",
+                "gemm_scale_fp8", *(f"gemm_scale_{r}" for r in FP8_RECIPES)}
 
 
 def calibration_label(ref: CalibrationRef) -> str:
@@ -150,7 +151,7 @@ def load_calibration(ref: CalibrationRef = CALIBRATION_FILE) -> dict[str, dict[s
 
 
 def _preset_key(name: str) -> str:
-    acc = read_file(PRESETS / "clusters" / f"{name}.toml").get("accelerator", {})
+    acc = preset_data(name).get("accelerator", {})
     return str(acc.get("silicon") or acc.get("name", "?"))
 
 
@@ -174,10 +175,23 @@ def load_cluster(ref: str | Path | Cluster,
         raise unknown_name("cluster", ref_s, preset_names("clusters"))
     else:
         data, where = read_file(PRESETS / "clusters" / f"{ref_s}.toml"), f"preset {ref_s}"
+    data = expanded(data)
     key = calibration_key(data)
     merged = with_calibration(data, fitted.get(key) if key else None, key,
                               calibration_label(calibration))
     return _validate(Cluster, merged, where)
+
+
+def expanded(data: dict[str, Any]) -> dict[str, Any]:
+    """A cluster file's data with its catalog accelerator filled in (`specs.catalog`)."""
+    from meshplan.specs.catalog import expand_catalog
+
+    return expand_catalog(data)
+
+
+def preset_data(name: str) -> dict[str, Any]:
+    """A cluster preset's data as `load_cluster` validates it (catalog filled in)."""
+    return expanded(read_file(PRESETS / "clusters" / f"{name}.toml"))
 
 
 def calibration_key(data: dict[str, Any]) -> str | None:

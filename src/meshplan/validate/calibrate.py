@@ -7,9 +7,12 @@ Procedure (`meshplan calibrate --runs FILE`):
    one group, and one table of the calibration file, per die and operating point; every
    preset and cluster file declaring that silicon reads the table).
 3. For each group, fit `gemm_scale`, `attention_scale` (multipliers on the measured efficiency
-   curves), `kernel_overhead` (seconds per layer and pass) and `pp_overlap` (share of pipeline
-   send/receive hidden behind compute) by coordinate descent with a
-   golden-section search per parameter, minimising the weighted mean |log(predicted step /
+   curves), a GEMM factor per precision where the group has the runs for it (`gemm_scale_fp8`,
+   `gemm_scale_<recipe>`: see `precision_params`; a precision group of fewer than
+   `MIN_GROUP_RUNS` runs or from one source falls back recipe -> fp8 -> bf16, and its runs fit
+   the factor they fall back to), `kernel_overhead` (seconds per layer and pass) and
+   `pp_overlap` (share of pipeline send/receive hidden behind compute) by coordinate descent
+   with a golden-section search per parameter, minimising the weighted mean |log(predicted step /
    measured step)|; each source gets equal weight inside a group, so a 178-row sweep does not
    outvote a 3-row paper. Nothing is fitted per row.
 4. Leave-one-source-out: refit each group without one source and predict that source's runs
@@ -29,7 +32,7 @@ import numpy as np
 
 from meshplan.cost.train.step import evaluate
 from meshplan.errors import MeshplanError
-from meshplan.specs.cluster import Cluster
+from meshplan.specs.cluster import Cluster, gemm_scale_field, precision_chain
 from meshplan.specs.plan import PlanArrays
 from meshplan.validate.metrics import compare, pick_metric
 from meshplan.validate.rows import Case, build_case
@@ -49,8 +52,12 @@ GOLDEN_ITERS = 12
 SWEEPS = 2
 """Coordinate-descent sweeps over PARAMS."""
 EVALUATIONS_PER_FIT = SWEEPS * len(PARAMS) * (GOLDEN_ITERS + 2)
-"""Loss evaluations in one fit (golden section: two points, then one per iteration)."""
+"""Loss evaluations in one fit without per-precision factors (golden section: two points,
+then one per iteration); each per-precision factor adds a parameter."""
 Factors = dict[str, float]
+MIN_GROUP_RUNS = 3
+"""A precision group (FP8, or one FP8 recipe) gets its own GEMM factor only with at least this
+many runs from at least two sources; else it falls back along `precision_chain`."""
 
 
 @dataclass
@@ -64,6 +71,50 @@ class FitCase:
     source: str
     key: str
     """Runs with the same key share model, job and cluster: they are costed in one batch."""
+    precision: str = "bf16"
+    """The run's GEMM-factor group: "bf16", "fp8" or an FP8 recipe (`FP8_RECIPES`)."""
+
+
+def precision_key(case: Case) -> str:
+    """A run's GEMM-factor group: its FP8 recipe, "fp8" without one, else "bf16"."""
+    if case.job.precision != "fp8":
+        return "bf16"
+    return case.cluster.calibration.fp8_recipe or "fp8"
+
+
+def resolve(precision: str, fitted: Iterable[str]) -> str:
+    """The factor key a run of `precision` reads: the first of its chain that is `fitted`
+    (as `Calibration.gemm_scale_for` does with a calibration table)."""
+    have = set(fitted)
+    return next((k for k in precision_chain(precision) if gemm_scale_field(k) in have),
+                "bf16")
+
+
+def precision_groups(cases: Iterable[FitCase]) -> dict[str, tuple[int, int, str]]:
+    """precision -> (runs, sources, the precision whose factor they fit).
+
+    A recipe with `MIN_GROUP_RUNS` runs from two sources fits its own factor; the runs of the
+    others join the generic FP8 group, which fits its own factor on the same condition, else
+    everything falls back to bf16 (`precision_chain`)."""
+    runs: dict[str, list[str]] = defaultdict(list)
+    for fc in cases:
+        runs[fc.precision].append(fc.source)
+
+    def enough(sources: list[str]) -> bool:
+        return len(sources) >= MIN_GROUP_RUNS and len(set(sources)) >= 2
+
+    target = {k: k if k == "bf16" or (k != "fp8" and enough(v)) else "fp8"
+              for k, v in runs.items()}
+    pooled = [s for k, v in runs.items() if target[k] == "fp8" for s in v]
+    fp8 = "fp8" if enough(pooled) else "bf16"
+    return {k: (len(v), len(set(v)), fp8 if target[k] == "fp8" else target[k])
+            for k, v in sorted(runs.items())}
+
+
+def precision_params(cases: Iterable[FitCase]) -> list[str]:
+    """The per-precision GEMM factors a set of runs fits (beyond the bf16 `gemm_scale`)."""
+    targets = {t for _, _, t in precision_groups(cases).values()}
+    return [gemm_scale_field(k) for k in sorted(targets - {"bf16"})]
 
 
 @dataclass
@@ -72,6 +123,8 @@ class FitResult:
     """Calibration key (accelerator silicon) -> fitted factors."""
     runs: dict[str, dict[str, int]] = field(default_factory=dict)
     """Calibration key -> runs fitted per source."""
+    precision: dict[str, dict[str, tuple[int, int, str]]] = field(default_factory=dict)
+    """Calibration key -> precision group -> (runs, sources, the factor they fit)."""
     in_sample: dict[str, float] = field(default_factory=dict)
     """id -> throughput error with the factors fitted on all runs."""
     held_out: dict[str, float] = field(default_factory=dict)
@@ -99,7 +152,8 @@ def prepare(rows: Iterable[dict[str, Any]]) -> list[FitCase]:
         cmp = compare(case, est, metric)
         measured_step = est.step_time_s * (1 + cmp.throughput_error)
         out.append(FitCase(case, measured_step, case.cluster.accelerator.calibration_key,
-                           row["source_id"], _batch_key(case, row["source_id"])))
+                           row["source_id"], _batch_key(case, row["source_id"]),
+                           precision_key(case)))
     return out
 
 
@@ -113,7 +167,7 @@ def _batch_key(case: Case, source: str) -> str:
 
 
 def apply(cluster: Cluster, factors: Factors) -> Cluster:
-    """The cluster with fitted factors in place."""
+    """The cluster with fitted factors in place (the per-precision GEMM factors too)."""
     cal = cluster.calibration.model_copy(update={k: v for k, v in factors.items()
                                                  if k not in _CLUSTER_LEVEL})
     overlap = cluster.overlap.model_copy(update={"pp": factors["pp_overlap"]})
@@ -149,6 +203,7 @@ class Fitter:
         self.batches = [_Batch(cases[idx[0]].case,
                                PlanArrays.from_plans([cases[i].case.plan for i in idx]),
                                np.array(idx)) for idx in index.values()]
+        self.precision = [cases[b.members[0]].precision for b in self.batches]
         self._memo: dict[tuple[int, tuple[float, ...]], np.ndarray] = {}
         self.evaluations = 0
         """Loss evaluations so far (progress)."""
@@ -156,16 +211,30 @@ class Fitter:
     def steps(self, factors: Factors, batches: Iterable[int] | None = None) -> np.ndarray:
         """Analytic step time of every run (NaN outside `batches`) under `factors`."""
         out = np.full(len(self.cases), np.nan)
-        point = tuple(factors[k] for k in PARAMS)
+        shared = tuple(factors[k] for k in PARAMS if k != "gemm_scale")
         for b in range(len(self.batches)) if batches is None else batches:
+            # a batch reads one GEMM factor: the first of its precision's chain in `factors`
+            gemm = factors[gemm_scale_field(resolve(self.precision[b], factors))]
+            point = (gemm, *shared)
             steps = self._memo.get((b, point))
             if steps is None:
                 batch = self.batches[b]
-                steps = evaluate(batch.case.model, apply(batch.case.cluster, factors),
+                mine = {**{k: factors[k] for k in PARAMS}, "gemm_scale": gemm}
+                steps = evaluate(batch.case.model, apply(batch.case.cluster, mine),
                                  batch.case.job, batch.plans).step_time
                 self._memo[(b, point)] = steps
             out[self.batches[b].members] = steps
         return out
+
+    def precision_params(self, without: str | None = None) -> list[str]:
+        """The per-precision GEMM factors a fit of this group (less one source) fits."""
+        return precision_params([fc for fc in self.cases if fc.source != without])
+
+    def fit_evaluations(self, without: str | None = None, sweeps: int = SWEEPS) -> int:
+        """Loss evaluations of one fit (golden section: two points, then one per iteration,
+        per parameter and sweep)."""
+        return sweeps * (len(PARAMS) + len(self.precision_params(without))) * \
+            (GOLDEN_ITERS + 2)
 
     def fit(self, without: str | None = None, sweeps: int = SWEEPS,
             tick: Callable[[], None] | None = None) -> Factors:
@@ -185,8 +254,11 @@ class Fitter:
             return float(np.sum(weights * np.abs(np.log(pred / meas))) / np.sum(weights))
 
         factors = dict(DEFAULTS)
+        extra = self.precision_params(without)
+        factors.update({name: DEFAULTS["gemm_scale"] for name in extra})
+        bounds = {**PARAMS, **{name: PARAMS["gemm_scale"] for name in extra}}
         for _ in range(sweeps):
-            for name, (lo, hi) in PARAMS.items():
+            for name, (lo, hi) in bounds.items():
                 def f(x: float, name: str = name) -> float:
                     return loss({**factors, name: x})
                 factors[name] = _golden(f, lo, hi, GOLDEN_ITERS)
@@ -249,9 +321,9 @@ def calibrate(rows: Iterable[dict[str, Any]], leave_one_source_out: bool = True,
         if leave_one_source_out:
             # A source alone on its hardware has nothing to learn from: it keeps the defaults.
             fits += [(name, s) for s in sources if len(sources) > 1]
-    total, done = len(fits) * EVALUATIONS_PER_FIT, 0
     result = FitResult({})
     fitters = {name: Fitter(members) for name, members in groups.items()}
+    total, done = sum(fitters[n].fit_evaluations(without) for n, without in fits), 0
     for name, without in fits:
         fitter = fitters[name]
         what = (f"{name}: {len(fitter.cases)} runs" if without is None else
@@ -267,6 +339,7 @@ def calibrate(rows: Iterable[dict[str, Any]], leave_one_source_out: bool = True,
         if without is None:
             result.factors[name] = factors
             result.runs[name] = dict(sorted(Counter(fitter.source.tolist()).items()))
+            result.precision[name] = precision_groups(fitter.cases)
             result.in_sample.update(fitter.errors(factors))
         else:
             result.held_out.update(fitter.errors(factors, without))
@@ -281,10 +354,9 @@ def calibrate(rows: Iterable[dict[str, Any]], leave_one_source_out: bool = True,
 
 def presets_reading(key: str) -> list[str]:
     """The cluster presets whose accelerator reads calibration table `key`."""
-    from meshplan.specs.io import PRESETS, calibration_key, preset_names, read_file
+    from meshplan.specs.io import calibration_key, preset_data, preset_names
 
-    return [n for n in preset_names("clusters")
-            if calibration_key(read_file(PRESETS / "clusters" / f"{n}.toml")) == key]
+    return [n for n in preset_names("clusters") if calibration_key(preset_data(n)) == key]
 
 
 def calibration_toml(result: FitResult, source: str) -> str:
@@ -306,8 +378,15 @@ def calibration_toml(result: FitResult, source: str) -> str:
         readers = presets_reading(name)
         if readers:
             lines.append(f"# presets: {', '.join(readers)}")
+        for key, (n, k, target) in sorted(result.precision.get(name, {}).items()):
+            how = ("own factor" if target == key else
+                   f"falls back to {gemm_scale_field(target)} (< {MIN_GROUP_RUNS} runs or "
+                   "one source)")
+            lines.append(f"# {key}: {n} runs from {k} source{'s' * (k != 1)}: {how}")
         lines.append(f"[{name}]")
         lines.append(f"gemm_scale = {f['gemm_scale']:.4f}")
+        for key in sorted(k for k in f if k.startswith("gemm_scale_")):
+            lines.append(f"{key} = {f[key]:.4f}")
         lines.append(f"attention_scale = {f['attention_scale']:.4f}")
         lines.append(f"kernel_overhead = {f['kernel_overhead']:.3e}")
         lines.append(f"pp_overlap = {f['pp_overlap']:.4f}")

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from meshplan.specs.catalog import catalog_entries
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster
 
@@ -32,13 +33,23 @@ class GpuRule:
     why: str = ""
 
 
+def _catalog_rules() -> tuple[GpuRule, ...]:
+    """One rule per accelerator-catalog entry with a cluster preset (its `match` patterns, in
+    file order: PCIe parts before their SXM namesakes)."""
+    return tuple(GpuRule("|".join(f"(?:{p})" for p in e["match"]), e["preset"],
+                         e.get("label", key))
+                 for key, e in catalog_entries().items() if "preset" in e)
+
+
 GPUS: tuple[GpuRule, ...] = (
-    GpuRule(r"GB300", None, "GB300", why="no GB300 preset"),
+    GpuRule(r"GB300", None, "GB300",
+            why="no GB300 preset: not in the shipped hardware catalog (no sourced peaks)"),
     GpuRule(r"GB200", "gb200-nvl72", "GB200"),
     GpuRule(r"H100.*(500\s*W|power limit)", "h100-hbm2e-500w", "H100 {mem}GB",
             ("500 W power cap: 700 W peaks, the fitted gemm_scale of this preset absorbs "
              "the lower clocks",
              "HBM2e bandwidth not published: the preset keeps the HBM3 figure")),
+    *_catalog_rules(),
     GpuRule(r"H100", "dgx-h100", "H100 {mem}GB"),
     GpuRule(r"H200", "dgx-h200", "H200"),
     GpuRule(r"(?<!G)B200", "dgx-b200", "B200"),

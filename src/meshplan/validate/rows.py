@@ -168,6 +168,10 @@ def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
         notes.append("precision not stated: bf16")
     if precision == "fp8" and "fp8" not in cluster.accelerator.peak_flops:
         raise Unbuildable(f"{gpu} has no FP8 peak in its preset")
+    if precision == "fp8":  # the recipe selects its fitted GEMM factor (calibration)
+        recipe = rules.apply(rules.FP8_RECIPE, row, notes)
+        cluster = cluster.model_copy(update={"calibration": cluster.calibration.model_copy(
+            update={"fp8_recipe": recipe})})
     mbs, gbs = micro_and_global(row, dp, pp, vpp or 1, seq, notes)
     job = Job(global_batch_size=gbs, seq_len=seq, precision=precision,  # type: ignore[arg-type]
               flash_attention=bool(rules.apply(rules.FLASH_ATTENTION, row, notes)),

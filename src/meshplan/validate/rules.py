@@ -57,6 +57,9 @@ def era(row: dict[str, Any]) -> str:
 def _field(row: dict[str, Any], key: str) -> str:
     if key == "era":
         return era(row)
+    if key == "fp8_text":  # where a run names its FP8 recipe
+        return " ".join(text_field(row, k) for k in ("precision", "framework", "optimizations",
+                                                     "notes"))
     if key == "engine_text":  # everything the row says about how it ran
         return " ".join(text_field(row, k) for k in ("framework", "optimizations", "notes",
                                                      "activation_recompute"))
@@ -108,6 +111,28 @@ FLASH_ATTENTION: tuple[Rule, ...] = (
     Rule(True, "attention kernel not stated: fused (flash) attention, the default of every "
                "engine since 2023 (Transformer Engine, torch SDPA)"),
 )
+
+FP8_RECIPE: tuple[Rule, ...] = (
+    # Stated recipes first (names as the engines spell them: TE recipe classes, torchao
+    # Float8LinearConfig recipes, Megatron-LM --fp8-recipe choices).
+    Rule("mxfp8", "", {"fp8_text": r"MXFP8|MXFP8BlockScaling"}),
+    Rule("fp8_blockwise", "", {"fp8_text": r"block[- ]?wise|1x128|128x128|Float8BlockScaling"}),
+    Rule("fp8_rowwise", "", {"fp8_text": r"row[- ]?wise"}),
+    Rule("fp8_tensorwise", "", {"fp8_text": r"tensor[- ]?wise|per[- ]tensor|delayed scaling|"
+                                            r"current scaling"}),
+    Rule("fp8_tensorwise", "FP8 recipe not stated: Megatron-Core's --fp8-recipe default "
+                           "'delayed' (one scale per tensor; megatron/training/arguments.py)",
+         {"framework": MCORE}),
+    Rule("fp8_tensorwise", "FP8 recipe not stated: Transformer Engine's default DelayedScaling "
+                           "(one scale per tensor; transformer_engine/common/recipe)",
+         {"fp8_text": r"Transformer Engine|\bTE\b"}),
+    Rule("fp8_tensorwise", "FP8 recipe not stated: torchao Float8Linear's default tensorwise "
+                           "dynamic scaling (torchao/float8 README)",
+         {"fp8_text": r"torchao|Float8Linear|torchtitan"}),
+    Rule(None, "FP8 recipe not stated and no engine default known: the generic FP8 factor"),
+)
+"""The FP8 scaling recipe of an FP8 run (`specs.cluster.FP8_RECIPES`), keyed by the words
+the engines use and, when the row names none, the engine's default."""
 
 SEQUENCE_PARALLEL: tuple[Rule, ...] = (
     Rule(False, "sequence parallelism not stated: off (Megatron-LM / Megatron-DeepSpeed of "

@@ -1,0 +1,89 @@
+"""Honest figures gated (issue 13, part 5): leave-one-source-out error per source family.
+
+Each group (silicon) is refitted without one source at a time and predicts that source's runs
+(`validate.calibrate`, closed-form pipeline, as `benchmarks/validation_accuracy.py`). The
+bounds are today's figures plus a small margin (docs/validation.md, "Error: in-sample and
+leave-one-source-out"), so a change that makes meshplan transfer worse to unseen sources
+fails here even when the in-sample fit (tests/validation/test_accuracy.py) still looks good.
+One calibration with leave-one-source-out for the whole session (~160 s of CPU; 4-15 min
+wall on a shared 2-core machine).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from meshplan.validate.calibrate import FitResult, calibrate
+from meshplan.validate.rows import load_runs
+
+pytestmark = pytest.mark.slow
+
+FAMILIES: dict[str, tuple[str, ...]] = {
+    # engine lineage of each shipped source (published_training_runs.md)
+    "Megatron-LM / DeepSpeed 2021-22": ("megatron2021", "mtnlg2022", "bloom_tr11"),
+    "Megatron-Core / NeMo": ("nemo_perf_2407", "megatron_bridge_perf_2509",
+                             "mcore_moe_report_2026"),
+    "Zero Bubble (Megatron-LM fork)": ("zerobubble2024",),
+    "PyTorch FSDP (llm-foundry, IBM)": ("llmfoundry_bench", "ibm_pytorch_fsdp_blog_2024"),
+    "torchtitan (one source on its silicon)": ("torchtitan_bench_2412",),
+    "Aleph Alpha framework": ("hagemann2024",),
+}
+MARGIN = 0.03
+"""Absolute slack on every bound (3 points of |error|): refits move figures by about 1 point."""
+# (median, p90) of |held-out throughput error| measured on 2026-12-01 (docs/validation.md).
+# Issue 13's targets (headline median <= 10%, p90 <= 30%) are not met yet: these guard against
+# regression; tighten them as the model improves.
+TODAY: dict[str, tuple[float, float]] = {
+    "headline": (0.216, 1.205),
+    "all": (0.139, 0.458),
+    "Megatron-LM / DeepSpeed 2021-22": (0.034, 1.143),
+    "Megatron-Core / NeMo": (0.154, 0.312),
+    "Zero Bubble (Megatron-LM fork)": (0.177, 0.229),
+    "PyTorch FSDP (llm-foundry, IBM)": (0.101, 0.275),
+    "torchtitan (one source on its silicon)": (1.019, 1.654),
+    "Aleph Alpha framework": (0.129, 0.46),
+}
+
+
+@pytest.fixture(scope="session")
+def loso() -> tuple[FitResult, dict[str, dict]]:
+    rows = load_runs()
+    return calibrate(rows, leave_one_source_out=True), {r["id"]: r for r in rows}
+
+
+def _stats(errors: list[float]) -> tuple[float, float]:
+    e = np.abs(np.array(errors))
+    return float(np.median(e)), float(np.percentile(e, 90))
+
+
+def _subset(loso, keep) -> list[float]:
+    result, meta = loso
+    return [e for i, e in result.held_out.items() if keep(meta[i])]
+
+
+def test_every_compared_run_is_held_out(loso):
+    result, _ = loso
+    assert set(result.held_out) == set(result.in_sample) and len(result.held_out) >= 440
+
+
+def test_families_cover_every_shipped_source(loso):
+    _, meta = loso
+    named = {s for sources in FAMILIES.values() for s in sources}
+    assert {r["source_id"] for r in meta.values()} - named <= {"opt2022"}  # never compared
+
+
+@pytest.mark.parametrize("subset", sorted(TODAY))
+def test_held_out_error_stays_at_todays_level(loso, subset):
+    if subset == "headline":
+        errors = _subset(loso, lambda r: not r["is_sweep"])
+    elif subset == "all":
+        errors = _subset(loso, lambda r: True)
+    else:
+        errors = _subset(loso, lambda r: r["source_id"] in FAMILIES[subset])
+    assert errors
+    median, p90 = _stats(errors)
+    print(f"LOSO {subset}: median {median:.3f} p90 {p90:.3f} n {len(errors)}")
+    bound_median, bound_p90 = TODAY[subset]
+    assert median <= bound_median + MARGIN, (subset, median)
+    assert p90 <= bound_p90 + MARGIN, (subset, p90)
