@@ -43,12 +43,13 @@ def test_plan_csv_matches_the_json():
 
 
 def test_plan_csv_has_the_table_columns():
-    from meshplan.cli.render import plan_rows
+    from meshplan.tables import plan_rows
 
     columns, _ = plan_rows([])
     header = run(*PLAN, "--top", "1", "--format", "csv").stdout.splitlines()[0]
     assert header.split(",") == [c.name for c in columns]
-    assert len(columns) == 18 and "step_s" in header and "(" not in header
+    assert len(columns) == 19 and "step_s" in header and "(" not in header
+    assert header.endswith(",costed_by")
 
 
 def test_serve_plan_csv_matches_the_json():

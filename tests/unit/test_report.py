@@ -111,8 +111,10 @@ def test_space_points_keep_the_frontier_and_the_best_plan() -> None:
     col = {c: i for i, c in enumerate(COLUMNS)}
     assert len(pts["rows"]) == 300 and pts["evaluated"] == len(space.plans)
     per_gpu = space.costs.tokens_per_s / 64
-    front = pareto_mask(per_gpu, space.costs.memory["peak"] / 2**30)
+    fits = space.costs.fits
+    front = pareto_mask(per_gpu[fits], space.costs.memory["peak"][fits] / 2**30)
     assert sum(r[col["pareto"]] for r in pts["rows"]) == front.sum()
+    assert all(r[col["fits"]] for r in pts["rows"] if r[col["pareto"]])  # only fitting ones
     best = space.order[0]
     assert pts["rows"][0][col["tokens_per_s_per_gpu"]] == pytest.approx(per_gpu[best])
     assert any(not r[col["fits"]] for r in pts["rows"])  # the unfit part is drawn too
@@ -175,7 +177,8 @@ def test_report_from_saved_json_is_the_html_flag_page(tmp_path) -> None:
 @pytest.mark.parametrize(("content", "needle"), [
     ("{\"plans\": []}", "no 'command' key"),
     ("{\"command\": \"validate\"}", "have no report"),
-    ("{\"command\": \"plan\", \"plans\": []}", "lacks what its report draws"),
+    ("{\"command\": \"plan\", \"plans\": []}", "lacks 'space'"),
+    ("{\"command\": \"plan\", \"schema_version\": 99}", "newer than this meshplan"),
     ("[1, 2]", "JSON object"),
     ("{not json", "malformed JSON"),
 ])

@@ -138,7 +138,7 @@ def plan(inputs: Inputs, top: Annotated[int, typer.Option("--top", help="Plans t
         if json_out:
             return
     if csv_out:
-        write_csv(plan_rows(plans))
+        write_csv(plan_rows([e.to_json() for e in plans]))
         if not plans:
             raise typer.Exit(1)
         return

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +12,7 @@ from rich.table import Table
 
 from meshplan.compare import Difference
 from meshplan.estimate import GIB, Estimate
+from meshplan.tables import Rows, plan_rows
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -22,27 +21,6 @@ def print_json(obj: Any) -> None:
     """Print strict JSON: a NaN or infinity is a bug upstream (inputs are validated so that
     none arises), refused here rather than written as invalid JSON."""
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of a ranking, shown as a rich table or written as CSV from the same rows."""
-
-    name: str
-    """CSV header: machine-readable, units in the name (`step_s`, `mem_gib`)."""
-    title: str
-    """Table header."""
-    show: Callable[[Any], str] = str
-    """How the table prints a raw value (the CSV writes the value itself)."""
-    left: bool = False
-
-
-Rows = tuple[tuple[Column, ...], list[tuple[Any, ...]]]
-"""Columns and one tuple of raw values per row: the one source of a table and its CSV."""
-
-
-def fixed(spec: str) -> Callable[[Any], str]:
-    return lambda v: format(v, spec)
 
 
 def rows_table(rows: Rows, title: str | None = None) -> Table:
@@ -64,35 +42,8 @@ def write_csv(rows: Rows) -> None:
         w.writerow(str(v).lower() if isinstance(v, bool) else v for v in row)
 
 
-def plan_rows(estimates: Sequence[Estimate]) -> Rows:
-    """One row per group of equivalent plans ("alike": how many it stands for), with its free
-    memory and what binds it."""
-    columns = (
-        Column("rank", "#"), Column("tp", "tp"), Column("cp", "cp"), Column("pp", "pp"),
-        Column("dp", "dp"), Column("ep", "ep"), Column("mbs", "mbs"),
-        Column("schedule", "schedule", left=True), Column("zero", "zero"),
-        Column("recompute", "recompute", left=True),
-        Column("step_s", "step (s)", fixed(".3f")),
-        Column("tokens_per_s_per_gpu", "tok/s/GPU", fixed(",.0f")),
-        Column("mfu", "MFU", fixed(".1%")),
-        Column("mem_gib", "mem (GiB)", fixed(".1f")),
-        Column("free_gib", "free (GiB)", fixed(".1f")),
-        Column("binds", "binds", left=True), Column("alike", "alike"),
-        Column("fits", "fits", lambda v: "yes" if v else "NO"),
-    )
-    values = []
-    for i, e in enumerate(estimates, 1):
-        p = e.plan
-        sched = "-" if p.pp == 1 else p.schedule + (f"/v{p.vpp}" if p.vpp > 1 else "")
-        values.append((i, p.tp, p.cp, p.pp, p.dp, p.ep, p.micro_batch_size, sched,
-                       p.zero_stage, p.recompute, e.step_time_s, e.tokens_per_s_per_gpu, e.mfu,
-                       e.memory_bytes["peak"] / GIB, e.headroom_bytes / GIB, e.binding,
-                       e.equivalent_plans, e.fits))
-    return columns, values
-
-
 def plans_table(estimates: list[Estimate], title: str) -> Table:
-    return rows_table(plan_rows(estimates), title)
+    return rows_table(plan_rows([e.to_json() for e in estimates]), title)
 
 
 def breakdown_tables(e: Estimate) -> tuple[Table, Table]:

@@ -14,7 +14,7 @@ from meshplan.cli.render import console, print_json
 from meshplan.errors import MeshplanError
 
 HtmlOpt = Annotated[str | None, typer.Option(
-    "--html", help="Also write a self-contained HTML report here (needs meshplan[report])")]
+    "--html", help="Also write a self-contained HTML report here (needs meshplan\\[report])")]
 
 
 def check_html(path: str | None) -> None:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from meshplan.cli.options import FormatOpt, check_out, wants_csv
-from meshplan.cli.render import Column, Rows, console, fixed, print_json, rows_table, write_csv
+from meshplan.cli.render import console, print_json, rows_table, write_csv
 from meshplan.cli.report_cmd import HtmlOpt, check_html, emit
 from meshplan.cli.serve_options import (
     ClusterOpt,
@@ -42,6 +42,7 @@ from meshplan.serve.export import TARGETS, export, refuse
 from meshplan.serve.plan import ServePlan, WhatIf, plan, what_if
 from meshplan.serve.plan.whatif import check_price, parse_counts
 from meshplan.specs.io import load_model
+from meshplan.tables import Column, Rows, fixed
 
 
 def _write(text: str, out: str) -> None:

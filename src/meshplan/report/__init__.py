@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from meshplan.errors import MeshplanError
+from meshplan.output import SCHEMA_VERSION
 
 EXTRA_HINT = "pip install 'meshplan[report]'"
 
@@ -30,15 +31,11 @@ def _pages() -> dict[str, tuple[Callable[[dict[str, Any]], list[Any]],
                                 Callable[[dict[str, Any]], str]]]:
     from meshplan.report import serving, training
 
-    def serve_title(doc: dict[str, Any]) -> str:
-        i = doc.get("inputs", {})
-        return f"{i.get('model', '?')} served on {i.get('cluster', '?')}"
-
     return {"plan": (training.plan_sections, training.title_of),
             "estimate": (training.estimate_sections, training.title_of),
             "simulate": (training.simulate_sections, training.title_of),
-            "serve simulate": (serving.simulate_sections, serve_title),
-            "serve plan": (serving.plan_sections, serve_title)}
+            "serve simulate": (serving.simulate_sections, serving.simulate_title),
+            "serve plan": (serving.plan_sections, serving.plan_title)}
 
 
 def render_html(doc: dict[str, Any]) -> str:
@@ -53,11 +50,18 @@ def render_html(doc: dict[str, Any]) -> str:
     if command not in pages:
         raise MeshplanError(f"{command!r} results have no report; reports draw the --json "
                             f"output of: {', '.join(pages)}")
+    version = doc.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise MeshplanError(f"this result has JSON schema {version}, newer than this meshplan "
+                            f"reads ({SCHEMA_VERSION}): upgrade meshplan")
     sections, title = pages[command]
     try:
         return render(title(doc), doc, sections(doc))
-    except (KeyError, TypeError, IndexError, ValueError) as err:
-        raise MeshplanError(f"this {command!r} result lacks what its report draws ({err!r}); "
+    except KeyError as err:
+        raise MeshplanError(f"this {command!r} result lacks {err.args[0]!r}, which its report "
+                            "draws; write it again with this meshplan's --json") from None
+    except (TypeError, IndexError, ValueError, AttributeError):
+        raise MeshplanError(f"this {command!r} result is not in the shape its report draws; "
                             "write it again with this meshplan's --json") from None
 
 

@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshplan.tables import Rows
+
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 1200px;
        color: #222; }
@@ -37,6 +39,14 @@ class Section:
         self.parts.append(table_html(header, rows))
         return self
 
+    def ranking(self, rows: Rows) -> Section:
+        """A ranking as the terminal shows it (`meshplan.tables`: the same columns)."""
+        columns, values = rows
+        self.parts.append(table_html([c.title for c in columns],
+                                     [[c.show(v) for c, v in zip(columns, r, strict=True)]
+                                      for r in values], [c.left for c in columns]))
+        return self
+
 
 def cell(v: Any) -> str:
     """A table cell's text: numbers to 4 significant figures, None as a dash."""
@@ -49,13 +59,18 @@ def cell(v: Any) -> str:
     return str(v)
 
 
-def table_html(header: list[str], rows: list[list[Any]]) -> str:
-    def klass(v: Any) -> str:
-        return "" if isinstance(v, (int, float)) and not isinstance(v, bool) else " class=text"
+def table_html(header: list[str], rows: list[list[Any]],
+               left: list[bool] | None = None) -> str:
+    """Numbers right-aligned, text left (or as `left` says per column)."""
+    def klass(j: int, v: Any) -> str:
+        text = left[j] if left is not None else \
+            not isinstance(v, (int, float)) or isinstance(v, bool)
+        return " class=text" if text else ""
 
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{klass(v)}>{html.escape(cell(v))}</td>" for v in r)
-                   + "</tr>" for r in rows)
+    head = "".join(f"<th{klass(j, '') if left else ''}>{html.escape(h)}</th>"
+                   for j, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{klass(j, v)}>{html.escape(cell(v))}</td>"
+                                    for j, v in enumerate(r)) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from meshplan.report.page import Section
+from meshplan.tables import plan_rows
 
 TIME_PARTS = {"compute": "compute", "tp_comm": "TP comm", "cp_comm": "CP comm",
               "ep_comm": "EP comm", "pp_comm": "PP comm", "bubble": "pipeline bubble",
@@ -68,12 +69,27 @@ def frontier_figure(doc: dict[str, Any]) -> Any:
                              line={"color": "#e45756"}, marker={"size": 8},
                              text=[hover(r) for r in front],
                              hovertemplate="%{text}<extra></extra>"))
+    ranked = doc.get("plans", [])[:10]
+    fig.add_trace(go.Scatter(
+        x=[e["memory_gib"]["peak"] for e in ranked], y=[e["tokens_per_s_per_gpu"] for e in ranked],
+        mode="markers+text", name="ranked plans", text=[f"#{i}" for i in
+                                                         range(1, len(ranked) + 1)],
+        textposition="top center", marker={"color": "#222", "size": 10, "symbol": "star"},
+        customdata=[f"#{i} {describe(e['plan'])}: step {e['step_time_s']:.3f} s "
+                    f"({e['source']})" for i, e in enumerate(ranked, 1)],
+        hovertemplate="%{customdata}<extra></extra>"))
     hbm = hbm_gib(doc)
+    layout: dict[str, Any] = {}
     if hbm:
         fig.add_vline(x=hbm, line_dash="dash", line_color="#444",
                       annotation_text=f"HBM {hbm:.0f} GiB")
+        # Plans far beyond the HBM would squeeze the ones that fit into a sliver: the axis
+        # stops at twice it (zoom out, or autoscale, to see them).
+        widest = max((r[x] for r in rows), default=hbm)
+        layout["xaxis_range"] = [0, min(widest * 1.05, 2 * hbm)]
     fig.update_layout(xaxis_title="peak memory per GPU (GiB)",
-                      yaxis_title="tokens/s per GPU", hovermode="closest", height=480)
+                      yaxis_title="tokens/s per GPU", hovermode="closest", height=480,
+                      **layout)
     return fig
 
 
@@ -104,19 +120,6 @@ def breakdown_figures(plans: list[dict[str, Any]], labels: list[str],
     return time_fig, mem_fig
 
 
-def plan_table(plans: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    header = ["#", "tp", "cp", "pp", "dp", "ep", "mbs", "schedule", "zero", "recompute",
-              "step (s)", "tok/s/GPU", "MFU", "mem (GiB)", "binds", "alike"]
-    rows = []
-    for i, e in enumerate(plans, 1):
-        p = e["plan"]
-        rows.append([i, p["tp"], p["cp"], p["pp"], p["dp"], p["ep"], p["micro_batch_size"],
-                     p["schedule"], p["zero_stage"], p["recompute"], e["step_time_s"],
-                     e["tokens_per_s_per_gpu"], e["mfu"], e["memory_gib"]["peak"],
-                     e.get("binds"), e.get("equivalent_plans")])
-    return header, rows
-
-
 def title_of(doc: dict[str, Any]) -> str:
     i = doc.get("inputs", {})
     job = i.get("job", {})
@@ -130,13 +133,15 @@ def plan_sections(doc: dict[str, Any]) -> list[Section]:
     space = doc["space"]
     top = plans[:8]
     labels = [f"#{i} {describe(e['plan'])}" for i, e in enumerate(top, 1)]
-    header, rows = plan_table(plans)
     out = [Section("Plan space: throughput against memory",
                    note=f"{space['evaluated']:,} plans costed; {len(space['rows']):,} drawn "
-                        "(the whole Pareto frontier, the best of the ranking and an even "
-                        "sample of the rest). Hover a point for its layout.")
+                        "(the whole Pareto frontier of the plans that fit, the best of the "
+                        "ranking and an even sample of the rest; stars: the ranked plans, "
+                        "as simulated). Hover a point for its layout.")
            .chart(frontier_figure(doc)),
-           Section("Best plans").table(header, rows)]
+           Section("Best plans", note="one row per layout at its best setting; 'costed by' "
+                   "says whether its step is the event simulation of its schedule or the "
+                   "closed form").ranking(plan_rows(plans))]
     if top:
         t, m = breakdown_figures(top, labels, hbm_gib(doc))
         out += [Section("Step time of the best plans").chart(t),
@@ -145,9 +150,9 @@ def plan_sections(doc: dict[str, Any]) -> list[Section]:
 
 
 def estimate_sections(doc: dict[str, Any]) -> list[Section]:
-    header, rows = plan_table([doc])
     t, m = breakdown_figures([doc], [describe(doc["plan"])], hbm_gib(doc))
-    return [Section("The plan", note=f"memory: {doc.get('fit_reason')}").table(header, rows),
+    return [Section("The plan", note=f"memory: {doc.get('fit_reason')}")
+            .ranking(plan_rows([doc])),
             Section("Step time").chart(t), Section("Peak memory").chart(m)]
 
 

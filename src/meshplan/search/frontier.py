@@ -1,5 +1,5 @@
-"""The plan space as points for a chart: throughput per GPU against peak memory per GPU, with
-the Pareto frontier of every costed plan marked.
+"""The plan space as points for a chart: throughput per GPU against peak memory per GPU, every
+costed plan's, fitting or not, with the Pareto frontier of the fitting plans marked.
 
 A search costs up to millions of plans; a page cannot draw them all. The points kept are the
 whole frontier, the best of the ranking, and an even sample of the rest of it (every k-th
@@ -36,7 +36,11 @@ def space_points(space: RankedSpace, num_gpus: int, limit: int = MAX_POINTS) -> 
     P, costs = space.plans, space.costs
     per_gpu = costs.tokens_per_s / num_gpus
     memory = costs.memory["peak"] / 2**30
-    frontier = pareto_mask(per_gpu, memory)
+    # The frontier a user can pick from: of the plans that fit (an unfit plan is no option,
+    # however fast; it is drawn, marked, beside them).
+    fits = np.asarray(costs.fits, dtype=bool)
+    frontier = np.zeros(len(P), dtype=bool)
+    frontier[np.flatnonzero(fits)[pareto_mask(per_gpu[fits], memory[fits])]] = True
     ranked = np.asarray(space.order)
     chosen = np.zeros(len(P), dtype=bool)
     chosen[np.flatnonzero(frontier)[:limit]] = True
