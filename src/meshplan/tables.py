@@ -29,7 +29,7 @@ def fixed(spec: str) -> Callable[[Any], str]:
     return lambda v: format(v, spec)
 
 
-SOURCES = {"simulated": "sim", "analytic": "closed form"}
+SOURCES = {"simulated": "sim", "analytic": "formula"}
 """How a plan's step was costed (`Estimate.source`): the event simulation of its schedule or
 the closed form (plans ranked below the simulated ones, or single-stage plans)."""
 

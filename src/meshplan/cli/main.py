@@ -51,9 +51,12 @@ def models(json_out: JsonFlag = False) -> None:
     if json_out:
         print_json(rows)
         return
+    def size(billions: float) -> str:  # a test model has millions, not 0.0B
+        return f"{billions:8.1f}B" if billions >= 0.1 else f"{billions * 1e3:8.1f}M"
+
     for r in rows:
-        moe = f" (active {r['active_params_b']:.1f}B)" if r["moe"] else ""
-        console.print(f"{r['name']:18} {r['params_b']:8.1f}B{moe}")
+        moe = f" (active {size(r['active_params_b']).strip()})" if r["moe"] else ""
+        console.print(f"{r['name']:18} {size(r['params_b'])}{moe}")
 
 
 @app.command()
