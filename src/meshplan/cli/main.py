@@ -42,7 +42,7 @@ def models(json_out: JsonFlag = False) -> None:
     """List the model presets."""
     from meshplan.cost.params import count_params
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in preset_names("models"):
         m = load_model(name)
         c = count_params(m)
@@ -51,6 +51,7 @@ def models(json_out: JsonFlag = False) -> None:
     if json_out:
         print_json(rows)
         return
+
     def size(billions: float) -> str:  # a test model has millions, not 0.0B
         return f"{billions:8.1f}B" if billions >= 0.1 else f"{billions * 1e3:8.1f}M"
 

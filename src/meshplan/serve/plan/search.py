@@ -34,6 +34,7 @@ detects overload above ~2 S / duration.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -87,9 +88,6 @@ not sustain the rate, even when a short run's late requests still met the SLOs: 
 grows for as long as the traffic lasts."""
 QUEUE_GROWTH = 1.2
 QUEUE_FLOOR = 0.05
-TPOT_GROWTH = 1.03
-"""Nor may the TPOT grow more than this from the second to the third quarter: a batch still
-growing (the run shorter than the settling time) is not yet the rate's steady state."""
 MAX_RUN = 8
 """A probe reruns with more requests (up to this many times `num_requests`) when requests live
 longer than the run was sized for."""
@@ -185,19 +183,13 @@ def steady_state(m: Any, q: Query) -> dict[str, Any]:
     t0, t1 = float(np.median(m.arrival_s)), float(m.arrival_s.max())
     late = m.arrival_s >= t0
     many = late & (m.output_len > 1)
-    q2, q3, q4 = np.quantile(m.arrival_s, [0.25, 0.5, 0.75])
-    second = (m.arrival_s >= q2) & (m.arrival_s < q3)
+    q3, q4 = np.quantile(m.arrival_s, [0.5, 0.75])
     third, last = (m.arrival_s >= q3) & (m.arrival_s < q4), m.arrival_s >= q4
     wait = m.queueing_s
-    # Once the deployment has settled, a quarter of the arrivals sees what the one before it
-    # saw (up to noise): queueing (at admission, before the drain) growing from the third to
-    # the last quarter means it falls behind; TPOT growing from the second to the third (the
-    # last one's requests decode into the drain) means its batch is still growing.
+    # Once the deployment has settled, the last quarter of the arrivals waits (at admission,
+    # before the drain) about as long as the third (up to noise); longer means it falls behind.
     growing = float(wait[last].mean()) > QUEUE_GROWTH * float(wait[third].mean()) \
         + QUEUE_FLOOR * q.slo_ttft_s
-    per_token = np.where(m.output_len > 1, (m.e2e_s - m.ttft_s)
-                         / np.maximum(m.output_len - 1, 1), 0.0)
-    settling = float(per_token[third].mean()) > TPOT_GROWTH * float(per_token[second].mean())
     tpot_s = (m.e2e_s[many] - m.ttft_s[many]) / (m.output_len[many] - 1)
     per_request_tpot = np.where(m.output_len > 1, (m.e2e_s - m.ttft_s)
                                 / np.maximum(m.output_len - 1, 1), 0.0)
@@ -214,8 +206,7 @@ def steady_state(m: Any, q: Query) -> dict[str, Any]:
             "goodput_requests_per_s": float((done & good).sum()) / span,
             "output_tokens_per_s": float(m.output_len[done].sum()) / span,
             "e2e_mean_s": float(m.e2e_s[late].mean()),
-            "keeps_up": bool(done.sum() >= (1 - STEADY_SLACK) * arrived and not growing
-                             and not settling)}
+            "keeps_up": bool(done.sum() >= (1 - STEADY_SLACK) * arrived and not growing)}
 
 
 @dataclass(frozen=True)
@@ -273,6 +264,79 @@ def max_rate(model: Model, cluster: Cluster, spec: AnySpec, q: Query,
 def _evaluate(args: tuple[Model, Cluster, AnySpec, Query, float]) -> RateSearch:
     model, cluster, spec, q, start = args
     return max_rate(model, cluster, spec, q, start)
+
+
+VERIFY_RUN = MAX_RUN
+"""The plans shown are run again at their rate with this many times `num_requests`: near a
+layout's capacity a queue can grow too slowly for the search's runs to see (a random walk
+at a load just under one), and the rate a plan shows must hold for longer than a minute."""
+VERIFY_STEPS = 4
+VERIFY_STEP = 1.1
+"""A shown plan that fails its long run steps down by this factor until one holds."""
+
+
+def verify(model: Model, cluster: Cluster, spec: AnySpec, q: Query, rate: float
+           ) -> tuple[Probe, ...]:
+    """Long-run probes (`VERIFY_RUN`) from `rate` down until one holds (at most
+    `VERIFY_STEPS`), then bisected to `RATE_TOLERANCE`; the last is the verdict."""
+    longer = replace(q, num_requests=VERIFY_RUN * q.num_requests)
+    tried = [probe(model, cluster, spec, longer, rate)]
+    while not tried[-1].ok and len(tried) < VERIFY_STEPS:
+        tried.append(probe(model, cluster, spec, longer, tried[-1].rate_per_s / VERIFY_STEP))
+    held = tried[-1]
+    if held.ok and len(tried) > 1:  # bisect the last step back to the search's tolerance
+        failed = tried[-2].rate_per_s
+        while failed - held.rate_per_s > RATE_TOLERANCE * failed:
+            p = probe(model, cluster, spec, longer, 0.5 * (held.rate_per_s + failed))
+            tried.append(p)
+            if p.ok:
+                held = p
+            else:
+                failed = p.rate_per_s
+        tried.remove(held)
+        tried.append(held)  # the verdict last
+    return tuple(tried)
+
+
+def _verify(args: tuple[Model, Cluster, AnySpec, Query, float]) -> tuple[Probe, ...]:
+    return verify(*args)
+
+
+def _verify_shown(m: Model, c: Cluster, plans: list[PlanEntry],
+                  key: Callable[[PlanEntry], Any], top: int, mapper: Mapper,
+                  prune: Callable[[AnySpec, str, str, bool], None]) -> int:
+    """Verify (`verify`) the plans that would be shown — the `top` best and the best of each
+    kind — until every one shown is verified, in place (a plan that holds at no rate tried
+    is dropped, pruned as an overload); the simulations it ran."""
+    checked: set[str] = set()
+    runs = 0
+    while True:
+        ranked = sorted(plans, key=key)
+        shown = ranked[:top] + [next(p for p in ranked if p.disaggregated == kind)
+                                for kind in (False, True)
+                                if any(p.disaggregated == kind for p in ranked)]
+        todo = list({p.label: p for p in shown if p.label not in checked}.values())
+        if not todo:
+            return runs
+        results = mapper(_verify, [(m, c, p.spec, p.query, p.max_rate_per_s) for p in todo])
+        for p, tried in zip(todo, results, strict=True):
+            runs += len(tried)
+            checked.add(p.label)
+            plans.remove(p)
+            last = tried[-1]
+            if not last.ok:
+                prune(p.spec, "overload", f"falls behind in a {VERIFY_RUN}x longer run even at "
+                      f"{last.rate_per_s:.3g} req/s", True)
+                continue
+            fails = [t.rate_per_s for t in tried if not t.ok and t.rate_per_s > last.rate_per_s]
+            plans.append(replace(
+                p, max_rate_per_s=last.rate_per_s,
+                failed_rate_per_s=min(fails) if fails else p.failed_rate_per_s,
+                metrics=last.metrics, simulations=p.simulations + len(tried),
+                query=replace(p.query, num_requests=VERIFY_RUN * p.query.num_requests),
+                slo_ttft_ms=last.ttft_ms, slo_tpot_ms=last.tpot_ms, steady=last.steady,
+                probes=tuple(sorted([*p.probes, *(t.to_json() for t in tried)],
+                                    key=lambda x: x["rate_per_s"]))))
 
 
 @dataclass(frozen=True)
@@ -599,6 +663,7 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
     extra = bounded(refine)
     run(extra)
     simulated += len(extra)
+    simulations += _verify_shown(m, c, plans, key, top, mapper, prune)
     if not plans:
         reasons = sorted({r for _, r, _ in pruned})
         raise NoDeployment(f"no deployment of {m.name} on {n} GPUs of {c.name} meets the SLOs "
