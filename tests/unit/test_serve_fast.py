@@ -143,3 +143,14 @@ def test_whole_prompts_and_a_full_batch_fast_equal_plain():
     assert_same(deploy(enable_chunked_prefill=False, max_num_batched_tokens=2048,
                        max_num_seqs=8), w)
     assert_same(deploy(instances=2, router="least-tokens", max_num_seqs=4), w)
+
+
+def test_multi_step_groups_keep_their_phase_on_the_fast_path():
+    """vLLM V0 with --num-scheduler-steps 10: a fast-forwarded decode run crosses group
+    boundaries, and an arrival inside a group waits for it to end on both paths."""
+    w = Workload(arrival="poisson", rate=4, num_requests=200, seed=3,
+                 input=Lengths(kind="lognormal", mean=200, spread=0.8),
+                 output=Lengths(kind="lognormal", mean=180, spread=0.8))
+    fast, plain = assert_same(deploy(engine="vllm-v0", num_scheduler_steps=10), w)
+    wait = fast.metrics.first_scheduled_s - draw(w).arrival_s
+    assert np.mean(wait) > 0.010  # ~ half a group of ~9 ms steps, not one step
