@@ -192,10 +192,17 @@ def precision(row: dict[str, Any], notes: list[str]) -> tuple[str, str]:
 
 # -- workload --------------------------------------------------------------------------------
 
-SHAREGPT_SIGMA = (0.56, 0.25)
-"""Lognormal sigma of ShareGPT prompt and output lengths when a row gives only the means:
-sigma = sqrt(2 ln(mean / median)) of a ShareGPT sample whose mean and median are published
-(input 857.5 / 731.5, output 652.5 / 632.0 tokens, LLMServingSim's sharegpt workload file)."""
+SHAREGPT = {"input": (1.6, 1024), "output": (0.9, 2044)}
+"""(lognormal sigma, cap) of ShareGPT prompt and output lengths when a row gives only the
+means. The caps are the benchmark clients' ShareGPT filter (vLLM `benchmarks/
+benchmark_serving.py` `sample_sharegpt_requests`, copied by SGLang's `bench_serving.py`: the
+first human / gpt turns, dropped when either is under 4 tokens, the prompt over 1024 or the
+two over 2048 tokens; 2044 = 2048 - the shortest prompt); the sigmas are those of a lognormal
+cut at the cap whose median matches the filtered ShareGPT_V3_unfiltered_cleaned_split's
+(`benchmarks/sharegpt_lengths.py`: median / mean 0.50 for prompts, 0.68 for outputs, p99 4.2x
+and 4.1x the mean; the fit gives p99 4.7x and 5.3x). The earlier sigmas (0.56 / 0.25, from
+LLMServingSim's capped 300-request sample) had no long outputs, and a burst's drain time is
+set by its longest outputs."""
 MEAN_MEDIAN = re.compile(r"(input|output)\s+mean\s+([\d.]+)\s*/\s*median\s+([\d.]+)")
 
 
@@ -207,17 +214,21 @@ def lengths(row: dict[str, Any], notes: list[str]) -> tuple[Lengths, Lengths]:
         raise Unbuildable("workload lengths not given")
     mi, mo = float(w["input_len_mean"]), float(w["output_len_mean"])
     text = f"{w.get('dataset') or ''} {w.get('length_distribution') or ''}"
-    sigma = dict(zip(("input", "output"), SHAREGPT_SIGMA, strict=True)) \
+    shape: dict[str, tuple[float, int | None]] = dict(SHAREGPT) \
         if re.search("sharegpt", text, re.IGNORECASE) else {}
     for kind, mean, median in MEAN_MEDIAN.findall(text):
-        sigma[kind] = math.sqrt(2 * max(math.log(float(mean) / float(median)), 0.0))
-    if sigma:
-        notes.append(f"lengths lognormal with the stated means, sigma {sigma['input']:.2f} "
-                     f"(input) / {sigma['output']:.2f} (output) from "
+        shape[kind] = (math.sqrt(2 * max(math.log(float(mean) / float(median)), 0.0)), None)
+    if shape:
+        (si, ci), (so, co) = shape["input"], shape["output"]
+        notes.append(f"lengths lognormal with the stated means, sigma {si:.2f} (input) / "
+                     f"{so:.2f} (output) from "
                      + ("the stated medians" if MEAN_MEDIAN.search(text)
-                        else "a published ShareGPT sample's mean and median"))
-        return (Lengths(kind="lognormal", mean=round(mi), spread=sigma["input"]),
-                Lengths(kind="lognormal", mean=round(mo), spread=sigma["output"]))
+                        else "the benchmark's filtered ShareGPT (medians), cut at "
+                        f"{ci} / {co} tokens as its sampler drops longer requests"))
+        return (Lengths(kind="lognormal", mean=round(mi), spread=si,
+                        max=ci if ci and ci > mi else None),
+                Lengths(kind="lognormal", mean=round(mo), spread=so,
+                        max=co if co and co > mo else None))
     notes.append(f"lengths fixed at the stated means ({mi:g} / {mo:g}): a synthetic dataset")
     return Lengths(mean=round(mi)), Lengths(mean=round(mo))
 
