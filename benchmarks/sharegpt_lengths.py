@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +30,7 @@ MIN_TOKENS, MAX_PROMPT, MAX_TOTAL = 4, 1024, 2048
 
 def first_turns(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Characters of each conversation's first two turns."""
-    text = open(path, encoding="utf-8").read()
+    text = Path(path).read_text(encoding="utf-8")
     dec, i, prompts, outputs = json.JSONDecoder(), text.index("[") + 1, [], []
     while True:
         while i < len(text) and text[i] in " \n\r\t,":
