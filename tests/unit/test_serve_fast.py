@@ -19,10 +19,12 @@ def deploy(model: str = "llama3-8b", **kw):
     return resolve(load_model(model), load_cluster("dgx-h100"), DeploymentSpec(**kw))
 
 
-@pytest.mark.parametrize(("model", "tp"), [("llama3-8b", 1), ("llama3-8b", 4),
-                                           ("mixtral-8x7b", 2)])
-def test_cached_iteration_time_equals_the_layer_core(model, tp):
-    cost = IterationCost(deploy(model, tp=tp))
+@pytest.mark.parametrize(("model", "tp", "dpa"), [("llama3-8b", 1, 1), ("llama3-8b", 4, 1),
+                                                  ("mixtral-8x7b", 2, 1),
+                                                  ("mixtral-8x7b", 4, 4)])
+def test_cached_iteration_time_equals_the_layer_core(model, tp, dpa):
+    kw = {"ep": tp, "dp_attention": dpa} if dpa > 1 else {}
+    cost = IterationCost(deploy(model, tp=tp, **kw))
     rng = np.random.default_rng(0)
     for _ in range(300):
         b = int(rng.integers(1, 300))
@@ -143,3 +145,30 @@ def test_whole_prompts_and_a_full_batch_fast_equal_plain():
     assert_same(deploy(enable_chunked_prefill=False, max_num_batched_tokens=2048,
                        max_num_seqs=8), w)
     assert_same(deploy(instances=2, router="least-tokens", max_num_seqs=4), w)
+
+
+def test_multi_step_groups_keep_their_phase_on_the_fast_path():
+    """vLLM V0 with --num-scheduler-steps 10: a fast-forwarded decode run crosses group
+    boundaries, and an arrival inside a group waits for it to end on both paths."""
+    w = Workload(arrival="poisson", rate=4, num_requests=200, seed=3,
+                 input=Lengths(kind="lognormal", mean=200, spread=0.8),
+                 output=Lengths(kind="lognormal", mean=180, spread=0.8))
+    fast, plain = assert_same(deploy(engine="vllm-v0", num_scheduler_steps=10), w)
+    wait = fast.metrics.first_scheduled_s - draw(w).arrival_s
+    assert np.mean(wait) > 0.010  # ~ half a group of ~9 ms steps, not one step
+
+
+def test_the_busiest_attention_rank_sets_the_step():
+    """Data-parallel attention: decodes spread evenly (a remainder sequence on one rank), a
+    lone prompt runs on its own rank, and that rank's attention is what the step waits for."""
+    d = deploy("mixtral-8x7b", tp=4, ep=4, dp_attention=4)
+    cost = IterationCost(d)
+    assert cost.rank_share(256, 256) == pytest.approx(0.25 + 0.75 / 256)
+    assert cost.rank_share(4096, 4096.0**2) == 1.0  # one 4096-token prompt alone
+    # 2048 decodes + one 2048-token chunk: about an even share plus the rest of the chunk
+    mixed = cost.rank_share(4096, 2048 + 2048.0**2)
+    assert 0.25 < mixed < 1.0
+    lone = cost.time_reference(1, 4096, 0.0, 4096.0**2, 4096, 1)
+    even = cost.time_reference(1, 4096, 0.0, 4096.0**2, 4096, 1, share=0.25)
+    assert lone > 1.2 * even  # the prompt's attention on one rank, not a quarter on each
+    assert IterationCost(deploy("mixtral-8x7b", tp=4)).rank_share(1, 1) == 1.0

@@ -450,3 +450,22 @@ def test_multi_step_is_refused_for_other_engines():
     d = resolve(load_model("llama3-8b"), load_cluster("dgx-h100"),
                 DeploymentSpec(engine="vllm-v0", num_scheduler_steps=4))
     assert d.iteration_overhead_s == pytest.approx(d.engine.iteration_overhead_s / 4)
+
+
+def test_vllm_batch_limits_bind_each_data_parallel_rank():
+    """vLLM's DP ranks each run a scheduler with the same max_num_seqs / token budget
+    (EngineProfile.limits_per_attention_rank); TensorRT-LLM's profile keeps them per
+    instance."""
+    from meshplan.serve import DeploymentSpec, resolve
+    from meshplan.specs.io import load_cluster, load_model
+
+    m, c = load_model("mixtral-8x7b"), load_cluster("dgx-h100")
+    one = resolve(m, c, DeploymentSpec(engine="vllm", tp=2, ep=2, max_num_seqs=128,
+                                       max_num_batched_tokens=2048))
+    two = resolve(m, c, DeploymentSpec(engine="vllm", tp=2, ep=2, dp_attention=2,
+                                       max_num_seqs=128, max_num_batched_tokens=2048))
+    assert (one.max_num_seqs, one.max_num_batched_tokens) == (128, 2048)
+    assert (two.max_num_seqs, two.max_num_batched_tokens) == (256, 4096)
+    trt = resolve(m, c, DeploymentSpec(engine="trtllm", tp=2, ep=2, dp_attention=2,
+                                       max_num_seqs=128))
+    assert trt.max_num_seqs == 128

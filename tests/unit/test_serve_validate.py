@@ -21,7 +21,7 @@ from meshplan.serve.validate.calibrate import calibrate, overheads
 from meshplan.serve.validate.case import StaticBatch, Unbuildable
 from meshplan.serve.validate.hardware import POWER_EXPONENT
 from meshplan.serve.validate.predict import deployment
-from meshplan.serve.validate.rebuild import SHAREGPT_SIGMA
+from meshplan.serve.validate.rebuild import SHAREGPT
 from meshplan.serve.workload import Lengths, Workload, draw
 from meshplan.specs.io import load_cluster
 
@@ -84,7 +84,8 @@ def test_dataset_means_get_a_lognormal_with_the_documented_sigma(runs):
     case = build_case(runs["vllmblog-h100-8b-sharegpt-vllm-qps2"])
     w = case.workload
     assert isinstance(w, Workload) and w.arrival == "poisson" and w.rate == 2.0
-    assert (w.input.kind, w.input.spread) == ("lognormal", SHAREGPT_SIGMA[0])
+    assert (w.input.kind, w.input.spread, w.input.max) == ("lognormal", *SHAREGPT["input"])
+    assert (w.output.spread, w.output.max) == SHAREGPT["output"]
     assert w.input.mean == 202 and w.output.mean == 179
     # stated medians take precedence: sigma = sqrt(2 ln(mean / median))
     stated = build_case(runs["llmservingsim-vllm-rtx4090-llama-3.1-8b"]).workload

@@ -173,3 +173,26 @@ def test_cli_bad_workloads_are_one_line_and_exit_2(args, needle):
     assert out.returncode == 2, out.stdout
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
+
+
+def test_capped_lognormal_keeps_its_mean_under_the_cap():
+    """A lognormal cut at `max` (longer draws drawn again) has the stated mean: the partial
+    expectation E[X | X <= c] = exp(mu + s^2/2) Phi(z - s) / Phi(z), z = (ln c - mu) / s."""
+    import math
+
+    from meshplan.serve.workload import truncated_lognormal_mean, truncated_lognormal_mu
+
+    assert truncated_lognormal_mean(0.0, 1.0, 1e12) == pytest.approx(math.exp(0.5), rel=1e-9)
+    # cut at the median (c = e^mu): the mean halves the uncut exp(mu + s^2/2) times
+    # 2 Phi(-s); for s = 1, 2 Phi(-1) = 0.31731
+    assert truncated_lognormal_mean(0.0, 1.0, 1.0) == pytest.approx(
+        math.exp(0.5) * 0.3173105, rel=1e-6)
+    mu = truncated_lognormal_mu(179, 0.9, 2044)
+    assert truncated_lognormal_mean(mu, 0.9, 2044) == pytest.approx(179, rel=1e-9)
+    x = Lengths(kind="lognormal", mean=202, spread=1.6, max=1024).draw(
+        np.random.default_rng(1), 100_000)
+    assert x.max() <= 1024 and x.mean() == pytest.approx(202, rel=0.01)
+    with pytest.raises(ValueError, match="lognormal"):
+        Lengths(kind="normal", mean=100, spread=0.2, max=500)
+    with pytest.raises(ValueError, match="exceed the mean"):
+        Lengths(kind="lognormal", mean=100, spread=0.5, max=90)

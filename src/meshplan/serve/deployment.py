@@ -104,6 +104,12 @@ class Deployment:
         return self.spec.dp_attention
 
     @property
+    def limit_ranks(self) -> int:
+        """Schedulers the instance's limits are multiplied over (dp_attention where each
+        attention rank applies max_num_seqs and the token budget itself, else 1)."""
+        return self.spec.dp_attention if self.engine.limits_per_attention_rank else 1
+
+    @property
     def tp_attention(self) -> int:
         """GPUs one attention rank's heads are split over."""
         return self.spec.tp // self.spec.dp_attention
@@ -215,14 +221,16 @@ def _resolve_pool(model: Model, cluster: Cluster, spec: DeploymentSpec,
         raise MeshplanError(f"{where}num_scheduler_steps={spec.num_scheduler_steps}: multi-step "
                             f"scheduling is vLLM V0's (engine vllm-v0), not {engine.name}'s")
     seqs, tokens = engine.batch_defaults(cluster.accelerator)
+    ranks = spec.dp_attention if engine.limits_per_attention_rank else 1
+    # each attention rank's scheduler applies the limits (EngineProfile.limits_per_attention_rank)
 
     def flag(value: bool | None, default: bool) -> bool:
         return default if value is None else value
 
     return Deployment(
         model, cluster, spec, engine,
-        max_num_seqs=spec.max_num_seqs or seqs,
-        max_num_batched_tokens=spec.max_num_batched_tokens or tokens,
+        max_num_seqs=(spec.max_num_seqs or seqs) * ranks,
+        max_num_batched_tokens=(spec.max_num_batched_tokens or tokens) * ranks,
         block_size=spec.block_size or engine.block_size,
         gpu_memory_utilization=spec.gpu_memory_utilization or engine.memory_fraction(
             cluster.accelerator, spec.tp, spec.max_num_batched_tokens or tokens),

@@ -113,6 +113,10 @@ class EngineProfile(Spec):
     """Where the fitted overheads came from (`presets/serving_calibration.toml`), "" if none."""
     cuda_graph_max_bs: int | None = Field(default=None, gt=0)
     """Largest decode batch captured in a graph (tiers override it)."""
+    limits_per_attention_rank: bool = False
+    """Whether max_num_seqs and the token budget bind each data-parallel attention rank (the
+    instance admitting dp_attention times as much): true where every rank runs its own
+    scheduler with the engine's arguments."""
     sglang: SGLangKnobs | None = None
 
     def _tier(self, accelerator: Accelerator) -> MemoryTier | None:

@@ -11,8 +11,9 @@ Layouts (`Deployment`): pipeline stages run their share of the layers (`stage_ti
 first with the embedding, the last with the LM head) and hand the hidden state and residual to
 the next stage (`send_time`, vLLM's `IntermediateTensors`); a MoE layer with expert parallelism
 adds the token dispatch and combine all-to-alls (`cost.collectives.ep_dispatch_combine_time`),
-and data-parallel attention runs each attention rank on its share of the batch (an even split,
-meshplan's assumption) before the experts see every rank's tokens.
+and data-parallel attention runs each attention rank on its share of the batch before the
+experts see every rank's tokens, the step waiting for the busiest rank (`rank_share`: an even
+split of the decodes, a prompt's chunk on its own request's rank).
 """
 
 from __future__ import annotations
@@ -146,8 +147,10 @@ def kv_capacity(d: Deployment) -> KVCapacity:
     qkv = (m.num_attention_heads + 2 * m.kv_heads) * m.head_size / ta
     ffn = m.ffn_hidden_size if m.moe is None else m.moe.expert_ffn_hidden_size * m.moe.top_k
     per_token = 2.0 * (2 * m.hidden_size + qkv + 2 * ffn / t)
-    logits = min(d.max_num_seqs, d.max_num_batched_tokens) * m.vocab_size / ta
-    workspace = d.max_num_batched_tokens * per_token + SAMPLER_BYTES_PER_LOGIT * logits
+    # (each GPU profiles its own attention rank's budget where the ranks schedule apart)
+    seqs, budget_tokens = d.max_num_seqs / d.limit_ranks, d.max_num_batched_tokens / d.limit_ranks
+    logits = min(seqs, budget_tokens) * m.vocab_size / ta
+    workspace = budget_tokens * per_token + SAMPLER_BYTES_PER_LOGIT * logits
     reserved = acc.reserved_memory_bytes
     block = float(d.block_size * kv_bytes_per_token_per_gpu(d))
     hbm = acc.memory_bytes
@@ -220,13 +223,31 @@ class IterationCost:
             * share
         self._core_kv = float(attention_io_bytes(m, unit_kv, t, self.kv_bytes)) \
             / self.K.mem_bw * share
-        self._base: dict[int, float] = {}
+        self._base: dict[int | tuple[int, float], float] = {}
         self._head: dict[int, float] = {}
-        self._layer_base: dict[int, tuple[float, float, float]] = {}
+        self._layer_base: dict[int | tuple[int, float], tuple[float, float, float]] = {}
         self._send: dict[tuple[int, int], float] = {}
 
     def _core(self, tokens: float, pairs: float, kv_tokens: float) -> float:
         return max(self._core_flop * pairs, self._core_q * tokens + self._core_kv * kv_tokens)
+
+    def rank_share(self, tokens: float, query_squares: float) -> float:
+        """Share of the batch's query tokens on the busiest data-parallel attention rank,
+        whose attention the others wait for at each MoE layer's dispatch: a prompt's chunk
+        runs on its own request's rank, so the busiest rank holds about an even share plus
+        the rest of a typical chunk, T / R + c (1 - 1 / R) with c = sum(q^2) / T the
+        token-weighted mean chunk (1 for decodes: T / R + 1 - 1 / R, one sequence of the
+        remainder; one lone prompt: all of it). 1 without data-parallel attention."""
+        R = self.dpa
+        if R == 1 or tokens <= 0:
+            return 1.0
+        chunk = query_squares / tokens
+        return min(1.0, 1.0 / R + chunk / tokens * (1.0 - 1.0 / R))
+
+    def _rank_gain(self, share: float) -> float:
+        """The attention core's factor on the busiest rank (its coefficients are per even
+        share, 1 / dp_attention)."""
+        return share * self.dpa
 
     def _head_time(self, sampled: int) -> float:
         h = self._head.get(sampled)
@@ -236,14 +257,16 @@ class IterationCost:
             self._head[sampled] = h
         return h
 
-    def _base_time(self, tokens: int) -> float:
-        """Everything but the attention core, the head and the host overhead."""
-        b = self._base.get(tokens)
+    def _base_time(self, tokens: int, share: float = 1.0) -> float:
+        """Everything but the attention core, the head and the host overhead (`share`: the
+        busiest attention rank's, `rank_share`)."""
+        key = tokens if self.dpa == 1 else (tokens, share)
+        b = self._base.get(key)
         if b is None:
-            full = self.time_reference(1, tokens, 0.0, 0.0, 0.0, 1)
+            full = self.time_reference(1, tokens, 0.0, 0.0, 0.0, 1, share=share)
             b = full - self.overhead - self._head_time(1) \
-                - self.layers * self._core(tokens, 0.0, 0.0)
-            self._base[tokens] = b
+                - self.layers * self._core(tokens, 0.0, 0.0) * self._rank_gain(share)
+            self._base[key] = b
         return b
 
     def time(self, num_seqs: int, tokens: float, query_prefix: float, query_squares: float,
@@ -253,8 +276,10 @@ class IterationCost:
         if tokens != T:
             return self.time_reference(num_seqs, tokens, query_prefix, query_squares,
                                        kv_tokens, sampled)
-        core = self._core(tokens, query_prefix + 0.5 * query_squares, kv_tokens)
-        return self._base_time(T) + self.layers * core + self._head_time(sampled) \
+        share = self.rank_share(tokens, query_squares)
+        core = self._core(tokens, query_prefix + 0.5 * query_squares, kv_tokens) \
+            * self._rank_gain(share)
+        return self._base_time(T, share) + self.layers * core + self._head_time(sampled) \
             + self.overhead
 
     def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float, float,
@@ -263,27 +288,30 @@ class IterationCost:
         of a decode-only step of `num_seqs` sequences: its seconds at a prefix sum P are
         base + layers x max(pair x (P + B / 2), query x B + key x (P + B)) + head + overhead,
         in that order (the same floats as `time` and `decode_times`)."""
-        return (self._base_time(num_seqs), float(self.layers), self._head_time(num_seqs),
-                self.overhead, self._core_flop, self._core_q, self._core_kv)
+        share = self.rank_share(num_seqs, num_seqs)
+        g = self._rank_gain(share)
+        return (self._base_time(num_seqs, share), float(self.layers), self._head_time(num_seqs),
+                self.overhead, self._core_flop * g, self._core_q * g, self._core_kv * g)
 
     def decode_times(self, num_seqs: int, prefix_sum: float, steps: int) -> np.ndarray:
         """Seconds of `steps` consecutive decode-only steps of `num_seqs` sequences (one query
         token each, every one sampling) whose cached prefixes sum to `prefix_sum` at the
         first: the sum grows by `num_seqs` a step. Elementwise as `time`."""
         B = float(num_seqs)
+        base, layers, head, overhead, per_pair, per_q, per_kv = self.decode_terms(num_seqs)
         prefix = prefix_sum + B * np.arange(steps, dtype=float)
-        core = np.maximum(self._core_flop * (prefix + 0.5 * B),
-                          self._core_q * B + self._core_kv * (prefix + B))
-        return self._base_time(num_seqs) + self.layers * core \
-            + self._head_time(num_seqs) + self.overhead
+        core = np.maximum(per_pair * (prefix + 0.5 * B), per_q * B + per_kv * (prefix + B))
+        return base + layers * core + head + overhead
 
     def time_reference(self, num_seqs: int, tokens: float, query_prefix: float,
-                       query_squares: float, kv_tokens: float, sampled: int) -> float:
+                       query_squares: float, kv_tokens: float, sampled: int,
+                       share: float | None = None) -> float:
         """One forward of a batch: `tokens` query tokens of `num_seqs` sequences (with
         sum(q x prefix), sum(q^2) and the keys read, as `BatchShape.from_sums`), of which
-        `sampled` positions sample a token (every stage in turn, no send)."""
+        `sampled` positions sample a token (every stage in turn, no send); `share`: the
+        busiest attention rank's share of it (None: `rank_share`)."""
         embed, dense, moe, head = self.parts(num_seqs, tokens, query_prefix, query_squares,
-                                             kv_tokens, sampled)
+                                             kv_tokens, sampled, share)
         total = embed
         if self.dense_layers:
             total += self.dense_layers * dense
@@ -293,14 +321,16 @@ class IterationCost:
         return total + self.overhead
 
     def parts(self, num_seqs: int, tokens: float, query_prefix: float, query_squares: float,
-              kv_tokens: float, sampled: int) -> tuple[float, float, float, float]:
+              kv_tokens: float, sampled: int, share: float | None = None
+              ) -> tuple[float, float, float, float]:
         """(embedding, one dense layer, one MoE layer, LM head) seconds of a batch, each
-        layer with its collectives: the layer core's functions on the batch's shape."""
+        layer with its collectives: the layer core's functions on the batch's shape (the
+        attention on the busiest attention rank's share, `rank_share` unless given)."""
         m, K, deg = self.model, self.K, self.deg
         shape = BatchShape.from_sums(num_seqs, tokens, query_prefix, query_squares, kv_tokens)
         rank = shape
-        if self.dpa > 1:  # one attention rank's share
-            f = 1.0 / self.dpa
+        if self.dpa > 1:  # the busiest attention rank's share
+            f = self.rank_share(tokens, query_squares) if share is None else share
             rank = BatchShape.from_sums(num_seqs * f, tokens * f, query_prefix * f,
                                         query_squares * f, kv_tokens * f)
         embed = float(K.memory(embedding_bytes(m, rank.tokens, deg)))
@@ -352,13 +382,16 @@ class IterationCost:
                                                  query_squares, kv_tokens, sampled)
         else:
             T = int(tokens)
-            lb = self._layer_base.get(T)
+            share = self.rank_share(tokens, query_squares)
+            g = self._rank_gain(share)
+            key = T if self.dpa == 1 else (T, share)
+            lb = self._layer_base.get(key)
             if lb is None:
-                e, dn, mo, _ = self.parts(1, T, 0.0, 0.0, 0.0, 1)
-                c0 = self._core(T, 0.0, 0.0)
+                e, dn, mo, _ = self.parts(1, T, 0.0, 0.0, 0.0, 1, share)
+                c0 = self._core(T, 0.0, 0.0) * g
                 lb = (e, dn - c0, mo - c0)
-                self._layer_base[T] = lb
-            core = self._core(tokens, query_prefix + 0.5 * query_squares, kv_tokens)
+                self._layer_base[key] = lb
+            core = self._core(tokens, query_prefix + 0.5 * query_squares, kv_tokens) * g
             embed, dense, moe = lb[0], lb[1] + core, lb[2] + core
             head = self._head_time(sampled)
         last = len(self.stages) - 1

@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -49,11 +50,21 @@ class Lengths(Spec):
     """uniform: half-width as a share of the mean; normal: standard deviation as a share of
     the mean; lognormal: sigma of the underlying normal; zipf: the exponent a > 0 of
     P(l) ~ l^-a over 1..L_max, L_max set by the mean (`zipf_support`)."""
+    max: int | None = Field(default=None, gt=0)
+    """lognormal only: the longest length; longer draws are drawn again (a benchmark that
+    drops requests over its caps, as vLLM's ShareGPT sampler does), `mean` being the mean
+    after that (`truncated_lognormal_mu`)."""
 
     @model_validator(mode="after")
     def _check(self) -> Lengths:
         if self.kind == "zipf" and self.spread <= 0:
             raise ValueError("zipf lengths need spread > 0 (the exponent a of P(l) ~ l^-a)")
+        if self.max is not None:
+            if self.kind != "lognormal" or self.spread <= 0:
+                raise ValueError("a length cap (max) is for lognormal lengths (spread > 0)")
+            if self.max <= self.mean:
+                raise ValueError(f"the length cap ({self.max}) must exceed the mean "
+                                 f"({self.mean})")
         return self
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -68,9 +79,34 @@ class Lengths(Spec):
             x = rng.uniform(m * (1 - s), m * (1 + s), n)
         elif self.kind == "normal":
             x = rng.normal(m, s * m, n)
-        else:  # lognormal with the given mean: mu = ln(m) - sigma^2 / 2
+        elif self.max is None:  # lognormal with the given mean: mu = ln(m) - sigma^2 / 2
             x = rng.lognormal(np.log(m) - s * s / 2, s, n)
+        else:
+            mu = truncated_lognormal_mu(m, s, self.max)
+            x = rng.lognormal(mu, s, n)
+            over = x > self.max + 0.5
+            while over.any():  # redrawn (acceptance >= ~50 % for a cap above the mean)
+                x[over] = rng.lognormal(mu, s, int(over.sum()))
+                over = x > self.max + 0.5
         return np.maximum(np.rint(x), 1).astype(np.int64)
+
+
+def truncated_lognormal_mean(mu: float, sigma: float, cap: float) -> float:
+    """E[X | X <= cap] for ln X ~ N(mu, sigma^2): exp(mu + sigma^2 / 2) Phi(z - sigma) / Phi(z),
+    z = (ln cap - mu) / sigma (the partial expectation of the lognormal)."""
+    z = (math.log(cap) - mu) / sigma
+    phi = NormalDist()
+    return math.exp(mu + sigma * sigma / 2) * phi.cdf(z - sigma) / max(phi.cdf(z), 1e-300)
+
+
+def truncated_lognormal_mu(mean: float, sigma: float, cap: float) -> float:
+    """The mu whose lognormal, cut at `cap`, has mean `mean` (< cap): bisection on
+    `truncated_lognormal_mean`, which rises with mu from 0 towards cap."""
+    lo, hi = math.log(mean) - 4 * sigma * sigma - 10, math.log(cap) + 4 * sigma
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if truncated_lognormal_mean(mid, sigma, cap) < mean else (lo, mid)
+    return (lo + hi) / 2
 
 
 class Workload(Spec):

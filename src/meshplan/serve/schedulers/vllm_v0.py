@@ -37,7 +37,10 @@ class VLLMV0Scheduler(Scheduler):
         """Decode steps left in the current multi-step group."""
 
     def advanced(self, steps: int) -> None:
-        self._group_left = max(self._group_left - steps, 0)
+        # the loop's decode-only steps cross group boundaries, each starting a new group of
+        # `decode_steps` (nothing could be admitted there), so the phase wraps: an arrival
+        # waits for the group in progress to end, as in vLLM 0.6's multi-step engine
+        self._group_left = (self._group_left - steps) % self.decode_steps
 
     def schedule(self) -> Step:
         if self._group_left > 0 and self.running:
