@@ -8,7 +8,7 @@ the CLI prints it and exits 2. Internal invariants use `assert` instead.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -31,11 +31,21 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> MeshplanError:
     return MeshplanError(f"unknown {kind} {name!r}; {hint}")
 
 
-def from_validation_error(err: ValidationError, where: str) -> MeshplanError:
-    """Turn pydantic's multi-line report into one line naming each bad field and value."""
+def from_validation_error(err: ValidationError, where: str,
+                          flags: Callable[[str], str | None] | None = None) -> MeshplanError:
+    """Turn pydantic's multi-line report into one line naming each bad field and value; with
+    `flags`, a field the user set by a command-line flag is named by that flag (`--recompute`,
+    not `plan: recompute`)."""
     parts = []
+    flagged = 0
     for item in err.errors():
         field = ".".join(str(p) for p in item["loc"]) or "(root)"
+        flag = flags(field) if flags is not None and item["loc"] else None
+        if flag is not None and item["type"] not in ("extra_forbidden", "missing"):
+            msg = item["msg"].removeprefix("Value error, ")
+            parts.append(f"{flag}={item.get('input')!r}: {msg}")
+            flagged += 1
+            continue
         if item["type"] == "extra_forbidden":
             parts.append(f"unknown key {field!r}")
         elif item["type"] == "missing":
@@ -46,4 +56,4 @@ def from_validation_error(err: ValidationError, where: str) -> MeshplanError:
             parts.append(msg if not item["loc"] else f"{field}: {msg}")
         else:
             parts.append(f"{field}={item.get('input')!r}: {item['msg']}")
-    return MeshplanError(f"{where}: " + "; ".join(parts))
+    return MeshplanError(("" if flagged == len(parts) else f"{where}: ") + "; ".join(parts))

@@ -63,9 +63,9 @@ def test_a_plan_that_does_not_fit_is_reported_not_an_error():
         (["estimate", *BASE, "--micro-batch-size", "7"], "global_batch_size"),
         (["estimate", *BASE, "--schedule", "zb-h9"], "schedule"),
         (["estimate", *BASE, "--recompute", "most"], "recompute"),
-        (["estimate", *BASE, "--zero", "4"], "zero_stage"),
+        (["estimate", *BASE, "--zero", "4"], "--zero=4"),
         (["estimate", *BASE, "--ep", "2"], "MoE"),
-        (["plan", *BASE[:-2], "--seq-len", "0"], "seq_len"),
+        (["plan", *BASE[:-2], "--seq-len", "0"], "--seq-len=0"),
         (["plan", *BASE, "--top", "0"], "top"),
     ],
 )
@@ -109,3 +109,17 @@ def test_token_budget_gives_time_to_train():
     seconds = 3e11 / data["tokens_per_s"]
     assert data["time_to_train_days"] == pytest.approx(seconds / 86400)
     assert data["gpu_hours"] == pytest.approx(seconds * 384 / 3600)
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["estimate", "--recompute", "ful"], "error: --recompute='ful': Input should be"),
+    (["estimate", "--global-batch-size", "0"], "error: --global-batch-size=0: "),
+    (["serve", "simulate", "--workload", "poison"], "error: --workload='poison': "),
+    (["serve", "simulate", "--rate", "-1"], "error: --rate=-1.0: "),
+])
+def test_a_bad_value_is_named_by_its_flag(args: list[str], line: str) -> None:
+    """The error names the flag the user typed, not the spec field behind it."""
+    from tests.conftest import invoke
+
+    code, _, err = invoke(*args)
+    assert code == 2 and err.startswith(line) and err.count("\n") == 1, err

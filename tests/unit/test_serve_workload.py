@@ -166,7 +166,7 @@ def test_cli_runs_the_new_workloads(tmp_path):
     (("--lengths", "zipf", "--rate", "1"), "exponent"),
     (("--rate", "1", "--lengths-file", "/nonexistent.csv"), "not found"),
     (("--workload", "closed", "--clients", "0"), "clients"),
-    (("--rate", "1", "--prefix-group-size", "0"), "prefix_group_size"),
+    (("--rate", "1", "--prefix-group-size", "0"), "--prefix-group-size=0"),
 ])
 def test_cli_bad_workloads_are_one_line_and_exit_2(args, needle):
     out = cli(*args)

@@ -70,7 +70,7 @@ class Inputs:
         try:
             return Plan(**flags)
         except ValidationError as err:
-            raise from_validation_error(err, "plan") from None
+            raise from_validation_error(err, "plan", typed_flag) from None
 
 
 def _opt(flag: str, help_: str, **kw: Any) -> Any:
@@ -163,6 +163,12 @@ CTX = "meshplan_ctx"
 """Name of the context parameter `with_inputs(imports=True)` adds."""
 
 
+def typed_flag(field: str) -> str | None:
+    """The flag of a shared option's field (for error messages), None for other fields."""
+    known = {option for option, _, _ in COMMON + PLAN_FLAGS}
+    return flag_of(field) if field in known else None
+
+
 def flag_of(name: str) -> str:
     """The command-line flag of a shared option (`zero_stage` -> `--zero`)."""
     for option, ann, _ in COMMON + PLAN_FLAGS:
@@ -217,7 +223,7 @@ def build_inputs(values: dict[str, Any]) -> Inputs:
         job = Job(global_batch_size=values["global_batch_size"], seq_len=values["seq_len"],
                   precision=values["precision"], token_budget=values["token_budget"], **extra)
     except ValidationError as err:
-        raise from_validation_error(err, "job") from None
+        raise from_validation_error(err, "job", typed_flag) from None
     if values["num_gpus"] <= 0:
         raise MeshplanError(f"--num-gpus={values['num_gpus']}: must be positive")
     plan_flags = {name: values.get(name) for name, _, _ in PLAN_FLAGS}

@@ -33,6 +33,7 @@ from meshplan.cli.serve_options import (
     TpOpt,
     deployment_spec,
     option,
+    serve_flag,
 )
 from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.output import envelope
@@ -129,7 +130,7 @@ def simulate_cmd(
                         input=Lengths(kind=kind, mean=input_len, spread=spread),  # type: ignore[arg-type]
                         output=Lengths(kind=kind, mean=output_len, spread=spread))  # type: ignore[arg-type]
     except ValidationError as err:
-        raise from_validation_error(err, "serve simulate") from None
+        raise from_validation_error(err, "serve simulate", serve_flag) from None
     for flag, bound in (("--slo-ttft-ms", slo_ttft_ms), ("--slo-tpot-ms", slo_tpot_ms)):
         if bound is not None and not 0 < bound < float("inf"):
             raise MeshplanError(f"{flag}={bound}: must be a positive number of milliseconds")

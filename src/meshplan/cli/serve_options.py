@@ -40,6 +40,24 @@ NoChunkedPrefillOpt = Annotated[bool, option("--no-chunked-prefill", "Prefill pr
 KvCacheDtypeOpt = Annotated[str, option("--kv-cache-dtype", "bf16, fp16 or fp8")]
 
 
+SAME_NAME = {"tp", "pp", "ep", "dp_attention", "instances", "engine", "router", "rate", "cv",
+             "clients", "think_s", "num_requests", "seed", "lengths_file", "prefix_len",
+             "prefix_group_size", "max_num_seqs", "max_num_batched_tokens",
+             "gpu_memory_utilization", "kv_cache_dtype", "weights_dtype", "num_gpu_blocks",
+             "num_scheduler_steps"}
+"""Deployment and workload fields set by the flag of the same name."""
+RENAMED = {"arrival": "--workload", "input.mean": "--input-len", "output.mean": "--output-len",
+           "input.kind": "--lengths", "output.kind": "--lengths", "input.spread": "--spread",
+           "output.spread": "--spread"}
+
+
+def serve_flag(field: str) -> str | None:
+    """The serving flag that set a spec field (for error messages), None if none did."""
+    if field in RENAMED:
+        return RENAMED[field]
+    return "--" + field.replace("_", "-") if field in SAME_NAME else None
+
+
 def deployment_spec(tp: int, instances: int, prefill_instances: int | None,
                     decode_instances: int | None, prefill_tp: int | None,
                     decode_tp: int | None, **knobs: Any) -> DeploymentSpec | DisaggregatedSpec:

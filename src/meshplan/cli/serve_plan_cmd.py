@@ -34,6 +34,7 @@ from meshplan.cli.serve_options import (
     TpOpt,
     deployment_spec,
     option,
+    serve_flag,
 )
 from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.output import envelope
@@ -263,7 +264,7 @@ def export_cmd(
         spec = deployment_spec(tp, instances, prefill_instances, decode_instances,
                                prefill_tp, decode_tp, **common)
     except ValidationError as err:
-        raise from_validation_error(err, "serve export") from None
+        raise from_validation_error(err, "serve export", serve_flag) from None
     d = resolve_any(load_model(model), load_serving_cluster(cluster), spec)
     _write(export(d, to), out)
 
