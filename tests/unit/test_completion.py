@@ -37,3 +37,17 @@ def test_help_lists_the_completion_options_and_errors_stay_one_line():
     assert out.returncode == 0 and "--install-completion" in out.stdout
     out = run("plan", "--model", "nope")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_flag_values_complete_from_their_definitions():
+    """--model / --cluster from the presets, --schedule from the schedule specs, --engine from
+    the serving profiles."""
+    cases = [("meshplan plan --model llama3.1", "3", "llama3.1-405b"),
+             ("meshplan estimate --cluster dgx-h", "3", "dgx-h100"),
+             ("meshplan estimate --schedule zb", "3", "zb-v"),
+             ("meshplan serve simulate --engine vllm", "4", "vllm-v0")]
+    for words, cword, expected in cases:
+        out = run(COMP_WORDS=words, COMP_CWORD=cword, _MESHPLAN_COMPLETE="complete_bash")
+        assert out.returncode == 0, out.stderr
+        got = out.stdout.split()
+        assert expected in got and all(g.startswith(words.split()[-1]) for g in got), got

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from meshplan.cli import complete
 from meshplan.errors import MeshplanError, from_validation_error
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster, load_model
@@ -79,10 +80,12 @@ def _opt(flag: str, help_: str, **kw: Any) -> Any:
 
 COMMON: list[tuple[str, Any, Any]] = [
     ("model", Annotated[str, _opt("--model",
-                                  "Model: preset name, meshplan TOML/JSON, or HF config.json")],
+                                  "Model: preset name, meshplan TOML/JSON, or HF config.json",
+                                  autocompletion=complete.models)],
      EXAMPLE["model"]),
     ("cluster", Annotated[str, _opt("--cluster",
-                                    "Cluster: preset name or meshplan cluster file")],
+                                    "Cluster: preset name or meshplan cluster file",
+                                    autocompletion=complete.clusters)],
      EXAMPLE["cluster"]),
     ("num_gpus", Annotated[int, _opt("--num-gpus", "GPUs in the job")],
      EXAMPLE["num_gpus"]),
@@ -124,7 +127,8 @@ PLAN_FLAGS: list[tuple[str, Any, Any]] = [
                                             "Sharding group for hybrid sharding (HSDP)")], None),
     ("micro_batch_size", Annotated[int | None, _opt("--micro-batch-size",
                                                     "Sequences per micro-batch")], None),
-    ("schedule", Annotated[str | None, _opt("--schedule", "Pipeline schedule")], None),
+    ("schedule", Annotated[str | None, _opt("--schedule", "Pipeline schedule",
+                                            autocompletion=complete.schedules)], None),
     ("vpp", Annotated[int | None, _opt("--vpp", "Virtual stages per pipeline rank")],
      None),
     ("recompute", Annotated[str | None, _opt("--recompute",

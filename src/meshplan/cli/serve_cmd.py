@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from meshplan.cli import complete
 from meshplan.cli.render import console
 from meshplan.cli.report_cmd import HtmlOpt, check_html, emit
 from meshplan.cli.serve_options import (
@@ -63,7 +64,8 @@ def simulate_cmd(
     decode_tp: DecodeTpOpt = None,
     trace: Annotated[str | None, option("--trace", "Write a Perfetto trace-event JSON file")
                      ] = None,
-    engine: Annotated[str, option("--engine", "Engine profile (presets/engines)")] = "vllm",
+    engine: Annotated[str, option("--engine", "Engine profile (presets/engines)",
+                                  autocompletion=complete.engines)] = "vllm",
     router: Annotated[str, option("--router", "round-robin, least-requests or least-tokens")
                       ] = "round-robin",
     workload: Annotated[str, option("--workload", "Arrivals: poisson, gamma, constant, burst, "

@@ -8,17 +8,20 @@ from typing import Annotated, Any
 
 import typer
 
+from meshplan.cli import complete
 from meshplan.errors import MeshplanError
 from meshplan.serve import DeploymentSpec, DisaggregatedSpec
 
 
-def option(flag: str, help_text: str) -> Any:
+def option(flag: str, help_text: str, **kw: Any) -> Any:
     """A typer option with its help (the serving commands' shorthand)."""
-    return typer.Option(flag, help=help_text)
+    return typer.Option(flag, help=help_text, **kw)
 
 
-ModelOpt = Annotated[str, option("--model", "Model: preset name, meshplan file or HF config")]
-ClusterOpt = Annotated[str, option("--cluster", "Cluster: preset name or cluster file")]
+ModelOpt = Annotated[str, option("--model", "Model: preset name, meshplan file or HF config",
+                                 autocompletion=complete.models)]
+ClusterOpt = Annotated[str, option("--cluster", "Cluster: preset name or cluster file",
+                                   autocompletion=complete.clusters)]
 TpOpt = Annotated[int, option("--tp", "Tensor-parallel degree of one instance")]
 PpOpt = Annotated[int, option("--pp", "Pipeline stages of one instance")]
 EpOpt = Annotated[int, option("--ep", "Expert-parallel GPUs of a stage (MoE)")]
