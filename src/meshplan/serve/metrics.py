@@ -96,6 +96,21 @@ class RequestMetrics:
     def queueing_s(self) -> np.ndarray:
         return self.first_scheduled_s - self.arrival_s
 
+    @property
+    def request_tpot_s(self) -> np.ndarray:
+        """TPOT of every request, aligned with the requests (0 for a one-token output)."""
+        return np.where(self.output_len > 1, (self.e2e_s - self.ttft_s)
+                        / np.maximum(self.output_len - 1, 1), 0.0)
+
+    def within_slo(self, slo_ttft_s: float | None, slo_tpot_s: float | None) -> np.ndarray:
+        """Per request: TTFT and TPOT within the bounds given (None: that one unbounded)."""
+        good = np.ones(len(self.finish_s), dtype=bool)
+        if slo_ttft_s is not None:
+            good &= self.ttft_s <= slo_ttft_s
+        if slo_tpot_s is not None:
+            good &= self.request_tpot_s <= slo_tpot_s
+        return good
+
     def aggregate(self, num_gpus: int, slo_ttft_s: float | None = None,
                   slo_tpot_s: float | None = None) -> dict[str, Any]:
         """Latency summaries (ms), throughput (per s and per GPU) and goodput under SLOs."""
@@ -105,13 +120,7 @@ class RequestMetrics:
         total = out + float(self.input_len.sum())
         rate = (lambda x: x / duration) if duration > 0 else (lambda x: 0.0)
         norm = self.e2e_s / self.output_len
-        good = np.ones(n, dtype=bool)
-        if slo_ttft_s is not None:
-            good &= self.ttft_s <= slo_ttft_s
-        if slo_tpot_s is not None:
-            tpot = np.where(self.output_len > 1, (self.e2e_s - self.ttft_s)
-                            / np.maximum(self.output_len - 1, 1), 0.0)
-            good &= tpot <= slo_tpot_s
+        good = self.within_slo(slo_ttft_s, slo_tpot_s)
         return {
             "ttft_ms": summary(self.ttft_s, 1e3),
             "tpot_ms": summary(self.tpot_s, 1e3),

@@ -45,6 +45,7 @@ from meshplan.errors import MeshplanError
 from meshplan.serve.deployment import DeploymentSpec, DisaggregatedSpec, load_serving_cluster
 from meshplan.serve.engines import load_engine
 from meshplan.serve.loop import simulate as simulate_requests
+from meshplan.serve.metrics import RequestMetrics
 from meshplan.serve.plan.bounds import Bound, bound
 from meshplan.serve.plan.executor import Mapper, executor
 from meshplan.serve.plan.pareto import frontier
@@ -172,7 +173,7 @@ def probe(model: Model, cluster: Cluster, spec: AnySpec, q: Query, rate: float) 
                  m.aggregate(d.num_gpus, q.slo_ttft_s, q.slo_tpot_s), w)
 
 
-def steady_state(m: Any, q: Query) -> dict[str, Any]:
+def steady_state(m: RequestMetrics, q: Query) -> dict[str, Any]:
     """The run measured once the batch has warmed up from empty: latencies (at the query's
     percentile, and TPOT's mean) of the requests arriving in the second half of the arrivals,
     and rates over that half's span (from the median to the last arrival) — requests and
@@ -190,10 +191,8 @@ def steady_state(m: Any, q: Query) -> dict[str, Any]:
     # before the drain) about as long as the third (up to noise); longer means it falls behind.
     growing = float(wait[last].mean()) > QUEUE_GROWTH * float(wait[third].mean()) \
         + QUEUE_FLOOR * q.slo_ttft_s
-    tpot_s = (m.e2e_s[many] - m.ttft_s[many]) / (m.output_len[many] - 1)
-    per_request_tpot = np.where(m.output_len > 1, (m.e2e_s - m.ttft_s)
-                                / np.maximum(m.output_len - 1, 1), 0.0)
-    good = (m.ttft_s <= q.slo_ttft_s) & (per_request_tpot <= q.slo_tpot_s)
+    tpot_s = m.request_tpot_s[many]
+    good = m.within_slo(q.slo_ttft_s, q.slo_tpot_s)
     span = max(t1 - t0, 1e-9)
     done = (m.finish_s >= t0) & (m.finish_s <= t1)
     arrived = int(((m.arrival_s > t0) & (m.arrival_s <= t1)).sum())
