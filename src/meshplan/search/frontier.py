@@ -12,23 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from meshplan.pareto import pareto_mask
 from meshplan.search.rank import RankedSpace
 
 MAX_POINTS = 1500
 BEST_KEPT = 100
 """Plans at the head of the ranking always kept (the ones a reader hovers over)."""
+__all__ = ["COLUMNS", "MAX_POINTS", "pareto_mask", "space_points"]
 COLUMNS = ("tp", "cp", "pp", "dp", "ep", "micro_batch_size", "schedule", "vpp", "zero_stage",
            "recompute", "tokens_per_s_per_gpu", "memory_gib", "fits", "pareto")
-
-
-def pareto_mask(throughput: np.ndarray, memory: np.ndarray) -> np.ndarray:
-    """Plans no other plan beats on both axes (more throughput with no more memory, or as
-    much with less): sort by memory, keep each plan faster than every plan before it."""
-    order = np.lexsort((-throughput, memory))
-    best_before = np.maximum.accumulate(np.concatenate([[-np.inf], throughput[order][:-1]]))
-    mask = np.zeros(len(throughput), dtype=bool)
-    mask[order[throughput[order] > best_before]] = True
-    return mask
 
 
 def space_points(space: RankedSpace, num_gpus: int, limit: int = MAX_POINTS) -> dict[str, Any]:
