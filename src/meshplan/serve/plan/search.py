@@ -301,6 +301,17 @@ def _verify(args: tuple[Model, Cluster, AnySpec, Query, float]) -> tuple[Probe, 
     return verify(*args)
 
 
+def shown_plans(ranked: list[PlanEntry], top: int) -> list[PlanEntry]:
+    """The plans a search shows: the `top` best, and the best colocated and the best
+    disaggregated one even when `top` would cut them."""
+    shown = ranked[:top]
+    for kind in (False, True):
+        best = next((p for p in ranked if p.disaggregated == kind), None)
+        if best is not None and best not in shown:
+            shown.append(best)
+    return shown
+
+
 def _verify_shown(m: Model, c: Cluster, plans: list[PlanEntry],
                   key: Callable[[PlanEntry], Any], top: int, mapper: Mapper,
                   prune: Callable[[AnySpec, str, str, bool], None]) -> int:
@@ -310,11 +321,8 @@ def _verify_shown(m: Model, c: Cluster, plans: list[PlanEntry],
     checked: set[str] = set()
     runs = 0
     while True:
-        ranked = sorted(plans, key=key)
-        shown = ranked[:top] + [next(p for p in ranked if p.disaggregated == kind)
-                                for kind in (False, True)
-                                if any(p.disaggregated == kind for p in ranked)]
-        todo = list({p.label: p for p in shown if p.label not in checked}.values())
+        shown = shown_plans(sorted(plans, key=key), top)
+        todo = [p for p in shown if p.label not in checked]
         if not todo:
             return runs
         results = mapper(_verify, [(m, c, p.spec, p.query, p.max_rate_per_s) for p in todo])
@@ -669,11 +677,7 @@ def _search(m: Model, c: Cluster, n: int, q: Query, objective: str, top: int,
                             f"(pruned by {', '.join(reasons) or 'nothing'}); see --json for "
                             "each class")
     ranked = sorted(plans, key=key)
-    shown = ranked[:top]
-    for kind in (False, True):
-        best_kind = next((p for p in ranked if p.disaggregated == kind), None)
-        if best_kind is not None and best_kind not in shown:
-            shown.append(best_kind)
+    shown = shown_plans(ranked, top)
     pts = [(p.tokens_per_s_per_gpu, p.tokens_per_s_per_user) for p in ranked]
     pareto = [ranked[k] for k in frontier(pts)]
     out_pruned = [Pruned(cls, reason, xs[0][1], len(xs), xs[0][0], sim)
