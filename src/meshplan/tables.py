@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from meshplan.specs.plan import schedule_label
+
 
 @dataclass(frozen=True)
 class Column:
@@ -34,14 +36,6 @@ SOURCES = {"simulated": "sim", "analytic": "formula"}
 the closed form (plans ranked below the simulated ones, or single-stage plans)."""
 
 
-def schedule_label(plan: dict[str, Any]) -> str:
-    """A plan's schedule as the tables show it: '-' without pipelining, '/vN' for N virtual
-    stages per rank."""
-    if plan["pp"] == 1:
-        return "-"
-    return plan["schedule"] + (f"/v{plan['vpp']}" if plan["vpp"] > 1 else "")
-
-
 def plan_rows(plans: Sequence[dict[str, Any]]) -> Rows:
     """One row per ranked plan (`Estimate.to_json()` each): its degrees and settings, step,
     throughput, MFU, memory, free memory, what binds it, how many equivalent plans it stands
@@ -64,7 +58,8 @@ def plan_rows(plans: Sequence[dict[str, Any]]) -> Rows:
     for i, e in enumerate(plans, 1):
         p = e["plan"]
         values.append((i, p["tp"], p["cp"], p["pp"], p["dp"], p["ep"], p["micro_batch_size"],
-                       schedule_label(p), p["zero_stage"], p["recompute"], e["step_time_s"],
+                       schedule_label(p["pp"], p["schedule"], p["vpp"]), p["zero_stage"],
+                       p["recompute"], e["step_time_s"],
                        e["tokens_per_s_per_gpu"], e["mfu"], e["memory_gib"]["peak"],
                        e["headroom_gib"], e["binds"], e["equivalent_plans"], e["fits"],
                        e["source"]))

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from meshplan.report.page import Section
+from meshplan.specs.plan import Plan
 from meshplan.tables import plan_rows
 
 TIME_PARTS = {"compute": "compute", "tp_comm": "TP comm", "cp_comm": "CP comm",
@@ -29,9 +30,8 @@ def hbm_gib(doc: dict[str, Any]) -> float | None:
 
 
 def describe(p: dict[str, Any]) -> str:
-    """A plan's degrees in one label, e.g. `tp2 pp4 dp8 mbs1`."""
-    degrees = [f"{k}{p[k]}" for k in ("tp", "cp", "pp", "dp", "ep") if p.get(k, 1) > 1]
-    return " ".join(degrees or ["dp1"]) + f" mbs{p['micro_batch_size']}"
+    """A plan's one-line label (`Plan.describe`) from its JSON."""
+    return Plan.model_validate(p).describe()
 
 
 def frontier_figure(doc: dict[str, Any]) -> Any:

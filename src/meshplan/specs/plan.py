@@ -124,10 +124,18 @@ class Plan(Spec):
             parts.append(f"L{self.first_stage_layers or '='}/{self.last_stage_layers or '='}")
         parts.append(f"mbs{self.micro_batch_size}")
         if self.pp > 1:
-            parts.append(self.schedule + (f"/v{self.vpp}" if self.vpp > 1 else ""))
+            parts.append(schedule_label(self.pp, self.schedule, self.vpp))
         parts.append(f"zero{self.zero_stage}")
         parts.append(f"rc={self.recompute}")
         return " ".join(parts)
+
+
+def schedule_label(pp: int, schedule: str, vpp: int) -> str:
+    """A plan's schedule as tables show it: '-' without pipelining, '/vN' for N virtual
+    stages per rank."""
+    if pp == 1:
+        return "-"
+    return schedule + (f"/v{vpp}" if vpp > 1 else "")
 
 
 @dataclass(frozen=True)
