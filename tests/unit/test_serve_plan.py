@@ -185,3 +185,31 @@ def test_cli_json_and_export(tmp_path):
     assert js["plans"][0]["simulated"] is True
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash") and "vllm serve" in text
+
+
+def test_a_rate_the_deployment_falls_behind_at_does_not_hold():
+    """Llama-3-8B on one H100 (1,024 in / 256 out) serves ~20 req/s: at 30 req/s the queue
+    grows for as long as the arrivals last, so the probe does not hold even though the SLOs
+    are loose; at 10 req/s completions keep pace with arrivals and it holds, and its measured
+    throughput is the offered rate (no drain diluting it)."""
+    from meshplan.serve.plan.search import Query
+
+    m, c = load_model("llama3-8b"), load_serving_cluster("dgx-h100")
+    q = Query(1024, 256, slo_ttft_s=600.0, slo_tpot_s=1.0, num_requests=1000)
+    over = probe(m, c, DeploymentSpec(tp=1), q, 30.0)
+    assert not over.steady["keeps_up"] and not over.ok
+    under = probe(m, c, DeploymentSpec(tp=1), q, 10.0)
+    assert under.steady["keeps_up"] and under.ok
+    assert under.steady["requests_per_s"] == pytest.approx(10.0, rel=0.1)
+
+
+def test_verification_steps_a_failing_rate_down_to_one_that_holds():
+    from meshplan.serve.plan.search import RATE_TOLERANCE, Query, verify
+
+    m, c = load_model("llama3-8b"), load_serving_cluster("dgx-h100")
+    q = Query(1024, 256, slo_ttft_s=2.0, slo_tpot_s=0.1, num_requests=200)
+    tried = verify(m, c, DeploymentSpec(tp=1), q, 26.0)  # above what one H100 sustains
+    held, failed = tried[-1], [t for t in tried if not t.ok]
+    assert held.ok and not tried[0].ok and held.rate_per_s < 26.0
+    above = min(t.rate_per_s for t in failed if t.rate_per_s > held.rate_per_s)
+    assert above - held.rate_per_s <= RATE_TOLERANCE * above
