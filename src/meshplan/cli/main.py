@@ -239,9 +239,10 @@ def simulate(inputs: Inputs,
 
     check_out("--trace", trace)
     check_html(html)
-    # The timeline (JSON and report) needs the simulation's boxes: keep them always.
+    # The trace, the JSON's timeline and the report need the simulation's boxes; the table
+    # does not.
     sim = api.simulate(inputs.model, inputs.cluster, inputs.job, inputs.plan(), inputs.num_gpus,
-                       trace=True)
+                       trace=trace is not None or json_out or html is not None)
     if trace is not None:
         try:
             write_trace(sim.result, trace)
