@@ -13,10 +13,10 @@ deadlocks or is malformed.
 | 1f1b             | Narayanan 2021 [2] | (p-1)(F+B)        | (p-1)/(m+p-1)      | p (p-r on r)   |
 | interleaved-1f1b | Narayanan 2021 [3] | (p-1)(F+B)/v      | (p-1)/(v*m+p-1)    | p + (p-1)/v    |
 | looped-bfs       | Lamy-Poirier [4]   | (p-1)(F+B)/v      | (p-1)/(v*m+p-1)    | m              |
-| zb-h1            | Qi 2024 [5]        | (p-1)(F+I-W)      | (p-1)/(3m+p-1)     | p (every rank) |
-| zb-h2            | Qi 2024 [5]        | (p-1)(F+I-2W)     | (p-1)/(3m+p-1) *   | 2p-1           |
-| zb-v             | Qi 2024 [6]        | 0 if F=I=W        | (p-1)/(6m+p-1) *   | p              |
-| dualpipe-v       | DeepSeek 2024 [7]  | (p-1)(F&B+B-3W)   | -                  | p + 1/2        |
+| zb-h1            | Qi 2024 [5]        | (p-1)(F+I-W) +    | (p-1)/(3m+p-1)     | p (every rank) |
+| zb-h2            | Qi 2024 [5]        | (p-1)(F+I-2W) +   | (p-1)/(3m+p-1) *   | 2p-1           |
+| zb-v             | Qi 2024 [6]        | 0 if F=I=W +      | (p-1)/(6m+p-1) *   | p              |
+| dualpipe-v       | DeepSeek 2024 [7]  | (p-1)(F&B+B-3W) + | -                  | p + 1/2        |
 
 [1] Huang et al., "GPipe", NeurIPS 2019. [2] Narayanan et al., "Memory-Efficient
 Pipeline-Parallel DNN Training" (PipeDream-Flush), ICML 2021. [3] Narayanan et al., "Efficient
@@ -30,6 +30,10 @@ arXiv:2412.19437, with the DualPipeV variant of github.com/deepseek-ai/DualPipe.
 - Bubble time is the paper's closed form, with F, B, I, W the times of one forward, full
   backward, input-gradient and weight-gradient pass of one rank's share of the model (per
   chunk for the two V-shaped rows; F&B is an overlapped forward-and-backward pair).
+- `+`: the paper's form where it holds (m >= 2p - 1, F = I = W); the closed forms meshplan
+  uses (each spec's `pipeline_time`) follow the generated orders beyond it: the warm-up's
+  extra bubble when m < 2p - 1 (`spec.warm_up_bubble`) and an input gradient slower than its
+  forward, within 6 % of the simulated step on equal stages (tests/unit/test_schedule_specs.py).
 - Unit-step idle is what `verify` measures when every compute action takes one step (F = B,
   or F = I = W): `VerifyReport.bubble_fraction`. `*`: once m >= 2p-1, every idle step sits
   before a rank's first action or after its last (`VerifyReport.interior_idle` is 0), where

@@ -73,6 +73,16 @@ def fill_drain_time(t: PipelineTerms) -> np.ndarray:
     return t.ranks_total + (t.m - 1) * t.slowest
 
 
+def warm_up_bubble(t: PipelineTerms, at_p: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """Bubble of a zero-bubble schedule planned for 2p - 1 micro-batches and run with m of
+    them (p <= m): `at_p` at m = p, falling linearly to the `full` pipeline's bubble at
+    m = 2p - 1 and staying there. Each micro-batch short of 2p - 1 leaves one steady-state
+    slot of the warm-up unfilled; the line is what the ZB-H2 and ZB-V generators' schedules
+    take on equal stages (tests/unit/test_schedule_specs.py measures it with the simulator)."""
+    short = np.clip((2 * t.p - 1 - t.m) / np.maximum(t.p - 1, 1), 0.0, 1.0)
+    return full + short * np.maximum(at_p - full, 0.0)
+
+
 def looped_time(t: PipelineTerms) -> np.ndarray:
     """Looped placement: the fill-and-drain bubble divided by the v chunks per rank."""
     return t.steady + (t.ranks_total - t.slowest) / t.v
