@@ -105,10 +105,22 @@ def test_bad_catalog_references_are_one_line_errors():
 
 
 
-def test_every_shipped_run_maps_to_a_preset_but_gb300():
-    """GB300 is not in the hardware catalog (no sourced peaks), so it has no preset."""
+def test_every_shipped_run_maps_to_a_preset():
+    """GB300, not in the hardware catalog, has its own preset from NVIDIA's published figures."""
     from meshplan.validate.rows import load_runs
 
     unmapped = {r["gpu_type"] for r in load_runs()
                 if (rule := gpu_rule(r["gpu_type"] or "")) is None or rule.preset is None}
-    assert unmapped == {"NVIDIA GB300 (Blackwell Ultra)"}
+    assert unmapped == set()
+
+
+def test_gb300_has_blackwell_ultra_figures_and_reads_b200_factors():
+    """Per GPU (Verda's table of NVIDIA's figures): 2.5 / 5.0 PF dense BF16 / FP8 (the rack's
+    180 / 360 PF over 72), 279 GB usable HBM3e at 8 TB/s, 800 Gb/s per GPU; B200's table."""
+    c = load_cluster("gb300-nvl72")
+    assert c.accelerator.peak("bf16") * 72 == pytest.approx(180e15)
+    assert c.accelerator.peak("fp8") * 72 == pytest.approx(360e15)
+    assert c.accelerator.memory_bytes == 279 * GIB
+    assert c.network[0].domain_size == 72 and c.network[-1].bandwidth == pytest.approx(100e9)
+    assert c.calibration.key == "B200"
+    assert c.calibration.gemm_scale == load_cluster("dgx-b200").calibration.gemm_scale

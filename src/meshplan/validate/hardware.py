@@ -42,8 +42,7 @@ def _catalog_rules() -> tuple[GpuRule, ...]:
 
 
 GPUS: tuple[GpuRule, ...] = (
-    GpuRule(r"GB300", None, "GB300",
-            why="no GB300 preset: not in the shipped hardware catalog (no sourced peaks)"),
+    GpuRule(r"GB300", "gb300-nvl72", "GB300"),
     GpuRule(r"GB200", "gb200-nvl72", "GB200"),
     GpuRule(r"H100.*(500\s*W|power limit)", "h100-hbm2e-500w", "H100 {mem}GB",
             ("500 W power cap: 700 W peaks, the fitted gemm_scale of this preset absorbs "
