@@ -114,6 +114,21 @@ def gradient_bytes(row: dict[str, Any], notes: list[str]) -> Literal[2, 4]:
     return 2 if rules.apply(rules.GRAD_BYTES, row, notes) == 2 else 4
 
 
+def lighter_ends(row: dict[str, Any], layers: int, pp: int, vpp: int,
+                 notes: list[str]) -> tuple[int, int]:
+    """(first, last) rank layer counts when the engine takes the padding of an uneven split
+    from the end stages (`rules.STAGE_SPLIT`): one or two layers short of a multiple of the
+    stages come off the last, then the first rank; (0, 0) when no rule applies or the gap is
+    larger (it would reach a middle rank, which an uneven split cannot express)."""
+    chunks = pp * vpp
+    gap = math.ceil(layers / chunks) * chunks - layers
+    if pp < 2 or gap > 2 or rules.first(rules.STAGE_SPLIT, row) is None:
+        return 0, 0
+    rules.apply(rules.STAGE_SPLIT, row, notes)
+    full = math.ceil(layers / chunks) * vpp
+    return (full - 1 if gap == 2 else full), full - 1
+
+
 def implied_flops_per_gpu(case: Case) -> dict[str, float]:
     """FLOP/s per GPU that each measured throughput of the row implies, counting the model
     FLOPs meshplan reports (causal attention: a lower bound of what any engine executes)."""
@@ -155,12 +170,14 @@ def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
     schedule, vpp = pipeline_schedule(row, pp, source_model.num_layers, notes)
     chunks = pp * (vpp or 1)
     model = source_model
-    first_last = (0, 0)  # published runs keep the padded model (docs/validation.md)
+    first_last = (0, 0)
     if source_model.num_layers % chunks:
-        padded = math.ceil(source_model.num_layers / chunks) * chunks
-        notes.append(f"{source_model.num_layers} layers split unevenly over {chunks} stages: "
-                     f"modelled as {padded} (every stage as the fullest one)")
-        model = source_model.model_copy(update={"num_layers": padded})
+        first_last = lighter_ends(row, source_model.num_layers, pp, vpp or 1, notes)
+        if first_last == (0, 0):  # no engine rule: pad (docs/validation.md)
+            padded = math.ceil(source_model.num_layers / chunks) * chunks
+            notes.append(f"{source_model.num_layers} layers split unevenly over {chunks} "
+                         f"stages: modelled as {padded} (every stage as the fullest one)")
+            model = source_model.model_copy(update={"num_layers": padded})
 
     precision_text = text_field(row, "precision")
     precision = "fp8" if re.search(r"fp8|float8", precision_text, re.IGNORECASE) else "bf16"
