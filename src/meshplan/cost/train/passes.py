@@ -24,6 +24,7 @@ from meshplan.cost.layer import (
     embedding_bytes,
     head_parts,
     mlp_parts,
+    unfused_score_bytes,
 )
 from meshplan.mesh import Mesh
 from meshplan.specs.job import Job
@@ -86,8 +87,9 @@ def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> Attention
     else:
         core_b = 2 * parts.core
     fwd = parts.time(K)
-    elem = parts.elementwise_bytes + parts.score_bytes
-    bwd_i = parts.gemm + core_b + K.memory(2 * elem) + K.overhead
+    scores_b = 0.0 if job.flash_attention else unfused_score_bytes(
+        model, model.num_attention_heads / deg.tp * shape.dense_pairs, backward=True)
+    bwd_i = parts.gemm + core_b + K.memory(2 * parts.elementwise_bytes + scores_b) + K.overhead
     # Selective recompute: the attention core when unfused (Korthikanti et al. 2022), the
     # pre-attention norm when fused (see train.memory.attention_activation_bytes).
     T, sp = shape.tokens, deg.seq_shard
