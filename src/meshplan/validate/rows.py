@@ -39,6 +39,7 @@ from meshplan.validate.layout import (
     micro_and_global,
     pipeline_schedule,
     recompute,
+    recompute_modules,
     sequence_parallel,
     zero_stage,
 )
@@ -116,17 +117,20 @@ def gradient_bytes(row: dict[str, Any], notes: list[str]) -> Literal[2, 4]:
 
 def lighter_ends(row: dict[str, Any], layers: int, pp: int, vpp: int,
                  notes: list[str]) -> tuple[int, int]:
-    """(first, last) rank layer counts when the engine takes the padding of an uneven split
-    from the end stages (`rules.STAGE_SPLIT`): one or two layers short of a multiple of the
-    stages come off the last, then the first rank; (0, 0) when no rule applies or the gap is
-    larger (it would reach a middle rank, which an uneven split cannot express)."""
+    """(first, last) rank layer counts when the engine takes the gap of an uneven split from
+    the end stages (`rules.STAGE_SPLIT`): of the g layers short of a multiple of the stages,
+    the last stage loses ceil(g / 2) and the first floor(g / 2) (the Zero Bubble fork's padding
+    for g <= 2; Megatron-Core's DeepSeek-V3 layout 'Et|(tt|)*30mL' for g = 3 on 32 stages of 2;
+    account_for_embedding/loss_in_pipeline_split for g = 2). (0, 0) when no rule applies or an
+    end stage would lose more than it holds."""
     chunks = pp * vpp
-    gap = math.ceil(layers / chunks) * chunks - layers
-    if pp < 2 or gap > 2 or rules.first(rules.STAGE_SPLIT, row) is None:
+    per_chunk = math.ceil(layers / chunks)
+    gap = per_chunk * chunks - layers
+    if pp < 2 or math.ceil(gap / 2) > per_chunk or rules.first(rules.STAGE_SPLIT, row) is None:
         return 0, 0
     rules.apply(rules.STAGE_SPLIT, row, notes)
-    full = math.ceil(layers / chunks) * vpp
-    return (full - 1 if gap == 2 else full), full - 1
+    full = per_chunk * vpp
+    return full - gap // 2, full - math.ceil(gap / 2)
 
 
 def implied_flops_per_gpu(case: Case) -> dict[str, float]:
@@ -196,10 +200,12 @@ def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
 
     sp = sequence_parallel(row, tp, notes)
     ep = int_field(row, "ep") or 1
+    rc = recompute(row, notes)
     plan = Plan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=int_field(row, "expert_tp") or 1,
                 sequence_parallel=bool(sp), zero_stage=zero_stage(row, notes),  # type: ignore[arg-type]
                 micro_batch_size=mbs, schedule=schedule, vpp=vpp,  # type: ignore[arg-type]
-                recompute=recompute(row, notes),  # type: ignore[arg-type]
+                recompute=rc,  # type: ignore[arg-type]
+                recompute_modules=recompute_modules(row, rc, notes),  # type: ignore[arg-type]
                 tp_comm_overlap=_says(row, rules.TP_OVERLAP),
                 ep_comm_overlap=_says(row, rules.EP_OVERLAP),
                 first_stage_layers=first_last[0] or None,

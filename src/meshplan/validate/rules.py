@@ -191,7 +191,7 @@ RECOMPUTE_NAMES: tuple[Rule, ...] = (
          {"activation_recompute": r"selective.*every\s*n|every\s*n.*selective|selective.*"
                                   r"layer|ac_freq|selective_ac_option\s*=?\s*\d"}),
     Rule("selective", "", {"activation_recompute": r"selective|core_attn"}),
-    Rule("selective", "partial recompute of named modules ({text}): modelled as selective",
+    Rule("selective", "partial recompute of named modules ({text})",
          {"activation_recompute": r"recompute-modules|mlp|moe_act|layernorm|up_proj|moe\b|"
                                   r"shared_experts|mla"}),
     Rule("full", "", {"activation_recompute": r"full|checkpoint-activations|activation "
@@ -208,7 +208,7 @@ RECOMPUTE_DEFAULT: tuple[Rule, ...] = (
     Rule("full", "recompute read from the row's text: full",
          {"engine_text": r"recompute-granularity[= ]full|checkpoint-activations|"
                          r"activation checkpointing|full (activation )?(checkpointing|recompute)"}),
-    Rule("selective", "partial recompute of modules named in the notes: modelled as selective",
+    Rule("selective", "partial recompute of modules named in the notes",
          {"notes": r"recompute[^.;]*\b(mlp|moe_act|layernorm|up_proj|mla_up_proj|core_attn|"
                    r"moe|shared_experts)\b"}),
     Rule("full", "recompute not stated: full (Megatron-LM / DeepSpeed of 2021-22 offer only "
@@ -241,6 +241,16 @@ STAGE_SPLIT: tuple[Rule, ...] = (
                  "to a multiple of pp and takes the padding from the last stage, then the first "
                  "(branch arxiv: megatron/arguments.py, megatron/model/transformer.py "
                  "get_offset)", ZB_PAPER_CODE, ZB_LATER_CODE),
+    Rule("ends", "layers split unevenly: Megatron-Bridge's Qwen3-235B-A22B recipe sets "
+                 "account_for_embedding_in_pipeline_split and account_for_loss_in_pipeline_split "
+                 "(the embedding and the loss each take a layer's place on the first and last "
+                 "stage; recipes/qwen/qwen3_moe.py)",
+         {"framework": MCORE, "model_name": r"Qwen3[-_ ]?235B"}),
+    Rule("ends", "layers split unevenly: Megatron-Core's DeepSeek-V3 layout puts the embedding "
+                 "with one layer on the first stage and the MTP layer with the loss on the last "
+                 "(Megatron-Bridge scripts/performance deepseek_v3 "
+                 "pipeline_model_parallel_layout 'Et|(tt|)*30mL'; the MTP layer is not modelled)",
+         {"framework": MCORE, "model_name": r"DeepSeek[-_ ]?V3"}),
 )
 
 
