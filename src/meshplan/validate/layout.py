@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from meshplan.schedules.registry import schedule_spec
+from meshplan.specs.plan import RECOMPUTE_MODULES
 from meshplan.validate import rules
 from meshplan.validate.fields import Unbuildable, int_field, text_field
 
@@ -47,7 +48,8 @@ def recompute_modules(row: dict[str, Any], mode: str, notes: list[str]
     if not _MODULE_RE.search(text):
         m = re.search(r"recompute[^;]*", text_field(row, "notes"), re.IGNORECASE)
         text = m.group(0) if m else ""
-    found = sorted({MODULE_WORDS[w] for w in _MODULE_RE.findall(text)})
+    named = {MODULE_WORDS[w] for w in _MODULE_RE.findall(text)}
+    found = [m for m in RECOMPUTE_MODULES if m in named]
     if not found:
         return None
     notes.append(f"selective recompute of the modules named: {', '.join(found)} "
