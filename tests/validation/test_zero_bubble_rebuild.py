@@ -55,7 +55,8 @@ def _reserved(row: dict) -> float:
                                                             ("14.6B", 18), ("28.3B", 30)])
 def test_zb2p_extra_memory_matches_table4(zb_rows, size, measured_2p_minus_1p):
     """Table 4: what ZB-2p's extra in-flight micro-batches add over ZB-1p (27, 28, 18, 30 GB),
-    within 15% (predicted 24.7, 24.8, 17.3, 29.1 GiB); and the 28.3B ZB-2p run (74 GB on an 80 GB A100) fits."""
+    within 15% (predicted 24.7, 24.8, 17.3, 29.1 GiB); and each ZB-2p run fits (the 28.3B one:
+    74 GB on an 80 GB A100)."""
     m = {"1.5B": 24, "6.2B": 24, "14.6B": 48, "28.3B": 96}[size]
     two = _reserved(zb_rows[f"zerobubble-{size}-ZB-2p-m{m}"])
     one = _reserved(zb_rows[f"zerobubble-{size}-ZB-1p-m{m}"])

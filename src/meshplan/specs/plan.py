@@ -233,8 +233,9 @@ class PlanArrays:
     def select(self, mask_or_index: np.ndarray) -> PlanArrays:
         """The subset of plans picked by a boolean mask or an index array."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "axis_order"}
-        return PlanArrays(**{k: None if v is None else v[mask_or_index]
-                             for k, v in values.items()}, axis_order=self.axis_order)
+        picked: dict[str, Any] = {k: None if v is None else v[mask_or_index]
+                                  for k, v in values.items()}
+        return PlanArrays(**picked, axis_order=self.axis_order)
 
     def plan(self, i: int) -> Plan:
         """Plan number i, as a typed Plan."""

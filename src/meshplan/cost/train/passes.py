@@ -73,7 +73,7 @@ def _mla_up_proj_share(model: Model) -> float:
     """MLA's up-projections' share of the attention block's projection FLOPs (what
     Megatron-Core's mla_up_proj recompute redoes)."""
     assert model.mla is not None
-    m, a, h = model.mla, model.num_attention_heads, model.hidden_size
+    m, a = model.mla, model.num_attention_heads
     up = m.q_lora_rank * a * (m.qk_nope_head_dim + m.qk_rope_head_dim) if m.q_lora_rank else 0
     up += m.kv_lora_rank * a * (m.qk_nope_head_dim + m.v_head_dim)
     total = qkv_flops(model, 1) / 2 + out_proj_flops(model, 1) / 2

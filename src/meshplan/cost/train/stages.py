@@ -10,7 +10,6 @@ runs. Built once, in `cost.train.step.evaluate`.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,8 +151,8 @@ class StageTimes:
 
     def stage_costs(self, i: int, stage_to_rank: tuple[int, ...], pp: int) -> StageCosts:
         """Per-stage F, I, W and activation bytes of plan i: each stage does its rank's work
-        per chunk; the first stage adds the embedding, the last the LM head and loss."""
-        v = len(stage_to_rank) // pp
+        per chunk (`stage_scales`); the first stage adds the embedding, the last the LM head
+        and loss."""
         scale = self.stage_scales(i, stage_to_rank, pp)
         u = self.unit
         fw = [float(u.forward[i]) * k for k in scale]
