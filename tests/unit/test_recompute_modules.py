@@ -101,3 +101,18 @@ def test_modules_need_selective_recompute():
     p = Plan(recompute="selective", recompute_modules=("moe_act", "layernorm"))
     assert p.recompute_modules == ("layernorm", "moe_act")  # one order per set
     assert arrays(**p.model_dump()).plan(0) == p
+
+
+def test_megatron_export_names_the_modules():
+    """The launch script passes the module list as --recompute-modules' separate words."""
+    import shlex
+
+    from meshplan.export.megatron import render
+
+    model = load_model("qwen3-235b-a22b")
+    job = Job(global_batch_size=64, seq_len=4096, precision="bf16")
+    plan = Plan(tp=1, pp=4, dp=2, ep=2, recompute="selective",
+                recompute_modules=("moe_act", "layernorm"))
+    words = shlex.split(render(model, job, plan).replace("\\\n", " "), comments=True)
+    i = words.index("--recompute-modules")
+    assert words[i + 1:i + 3] == ["layernorm", "moe_act"] and words[i + 3].startswith("--")
