@@ -164,3 +164,19 @@ def test_recompute_named_in_the_optimizations_text(shipped):
     case = build_case(row)
     assert isinstance(case, Case) and case.plan.recompute == "full"
     assert any("recompute read from the row's text" in a for a in case.assumptions)
+
+
+@pytest.mark.parametrize(("notes", "expected"), [
+    ("recompute moe_act+layernorm on GB200 and H100. MoE benchmarks use force-balanced routing.",
+     ("layernorm", "moe_act")),
+    ("recompute up_proj+mlp (App. B.2) or mlp+mla_up_proj+moe_act+layernorm (Table 17).",
+     ("layernorm", "mla_up_proj", "moe_act", "mlp")),
+    ("selective recompute; MoE benchmarks use force-balanced routing", None),
+])
+def test_recompute_modules_read_from_the_row(notes, expected):
+    """Megatron-Core --recompute-modules names (and the MoE report's short forms) in the
+    notes; the word "MoE" is no module; alternatives give their union."""
+    from meshplan.validate.layout import recompute_modules
+
+    assert recompute_modules(_row(notes=notes), "selective", []) == expected
+    assert recompute_modules(_row(notes=notes), "full", []) is None

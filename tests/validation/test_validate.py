@@ -85,7 +85,12 @@ def test_every_default_is_recorded(shipped):
     assert a40.cluster.network[-1].bandwidth == pytest.approx(25e9)  # 1600 Gb/s per node / 8
     zb = build_case(rows["zerobubble-1.5B-ZB-2p-m24"])
     assert isinstance(zb, Case) and zb.plan.schedule == "zb-h2"
-    assert zb.source_model.num_layers == 22 and zb.model.num_layers == 24
+    # the fork takes the padding from the end stages (rules.STAGE_SPLIT): 2 + 6 x 3 + 2
+    assert zb.source_model.num_layers == 22 and zb.model.num_layers == 22
+    assert (zb.plan.first_stage_layers, zb.plan.last_stage_layers) == (2, 2)
+    padded = build_case(rows["torchtitan-t5-405B-512gpu-1F1B"])  # no engine rule: padded
+    assert isinstance(padded, Case)
+    assert padded.source_model.num_layers == 126 and padded.model.num_layers == 128
     gb300 = build_case(next(r for r in shipped if "GB300" in r["gpu_type"]))
     assert isinstance(gb300, Case) and gb300.cluster.name == "gb300-nvl72"
 

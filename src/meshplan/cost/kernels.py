@@ -72,10 +72,7 @@ class Kernels:
         self.overhead = cluster.kernel_overhead
 
     def gemm(self, flops: Num, count: Num = 1.0, nbytes: Num = 0.0) -> np.ndarray:
-        """`count` GEMMs of `flops` each moving `nbytes` each: the slower of compute and HBM.
-
-        Per-head score GEMMs pass no bytes: their traffic is the softmax's (counted apart).
-        """
+        """`count` GEMMs of `flops` each moving `nbytes` each: the slower of compute and HBM."""
         compute = count * flops / (self.gemm_peak * self.gemm_eff(flops))
         return np.maximum(compute, count * np.asarray(nbytes) / self.mem_bw)
 

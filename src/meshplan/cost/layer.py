@@ -151,18 +151,47 @@ def attention_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegre
                            attention_io_bytes(model, shape, t, kv_bytes_per_token),
                            block_efficiency=block_efficiency)
     else:
-        # Unfused attention runs one batched GEMM pair per (sequence, head): its efficiency is
-        # that of a single head's q x kv x d GEMM, and it computes the masked scores too.
-        heads = shape.num_seqs * a / t
-        per_head = (d + dv) * shape.dense_pairs / shape.num_seqs
-        core = K.gemm(per_head, 2 * heads)
-        score_bytes = (4.0 + (5.0 if model.dropout else 0.0)) * a / t * shape.dense_pairs
+        core = unfused_score_gemms(model, K, shape, t)
+        score_bytes = unfused_score_bytes(model, a / t * shape.dense_pairs)
     elem = (4 + 6 + (5 if model.dropout else 0)) * T * h / sp
     if model.position_embedding == "rope":
         elem = elem + 4 * T * (a + model.kv_heads) * d / t
     if K.precision == "fp8":
         elem = elem + 3 * T * (h + a * dv / t)
     return LayerParts(gemm, core, elem, score_bytes)
+
+
+SOFTMAX_BYTES = (4.0, 6.0)
+"""Forward, backward bytes per score of the fused scale-mask-softmax (Megatron-LM
+FusedScaleMaskSoftmax): forward reads the fp16 scores and writes the probabilities; backward
+reads the output gradient and the saved probabilities and writes the input gradient."""
+DROPOUT_BYTES = (5.0, 5.0)
+"""Attention dropout per score: forward reads the probabilities and writes its fp16 output and
+a 1-byte mask (the 2 + 1 bytes Korthikanti et al. 2022 Sec. 4.1 count as saved); backward
+reads the gradient and the mask and writes the gradient."""
+
+
+def unfused_score_bytes(model: Model, scores: Num, backward: bool = False) -> Num:
+    """HBM bytes of unfused attention's element-wise passes over `scores` score elements
+    (softmax, then dropout when the model has it), forward or backward."""
+    k = int(backward)
+    return (SOFTMAX_BYTES[k] + (DROPOUT_BYTES[k] if model.dropout else 0.0)) * scores
+
+
+def unfused_score_gemms(model: Model, K: Kernels, shape: BatchShape, tp: Num) -> np.ndarray:
+    """Unfused attention's two GEMMs, forward: Q K^T into the score matrix (Megatron-LM
+    CoreAttention's torch.baddbmm) and probabilities x V (torch.bmm), each one strided-batched
+    launch over every (sequence, head), so it runs at the efficiency of its total FLOPs and is
+    floored by its traffic: the fp16 score matrix written by the first and read by the second
+    (2 bytes per score against 2d FLOPs: d = 64-128 FLOP/byte, below an A100's or H100's
+    ridge, so these GEMMs are bound by the s^2 traffic). Every pair is computed: no causal
+    skipping. The backward runs four such GEMMs (dP, dV, dQ, dK), twice this."""
+    a, d, dv = model.num_attention_heads, model.head_size, F.value_head_dim(model)
+    scores = a / tp * shape.dense_pairs
+    q_rows, kv_rows = a / tp * shape.tokens, a / tp * shape.kv_tokens
+    qk_bytes = ACTIVATION_BYTES * (scores + (q_rows + kv_rows) * d)
+    pv_bytes = ACTIVATION_BYTES * (scores + (kv_rows + q_rows) * dv)
+    return K.gemm(2 * scores * d, 1.0, qk_bytes) + K.gemm(2 * scores * dv, 1.0, pv_bytes)
 
 
 def _mlp_gemms(model: Model, K: Kernels, tokens: Num, ffn: float, split: Num,

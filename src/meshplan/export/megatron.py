@@ -319,7 +319,10 @@ def _precision(job: Job) -> list[Flag]:
 
 def _recompute(plan: Plan) -> list[Flag]:
     if plan.recompute == "selective":
-        return [("--recompute-granularity", "selective")]
+        flags: list[Flag] = [("--recompute-granularity", "selective")]
+        if plan.recompute_modules:  # nargs list: the names as separate words
+            flags.append(("--recompute-modules " + " ".join(plan.recompute_modules), None))
+        return flags
     if plan.recompute == "full":
         return [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
                 ("--recompute-num-layers", "1")]

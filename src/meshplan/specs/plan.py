@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from meshplan.schedules.registry import SCHEDULE_NAMES, schedule_code, schedule_spec
 from meshplan.specs._base import Spec
@@ -26,6 +26,18 @@ SCHEDULES: tuple[str, ...] = SCHEDULE_NAMES
 """Pipeline schedules, by their CLI names; a schedule's code is its index here."""
 
 RECOMPUTE = ("none", "selective", "full")
+RecomputeModule = Literal["core_attn", "layernorm", "mla_up_proj", "moe_act", "mlp", "moe",
+                          "shared_experts"]
+RECOMPUTE_MODULES: tuple[str, ...] = ("core_attn", "layernorm", "mla_up_proj", "moe_act", "mlp",
+                                      "moe", "shared_experts")
+"""Megatron-Core's --recompute-modules names (TransformerConfig.recompute_modules), in the bit
+order of `PlanArrays.recompute_modules`."""
+
+
+def recompute_mask(modules: tuple[str, ...] | None) -> int:
+    """Bit mask of a module list (bit i: RECOMPUTE_MODULES[i]); 0 for None (the default
+    selective policy, `cost.train.recompute`)."""
+    return sum(1 << RECOMPUTE_MODULES.index(m) for m in set(modules or ()))
 
 Schedule = Literal[SCHEDULES]  # type: ignore[valid-type]
 
@@ -72,6 +84,9 @@ class Plan(Spec):
     last_stage_layers: int | None = Field(default=None, gt=0)
     """Layers on the last pipeline rank when the split is uneven."""
     recompute: Literal["none", "selective", "full"] = "none"
+    recompute_modules: tuple[RecomputeModule, ...] | None = Field(default=None, strict=False)
+    """With selective recompute, the modules recomputed (Megatron-Core --recompute-modules);
+    None: meshplan's default selective policy (`cost.train.recompute`)."""
     offload_optimizer: bool = False
     """Optimizer states and step on the host (ZeRO-Offload)."""
     overlap_grad_reduce: bool = True
@@ -100,6 +115,12 @@ class Plan(Spec):
             data.setdefault("vpp", schedule_spec(schedule).default_chunks)
         return data
 
+    @field_validator("recompute_modules")
+    @classmethod
+    def _module_order(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """One order for a module set (RECOMPUTE_MODULES'), so equal sets are equal plans."""
+        return None if v is None else tuple(m for m in RECOMPUTE_MODULES if m in v)
+
     @model_validator(mode="after")
     def _check(self) -> Plan:
         if sorted(self.axis_order) != sorted(AXES):
@@ -110,6 +131,10 @@ class Plan(Spec):
                              f"rank, got vpp={self.vpp}")
         if self.dp % self.dp_shard:
             raise ValueError(f"dp_shard ({self.dp_shard}) must divide dp ({self.dp})")
+        if self.recompute_modules is not None and (self.recompute != "selective"
+                                                   or not self.recompute_modules):
+            raise ValueError("recompute_modules needs recompute='selective' and at least one "
+                             f"module of {', '.join(RECOMPUTE_MODULES)}")
         return self
 
     @property
@@ -126,7 +151,8 @@ class Plan(Spec):
         if self.pp > 1:
             parts.append(schedule_label(self.pp, self.schedule, self.vpp))
         parts.append(f"zero{self.zero_stage}")
-        parts.append(f"rc={self.recompute}")
+        parts.append(f"rc={self.recompute}" + (f"({'+'.join(self.recompute_modules)})"
+                                                 if self.recompute_modules else ""))
         return " ".join(parts)
 
 
@@ -165,6 +191,8 @@ class PlanArrays:
     """Layers on the first pipeline rank, 0 for an even split."""
     last_layers: np.ndarray
     axis_order: tuple[str, ...] = Field(default=DEFAULT_AXIS_ORDER, strict=False)
+    recompute_modules: np.ndarray | None = None
+    """`recompute_mask` of each plan's module list; None: every plan's is the default."""
 
     def __len__(self) -> int:
         return len(self.dp)
@@ -199,13 +227,15 @@ class PlanArrays:
             first_layers=col(lambda p: p.first_stage_layers or 0),
             last_layers=col(lambda p: p.last_stage_layers or 0),
             axis_order=order,
+            recompute_modules=col(lambda p: recompute_mask(p.recompute_modules)),
         )
 
     def select(self, mask_or_index: np.ndarray) -> PlanArrays:
         """The subset of plans picked by a boolean mask or an index array."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "axis_order"}
-        return PlanArrays(**{k: v[mask_or_index] for k, v in values.items()},
-                          axis_order=self.axis_order)
+        picked: dict[str, Any] = {k: None if v is None else v[mask_or_index]
+                                  for k, v in values.items()}
+        return PlanArrays(**picked, axis_order=self.axis_order)
 
     def plan(self, i: int) -> Plan:
         """Plan number i, as a typed Plan."""
@@ -223,4 +253,10 @@ class PlanArrays:
             first_stage_layers=int(self.first_layers[i]) or None,
             last_stage_layers=int(self.last_layers[i]) or None,
             axis_order=self.axis_order,
+            recompute_modules=self.modules_of(i),  # type: ignore[arg-type]
         )
+
+    def modules_of(self, i: int) -> tuple[str, ...] | None:
+        """Plan i's recompute module list (None: the default policy)."""
+        mask = 0 if self.recompute_modules is None else int(self.recompute_modules[i])
+        return tuple(m for b, m in enumerate(RECOMPUTE_MODULES) if mask >> b & 1) or None

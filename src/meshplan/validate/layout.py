@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from meshplan.schedules.registry import schedule_spec
+from meshplan.specs.plan import RECOMPUTE_MODULES
 from meshplan.validate import rules
 from meshplan.validate.fields import Unbuildable, int_field, text_field
 
@@ -23,6 +24,37 @@ def recompute(row: dict[str, Any], notes: list[str]) -> str:
             notes.append(f"{mode} recompute inferred by the dataset, not stated by the source")
         return str(mode)
     return str(rules.apply(rules.RECOMPUTE_DEFAULT, row, notes))
+
+
+MODULE_WORDS = {"core_attn": "core_attn", "layernorm": "layernorm", "norm": "layernorm",
+                "mla_up_proj": "mla_up_proj", "up_proj": "mla_up_proj", "moe_act": "moe_act",
+                "act": "moe_act", "mlp": "mlp", "moe": "moe", "shared_experts": "shared_experts",
+                "shared_expert": "shared_experts"}
+"""Megatron-Core --recompute-modules names and the short forms of its MoE report's tables
+("norm, act", "up_proj"), lower case as the engine spells them (so the word "MoE" is no
+module)."""
+_MODULE_RE = re.compile(r"(?<![\w-])(" + "|".join(sorted(MODULE_WORDS, key=len, reverse=True))
+                        + r")(?![\w-])")
+
+
+def recompute_modules(row: dict[str, Any], mode: str, notes: list[str]
+                      ) -> tuple[str, ...] | None:
+    """The modules a selective recompute names (`activation_recompute`, else the notes'
+    clause from "recompute" to the next ";"); None when it names none (the default policy).
+    Where the row gives alternatives, their union (the most recomputed) is used."""
+    if mode != "selective":
+        return None
+    text = text_field(row, "activation_recompute")
+    if not _MODULE_RE.search(text):
+        m = re.search(r"recompute[^;]*", text_field(row, "notes"), re.IGNORECASE)
+        text = m.group(0) if m else ""
+    named = {MODULE_WORDS[w] for w in _MODULE_RE.findall(text)}
+    found = [m for m in RECOMPUTE_MODULES if m in named]
+    if not found:
+        return None
+    notes.append(f"selective recompute of the modules named: {', '.join(found)} "
+                 "(Megatron-Core --recompute-modules)")
+    return tuple(found)
 
 
 def zero_stage(row: dict[str, Any], notes: list[str]) -> int:

@@ -39,6 +39,7 @@ from meshplan.validate.layout import (
     micro_and_global,
     pipeline_schedule,
     recompute,
+    recompute_modules,
     sequence_parallel,
     zero_stage,
 )
@@ -114,6 +115,24 @@ def gradient_bytes(row: dict[str, Any], notes: list[str]) -> Literal[2, 4]:
     return 2 if rules.apply(rules.GRAD_BYTES, row, notes) == 2 else 4
 
 
+def lighter_ends(row: dict[str, Any], layers: int, pp: int, vpp: int,
+                 notes: list[str]) -> tuple[int, int]:
+    """(first, last) rank layer counts when the engine takes the gap of an uneven split from
+    the end stages (`rules.STAGE_SPLIT`): of the g layers short of a multiple of the stages,
+    the last stage loses ceil(g / 2) and the first floor(g / 2) (the Zero Bubble fork's padding
+    for g <= 2; Megatron-Core's DeepSeek-V3 layout 'Et|(tt|)*30mL' for g = 3 on 32 stages of 2;
+    account_for_embedding/loss_in_pipeline_split for g = 2). (0, 0) when no rule applies or an
+    end stage would lose more than it holds."""
+    chunks = pp * vpp
+    per_chunk = math.ceil(layers / chunks)
+    gap = per_chunk * chunks - layers
+    if pp < 2 or math.ceil(gap / 2) > per_chunk or rules.first(rules.STAGE_SPLIT, row) is None:
+        return 0, 0
+    rules.apply(rules.STAGE_SPLIT, row, notes)
+    full = per_chunk * vpp
+    return full - gap // 2, full - math.ceil(gap / 2)
+
+
 def implied_flops_per_gpu(case: Case) -> dict[str, float]:
     """FLOP/s per GPU that each measured throughput of the row implies, counting the model
     FLOPs meshplan reports (causal attention: a lower bound of what any engine executes)."""
@@ -155,12 +174,14 @@ def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
     schedule, vpp = pipeline_schedule(row, pp, source_model.num_layers, notes)
     chunks = pp * (vpp or 1)
     model = source_model
-    first_last = (0, 0)  # published runs keep the padded model (docs/validation.md)
+    first_last = (0, 0)
     if source_model.num_layers % chunks:
-        padded = math.ceil(source_model.num_layers / chunks) * chunks
-        notes.append(f"{source_model.num_layers} layers split unevenly over {chunks} stages: "
-                     f"modelled as {padded} (every stage as the fullest one)")
-        model = source_model.model_copy(update={"num_layers": padded})
+        first_last = lighter_ends(row, source_model.num_layers, pp, vpp or 1, notes)
+        if first_last == (0, 0):  # no engine rule: pad (docs/validation.md)
+            padded = math.ceil(source_model.num_layers / chunks) * chunks
+            notes.append(f"{source_model.num_layers} layers split unevenly over {chunks} "
+                         f"stages: modelled as {padded} (every stage as the fullest one)")
+            model = source_model.model_copy(update={"num_layers": padded})
 
     precision_text = text_field(row, "precision")
     precision = "fp8" if re.search(r"fp8|float8", precision_text, re.IGNORECASE) else "bf16"
@@ -179,10 +200,12 @@ def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
 
     sp = sequence_parallel(row, tp, notes)
     ep = int_field(row, "ep") or 1
+    rc = recompute(row, notes)
     plan = Plan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=int_field(row, "expert_tp") or 1,
                 sequence_parallel=bool(sp), zero_stage=zero_stage(row, notes),  # type: ignore[arg-type]
                 micro_batch_size=mbs, schedule=schedule, vpp=vpp,  # type: ignore[arg-type]
-                recompute=recompute(row, notes),  # type: ignore[arg-type]
+                recompute=rc,  # type: ignore[arg-type]
+                recompute_modules=recompute_modules(row, rc, notes),  # type: ignore[arg-type]
                 tp_comm_overlap=_says(row, rules.TP_OVERLAP),
                 ep_comm_overlap=_says(row, rules.EP_OVERLAP),
                 first_stage_layers=first_last[0] or None,

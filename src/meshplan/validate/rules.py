@@ -57,6 +57,9 @@ def era(row: dict[str, Any]) -> str:
 def _field(row: dict[str, Any], key: str) -> str:
     if key == "era":
         return era(row)
+    if key == "year":  # the software's year, "" when the row gives none
+        y = year(row)
+        return "" if y is None else str(y)
     if key == "fp8_text":  # where a run names its FP8 recipe
         return " ".join(text_field(row, k) for k in ("precision", "framework", "optimizations",
                                                      "notes"))
@@ -91,8 +94,13 @@ def apply(table: tuple[Rule, ...], row: dict[str, Any], notes: list[str], **fmt:
 MCORE = r"Megatron-Core|Megatron-Bridge|NeMo|MCore"
 """Megatron-Core based engines (NeMo 1.x/2.x, Megatron-Bridge, Megatron-LM core_r*)."""
 ZB_FORK = r"zero-bubble"
-"""sail-sg/zero-bubble-pipeline-parallelism: a 2023 fork of Megatron-LM (flash attention,
-no distributed optimizer unless asked)."""
+"""sail-sg/zero-bubble-pipeline-parallelism: a 2023 fork of Megatron-LM (no distributed
+optimizer unless asked)."""
+ZB_PAPER_CODE = {"framework": ZB_FORK}
+ZB_LATER_CODE = {"year": r"^20(2[4-9]|[3-9]\d)$"}
+"""The Zero Bubble fork as of its paper (branch `arxiv`, 2023-11-29; rows giving no year, or
+2023) and as rebased onto 2024 Megatron-LM (examples/pretrain_zero_bubble.sh of main adds
+--use-flash-attn --sequence-parallel --use-distributed-optimizer)."""
 MEGATRON = r"Megatron|DeepSpeed|NeMo"
 """The Megatron-LM family (Megatron-LM, Megatron-DeepSpeed, Megatron-Core, NeMo) and DeepSpeed."""
 LEGACY_MEGATRON = {"framework": r"Megatron-LM|Megatron-DeepSpeed|DeepSpeed|metaseq|\bOPT\b",
@@ -108,6 +116,10 @@ FLASH_ATTENTION: tuple[Rule, ...] = (
     Rule(False, "attention kernel not stated: unfused softmax attention (Megatron-LM / "
                 "DeepSpeed / metaseq of 2021-22 predate FlashAttention, added to Megatron-LM "
                 "in 2023 as --use-flash-attn)", LEGACY_MEGATRON, NOT_MCORE),
+    Rule(False, "attention kernel not stated: unfused softmax attention (the Zero Bubble fork's "
+                "paper code, branch arxiv of 2023-11: examples/pretrain_zero_bubble.sh runs "
+                "Megatron-LM's local transformer without --use-flash-attn, which is off by "
+                "default)", ZB_PAPER_CODE, ZB_LATER_CODE),
     Rule(True, "attention kernel not stated: fused (flash) attention, the default of every "
                "engine since 2023 (Transformer Engine, torch SDPA)"),
 )
@@ -179,7 +191,7 @@ RECOMPUTE_NAMES: tuple[Rule, ...] = (
          {"activation_recompute": r"selective.*every\s*n|every\s*n.*selective|selective.*"
                                   r"layer|ac_freq|selective_ac_option\s*=?\s*\d"}),
     Rule("selective", "", {"activation_recompute": r"selective|core_attn"}),
-    Rule("selective", "partial recompute of named modules ({text}): modelled as selective",
+    Rule("selective", "partial recompute of named modules ({text})",
          {"activation_recompute": r"recompute-modules|mlp|moe_act|layernorm|up_proj|moe\b|"
                                   r"shared_experts|mla"}),
     Rule("full", "", {"activation_recompute": r"full|checkpoint-activations|activation "
@@ -196,7 +208,7 @@ RECOMPUTE_DEFAULT: tuple[Rule, ...] = (
     Rule("full", "recompute read from the row's text: full",
          {"engine_text": r"recompute-granularity[= ]full|checkpoint-activations|"
                          r"activation checkpointing|full (activation )?(checkpointing|recompute)"}),
-    Rule("selective", "partial recompute of modules named in the notes: modelled as selective",
+    Rule("selective", "partial recompute of modules named in the notes",
          {"notes": r"recompute[^.;]*\b(mlp|moe_act|layernorm|up_proj|mla_up_proj|core_attn|"
                    r"moe|shared_experts)\b"}),
     Rule("full", "recompute not stated: full (Megatron-LM / DeepSpeed of 2021-22 offer only "
@@ -218,6 +230,29 @@ SCHEDULES: tuple[Rule, ...] = (
     Rule("1f1b", "", {"pipeline_schedule": r"1f1b|one.?forward.?one.?backward|pipedream.?flush|"
                                            r"deepspeed pipeline"}),
 )
+
+STAGE_SPLIT: tuple[Rule, ...] = (
+    # Layers that do not divide into the pipeline's stages: where the engine puts the gap.
+    # "ends": the first and last stages hold one layer fewer than the others. No rule: every
+    # stage modelled as the fullest (the layer count padded).
+    Rule("ends", "layers split as the row says: the first and last stages one layer fewer",
+         {"notes": r"(stage 0|first stage)[^.]*last stage[^.]*(one|1) fewer"}),
+    Rule("ends", "layers split unevenly: the Zero Bubble fork's --allow-padding-num-layers pads "
+                 "to a multiple of pp and takes the padding from the last stage, then the first "
+                 "(branch arxiv: megatron/arguments.py, megatron/model/transformer.py "
+                 "get_offset)", ZB_PAPER_CODE, ZB_LATER_CODE),
+    Rule("ends", "layers split unevenly: Megatron-Bridge's Qwen3-235B-A22B recipe sets "
+                 "account_for_embedding_in_pipeline_split and account_for_loss_in_pipeline_split "
+                 "(the embedding and the loss each take a layer's place on the first and last "
+                 "stage; recipes/qwen/qwen3_moe.py)",
+         {"framework": MCORE, "model_name": r"Qwen3[-_ ]?235B"}),
+    Rule("ends", "layers split unevenly: Megatron-Core's DeepSeek-V3 layout puts the embedding "
+                 "with one layer on the first stage and the MTP layer with the loss on the last "
+                 "(Megatron-Bridge scripts/performance deepseek_v3 "
+                 "pipeline_model_parallel_layout 'Et|(tt|)*30mL'; the MTP layer is not modelled)",
+         {"framework": MCORE, "model_name": r"DeepSeek[-_ ]?V3"}),
+)
+
 
 TP_OVERLAP = r"async\s*-?tp|tp[-_ ]comm[-_ ]overlap|tp communication overlap|" \
              r"tensor[- ]parallel (communication )?overlap"
@@ -241,6 +276,14 @@ GRAD_BYTES: tuple[Rule, ...] = (
     Rule(2, "", {"optimizations": r"mode PURE|reduce_dtype\s*=?\s*bf16"}),
     Rule(2, "gradients bf16: Megatron-Core DistributedDataParallelConfig.grad_reduce_in_fp32 "
             "defaults to False", {"framework": MCORE}),
+    Rule(2, "gradients fp16: Megatron-LM accumulates and all-reduces gradients in the fp16 "
+            "parameter dtype unless --accumulate-allreduce-grads-in-fp32, which it forces only "
+            "for --bf16 (megatron/arguments.py of 2021-23)",
+         {"framework": r"Megatron-LM", "precision": r"fp16|float16"}, NOT_MCORE),
+    Rule(2, "gradients fp16: the Zero Bubble fork's paper scripts train with --fp16 "
+            "(examples/pretrain_zero_bubble.sh, branch arxiv) and Megatron-LM keeps fp16 "
+            "gradients unless --accumulate-allreduce-grads-in-fp32 (forced only for --bf16)",
+         ZB_PAPER_CODE, {"precision": r"bf16|fp32|fp8", **ZB_LATER_CODE}),
     Rule(2, "gradients bf16 (assumption: with fp32 gradients several of these measured runs "
             "could not fit)", {"framework": r"Aleph Alpha"}),
     Rule(4, ""),

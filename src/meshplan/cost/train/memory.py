@@ -22,6 +22,7 @@ import numpy as np
 from meshplan.cost.params import ParamCounts
 from meshplan.cost.train import allocator as alloc
 from meshplan.cost.train.pipeline import head_in_flight, head_rank, in_flight_microbatches
+from meshplan.cost.train.recompute import module_masks, rebuilds
 from meshplan.mesh import Mesh
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
@@ -36,56 +37,80 @@ OPTIMIZER_BYTES = 12.0
 
 
 def attention_activation_bytes(model: Model, job: Job, mesh: Mesh) -> np.ndarray:
-    """Bytes the attention block keeps for backward, one micro-batch, one GPU."""
+    """Bytes the attention block keeps for backward, one micro-batch, one GPU, under the plan's
+    recompute modules (`cost.train.recompute`)."""
     P, s, h = mesh.plans, job.seq_len, model.hidden_size
     t, T, sp = P.tp, mesh.tokens_per_microbatch(s), mesh.seq_shard
     a, d = model.num_attention_heads, model.head_size
     kv_split = np.minimum(t, model.kv_heads)
     dv = model.mla.v_head_dim if model.mla is not None else d
     gemm_in = _gemm_input_bytes(job)
-    # norm input, QKV input, out-proj dropout mask (replicated across tp without SP)
-    replicated = (2 + gemm_in + (1 if model.dropout else 0)) * T * h / sp
-    split = 2 * T * a * d / t + 2 * T * model.kv_heads * (d + dv) / kv_split
-    split = split + gemm_in * T * a * dv / t  # out-proj input
+    mods = module_masks(P, job)
+    # norm input, QKV input, out-proj dropout mask (replicated across tp without SP); the
+    # layernorm module rebuilds the QKV input from the norm input
+    qkv_in = np.where(rebuilds(mods, "layernorm"), 0.0, gemm_in)
+    replicated = (2 + qkv_in + (1 if model.dropout else 0)) * T * h / sp
+    heads = 2 * T * a * d / t + 2 * T * model.kv_heads * (d + dv) / kv_split
+    if model.mla is not None:
+        # MLA keeps its latents (the up-projections' inputs, replicated across tp in
+        # Megatron-Core); mla_up_proj drops the per-head Q, K, V they expand to.
+        m = model.mla
+        latents = gemm_in * T * (m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim)
+        heads = np.where(rebuilds(mods, "mla_up_proj"), 0.0, heads) + latents
+    split = heads + gemm_in * T * a * dv / t  # + out-proj input
     if job.flash_attention:
         scores = 4.0 * T * a / t  # fp32 log-sum-exp per row
     else:
         scores = (2 + (3 if model.dropout else 0)) * a / t * T * s
-        scores = np.where(P.recompute >= 1, 0.0, scores)  # selective drops the s^2 terms
-    # Selective recompute with fused attention rebuilds the QKV input from the norm input
-    # (torchtitan op-level SAC, Megatron-Core --recompute-modules layernorm).
-    rebuilt = np.where((P.recompute == 1) & job.flash_attention, gemm_in * T * h / sp, 0.0)
-    return replicated + split + scores - rebuilt
+    scores = np.where(rebuilds(mods, "core_attn"), 0.0, scores)
+    return replicated + split + scores
 
 
 def _gemm_input_bytes(job: Job) -> float:
     """Bytes per saved GEMM input: FP8 training keeps the FP8 cast (Transformer Engine's
-    Linear / LayerNormLinear save their quantised input for the weight gradient)."""
+    Linear / LayerNormLinear / GroupedLinear save their quantised input for the weight
+    gradient; a 1-byte element, its scales aside)."""
     return 1.0 if job.precision == "fp8" else 2.0
 
 
 def mlp_activation_bytes(model: Model, job: Job, mesh: Mesh, moe: bool) -> np.ndarray:
-    """Bytes the MLP (or MoE) block keeps for backward, one micro-batch, one GPU."""
+    """Bytes the MLP (or MoE) block keeps for backward, one micro-batch, one GPU, under the
+    plan's recompute modules (`cost.train.recompute`).
+
+    Per token: the norm input and the norm output (the fc1 / router input); per expert
+    assignment (Megatron-Core TEGroupedMLP): the fc1 input at GEMM-input precision, fc1's
+    output (the activation's input) and fc2's input. The routing probabilities are applied in
+    the activation function (Megatron-Core >= 0.13, "memory efficient token permutation"), so
+    the combine keeps no expert output. `layernorm` drops the norm output, `moe_act` (and, in
+    the default policy, the dense activation) fc2's input (Megatron-Core makes fc2 save the
+    discarded original input, `set_save_original_input`, in FP8 too); `mlp`, `moe` and
+    `shared_experts` keep only their module's input.
+    """
     P, h = mesh.plans, model.hidden_size
     t, T, sp = P.tp, mesh.tokens_per_microbatch(job.seq_len), mesh.seq_shard
     gemm_in = _gemm_input_bytes(job)
-    # fc1 output (2 or 1 matrices' worth, kept for the activation's backward) + fc2 input
-    per_f: float | np.ndarray = (4.0 if model.gated else 2.0) + gemm_in
-    replicated = (2 + gemm_in + (1 if model.dropout else 0)) * T * h / sp
-    # Selective recompute with fused attention also rebuilds the norm output and the
-    # activation function's output (Megatron-Core moe_act / layernorm modules, torchtitan SAC).
-    sel = (P.recompute == 1) & job.flash_attention
-    replicated = replicated - np.where(sel, gemm_in * T * h / sp, 0.0)
-    per_f = per_f - np.where(sel, gemm_in, 0.0)
+    mods = module_masks(P, job)
+    fc1_out = 4.0 if model.gated else 2.0
+    norm_out = np.where(rebuilds(mods, "layernorm"), 0.0, gemm_in)
+    replicated = (2 + norm_out + (1 if model.dropout else 0)) * T * h / sp
+    block_input = 2.0 * T * h / sp  # what a checkpointed mlp / moe / shared_experts keeps
     if not moe:
-        return replicated + per_f * T * model.ffn_hidden_size / t
+        per_f = fc1_out + np.where(rebuilds(mods, "dense_act"), 0.0, gemm_in)
+        dense = per_f * T * model.ffn_hidden_size / t
+        return replicated + np.where(rebuilds(mods, "mlp"), block_input - norm_out * T * h / sp,
+                                     dense)
     assert model.moe is not None
     m = model.moe
+    per_f = fc1_out + np.where(rebuilds(mods, "moe_act"), 0.0, gemm_in)
     assignments = T * P.etp / t * m.top_k
-    routed = assignments * (2 * h + per_f * m.expert_ffn_hidden_size / P.etp)
-    shared = per_f * T * m.num_shared_experts * m.shared_expert_ffn_hidden_size / t
+    routed = assignments * (gemm_in * h + per_f * m.expert_ffn_hidden_size / P.etp)
+    shared_f = fc1_out + np.where(rebuilds(mods, "dense_act"), 0.0, gemm_in)
+    shared = shared_f * T * m.num_shared_experts * m.shared_expert_ffn_hidden_size / t
+    shared = np.where(rebuilds(mods, "shared_experts"), 0.0, shared)
     router = 4.0 * T / sp * m.num_experts
-    return replicated + routed + shared + router
+    whole = np.where(rebuilds(mods, "moe"), block_input - norm_out * T * h / sp,
+                     routed + shared + router)
+    return replicated + whole
 
 
 def layer_activation_bytes(model: Model, job: Job, mesh: Mesh, moe: bool) -> np.ndarray:

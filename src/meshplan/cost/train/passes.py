@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from meshplan.cost.collectives import cp_block_efficiency
+from meshplan.cost.flops import out_proj_flops, qkv_flops
 from meshplan.cost.kernels import Kernels
 from meshplan.cost.layer import (
     BatchShape,
@@ -24,7 +25,9 @@ from meshplan.cost.layer import (
     embedding_bytes,
     head_parts,
     mlp_parts,
+    unfused_score_bytes,
 )
+from meshplan.cost.train.recompute import module_masks, rebuilds
 from meshplan.mesh import Mesh
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
@@ -61,6 +64,22 @@ class AttentionTimes(PassTimes):
     core_backward: np.ndarray
 
 
+NORM_BYTES = 4.0
+"""Bytes per element of one norm's forward (read and write, 16-bit): what recomputing it
+costs."""
+
+
+def _mla_up_proj_share(model: Model) -> float:
+    """MLA's up-projections' share of the attention block's projection FLOPs (what
+    Megatron-Core's mla_up_proj recompute redoes)."""
+    assert model.mla is not None
+    m, a = model.mla, model.num_attention_heads
+    up = m.q_lora_rank * a * (m.qk_nope_head_dim + m.qk_rope_head_dim) if m.q_lora_rank else 0
+    up += m.kv_lora_rank * a * (m.qk_nope_head_dim + m.v_head_dim)
+    total = qkv_flops(model, 1) / 2 + out_proj_flops(model, 1) / 2
+    return float(up / total)
+
+
 def _shape(job: Job, mesh: Mesh) -> tuple[BatchShape, LayerDegrees]:
     P = mesh.plans
     return BatchShape.training(P.mbs, job.seq_len, P.cp), LayerDegrees.of(mesh)
@@ -86,13 +105,21 @@ def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> Attention
     else:
         core_b = 2 * parts.core
     fwd = parts.time(K)
-    elem = parts.elementwise_bytes + parts.score_bytes
-    bwd_i = parts.gemm + core_b + K.memory(2 * elem) + K.overhead
-    # Selective recompute: the attention core when unfused (Korthikanti et al. 2022), the
-    # pre-attention norm when fused (see train.memory.attention_activation_bytes).
+    scores_b = 0.0 if job.flash_attention else unfused_score_bytes(
+        model, model.num_attention_heads / deg.tp * shape.dense_pairs, backward=True)
+    bwd_i = parts.gemm + core_b + K.memory(2 * parts.elementwise_bytes + scores_b) + K.overhead
+    # Selective recompute by module (`train.recompute`; what each drops:
+    # train.memory.attention_activation_bytes): the attention core with its softmax passes,
+    # the input norm, MLA's up-projections (their share of the QKV and output GEMMs' FLOPs).
     T, sp = shape.tokens, deg.seq_shard
-    selective = (parts.core + K.memory(parts.score_bytes) if not job.flash_attention
-                 else K.memory(4 * T * model.hidden_size / sp))
+    mods = module_masks(mesh.plans, job)
+    selective = np.where(rebuilds(mods, "core_attn"), parts.core + K.memory(parts.score_bytes),
+                         0.0) \
+        + np.where(rebuilds(mods, "layernorm"), K.memory(NORM_BYTES * T * model.hidden_size / sp),
+                   0.0)
+    if model.mla is not None:
+        up = _mla_up_proj_share(model)
+        selective = selective + np.where(rebuilds(mods, "mla_up_proj"), up * parts.gemm, 0.0)
     zero = np.zeros_like(fwd)
     return AttentionTimes(fwd, bwd_i, parts.gemm, _recompute(mesh.plans, fwd, selective),
                           parts.core + zero, core_b + zero)
@@ -104,9 +131,22 @@ def mlp_times(model: Model, job: Job, K: Kernels, mesh: Mesh, moe: bool) -> Pass
     parts = mlp_parts(model, K, shape, deg, moe)
     fwd = parts.time(K)
     bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead
-    # Selective recompute with fused attention redoes the norm and the activation function.
-    selective = (K.memory(4 * shape.tokens * model.hidden_size / deg.seq_shard
-                          + parts.elementwise_bytes) if job.flash_attention else 0.0)
+    # Selective recompute by module (`train.recompute`): the pre-MLP norm, the activation
+    # function (with the block's other element-wise passes), the whole block (mlp / moe: its
+    # forward; the EP all-to-all a recomputed MoE layer repeats is not counted), the shared
+    # experts (their share of the expert GEMM FLOPs).
+    mods = module_masks(mesh.plans, job)
+    norm = K.memory(NORM_BYTES * shape.tokens * model.hidden_size / deg.seq_shard)
+    selective = np.where(rebuilds(mods, "layernorm"), norm, 0.0) \
+        + np.where(rebuilds(mods, "moe_act" if moe else "dense_act"),
+                   K.memory(parts.elementwise_bytes), 0.0)
+    selective = np.where(rebuilds(mods, "moe" if moe else "mlp"), fwd, selective)
+    if moe and model.moe is not None and model.moe.num_shared_experts:
+        m = model.moe
+        shared = m.num_shared_experts * m.shared_expert_ffn_hidden_size
+        share = shared / (shared + m.top_k * m.expert_ffn_hidden_size)
+        selective = selective + np.where(rebuilds(mods, "shared_experts"), share * parts.gemm,
+                                         0.0)
     return PassTimes(fwd, bwd_i, parts.gemm, _recompute(mesh.plans, fwd, selective))
 
 

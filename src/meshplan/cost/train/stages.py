@@ -9,6 +9,7 @@ runs. Built once, in `cost.train.step.evaluate`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,8 @@ class StageTimes:
     """By COMM_TERMS, the bytes those collectives carry in (F, I)."""
     rank_scale: tuple[np.ndarray, np.ndarray, np.ndarray]
     """Layers of the (first, middle, last) rank over L / pp (uneven splits)."""
+    layers_per_rank: np.ndarray
+    """L / pp: the layers of an evenly split rank."""
     embedding: PassTimes
     head: PassTimes
     p2p: np.ndarray
@@ -122,16 +125,40 @@ class StageTimes:
             out["compute"] += _total(self.head, i)
         return out
 
+    def stage_scales(self, i: int, stage_to_rank: tuple[int, ...], pp: int) -> list[float]:
+        """Each stage's layers over an evenly split rank's L / pp. A rank's chunks share its
+        layers equally, unless they do not divide into whole layers per chunk on a rank that
+        holds the first or the last stage: then its other chunks hold the rounded-up share
+        and that end stage the rest (a chunk cannot hold part of a layer; the Zero Bubble
+        fork's --allow-padding-num-layers takes the padding from the end chunks,
+        megatron/model/transformer.py get_offset, branch arxiv)."""
+        v = len(stage_to_rank) // pp
+        even = float(self.layers_per_rank[i])
+        out = [self.rank_scale_of(i, r, pp) / v for r in stage_to_rank]
+        done: set[int] = set()
+        for end in (0, len(stage_to_rank) - 1):
+            r = stage_to_rank[end]
+            n = round(self.rank_scale_of(i, r, pp) * even, 6)
+            per = math.ceil(n / v)
+            rest = n - (v - 1) * per
+            if r in done or v == 1 or n % v == 0 or n != int(n) or rest < 0:
+                continue
+            done.add(r)  # a V-shaped rank 0 holds both ends: the first takes the rest
+            for s, rank in enumerate(stage_to_rank):
+                if rank == r:
+                    out[s] = (rest if s == end else per) / even
+        return out
+
     def stage_costs(self, i: int, stage_to_rank: tuple[int, ...], pp: int) -> StageCosts:
         """Per-stage F, I, W and activation bytes of plan i: each stage does its rank's work
-        per chunk; the first stage adds the embedding, the last the LM head and loss."""
-        v = len(stage_to_rank) // pp
-        scale = [self.rank_scale_of(i, r, pp) for r in stage_to_rank]
+        per chunk (`stage_scales`); the first stage adds the embedding, the last the LM head
+        and loss."""
+        scale = self.stage_scales(i, stage_to_rank, pp)
         u = self.unit
-        fw = [float(u.forward[i]) / v * k for k in scale]
-        bi = [float(u.backward_input[i]) / v * k for k in scale]
-        bw = [float(u.backward_weight[i]) / v * k for k in scale]
-        acts = [float(self.activation_bytes[i]) / v * k for k in scale]
+        fw = [float(u.forward[i]) * k for k in scale]
+        bi = [float(u.backward_input[i]) * k for k in scale]
+        bw = [float(u.backward_weight[i]) * k for k in scale]
+        acts = [float(self.activation_bytes[i]) * k for k in scale]
         fw[0] += float(self.embedding.forward[i])
         bi[0] += float(self.embedding.backward_input[i])
         bw[0] += float(self.embedding.backward_weight[i])
@@ -142,8 +169,8 @@ class StageTimes:
 
         def comm(p: int) -> tuple[PassComm, ...]:
             return tuple(PassComm(t.removesuffix("_comm"),
-                                  tuple(float(self.pass_comm[t][p][i]) / v * k for k in scale),
-                                  tuple(float(self.pass_comm_bytes[t][p][i]) / v * k
+                                  tuple(float(self.pass_comm[t][p][i]) * k for k in scale),
+                                  tuple(float(self.pass_comm_bytes[t][p][i]) * k
                                         for k in scale))
                          for t in COMM_TERMS)
 

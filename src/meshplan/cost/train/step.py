@@ -164,7 +164,7 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     stages = StageTimes(
         unit=PassTimes(unit_f, unit_i, unit_w, np.zeros_like(unit_f)),
         unit_terms=unit_terms, pass_comm=pass_comm, pass_comm_bytes=pass_bytes,
-        rank_scale=(s_first, s_mid, s_last),
+        rank_scale=(s_first, s_mid, s_last), layers_per_rank=model.num_layers / P.pp,
         embedding=emb, head=head, p2p=p2p, p2p_bytes=comm.pp_transfer_bytes(model, job, mesh),
         p2p_blocking=1.0 - cluster.overlap.pp,
         grad_reduce=dp.grad, grad_reduce_exposed=dp.grad_exposed,
