@@ -49,6 +49,19 @@ def test_power_capped_preset_shares_h100_factors_and_derates_only_compute():
     assert a.memory_bandwidth < b.memory_bandwidth  # HBM2e, not HBM3
 
 
+def test_a_power_limit_without_a_rating_is_refused(tmp_path):
+    from meshplan.errors import MeshplanError
+    from meshplan.specs.io import PRESETS
+
+    text = (PRESETS / "clusters" / "dgx-h100.toml").read_text()
+    bad = tmp_path / "capped.toml"
+    bad.write_text(text.replace("tdp_w = 700", "power_limit_w = 500"))
+    with pytest.raises(MeshplanError, match="power_limit_w needs tdp_w"):
+        load_cluster(bad)
+    with pytest.raises(MeshplanError, match="positive"):
+        clock_fraction(0.0)
+
+
 def test_row_power_limit_is_read_and_applied_to_any_preset():
     assert stated_power_limit({"gpu_type": "NVIDIA H100 SXM HBM2e 96GB (500W power limit)"}) \
         == 500

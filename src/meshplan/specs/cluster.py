@@ -139,6 +139,9 @@ class Accelerator(Spec):
     def _check(self) -> Accelerator:
         if "bf16" not in self.peak_flops and "fp16" not in self.peak_flops:
             raise ValueError("peak_flops needs at least bf16 or fp16")
+        if self.power_limit_w is not None and self.tdp_w is None:
+            raise ValueError("power_limit_w needs tdp_w (the board power the peaks are quoted "
+                             "at) to derate the peaks")
         return self
 
     def peak(self, precision: str) -> float:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+from meshplan.errors import MeshplanError
+
 SPLITWISE_POWER_FRACTION = 0.70
 """DGX-H100 power-capped to 7,140 W of 10,200 W (SplitwiseSim's SKU configs)."""
 SPLITWISE_PROMPT_SLOWDOWN = 1.30
@@ -32,5 +34,5 @@ def clock_fraction(power_fraction: float) -> float:
     """Sustained compute clock at `power_fraction` of the rated board power, as a fraction of
     the clock at that rating (1.0 at or above it: a limit above TDP buys no clock)."""
     if not power_fraction > 0:
-        raise ValueError(f"power fraction must be positive, got {power_fraction!r}")
+        raise MeshplanError(f"power fraction must be positive, got {power_fraction!r}")
     return min(power_fraction, 1.0) ** POWER_CLOCK_EXPONENT
