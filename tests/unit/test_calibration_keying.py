@@ -69,6 +69,30 @@ def test_presets_on_one_die_share_factors_and_others_say_they_have_none() -> Non
     assert "none for MI300X" in calibration_line(est.calibration)
 
 
+DIES = {"GH100": ("H100", "H200", "H800"), "GA100": ("A100",), "GB100": ("B200", "GB200"),
+        "GV100": ("V100",), "CDNA3": ("MI300X", "MI325X")}
+"""Accelerator name prefixes on one die (hardware_catalog.yaml: same die, clocks and power
+differ)."""
+
+
+def test_every_preset_on_a_die_reads_that_dies_one_table() -> None:
+    """A preset without its own runs never runs on raw factors (1.0) while a sibling die has
+    a table: the power-capped, PCIe, 40 GB, H200 and H800 parts included."""
+    by_die: dict[str, set[str]] = {}
+    for name in preset_names("clusters"):
+        cluster = load_cluster(name)
+        acc = cluster.accelerator
+        die = next((d for d, prefixes in DIES.items()
+                    if acc.name.upper().startswith(tuple(p.upper() for p in prefixes))), None)
+        if die is None:
+            continue
+        by_die.setdefault(die, set()).add(acc.calibration_key)
+        if acc.calibration_key in tomllib.loads(CALIBRATION_FILE.read_text()):
+            assert cluster.calibration.key == acc.calibration_key, name
+    assert all(len(keys) == 1 for keys in by_die.values()), by_die
+    assert by_die["GH100"] == {"H100"} and by_die["GB100"] == {"B200"}
+
+
 def test_a_calibration_file_applies_by_silicon(tmp_path: Path) -> None:
     cal = tmp_path / "cal.toml"
     cal.write_text('[H100]\ngemm_scale = 0.5\nattention_scale = 0.9\n')

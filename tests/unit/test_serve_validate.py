@@ -19,11 +19,11 @@ from meshplan.serve.loop import simulate as simulate_requests
 from meshplan.serve.validate import build_case, load_serving_runs, predict, validate_row
 from meshplan.serve.validate.calibrate import calibrate, overheads
 from meshplan.serve.validate.case import StaticBatch, Unbuildable
-from meshplan.serve.validate.hardware import POWER_EXPONENT
 from meshplan.serve.validate.predict import deployment
 from meshplan.serve.validate.rebuild import SHAREGPT
 from meshplan.serve.workload import Lengths, Workload, draw
 from meshplan.specs.io import load_cluster
+from meshplan.specs.power import clock_fraction
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +48,11 @@ def test_shipped_runs_all_rebuild(runs):
         assert s.tp * s.pp * s.instances == row["hardware"]["num_gpus"], row["id"]
 
 
-def test_power_cap_scales_compute_peaks_by_the_cube_root_and_spares_bandwidth(runs):
+def test_power_cap_scales_compute_peaks_by_the_sustained_clock_and_spares_bandwidth(runs):
     capped = build_case(runs["splitwise-llama2-70b-h100-80gb-pcap-tp4-p512-b1"])
     full = build_case(runs["splitwise-llama2-70b-h100-80gb-tp4-p512-b1"])
     a, b = capped.cluster.accelerator, full.cluster.accelerator
-    assert a.peak("bf16") / b.peak("bf16") == pytest.approx(0.7 ** POWER_EXPONENT)
+    assert a.peak("bf16") / b.peak("bf16") == pytest.approx(clock_fraction(0.7))
     assert a.memory_bandwidth == b.memory_bandwidth
     assert any("power-capped to 70%" in n for n in capped.assumptions)
 

@@ -45,8 +45,9 @@ def catalog_key(gpu_name: str) -> str | None:
     return None
 
 
-CATALOG_FACTS = ("peak_flops", "memory_bytes", "memory_bandwidth")
-"""What an accelerator's catalog entry states (the vendor figures); the rest of an
+CATALOG_FACTS = ("peak_flops", "memory_bytes", "memory_bandwidth", "tdp_w")
+"""What an accelerator's catalog entry states (the vendor figures; `tdp_w` where sourced, never
+taken from the template); the rest of an
 `[accelerator]` table is achievable fractions, measured or borrowed from a template preset."""
 
 
@@ -97,10 +98,11 @@ def expand_catalog(data: dict[str, Any]) -> dict[str, Any]:
     key = acc["catalog"]
     entry = catalog_entry(key)
     template = _template(entry["efficiency_template"])
-    base = {k: v for k, v in template["accelerator"].items() if k != "silicon"}
+    base = {k: v for k, v in template["accelerator"].items()
+            if k not in ("silicon", "tdp_w", "power_limit_w")}
     if "fp8" not in entry["peak_flops"]:
         base.pop("fp8_gemm_efficiency", None)
-    facts = {k: entry[k] for k in CATALOG_FACTS}
+    facts = {k: entry[k] for k in CATALOG_FACTS if k in entry}
     own = {k: v for k, v in acc.items() if k != "catalog"}
     out["accelerator"] = {**base, "name": key, "silicon": entry.get("silicon", key),
                           **facts, **own}

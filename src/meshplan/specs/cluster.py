@@ -93,6 +93,22 @@ class Accelerator(Spec):
     table of a calibration file it reads (`calibration_key`). Accelerators on the same die
     whose peaks are quoted at their own clocks share one (H200 with H100, B200 with GB200);
     None: the accelerator's `name` is the key."""
+    tdp_w: float | None = Field(default=None, gt=0, le=1e5)
+    """Rated board power (W) at which `peak_flops` are quoted; None: not stated (a power
+    limit then cannot be applied)."""
+    power_limit_w: float | None = Field(default=None, gt=0, le=1e5)
+    """Enforced board power limit (W), e.g. `nvidia-smi -pl`; below `tdp_w` the sustained
+    compute clock, hence every compute peak, drops by `specs.power.clock_fraction` (HBM
+    bandwidth does not). None: runs at its rating."""
+
+    @property
+    def clock_fraction(self) -> float:
+        """Sustained compute clock over the clock the peaks are quoted at (power limit)."""
+        if self.power_limit_w is None or self.tdp_w is None:
+            return 1.0
+        from meshplan.specs.power import clock_fraction
+
+        return clock_fraction(self.power_limit_w / self.tdp_w)
 
     @property
     def training_context_bytes(self) -> float:
@@ -123,14 +139,18 @@ class Accelerator(Spec):
     def _check(self) -> Accelerator:
         if "bf16" not in self.peak_flops and "fp16" not in self.peak_flops:
             raise ValueError("peak_flops needs at least bf16 or fp16")
+        if self.power_limit_w is not None and self.tdp_w is None:
+            raise ValueError("power_limit_w needs tdp_w (the board power the peaks are quoted "
+                             "at) to derate the peaks")
         return self
 
     def peak(self, precision: str) -> float:
-        """Peak FLOP/s for a compute precision; bf16 and fp16 stand in for each other."""
+        """Peak FLOP/s for a compute precision at the sustained clock (`clock_fraction`);
+        bf16 and fp16 stand in for each other."""
         if precision in self.peak_flops:
-            return self.peak_flops[precision]
+            return self.peak_flops[precision] * self.clock_fraction
         if precision in ("bf16", "fp16"):
-            return self.peak_flops.get("bf16") or self.peak_flops["fp16"]
+            return (self.peak_flops.get("bf16") or self.peak_flops["fp16"]) * self.clock_fraction
         raise MeshplanError(f"precision={precision!r}: accelerator {self.name} has no "
                             f"{precision} peak; its peaks: {', '.join(self.peak_flops)}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from meshplan.specs._base import Spec
 
@@ -31,9 +31,24 @@ class Job(Spec):
     expandable_segments: bool = False
     """PyTorch's caching allocator runs with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
     (less fragmentation: `cost.train.allocator.EXPANDABLE_SHARE`)."""
+    zero3_collectives: tuple[int, int] = Field(default=(1, 1), strict=False)
+    """(all-gathers, reduce-scatters) one layer's ZeRO-3 / FSDP traffic is issued as, per
+    pass: (1, 1) for an FSDP unit or a coalesced bucket; DeepSpeed ZeRO-3 before v0.5.5 issued
+    one per parameter tensor (`validate.rules.deepspeed_per_parameter_zero3`)."""
+    zero3_list_collectives: bool = False
+    """ZeRO-3 collectives go through torch.distributed's list API (one output / input view
+    per rank), whose NCCL backend copies each rank's slice by its own kernel: host time per
+    rank and collective (`cost.train.comm.PER_RANK_HOST_S`)."""
     token_budget: float | None = Field(default=None, ge=1, le=1e18)
     """Tokens to train on, for time-to-train and GPU-hours (at most 1e18: ~30,000x the
     largest pre-training corpora today, ~3.6e13 tokens)."""
+
+    @field_validator("zero3_collectives")
+    @classmethod
+    def _counts(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if len(v) != 2 or any(not 1 <= k <= 10_000 for k in v):
+            raise ValueError(f"must be two counts in [1, 10000], got {v!r}")
+        return v
 
     @property
     def tokens_per_step(self) -> int:

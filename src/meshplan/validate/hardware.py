@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from meshplan.specs.catalog import catalog_entries
-from meshplan.specs.cluster import Cluster
+from meshplan.specs.cluster import Accelerator, Cluster
 from meshplan.specs.io import CALIBRATION_FILE, CalibrationRef, load_cluster
 
 GIB = 1024**3
@@ -44,11 +44,10 @@ def _catalog_rules() -> tuple[GpuRule, ...]:
 GPUS: tuple[GpuRule, ...] = (
     GpuRule(r"GB300", "gb300-nvl72", "GB300"),
     GpuRule(r"GB200", "gb200-nvl72", "GB200"),
-    GpuRule(r"H100.*(500\s*W|power limit)", "h100-hbm2e-500w", "H100 {mem}GB",
-            ("500 W power cap: 700 W peaks, the fitted gemm_scale of this preset absorbs "
-             "the lower clocks",
-             "HBM2e bandwidth not published: the preset keeps the HBM3 figure")),
     *_catalog_rules(),
+    GpuRule(r"H100.*HBM2e", "h100-hbm2e-500w", "H100 {mem}GB",
+            ("H100 SXM with HBM2e: the h100-hbm2e-500w preset (H100 factors, HBM2e "
+             "bandwidth)",)),
     GpuRule(r"H100", "dgx-h100", "H100 {mem}GB"),
     GpuRule(r"H200", "dgx-h200", "H200"),
     GpuRule(r"(?<!G)B200", "dgx-b200", "B200"),
@@ -66,6 +65,37 @@ LINKS: tuple[tuple[str, str, str], ...] = (
     (_NUM + r"\s*inter-node", "node",
      "inter-node figure read as per node (shared by its GPUs)"),
 )
+
+
+POWER_LIMIT = re.compile(
+    r"(\d{2,4}(?:\.\d+)?)\s*W\s*(?:power\s*|TDP\s*)?(?:limit|cap)"
+    r"|power[- ]?(?:limit|cap)\w*\s*(?:of|at|to|=|:)?\s*(\d{2,4}(?:\.\d+)?)\s*W\b",
+    re.IGNORECASE)
+"""A board power limit stated in the row's GPU or system text ("500W power limit",
+"power-capped to 450 W")."""
+
+
+def stated_power_limit(row: dict[str, Any]) -> float | None:
+    """The power limit (W) the row's `gpu_type` or `system` states, or None."""
+    text = " ".join(str(row.get(k) or "") for k in ("gpu_type", "system"))
+    m = POWER_LIMIT.search(text)
+    return float(m.group(1) or m.group(2)) if m else None
+
+
+def _power_notes(acc: Accelerator, stated: float | None) -> tuple[Accelerator, list[str]]:
+    """The accelerator at the row's power limit (else its preset's), with the note saying so."""
+    if stated is not None and acc.tdp_w is None:
+        return acc, [f"{stated:g} W power limit stated, but the preset gives no rated power: "
+                     "peaks at the preset's clocks"]
+    if stated is not None and stated != acc.power_limit_w:
+        acc = acc.model_copy(update={"power_limit_w": stated})
+    limit = acc.power_limit_w
+    if limit is None or acc.tdp_w is None or limit >= acc.tdp_w:
+        return acc, []
+    whose = "stated" if stated is not None else "the preset's"
+    return acc, [f"{limit:g} W power limit ({whose}) of the {acc.tdp_w:g} W rating: compute "
+                 f"peaks x {acc.clock_fraction:.3f} (sustained clock, specs.power), HBM "
+                 "bandwidth unchanged"]
 
 
 @cache
@@ -125,6 +155,8 @@ def build_cluster(row: dict[str, Any], calibration: CalibrationRef = CALIBRATION
     elif round(mem) != preset_gb:
         acc = acc.model_copy(update={"memory_bytes": float(mem) * GIB})
         notes.append(f"{cluster.name} with {mem:g} GiB HBM (vendor GB read as GiB)")
+    acc, more = _power_notes(acc, stated_power_limit(row))
+    notes += more
     update: dict[str, Any] = {"accelerator": acc}
 
     gpn = row["gpus_per_node"] or cluster.gpus_per_node

@@ -200,9 +200,18 @@ def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
 
     sp = sequence_parallel(row, tp, notes)
     ep = int_field(row, "ep") or 1
+    zero = zero_stage(row, notes)
+    legacy_z3 = rules.deepspeed_per_parameter_zero3(row) if zero == 3 else None
+    if legacy_z3 is not None:
+        k = rules.zero3_tensors_per_layer(model)
+        job = job.model_copy(update={"zero3_collectives": k, "zero3_list_collectives": True})
+        notes.append(f"ZeRO-3 as {legacy_z3}: synchronous per-parameter collectives ({k[0]} "
+                     f"all-gathers, {k[1]} reduce-scatters per layer, list API), no overlap "
+                     "(rules.DEEPSPEED_COALESCED_ZERO3)")
     rc = recompute(row, notes)
     plan = Plan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=int_field(row, "expert_tp") or 1,
-                sequence_parallel=bool(sp), zero_stage=zero_stage(row, notes),  # type: ignore[arg-type]
+                sequence_parallel=bool(sp), zero_stage=zero,  # type: ignore[arg-type]
+                overlap_grad_reduce=legacy_z3 is None,
                 micro_batch_size=mbs, schedule=schedule, vpp=vpp,  # type: ignore[arg-type]
                 recompute=rc,  # type: ignore[arg-type]
                 recompute_modules=recompute_modules(row, rc, notes),  # type: ignore[arg-type]

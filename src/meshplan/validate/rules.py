@@ -311,3 +311,58 @@ VOCAB: tuple[Rule, ...] = (
                     "padded by Megatron to {v}",
          {"model_family": r"GPT", "framework": MEGATRON}),
 )
+
+
+# --- DeepSpeed ZeRO-3 before its coalesced, asynchronous gathers ----------------------------
+
+DEEPSPEED_COALESCED_ZERO3 = (0, 5, 5)
+"""First DeepSpeed release with PR #1188 ("ZeRO3, improved parameter all-gather operation",
+merged 2021-10-31): before it every parameter's all-gather was preceded by a device-wide
+`torch.cuda.synchronize()` ("the async version is not async at all", the PR), so no gather
+overlapped compute, and ZeRO-3 issued one all-gather and one reduce-scatter per parameter
+tensor through torch.distributed's list API (partition_parameters.py `_allgather_param`,
+`_reduce_scatter_gradients`, v0.3.15, April 2021). DeepSpeed issue #1174 (v0.3.16, 8 x A100,
+5B BERT): forward 480 ms under ZeRO-3 against 60 ms under ZeRO-2."""
+PERSISTENCE_THRESHOLD = 100_000
+"""`stage3_param_persistence_threshold` default (elements): smaller parameters stay whole on
+every rank and are never gathered (DeepSpeed v0.3.15 stage3.py)."""
+
+
+def _deepspeed_version(row: dict[str, Any]) -> tuple[int, ...] | None:
+    text = " ".join(text_field(row, k) for k in ("framework", "source_version", "notes"))
+    m = re.search(r"DeepSpeed\s*v?(\d+)\.(\d+)(?:\.(\d+))?", text, re.IGNORECASE)
+    return tuple(int(g or 0) for g in m.groups()) if m else None
+
+
+def deepspeed_per_parameter_zero3(row: dict[str, Any]) -> str | None:
+    """Why the run's ZeRO-3 is DeepSpeed's per-parameter, synchronous one (None: it is not):
+    framework DeepSpeed at a stated version before `DEEPSPEED_COALESCED_ZERO3`, or without a
+    version from 2021 software (a stated year, else the era rule: pre-Hopper hardware)."""
+    if not re.search(r"DeepSpeed", text_field(row, "framework"), re.IGNORECASE):
+        return None
+    version = _deepspeed_version(row)
+    if version is not None:
+        if version >= DEEPSPEED_COALESCED_ZERO3:
+            return None
+        return f"DeepSpeed {'.'.join(map(str, version))} < 0.5.5"
+    y = year(row)
+    if y is not None:
+        return f"DeepSpeed of {y} (before 0.5.5, Nov 2021)" if y <= 2021 else None
+    if era(row) == "legacy":
+        return "DeepSpeed version not stated, 2021-22 era (pre-Hopper hardware): before 0.5.5"
+    return None
+
+
+def zero3_tensors_per_layer(model: Any) -> tuple[int, int]:
+    """(gathered, reduced) parameter tensors of one transformer layer under DeepSpeed ZeRO-3:
+    weights (fused QKV, output, the MLP's 2 or 3), biases and norm parameters with a
+    LayerNorm model (GPT-style), each gathered only at >= `PERSISTENCE_THRESHOLD` elements;
+    every tensor's gradient is reduce-scattered."""
+    h, f = model.hidden_size, model.ffn_hidden_size
+    gated = model.mlp_type in ("swiglu", "geglu")
+    weights = 2 + (3 if gated else 2)
+    bias = model.norm == "layernorm"
+    sizes = ([3 * h, h] + [f] * (2 if gated else 1) + [h]) if bias else []
+    norms = [h] * (4 if bias else 2)
+    small = sizes + norms
+    return weights + sum(n >= PERSISTENCE_THRESHOLD for n in small), weights + len(small)

@@ -150,6 +150,16 @@ def prefetched_exposed(first: np.ndarray, per_layer: np.ndarray, window: np.ndar
     return first + (n - 1) * np.maximum(per_layer - window, 0.0)
 
 
+PER_RANK_HOST_S = 6e-6
+"""Host time per rank of one list-API collective (`Job.zero3_list_collectives`): DeepSpeed
+before v0.5.5 builds the per-rank views in a Python loop (`flat_tensor.narrow(...)` for i in
+range(world_size): partition_parameters.py `_allgather_param`, `_reduce_scatter_gradient`,
+v0.3.15), and PyTorch's ProcessGroupNCCL copies each of them by one `copy_` (allgather's
+post-hook, reduce_scatter's `flatten_for_scatter_gather`). About 3 us per eager view op
+(PyTorch operator micro-benchmark, split on CUDA: 3.3 us, pytorch#32194) and 3 us per copy
+launch (ATen dispatch and cudaMemcpyAsync); meshplan assumption within that sourcing."""
+
+
 @dataclass(frozen=True)
 class DataParallelTimes:
     """Data-parallel / ZeRO traffic of one step (seconds, one GPU)."""
@@ -186,6 +196,10 @@ def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert
     micro-batches and gradients reduce-scatter on the last one (torchtitan
     `reshard_after_forward = not pp_enabled`, `set_requires_gradient_sync(last_backward)`;
     `allocator.zero_buffers`): once per step.
+
+    An engine that splits a layer's traffic into several collectives (`Job.zero3_collectives`:
+    DeepSpeed ZeRO-3 before v0.5.5, one per parameter) pays the ring's latency, (n - 1) steps,
+    again for each further one, and list-API collectives add `PER_RANK_HOST_S` per rank.
     """
     P = mesh.plans
     full = mesh.members(cluster, Group.DP)
@@ -214,8 +228,10 @@ def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert
     # ZeRO-3, per layer of the rank (a rank without experts runs no expert collective).
     n = np.maximum(layers, 1.0)
     experts = expert_p > 0
-    ag = (ag_s + np.where(experts, e_ag, 0.0)) / n
-    rs = (rs_s + np.where(experts, e_rs, 0.0)) / n
+    k_ag, k_rs = job.zero3_collectives
+    more_ag, more_rs = _split_collectives(cluster, job, shard, k_ag, k_rs)
+    ag = (ag_s + np.where(experts, e_ag, 0.0)) / n + more_ag
+    rs = (rs_s + np.where(experts, e_rs, 0.0)) / n + more_rs
     f, b = ov * fwd / n, ov * bwd / n
     pipelined = P.pp > 1
     gathers = prefetched_exposed(0.0 * ag, ag, f, n)
@@ -225,3 +241,15 @@ def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert
     per_step = per_step + once
     zero3_mb = np.where((z == 3) & ~pipelined, gathers + backward, 0.0)
     return DataParallelTimes(grad, grad_exposed, per_step, zero2_mb + zero3_mb)
+
+
+def _split_collectives(cluster: Cluster, job: Job, members: list[np.ndarray], k_ag: int,
+                       k_rs: int) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """What a layer's ZeRO-3 (all-gather, reduce-scatter) costs beyond one collective each:
+    the ring latency of every further collective and, with the list API, the host time per
+    rank of every collective."""
+    if (k_ag, k_rs) == (1, 1) and not job.zero3_list_collectives:
+        return 0.0, 0.0
+    latency = comm.all_gather_time(cluster, members, 0.0)  # (n - 1) alpha, no bytes
+    host = members[-1] * PER_RANK_HOST_S if job.zero3_list_collectives else 0.0
+    return (k_ag - 1) * latency + k_ag * host, (k_rs - 1) * latency + k_rs * host

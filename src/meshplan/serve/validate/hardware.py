@@ -15,6 +15,7 @@ from meshplan.serve.deployment import load_serving_cluster
 from meshplan.serve.validate.case import Unbuildable, count
 from meshplan.specs.catalog import catalog_cluster, catalog_key
 from meshplan.specs.cluster import Cluster
+from meshplan.specs.power import clock_fraction
 
 GIB = 1024**3
 
@@ -27,14 +28,6 @@ PRESETS: tuple[tuple[str, str], ...] = (
     (r"H100", "dgx-h100"),
     (r"A100", "dgx-a100"),
 )
-
-POWER_EXPONENT = 1.0 / 3.0
-"""Sustained clock under a power cap ~ (cap / TDP)^(1/3): CMOS dynamic power P = C V^2 f with
-the voltage scaling with the clock along the DVFS curve, so P ~ f^3 (Rabaey, Digital
-Integrated Circuits, ch. 5). Only the compute peaks scale: HBM bandwidth is not clocked with
-the SMs, which is why power caps slow prefill and spare decode (Patel et al., Splitwise,
-ISCA'24, Sec. 3)."""
-
 
 @cache
 def _preset(name: str) -> Cluster:
@@ -83,9 +76,9 @@ def build_cluster(row: dict[str, Any], notes: list[str]) -> Cluster:
         notes.append(f"{acc.name} with {float(mem):g} GB HBM (read as GiB)")
     frac = power_fraction(hw)
     if frac is not None:
-        scale = frac ** POWER_EXPONENT
+        scale = clock_fraction(frac)  # the one power-cap model (specs.power); HBM unclocked
         acc = acc.model_copy(update={"peak_flops": {k: v * scale
                                                     for k, v in acc.peak_flops.items()}})
         notes.append(f"power-capped to {frac:.0%}: compute peaks x {scale:.3f} "
-                     "(clock ~ power^(1/3)), memory bandwidth unchanged")
+                     "(sustained clock, specs.power), memory bandwidth unchanged")
     return cluster.model_copy(update={"accelerator": acc})
