@@ -172,3 +172,19 @@ def test_the_busiest_attention_rank_sets_the_step():
     even = cost.time_reference(1, 4096, 0.0, 4096.0**2, 4096, 1, share=0.25)
     assert lone > 1.2 * even  # the prompt's attention on one rank, not a quarter on each
     assert IterationCost(deploy("mixtral-8x7b", tp=4)).rank_share(1, 1) == 1.0
+
+
+def test_trtllm_requests_waiting_on_promised_blocks_fast_equal_plain():
+    """TensorRT-LLM's GUARANTEED_NO_EVICT: a burst larger than the KV pool's promises waits
+    with fewer than max_batch_size running; the fast path runs decodes meanwhile (only a
+    finish frees a promise) and still equals the plain loop."""
+    d = deploy(engine="trtllm", gpu_memory_utilization=0.3)
+    tokens = kv_capacity(d).num_blocks * d.block_size
+    w = Workload(arrival="burst", num_requests=120, seed=11,
+                 input=Lengths(kind="uniform", mean=tokens // 60, spread=0.5),
+                 output=Lengths(kind="uniform", mean=tokens // 60, spread=0.5))
+    fast, plain = assert_same(d, w)
+    assert len(fast.kv_usage) < 0.5 * len(plain.kv_usage)  # it did skip steps
+    fixed = Workload(arrival="burst", num_requests=100, input=Lengths(mean=tokens // 80),
+                     output=Lengths(mean=tokens // 40))
+    assert_same(d, fixed)

@@ -351,7 +351,8 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         bs = s.block_size
         run = s.running
         nseq = len(run)
-        if nseq == 0 or nseq > s.max_num_batched_tokens or (s.waiting and nseq < s.max_num_seqs):
+        if nseq == 0 or nseq > s.max_num_batched_tokens or (
+                s.waiting and nseq < s.max_num_seqs and s.head_admissible()):
             return now, False
         reqs = s.requests
         left = 1 << 62
