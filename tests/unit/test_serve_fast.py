@@ -188,3 +188,30 @@ def test_trtllm_requests_waiting_on_promised_blocks_fast_equal_plain():
     fixed = Workload(arrival="burst", num_requests=100, input=Lengths(mean=tokens // 80),
                      output=Lengths(mean=tokens // 40))
     assert_same(d, fixed)
+
+
+def test_steps_with_prompts_pay_the_host_overhead_their_engine_runs_them_with():
+    """Decode-only steps run in CUDA graphs (a multi-step group's share of the host time);
+    vLLM V1's piecewise graphs also take prompt steps up to the capture size (512 tokens),
+    V0 and TensorRT-LLM's PyTorch backend run any prompt step eager and single-step, a
+    TensorRT engine (`trtllm-engine`) enqueues it from C++ at the graphed figure."""
+    v1 = deploy()
+    c = IterationCost(v1)
+    e = v1.engine
+    assert c.step_overhead(64, 64) == e.iteration_overhead_s
+    assert c.step_overhead(1, 512) == e.iteration_overhead_s
+    assert c.step_overhead(1, 513) == e.iteration_overhead_eager_s
+    v0 = deploy(engine="vllm-v0", num_scheduler_steps=10)
+    c0 = IterationCost(v0)
+    e0 = v0.engine
+    assert c0.step_overhead(64, 64) == pytest.approx(e0.iteration_overhead_s / 10)
+    assert c0.step_overhead(1, 100) == e0.iteration_overhead_eager_s
+    assert e0.iteration_overhead_eager_s > e0.iteration_overhead_s
+    trt = deploy(engine="trtllm")
+    assert IterationCost(trt).step_overhead(1, 100) == trt.engine.iteration_overhead_eager_s
+    cpp = deploy(engine="trtllm-engine")
+    assert IterationCost(cpp).step_overhead(1, 8000) == cpp.engine.iteration_overhead_s
+    # the cached path charges the same (a prompt step and a mixed one)
+    for cost in (c, c0, IterationCost(trt)):
+        for args in ((1, 600.0, 0.0, 360000.0, 600.0, 1), (9, 208.0, 4000.0, 40064.0, 4208.0, 9)):
+            assert cost.time(*args) == pytest.approx(cost.time_reference(*args), rel=1e-12)

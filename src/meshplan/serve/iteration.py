@@ -210,6 +210,15 @@ class IterationCost:
         self.dense_layers = m.num_layers - m.num_moe_layers
         self.moe_layers = m.num_moe_layers
         self.overhead = d.iteration_overhead_s
+        """Host time of a decode-only step (a multi-step group's share)."""
+        e = d.engine
+        self.prompt_overhead = e.iteration_overhead_eager_s
+        """Host time of a step with prompt tokens outside the graphs: eager, never grouped."""
+        self.graph_overhead = e.iteration_overhead_s
+        self.graph_prompt_tokens = 0.0
+        if d.cuda_graphs and e.cuda_graph_prefill:
+            self.graph_prompt_tokens = float(
+                e.graph_max_bs(d.cluster.accelerator, d.tp) or float("inf"))
         self.layers = m.num_layers
         self.stages = stage_counts(d)
         # The attention core's two linear pieces (the cost core's formulas at unit inputs),
@@ -227,6 +236,16 @@ class IterationCost:
         self._head: dict[int, float] = {}
         self._layer_base: dict[int | tuple[int, float], tuple[float, float, float]] = {}
         self._send: dict[tuple[int, int], float] = {}
+
+    def step_overhead(self, num_seqs: int, tokens: float) -> float:
+        """Host time of a step of `tokens` tokens over `num_seqs` sequences: a decode-only
+        step's (`overhead`), else the graph figure where the engine's graphs capture steps
+        with prompts of that size (`EngineProfile.cuda_graph_prefill`), else the eager one."""
+        if tokens <= num_seqs:
+            return self.overhead
+        if tokens <= self.graph_prompt_tokens:
+            return self.graph_overhead
+        return self.prompt_overhead
 
     def _core(self, tokens: float, pairs: float, kv_tokens: float) -> float:
         return max(self._core_flop * pairs, self._core_q * tokens + self._core_kv * kv_tokens)
@@ -264,7 +283,7 @@ class IterationCost:
         b = self._base.get(key)
         if b is None:
             full = self.time_reference(1, tokens, 0.0, 0.0, 0.0, 1, share=share)
-            b = full - self.overhead - self._head_time(1) \
+            b = full - self.step_overhead(1, tokens) - self._head_time(1) \
                 - self.layers * self._core(tokens, 0.0, 0.0) * self._rank_gain(share)
             self._base[key] = b
         return b
@@ -280,7 +299,7 @@ class IterationCost:
         core = self._core(tokens, query_prefix + 0.5 * query_squares, kv_tokens) \
             * self._rank_gain(share)
         return self._base_time(T, share) + self.layers * core + self._head_time(sampled) \
-            + self.overhead
+            + self.step_overhead(num_seqs, tokens)
 
     def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float, float,
                                                     float]:
@@ -318,7 +337,7 @@ class IterationCost:
         if self.moe_layers:
             total += self.moe_layers * moe
         total += head
-        return total + self.overhead
+        return total + self.step_overhead(num_seqs, tokens)
 
     def parts(self, num_seqs: int, tokens: float, query_prefix: float, query_squares: float,
               kv_tokens: float, sampled: int, share: float | None = None
