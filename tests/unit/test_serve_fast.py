@@ -172,3 +172,52 @@ def test_the_busiest_attention_rank_sets_the_step():
     even = cost.time_reference(1, 4096, 0.0, 4096.0**2, 4096, 1, share=0.25)
     assert lone > 1.2 * even  # the prompt's attention on one rank, not a quarter on each
     assert IterationCost(deploy("mixtral-8x7b", tp=4)).rank_share(1, 1) == 1.0
+
+
+def test_trtllm_requests_waiting_on_promised_blocks_fast_equal_plain():
+    """TensorRT-LLM's GUARANTEED_NO_EVICT: a burst larger than the KV pool's promises waits
+    with fewer than max_batch_size running; the fast path runs decodes meanwhile (only a
+    finish frees a promise) and still equals the plain loop."""
+    d = deploy(engine="trtllm", gpu_memory_utilization=0.3)
+    tokens = kv_capacity(d).num_blocks * d.block_size
+    w = Workload(arrival="burst", num_requests=120, seed=11,
+                 input=Lengths(kind="uniform", mean=tokens // 60, spread=0.5),
+                 output=Lengths(kind="uniform", mean=tokens // 60, spread=0.5))
+    fast, plain = assert_same(d, w)
+    assert len(fast.kv_usage) < 0.5 * len(plain.kv_usage)  # it did skip steps
+    fixed = Workload(arrival="burst", num_requests=100, input=Lengths(mean=tokens // 80),
+                     output=Lengths(mean=tokens // 40))
+    assert_same(d, fixed)
+
+
+def test_steps_with_prompts_pay_the_host_overhead_their_engine_runs_them_with():
+    """Decode-only steps run in CUDA graphs (a multi-step group's share of the host time); a
+    step with prompt tokens pays the whole graph figure, plus, where its engine's graphs do
+    not take it (V0, TensorRT-LLM's PyTorch backend; V1 above 512 tokens), the eager
+    launches' excess over the GPU work they hide behind; a TensorRT engine
+    (`trtllm-engine`) enqueues it from C++ at the graphed figure."""
+    v1 = deploy()
+    c = IterationCost(v1)
+    e = v1.engine
+    extra = e.iteration_overhead_eager_s - e.iteration_overhead_s
+    assert extra > 0
+    assert c.step_overhead(64, 64, 0.0) == e.iteration_overhead_s
+    assert c.step_overhead(1, 512, 0.0) == e.iteration_overhead_s
+    assert c.step_overhead(1, 513, 0.0) == pytest.approx(e.iteration_overhead_eager_s)
+    assert c.step_overhead(1, 513, extra / 2) == pytest.approx(e.iteration_overhead_s + extra / 2)
+    assert c.step_overhead(1, 8000, 0.2) == e.iteration_overhead_s  # hidden behind the GPU
+    v0 = deploy(engine="vllm-v0", num_scheduler_steps=10)
+    c0 = IterationCost(v0)
+    e0 = v0.engine
+    assert c0.step_overhead(64, 64, 0.0) == pytest.approx(e0.iteration_overhead_s / 10)
+    assert c0.step_overhead(1, 100, 0.0) == pytest.approx(e0.iteration_overhead_eager_s)
+    assert c0.step_overhead(1, 8000, 0.5) == e0.iteration_overhead_s  # whole, not a tenth
+    trt = deploy(engine="trtllm")
+    assert IterationCost(trt).step_overhead(1, 100, 0.0) == pytest.approx(
+        trt.engine.iteration_overhead_eager_s)
+    cpp = deploy(engine="trtllm-engine")
+    assert IterationCost(cpp).step_overhead(1, 8000, 0.0) == cpp.engine.iteration_overhead_s
+    # the cached path charges the same (a prompt step alone and one among decodes)
+    for cost in (c, c0, IterationCost(trt)):
+        for args in ((1, 600.0, 0.0, 360000.0, 600.0, 1), (9, 208.0, 4000.0, 40064.0, 4208.0, 9)):
+            assert cost.time(*args) == pytest.approx(cost.time_reference(*args), rel=1e-12)

@@ -80,6 +80,21 @@ def test_vllm_before_v1_gets_the_v0_profile(runs):
     assert newer.spec.engine == "vllm" and newer.spec.enable_chunked_prefill is True
 
 
+def test_tensorrt_llm_before_its_pytorch_backend_and_cpp_runtimes_get_the_engine_profile(
+        runs):
+    """TensorRT engines (before 1.0; the Triton backend's `v0.11`, not its `r24.07` tag) and
+    the C++ runtimes behind the TensorRT-LLM profile; the PyTorch backend keeps `trtllm`."""
+    for version, expected in (("v0.5", "trtllm-engine"), ("v0.6.1", "trtllm-engine"),
+                              ("r24.07 (Triton TRT-LLM backend v0.11)", "trtllm-engine"),
+                              ("1.0", "trtllm"), ("r25.10 (backend v1.1)", "trtllm")):
+        row = row_like(runs, **{"engine.name": "TensorRT-LLM", "engine.version": version})
+        assert build_case(row).spec.engine == expected, version
+    lmdeploy = row_like(runs, **{"engine.name": "LMDeploy", "engine.version": "0.6.0a0"})
+    assert build_case(lmdeploy).spec.engine == "trtllm-engine"
+    overview = next(r for r in runs.values() if "PyTorch" in str(r["engine"]["name"]))
+    assert build_case(overview).spec.engine == "trtllm"
+
+
 def test_dataset_means_get_a_lognormal_with_the_documented_sigma(runs):
     case = build_case(runs["vllmblog-h100-8b-sharegpt-vllm-qps2"])
     w = case.workload

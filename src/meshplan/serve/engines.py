@@ -113,6 +113,16 @@ class EngineProfile(Spec):
     """Where the fitted overheads came from (`presets/serving_calibration.toml`), "" if none."""
     cuda_graph_max_bs: int | None = Field(default=None, gt=0)
     """Largest decode batch captured in a graph (tiers override it)."""
+    cuda_graph_prefill: bool = False
+    """Whether the graphs also capture steps with prompt tokens, up to cuda_graph_max_bs
+    tokens (vLLM V1's piecewise graphs are keyed by the step's token count,
+    `GPUModelRunner.execute_model` padding it to a capture size). Elsewhere graphs are
+    decode-only — V0's `CUDAGraphRunner` (`_use_captured_graph(..., decode_only)`), SGLang's
+    `CudaGraphRunner` (decode forward mode), TensorRT-LLM's PyTorch backend (generation-only
+    batches) — so a step with a prompt pays the eager host overhead, and vLLM 0.6's multi-step
+    runs it as a single step (multi-step issue vllm#7528, "force single step"). Also true
+    where no Python launches kernels at all (a TensorRT engine, `trtllm-engine`); unset
+    cuda_graph_max_bs then means any size."""
     limits_per_attention_rank: bool = False
     """Whether max_num_seqs and the token budget bind each data-parallel attention rank (the
     instance admitting dp_attention times as much): true where every rank runs its own

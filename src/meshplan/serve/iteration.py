@@ -210,6 +210,15 @@ class IterationCost:
         self.dense_layers = m.num_layers - m.num_moe_layers
         self.moe_layers = m.num_moe_layers
         self.overhead = d.iteration_overhead_s
+        """Host time of a decode-only step (a multi-step group's share)."""
+        e = d.engine
+        self.prompt_overhead = e.iteration_overhead_eager_s
+        """Host time of a step with prompt tokens outside the graphs: eager, never grouped."""
+        self.graph_overhead = e.iteration_overhead_s
+        self.graph_prompt_tokens = 0.0
+        if d.cuda_graphs and e.cuda_graph_prefill:
+            self.graph_prompt_tokens = float(
+                e.graph_max_bs(d.cluster.accelerator, d.tp) or float("inf"))
         self.layers = m.num_layers
         self.stages = stage_counts(d)
         # The attention core's two linear pieces (the cost core's formulas at unit inputs),
@@ -227,6 +236,21 @@ class IterationCost:
         self._head: dict[int, float] = {}
         self._layer_base: dict[int | tuple[int, float], tuple[float, float, float]] = {}
         self._send: dict[tuple[int, int], float] = {}
+
+    def step_overhead(self, num_seqs: int, tokens: float, gpu_s: float) -> float:
+        """Host time a step of `tokens` tokens over `num_seqs` sequences adds to its `gpu_s`
+        of GPU work: a decode-only step the graph figure (its multi-step group's share); a
+        step with prompt tokens the whole graph figure (never grouped), plus — where the
+        engine's graphs do not capture it (`EngineProfile.cuda_graph_prefill`, up to
+        `cuda_graph_max_bs` tokens) — the eager figure's excess of kernel launches, less the
+        GPU work they overlap: launches run ahead of a long step's kernels and hide behind
+        them, and stall a short one."""
+        if tokens <= num_seqs:
+            return self.overhead
+        graph = self.graph_overhead
+        if tokens <= self.graph_prompt_tokens:
+            return graph
+        return graph + max(0.0, self.prompt_overhead - graph - gpu_s)
 
     def _core(self, tokens: float, pairs: float, kv_tokens: float) -> float:
         return max(self._core_flop * pairs, self._core_q * tokens + self._core_kv * kv_tokens)
@@ -263,8 +287,8 @@ class IterationCost:
         key = tokens if self.dpa == 1 else (tokens, share)
         b = self._base.get(key)
         if b is None:
-            full = self.time_reference(1, tokens, 0.0, 0.0, 0.0, 1, share=share)
-            b = full - self.overhead - self._head_time(1) \
+            full = self.gpu_reference(1, tokens, 0.0, 0.0, 0.0, 1, share=share)
+            b = full - self._head_time(1) \
                 - self.layers * self._core(tokens, 0.0, 0.0) * self._rank_gain(share)
             self._base[key] = b
         return b
@@ -279,8 +303,8 @@ class IterationCost:
         share = self.rank_share(tokens, query_squares)
         core = self._core(tokens, query_prefix + 0.5 * query_squares, kv_tokens) \
             * self._rank_gain(share)
-        return self._base_time(T, share) + self.layers * core + self._head_time(sampled) \
-            + self.overhead
+        gpu = self._base_time(T, share) + self.layers * core + self._head_time(sampled)
+        return gpu + self.step_overhead(num_seqs, tokens, gpu)
 
     def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float, float,
                                                     float]:
@@ -310,6 +334,14 @@ class IterationCost:
         sum(q x prefix), sum(q^2) and the keys read, as `BatchShape.from_sums`), of which
         `sampled` positions sample a token (every stage in turn, no send); `share`: the
         busiest attention rank's share of it (None: `rank_share`)."""
+        gpu = self.gpu_reference(num_seqs, tokens, query_prefix, query_squares, kv_tokens,
+                                 sampled, share)
+        return gpu + self.step_overhead(num_seqs, tokens, gpu)
+
+    def gpu_reference(self, num_seqs: int, tokens: float, query_prefix: float,
+                      query_squares: float, kv_tokens: float, sampled: int,
+                      share: float | None = None) -> float:
+        """`time_reference` without the host overhead: the GPU's seconds."""
         embed, dense, moe, head = self.parts(num_seqs, tokens, query_prefix, query_squares,
                                              kv_tokens, sampled, share)
         total = embed
@@ -317,8 +349,7 @@ class IterationCost:
             total += self.dense_layers * dense
         if self.moe_layers:
             total += self.moe_layers * moe
-        total += head
-        return total + self.overhead
+        return total + head
 
     def parts(self, num_seqs: int, tokens: float, query_prefix: float, query_squares: float,
               kv_tokens: float, sampled: int, share: float | None = None

@@ -351,7 +351,8 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         bs = s.block_size
         run = s.running
         nseq = len(run)
-        if nseq == 0 or nseq > s.max_num_batched_tokens or (s.waiting and nseq < s.max_num_seqs):
+        if nseq == 0 or nseq > s.max_num_batched_tokens or (
+                s.waiting and nseq < s.max_num_seqs and s.head_admissible()):
             return now, False
         reqs = s.requests
         left = 1 << 62
@@ -521,7 +522,7 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         stages = cost.stage_times(len(step.scheduled), float(step.tokens),
                                   float(step.query_prefix), float(step.query_squares),
                                   float(step.kv_tokens), step.sampled, plain)
-        end = free[0] = now + cost.overhead
+        end = free[0] = now + cost.step_overhead(len(step.scheduled), step.tokens, sum(stages))
         for st in range(pp):
             ready = end if st == 0 else end + cost.send_time(step.tokens, send_tiers[i][st - 1])
             begin = max(ready, free[st + 1])

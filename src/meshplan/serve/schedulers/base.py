@@ -139,6 +139,13 @@ class Scheduler:
     def advanced(self, steps: int) -> None:
         """The loop applied `steps` decode-only steps itself (the fast path)."""
 
+    def head_admissible(self) -> bool:
+        """Whether `schedule` could admit the first waiting request now, given there is one
+        and fewer than max_num_seqs run (the fast path stops where it could). Default: yes;
+        a scheduler whose admission also waits on something a decode run cannot change (a
+        finish) says no then, and the loop may fast-forward with requests waiting."""
+        return True
+
     # -- blocks ------------------------------------------------------------------------
 
     def _blocks_for(self, tokens: int) -> int:

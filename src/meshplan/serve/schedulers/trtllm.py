@@ -77,6 +77,11 @@ class TRTLLMScheduler(Scheduler):
             assert ok, "GUARANTEED_NO_EVICT promised these blocks"
         return self._step(scheduled, 0, admitted)
 
+    def head_admissible(self) -> bool:
+        """GUARANTEED_NO_EVICT admits the head only into blocks not promised; promises fall
+        only when a request finishes, which ends a fast-forwarded run."""
+        return self.promised + self._whole(self.requests[self.waiting[0]]) <= self.num_blocks
+
     def accept(self, prompt: int, output: int) -> bool:
         """GUARANTEED_NO_EVICT: a transferred request is promised its whole length too."""
         whole = self._blocks_for(prompt + output)

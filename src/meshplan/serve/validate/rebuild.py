@@ -148,7 +148,32 @@ def engine_version_profile(row: dict[str, Any], engine: str, knobs: dict[str, An
         notes.append(f"vLLM {row['engine']['version']}: the V0 engine (vllm-v0 profile: "
                      "prefill-first iterations, no chunked prefill)")
         return "vllm-v0"
+    if engine == "trtllm" and _cpp_runtime(row):
+        notes.append(f"{row['engine'].get('name')} {row['engine'].get('version') or ''}".strip()
+                     + ": a C++ runtime (trtllm-engine profile: prompt steps without Python "
+                     "kernel launches)")
+        return "trtllm-engine"
     return engine
+
+
+TRTLLM_PYTORCH_FROM = (1, 0)
+"""TensorRT-LLM's PyTorch backend is the default from 1.0 (release notes of 1.0); before it,
+`trtllm-build` TensorRT engines."""
+
+
+def _cpp_runtime(row: dict[str, Any]) -> bool:
+    """A TensorRT engine or another C++ runtime behind the TensorRT-LLM profile: named
+    FasterTransformer / LMDeploy / TurboMind, or TensorRT-LLM before its PyTorch backend (a
+    version read as `v0.11` before a bare `24.07`, the Triton container's tag)."""
+    name = str(row["engine"].get("name") or "")
+    if re.search(r"fastertransformer|lmdeploy|turbomind", name, re.IGNORECASE):
+        return True
+    if re.search(r"pytorch", name, re.IGNORECASE):
+        return False
+    text = str(row["engine"].get("version") or "")
+    m = re.search(r"\bv(\d+)\.(\d+)", text)
+    version = (int(m.group(1)), int(m.group(2))) if m else version_tuple(text)
+    return version is not None and version < TRTLLM_PYTORCH_FROM
 
 
 def scheduler_steps(row: dict[str, Any]) -> int:
