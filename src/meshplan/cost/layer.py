@@ -13,7 +13,8 @@ composes backward and recompute from them (`meshplan.cost.train.passes`).
 Element-wise traffic per layer, forward (bytes; T = query tokens on this GPU, sp = t with
 sequence parallel else 1): norms 2 x 4Th/sp, residual adds 2 x 6Th/sp, dropout 2 x 5Th/sp,
 RoPE 4T(a+k)d/t, activation 6Tf/t (gated) or 4Tf/t, unfused softmax (4 + 5 with dropout)
-bytes per score, MoE permutation 8 T K h / t, FP8 casts 3 bytes per GEMM input element. These
+bytes per score, MoE routing and permutation (`cost.moe`), FP8 casts 3 bytes per GEMM input
+element. These
 counts are meshplan's (one read and one write per tensor per kernel).
 """
 
@@ -25,6 +26,14 @@ import numpy as np
 
 from meshplan.cost import flops as F
 from meshplan.cost.kernels import ACTIVATION_BYTES, Kernels, linear_bytes
+from meshplan.cost.moe import (
+    MOE_EXTRA_KERNELS,
+    capacity_share,
+    grouped_gemm_rows,
+    load_imbalance,
+    permutation_bytes,
+    router_bytes,
+)
 from meshplan.mesh import Mesh
 from meshplan.specs.model import Model
 
@@ -100,11 +109,14 @@ class LayerParts:
     """Norms, residuals, RoPE, activation functions, permutations, casts."""
     score_bytes: Num = 0.0
     """Unfused attention's softmax traffic over the score matrix."""
+    launches: int = 0
+    """Kernels beyond the one whose fixed cost `time` counts (a MoE block's routing and
+    permutation kernels: `moe.MOE_EXTRA_KERNELS`); the backward launches as many again."""
 
     def time(self, K: Kernels) -> np.ndarray:
-        """Forward time, one kernel-launch overhead included."""
+        """Forward time, one kernel-launch overhead included (plus `launches` more)."""
         return self.gemm + self.core + K.memory(self.elementwise_bytes + self.score_bytes) \
-            + K.overhead
+            + K.overhead * (1 + self.launches)
 
 
 def _linear(K: Kernels, flops: Num, tokens: Num, d_in: Num, count: Num = 1.0) -> np.ndarray:
@@ -193,6 +205,7 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
     """MLP block of a dense layer, or the router, routed and shared experts of a MoE layer
     (norms and residuals are counted with the attention block)."""
     t, T, sp, h = deg.tp, shape.tokens, deg.seq_shard, model.hidden_size
+    launches = 0
     if not moe:
         gemm = _mlp_gemms(model, K, T, model.ffn_hidden_size, t)
         elem = _mlp_elementwise(model, T, model.ffn_hidden_size, t)
@@ -201,25 +214,30 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         assert model.moe is not None
         m = model.moe
         # Tokens an expert-tensor group processes; per local expert, assignments arrive from
-        # all ep ranks (balanced routing, as the NVIDIA tables force-balance), spread over
-        # the experts that receive any (all of them unless the batch is a few tokens).
+        # all ep ranks, spread over the experts that receive any (all of them unless the
+        # batch is a few tokens), on the busiest rank (`moe.load_imbalance`), each expert's
+        # rows padded to whole tiles of the grouped GEMM (`moe.grouped_gemm_rows`).
         tokens_g = T * deg.etp / t
-        assignments = tokens_g * m.top_k * deg.ep
-        touched = experts_touched(m.num_experts, assignments)
-        per_expert = assignments / m.num_experts / touched
-        gemm = _mlp_gemms(model, K, per_expert, m.expert_ffn_hidden_size, deg.etp,
-                          count=m.num_experts / deg.ep * touched)
-        elem = _mlp_elementwise(model, tokens_g * m.top_k, m.expert_ffn_hidden_size, deg.etp)
-        elem = elem + 8 * T * m.top_k * h / t
+        local = m.num_experts / deg.ep
+        assignments = tokens_g * m.top_k * capacity_share(m)
+        touched = experts_touched(m.num_experts, assignments * deg.ep)
+        busiest = assignments * load_imbalance(m, assignments, deg.ep)
+        per_expert = busiest * deg.ep / m.num_experts / touched
+        gemm = _mlp_gemms(model, K, grouped_gemm_rows(per_expert), m.expert_ffn_hidden_size,
+                          deg.etp, count=local * touched)
+        elem = _mlp_elementwise(model, busiest, m.expert_ffn_hidden_size, deg.etp)
+        elem = elem + permutation_bytes(model, tokens_g, deg.ep, local) \
+            + router_bytes(model, T / sp)
         gemm = gemm + _linear(K, 2 * T / sp * h * m.num_experts, T / sp, h)
+        launches = MOE_EXTRA_KERNELS
         if m.num_shared_experts:
             f_sh = m.num_shared_experts * m.shared_expert_ffn_hidden_size
             gemm = gemm + _mlp_gemms(model, K, T, f_sh, t)
             elem = elem + _mlp_elementwise(model, T, f_sh, t)
-        fp8_inputs = (T + tokens_g * m.top_k) * h
+        fp8_inputs = (T + busiest) * h
     if K.precision == "fp8":
         elem = elem + 3 * fp8_inputs
-    return LayerParts(gemm, 0.0, elem)
+    return LayerParts(gemm, 0.0, elem, launches=launches)
 
 
 def head_parts(model: Model, K: Kernels, tokens: Num, deg: LayerDegrees) -> LayerParts:

@@ -103,7 +103,7 @@ def mlp_times(model: Model, job: Job, K: Kernels, mesh: Mesh, moe: bool) -> Pass
     shape, deg = _shape(job, mesh)
     parts = mlp_parts(model, K, shape, deg, moe)
     fwd = parts.time(K)
-    bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead
+    bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead * (1 + parts.launches)
     # Selective recompute with fused attention redoes the norm and the activation function.
     selective = (K.memory(4 * shape.tokens * model.hidden_size / deg.seq_shard
                           + parts.elementwise_bytes) if job.flash_attention else 0.0)

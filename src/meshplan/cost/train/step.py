@@ -98,16 +98,17 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
                                       ("forward", "backward_input", "backward_weight",
                                        "recompute"))
     tp_f, tp_b = comm.tp_exposed(model, cluster, job, mesh, moe_layers, dense_layers)
-    ep_one = comm.ep_exposed(model, cluster, job, mesh, moe_layers)
+    ep_f, ep_b = comm.ep_exposed(model, cluster, job, mesh, moe_layers,
+                                 attn.forward + mlp_m.forward, attn.backward + mlp_m.backward)
     cp_f, cp_b = comm.cp_exposed(model, cluster, job, K, mesh, layers, attn)
     full_rc = P.recompute == 2
-    fwd_comm = tp_f + ep_one + cp_f
-    bwd_comm = tp_b + ep_one + cp_b + np.where(full_rc, fwd_comm, 0.0)
+    fwd_comm = tp_f + ep_f + cp_f
+    bwd_comm = tp_b + ep_b + cp_b + np.where(full_rc, fwd_comm, 0.0)
     # The same split by axis (for the trace): full recompute repeats the forward's
     # collectives before the backward.
     rc = np.where(full_rc, 1.0, 0.0)
     pass_comm = {"tp_comm": (tp_f, tp_b + rc * tp_f), "cp_comm": (cp_f, cp_b + rc * cp_f),
-                 "ep_comm": (ep_one, ep_one * (1 + rc))}
+                 "ep_comm": (ep_f, ep_b + rc * ep_f)}
     pass_bytes = {k: (f, b + rc * f) for k, (f, b) in
                   comm.collective_bytes(model, job, mesh, moe_layers, dense_layers).items()}
 
