@@ -246,6 +246,16 @@ def head_parts(model: Model, K: Kernels, tokens: Num, deg: LayerDegrees) -> Laye
     return LayerParts(gemm, 0.0, 4 * tokens * model.hidden_size / deg.seq_shard)
 
 
+def mtp_projection_parts(model: Model, K: Kernels, tokens: Num, deg: LayerDegrees) -> LayerParts:
+    """A multi-token-prediction module's input: RMSNorm of the hidden state and of the next
+    token's embedding, concatenated and projected 2h -> h (DeepSeek-V3, arXiv:2412.19437,
+    Sec. 2.2 Eq. 21; Megatron-Core `MultiTokenPredictionLayer` `eh_proj`, column-parallel).
+    Its transformer layer and the shared LM head are costed as the model's own."""
+    h = model.hidden_size
+    gemm = _linear(K, F.mtp_projection_flops(model, tokens) / deg.tp, tokens, 2 * h)
+    return LayerParts(gemm, 0.0, 2 * 4 * tokens * h / deg.seq_shard)
+
+
 def embedding_bytes(model: Model, tokens: Num, deg: LayerDegrees) -> Num:
     """Token embedding gather: read and write one hidden vector per token."""
     return 4 * tokens * model.hidden_size / deg.seq_shard

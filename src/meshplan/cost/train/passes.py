@@ -24,6 +24,7 @@ from meshplan.cost.layer import (
     embedding_bytes,
     head_parts,
     mlp_parts,
+    mtp_projection_parts,
 )
 from meshplan.mesh import Mesh
 from meshplan.specs.job import Job
@@ -118,6 +119,16 @@ def head_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes:
     logits = T * model.vocab_size / deg.tp
     fwd = parts.gemm + K.memory(parts.elementwise_bytes + CE_FORWARD_BYTES * logits)
     bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes + CE_BACKWARD_BYTES * logits)
+    return PassTimes(fwd, bwd_i, parts.gemm, np.zeros_like(fwd))
+
+
+def mtp_projection_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes:
+    """A multi-token-prediction module's norms and 2h -> h projection (its layer and head are
+    the model's own: `step._with_mtp`)."""
+    shape, deg = _shape(job, mesh)
+    parts = mtp_projection_parts(model, K, shape.tokens, deg)
+    fwd = parts.time(K)
+    bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead
     return PassTimes(fwd, bwd_i, parts.gemm, np.zeros_like(fwd))
 
 
