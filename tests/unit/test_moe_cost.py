@@ -127,10 +127,10 @@ def test_the_moe_block_is_costed_on_the_busiest_rank(monkeypatch):
     m = load_model("qwen3-30b-a3b")
     K = Kernels(load_cluster("dgx-h100"), "bf16")
     shape, deg = BatchShape.training(1, 4096, 1), LayerDegrees(ep=8)
-    busiest = float(np.asarray(mlp_parts(m, K, shape, deg, True).gemm))
+    busiest = float(np.asarray(mlp_parts(m, K, shape, deg, True, M.ALLTOALL).gemm))
     imbalance = float(M.load_imbalance(m.moe, 4096 * m.moe.top_k, 8))
     monkeypatch.setattr(L, "load_imbalance", lambda *a, **k: 1.0)
-    mean = float(np.asarray(mlp_parts(m, K, shape, deg, True).gemm))
+    mean = float(np.asarray(mlp_parts(m, K, shape, deg, True, M.ALLTOALL).gemm))
     router = float(np.asarray(L._linear(K, 2 * 4096 * m.hidden_size * 128, 4096,
                                          m.hidden_size)))
     rows = float(M.grouped_gemm_rows(2048 * imbalance)[()])
@@ -158,3 +158,17 @@ def test_mtp_adds_a_layer_a_projection_and_a_head_pass():
     t_mtp = estimate(m, c, job, plan, 64, simulate=False).step_time_s
     t_none = estimate(none, c, job, plan, 64, simulate=False).step_time_s
     assert t_mtp > t_none
+
+
+def test_serving_keeps_the_fused_moe_form():
+    """Serving engines' fused MoE kernels: no imbalance, padding or dispatcher kernels."""
+    m = load_model("qwen3-30b-a3b")
+    K = Kernels(load_cluster("dgx-h100"), "bf16")
+    shape, deg = BatchShape.training(1, 4096, 1), LayerDegrees(ep=8)
+    fused = mlp_parts(m, K, shape, deg, True)
+    megatron = mlp_parts(m, K, shape, deg, True, M.ALLTOALL)
+    assert fused.launches == 0 and megatron.launches == M.MOE_EXTRA_KERNELS
+    h, k = m.hidden_size, m.moe.top_k
+    act = 6 * 4096 * k * m.moe.expert_ffn_hidden_size
+    assert float(fused.elementwise_bytes) == pytest.approx(act + 8 * 4096 * k * h)
+    assert float(np.asarray(megatron.gemm)) > float(np.asarray(fused.gemm))

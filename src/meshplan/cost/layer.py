@@ -27,6 +27,8 @@ import numpy as np
 from meshplan.cost import flops as F
 from meshplan.cost.kernels import ACTIVATION_BYTES, Kernels, linear_bytes
 from meshplan.cost.moe import (
+    ALLTOALL,
+    FUSED,
     MOE_EXTRA_KERNELS,
     capacity_share,
     grouped_gemm_rows,
@@ -201,9 +203,11 @@ def experts_touched(num_experts: int, assignments: Num) -> Num:
 
 
 def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
-              moe: bool) -> LayerParts:
+              moe: bool, dispatcher: str = FUSED) -> LayerParts:
     """MLP block of a dense layer, or the router, routed and shared experts of a MoE layer
-    (norms and residuals are counted with the attention block)."""
+    (norms and residuals are counted with the attention block). `dispatcher`: how the MoE
+    block moves its tokens (`moe.ALLTOALL`, Megatron-Core training; `moe.FUSED`, a serving
+    engine's fused MoE kernel)."""
     t, T, sp, h = deg.tp, shape.tokens, deg.seq_shard, model.hidden_size
     launches = 0
     if not moe:
@@ -215,21 +219,27 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         m = model.moe
         # Tokens an expert-tensor group processes; per local expert, assignments arrive from
         # all ep ranks, spread over the experts that receive any (all of them unless the
-        # batch is a few tokens), on the busiest rank (`moe.load_imbalance`), each expert's
-        # rows padded to whole tiles of the grouped GEMM (`moe.grouped_gemm_rows`).
+        # batch is a few tokens). Megatron-Core's dispatcher (training): on the busiest rank
+        # (`moe.load_imbalance`), each expert's rows padded to whole tiles of the grouped
+        # GEMM, its routing and permutation kernels (`cost.moe`); a serving engine's fused
+        # MoE kernel: balanced, one permutation each way (8 T K h / t bytes).
+        megatron = dispatcher == ALLTOALL
         tokens_g = T * deg.etp / t
         local = m.num_experts / deg.ep
         assignments = tokens_g * m.top_k * capacity_share(m)
         touched = experts_touched(m.num_experts, assignments * deg.ep)
-        busiest = assignments * load_imbalance(m, assignments, deg.ep)
+        busiest = assignments * (load_imbalance(m, assignments, deg.ep) if megatron else 1.0)
         per_expert = busiest * deg.ep / m.num_experts / touched
-        gemm = _mlp_gemms(model, K, grouped_gemm_rows(per_expert), m.expert_ffn_hidden_size,
-                          deg.etp, count=local * touched)
+        gemm = _mlp_gemms(model, K, grouped_gemm_rows(per_expert) if megatron else per_expert,
+                          m.expert_ffn_hidden_size, deg.etp, count=local * touched)
         elem = _mlp_elementwise(model, busiest, m.expert_ffn_hidden_size, deg.etp)
-        elem = elem + permutation_bytes(model, tokens_g, deg.ep, local) \
-            + router_bytes(model, T / sp)
+        if megatron:
+            elem = elem + permutation_bytes(model, tokens_g, deg.ep, local) \
+                + router_bytes(model, T / sp)
+            launches = MOE_EXTRA_KERNELS
+        else:
+            elem = elem + 8 * T * m.top_k * h / t
         gemm = gemm + _linear(K, 2 * T / sp * h * m.num_experts, T / sp, h)
-        launches = MOE_EXTRA_KERNELS
         if m.num_shared_experts:
             f_sh = m.num_shared_experts * m.shared_expert_ffn_hidden_size
             gemm = gemm + _mlp_gemms(model, K, T, f_sh, t)

@@ -23,6 +23,13 @@ from meshplan.specs.model import MoE, Model
 
 Num = float | np.ndarray
 
+ALLTOALL = "alltoall"
+"""Megatron-Core's alltoall token dispatcher, as above (training)."""
+FUSED = "fused"
+"""A serving engine's fused MoE kernel (vLLM `fused_moe`, SGLang): routing, permutation and
+the expert GEMMs in a few kernels, costed as balanced with one permutation each way; its
+serving calibration (`serving_calibration.toml`) was fitted on that form."""
+
 ROUTER_BYTES_PER_SCORE = 9.0
 """HBM bytes per (token, expert) score of the router's score function and top-k: read the
 fp32 logits (4), write the fp32 probabilities (4) and the boolean routing map (1). Megatron-

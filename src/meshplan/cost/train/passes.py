@@ -16,6 +16,7 @@ import numpy as np
 
 from meshplan.cost.collectives import cp_block_efficiency
 from meshplan.cost.kernels import Kernels
+from meshplan.cost.moe import ALLTOALL
 from meshplan.cost.layer import (
     BatchShape,
     LayerDegrees,
@@ -102,7 +103,7 @@ def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> Attention
 def mlp_times(model: Model, job: Job, K: Kernels, mesh: Mesh, moe: bool) -> PassTimes:
     """MLP block of a dense layer, or the routed + shared experts of a MoE layer."""
     shape, deg = _shape(job, mesh)
-    parts = mlp_parts(model, K, shape, deg, moe)
+    parts = mlp_parts(model, K, shape, deg, moe, dispatcher=ALLTOALL)
     fwd = parts.time(K)
     bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead * (1 + parts.launches)
     # Selective recompute with fused attention redoes the norm and the activation function.
