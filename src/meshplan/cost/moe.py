@@ -13,13 +13,13 @@ priced in `collectives.ep_dispatch_combine_time` and their overlap in `train.com
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from statistics import NormalDist
 
 import numpy as np
 
 from meshplan.cost.kernels import ACTIVATION_BYTES
-from meshplan.specs.model import MoE, Model
+from meshplan.specs.model import Model, MoE
 
 Num = float | np.ndarray
 
@@ -81,7 +81,7 @@ def grouped_gemm_rows(rows: Num) -> np.ndarray:
     return np.ceil(r / GROUPED_GEMM_ROW_TILE - 1e-9) * GROUPED_GEMM_ROW_TILE
 
 
-@lru_cache(maxsize=None)
+@cache
 def max_normal_z(n: int) -> float:
     """Expected maximum of n independent standard normals, Blom's approximation
     Phi^-1((n - 0.375) / (n + 0.25)) (Blom, Statistical Estimates and Transformed Beta-

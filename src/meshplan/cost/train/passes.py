@@ -16,7 +16,6 @@ import numpy as np
 
 from meshplan.cost.collectives import cp_block_efficiency
 from meshplan.cost.kernels import Kernels
-from meshplan.cost.moe import ALLTOALL
 from meshplan.cost.layer import (
     BatchShape,
     LayerDegrees,
@@ -27,6 +26,7 @@ from meshplan.cost.layer import (
     mlp_parts,
     mtp_projection_parts,
 )
+from meshplan.cost.moe import ALLTOALL
 from meshplan.mesh import Mesh
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
