@@ -29,8 +29,8 @@ from meshplan.cost.kernels import ACTIVATION_BYTES, Kernels, linear_bytes
 from meshplan.cost.moe import (
     ALLTOALL,
     FUSED,
-    MOE_EXTRA_KERNELS,
     capacity_share,
+    dispatcher_kernels,
     grouped_gemm_rows,
     load_imbalance,
     permutation_bytes,
@@ -111,9 +111,9 @@ class LayerParts:
     """Norms, residuals, RoPE, activation functions, permutations, casts."""
     score_bytes: Num = 0.0
     """Unfused attention's softmax traffic over the score matrix."""
-    launches: int = 0
+    launches: Num = 0
     """Kernels beyond the one whose fixed cost `time` counts (a MoE block's routing and
-    permutation kernels: `moe.MOE_EXTRA_KERNELS`); the backward launches as many again."""
+    permutation kernels: `moe.dispatcher_kernels`); the backward launches as many again."""
 
     def time(self, K: Kernels) -> np.ndarray:
         """Forward time, one kernel-launch overhead included (plus `launches` more)."""
@@ -236,7 +236,7 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         if megatron:
             elem = elem + permutation_bytes(model, tokens_g, deg.ep, local) \
                 + router_bytes(model, T / sp)
-            launches = MOE_EXTRA_KERNELS
+            launches = dispatcher_kernels(deg.ep, local)
         else:
             elem = elem + 8 * T * m.top_k * h / t
         gemm = gemm + _linear(K, 2 * T / sp * h * m.num_experts, T / sp, h)

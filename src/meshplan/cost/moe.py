@@ -39,17 +39,25 @@ softmax / sigmoid, top-k and (group-limited) selection into one kernel
 are of the same kernel. One read and one write per tensor, as meshplan counts element-wise
 kernels (`cost.layer`)."""
 
-MOE_EXTRA_KERNELS = 4
-"""Kernels of a MoE layer's forward beyond the GEMMs, each paying `Cluster.kernel_overhead`:
-the fused score function + top-k, the fused permute, the chunk sort (or its inverse), the
-fused unpermute (Megatron-Core `MoEAlltoAllTokenDispatcher` with `--moe-permute-fusion`)."""
+def dispatcher_kernels(ep: Num, local_experts: Num) -> np.ndarray:
+    """Kernels of a MoE layer's forward beyond its GEMMs, each paying
+    `Cluster.kernel_overhead`: the fused score function + top-k, the fused permute and
+    unpermute, and with ep > 1 and several local experts the two chunk sorts
+    (Megatron-Core `MoEAlltoAllTokenDispatcher` with `--moe-permute-fusion`)."""
+    return 3.0 + 2.0 * _sorts(ep, local_experts)
+
+
+def _sorts(ep: Num, local_experts: Num) -> np.ndarray:
+    """1 where the received chunks are re-sorted by local expert, else 0."""
+    return np.where((np.asarray(ep) > 1) & (np.asarray(local_experts) > 1), 1.0, 0.0)
+
 
 GROUPED_GEMM_ROW_TILE = 128
 """Rows (tokens) of one tile of a grouped expert GEMM: each expert's token block is padded to
 a multiple of it (DeepGEMM's m-grouped contiguous layout aligns every expert segment to the
 128-row block, `get_m_alignment_for_contiguous_layout`; CUTLASS / cuBLAS Hopper GEMM tiles
-are 128 rows). A balanced training batch (thousands of rows per expert) loses < 3 %; a
-decode step's few tokens per expert compute a whole tile."""
+are 128 rows). A balanced training batch (thousands of rows per expert) loses < 3 %.
+Training only: serving's fused kernels are costed unpadded (`FUSED`)."""
 
 
 def router_bytes(model: Model, tokens: Num) -> Num:
@@ -70,7 +78,7 @@ def permutation_bytes(model: Model, tokens: Num, ep: Num, local_experts: Num) ->
     assert model.moe is not None
     h = model.hidden_size
     assignments = tokens * model.moe.top_k
-    sort = np.where((np.asarray(ep) > 1) & (np.asarray(local_experts) > 1), 4.0, 0.0)
+    sort = 4.0 * _sorts(ep, local_experts)
     return ACTIVATION_BYTES * h * ((2.0 + sort + 1.0) * assignments + tokens)
 
 
@@ -85,8 +93,8 @@ def grouped_gemm_rows(rows: Num) -> np.ndarray:
 def max_normal_z(n: int) -> float:
     """Expected maximum of n independent standard normals, Blom's approximation
     Phi^-1((n - 0.375) / (n + 0.25)) (Blom, Statistical Estimates and Transformed Beta-
-    Variables, 1958; within 1 % of the exact value for n >= 2: 0.5642 at n = 2, 1.5388 at
-    n = 10). 0 for n = 1."""
+    Variables, 1958): 0.589 at n = 2 (exact 1/sqrt(pi) = 0.564), 1.546 at n = 10 (exact
+    1.539, Harter 1961), closer as n grows. 0 for n = 1."""
     return 0.0 if n <= 1 else NormalDist().inv_cdf((n - 0.375) / (n + 0.25))
 
 
@@ -126,11 +134,3 @@ def capacity_share(moe: MoE) -> float:
     """Share of the routed assignments the experts compute: 1 dropless; with a capacity
     factor below 1, at most cf of them (the rest are dropped)."""
     return 1.0 if moe.capacity_factor is None else min(moe.capacity_factor, 1.0)
-
-
-def mtp_projection_flops(model: Model, tokens: Num) -> Num:
-    """The multi-token-prediction module's input projection: the normed hidden state and the
-    next token's embedding, concatenated (2h), projected to h (DeepSeek-V3, arXiv:2412.19437,
-    Sec. 2.2, Eq. 21: M_k [RMSNorm(h); RMSNorm(Emb(t))])."""
-    h = model.hidden_size
-    return 2 * tokens * 2 * h * h
