@@ -209,7 +209,7 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
     block moves its tokens (`moe.ALLTOALL`, Megatron-Core training; `moe.FUSED`, a serving
     engine's fused MoE kernel)."""
     t, T, sp, h = deg.tp, shape.tokens, deg.seq_shard, model.hidden_size
-    launches = 0
+    launches: Num = 0
     if not moe:
         gemm = _mlp_gemms(model, K, T, model.ffn_hidden_size, t)
         elem = _mlp_elementwise(model, T, model.ffn_hidden_size, t)
