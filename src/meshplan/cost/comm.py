@@ -85,21 +85,26 @@ internode EP16 rate, 43 GB/s of 50 (ep_deepep_normal_ep16), the lowest of its EP
 figures."""
 
 
-def all_to_all_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num) -> np.ndarray:
+def all_to_all_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num,
+                    plateau: bool = False) -> np.ndarray:
     """All-to-all where each rank holds `nbytes` and keeps 1/n of it.
 
-    The share bound for peers first reachable at tier i crosses that tier at
-    `ALL_TO_ALL_EFFICIENCY` of its bandwidth (inter-node: about one NIC per GPU, hardware.md
-    Sec. 2), plus the tier's latency; tiers run concurrently, so the slowest one sets the
-    time.
+    The share bound for peers first reachable at tier i crosses that tier, plus the tier's
+    latency; tiers run concurrently, so the slowest one sets the time (inter-node: about one
+    NIC per GPU, hardware.md Sec. 2). Its rate: `plateau`, `ALL_TO_ALL_EFFICIENCY` of the
+    tier's bandwidth, measured on large exchanges (DeepEP's 4,096-token batches: training's
+    regime); otherwise the tier's message-size curve at the share, the small messages of a
+    decode step, for which no all-to-all sweep exists (hardware.md Sec. 7) and on which the
+    serving calibration was fitted.
     """
     n = members[-1]
     worst = np.zeros(np.broadcast(n, nbytes).shape)
     prev = np.ones_like(n)
     for i, (tier, k) in enumerate(zip(cluster.network, members, strict=True)):
         share = np.asarray(nbytes * (k - prev) / n, dtype=float)
-        eff = ALL_TO_ALL_EFFICIENCY[min(i, 1)]
-        t = share / (tier.bandwidth / tier.oversubscription * eff) + tier.latency
+        bw = (tier.bandwidth / tier.oversubscription * ALL_TO_ALL_EFFICIENCY[min(i, 1)]
+              if plateau else _busbw(tier, np.maximum(share, 1.0)))
+        t = share / bw + tier.latency
         worst = np.maximum(worst, np.where(k > prev, t, 0.0))
         prev = np.maximum(k, prev)
     return worst

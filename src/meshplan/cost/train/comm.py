@@ -73,7 +73,8 @@ def ep_exposed(model: Model, cluster: Cluster, job: Job, mesh: Mesh, moe_layers:
         zero = np.zeros(len(P))
         return zero, zero
     tokens = mesh.tokens_per_microbatch(job.seq_len) / mesh.seq_shard
-    a2a = ep_dispatch_combine_time(cluster, mesh.members(cluster, Group.EP), model, tokens)
+    a2a = ep_dispatch_combine_time(cluster, mesh.members(cluster, Group.EP), model, tokens,
+                                   plateau=True)
     hide = cluster.overlap.ep_overlapped
 
     def exposed(window: Num) -> np.ndarray:
