@@ -48,10 +48,12 @@ def tp_blocks_per_layer(moe: bool, experts_tensor_split: np.ndarray | bool) -> N
 
 
 def ep_dispatch_combine_time(cluster: Cluster, members: list[np.ndarray], model: Model,
-                             tokens: Num) -> np.ndarray:
+                             tokens: Num, plateau: bool = False) -> np.ndarray:
     """Token dispatch + combine all-to-alls of one MoE layer's forward (GShard, Lepikhin et
-    al. 2021): each rank sends its `tokens` x top-k hidden vectors, and receives them back."""
-    return 2 * comm.all_to_all_time(cluster, members, ep_all_to_all_bytes(model, tokens))
+    al. 2021): each rank sends its `tokens` x top-k hidden vectors, and receives them back.
+    `plateau` as in `comm.all_to_all_time` (training's large exchanges)."""
+    return 2 * comm.all_to_all_time(cluster, members, ep_all_to_all_bytes(model, tokens),
+                                    plateau)
 
 
 def ep_all_to_all_bytes(model: Model, tokens: Num) -> Num:

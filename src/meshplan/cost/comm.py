@@ -73,19 +73,38 @@ def all_gather_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num) ->
 reduce_scatter_time = all_gather_time
 
 
-def all_to_all_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num) -> np.ndarray:
+ALL_TO_ALL_EFFICIENCY = (0.77, 0.86)
+"""Achieved share of a tier's per-GPU bandwidth in an all-to-all, (scale-up tier, scale-out
+tiers). All-to-all moves every byte once, point to point, so it has no ring pipeline to fill
+and its efficiency is a plateau, not the ring's message-size curve (`NetworkTier.
+bus_efficiency`). Scale-up: DeepEP's intranode EP8 dispatch / combine reach 153 / 158 GB/s
+on H800 NVLink of 200 GB/s per direction (deepseek-ai/DeepEP docs/legacy.md;
+measured_efficiency.yaml ep_deepep_normal_ep8). Scale-out: one NIC per GPU (NCCL all-to-all
+cannot pool a node's NICs, NVIDIA/nccl-tests#267: 48-49 GB/s per 400G CX-7) at DeepEP's
+internode EP16 rate, 43 GB/s of 50 (ep_deepep_normal_ep16), the lowest of its EP16-EP64
+figures."""
+
+
+def all_to_all_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num,
+                    plateau: bool = False) -> np.ndarray:
     """All-to-all where each rank holds `nbytes` and keeps 1/n of it.
 
-    The share bound for peers first reachable at tier i crosses that tier; tiers run
-    concurrently, so the slowest one sets the time (inter-node all-to-all runs at about one
-    NIC per GPU, hardware.md Sec. 2).
+    The share bound for peers first reachable at tier i crosses that tier, plus the tier's
+    latency; tiers run concurrently, so the slowest one sets the time (inter-node: about one
+    NIC per GPU, hardware.md Sec. 2). Its rate: `plateau`, `ALL_TO_ALL_EFFICIENCY` of the
+    tier's bandwidth, measured on large exchanges (DeepEP's 4,096-token batches: training's
+    regime); otherwise the tier's message-size curve at the share, the small messages of a
+    decode step, for which no all-to-all sweep exists (hardware.md Sec. 7) and on which the
+    serving calibration was fitted.
     """
     n = members[-1]
     worst = np.zeros(np.broadcast(n, nbytes).shape)
     prev = np.ones_like(n)
-    for tier, k in zip(cluster.network, members, strict=True):
+    for i, (tier, k) in enumerate(zip(cluster.network, members, strict=True)):
         share = np.asarray(nbytes * (k - prev) / n, dtype=float)
-        t = share / _busbw(tier, np.maximum(share, 1.0)) + np.where(k > prev, tier.latency, 0.0)
+        bw = (tier.bandwidth / tier.oversubscription * ALL_TO_ALL_EFFICIENCY[min(i, 1)]
+              if plateau else _busbw(tier, np.maximum(share, 1.0)))
+        t = share / bw + tier.latency
         worst = np.maximum(worst, np.where(k > prev, t, 0.0))
         prev = np.maximum(k, prev)
     return worst

@@ -65,6 +65,28 @@ def moe_flops(model: Model, tokens: Num) -> Num:
     return router + routed + shared
 
 
+def mtp_projection_flops(model: Model, tokens: Num) -> Num:
+    """One multi-token-prediction module's 2h -> h input projection (DeepSeek-V3,
+    arXiv:2412.19437, Sec. 2.2, Eq. 21)."""
+    h = model.hidden_size
+    return 2 * tokens * 2 * h * h
+
+
+def mtp_flops(model: Model, batch: Num, seq_len: Num, causal: bool = False) -> Num:
+    """Forward FLOPs of the multi-token-prediction modules: each is one more transformer
+    layer (a MoE layer in a MoE model: DeepSeek-V3's MTP block has the main layers'
+    experts), its input projection and another pass through the shared LM head
+    (arXiv:2412.19437 Sec. 2.2; Megatron-Core counts them in its FLOPs when
+    `--mtp-num-layers` is set)."""
+    tokens = batch * seq_len
+    core = attention_core_flops(model, batch, seq_len) * (0.5 if causal else 1.0)
+    layer = qkv_flops(model, tokens) + core + out_proj_flops(model, tokens)
+    layer = layer + (moe_flops(model, tokens) if model.moe is not None
+                     else mlp_flops(model, tokens, model.ffn_hidden_size))
+    return model.mtp_layers * (layer + mtp_projection_flops(model, tokens)
+                               + head_flops(model, tokens))
+
+
 def head_flops(model: Model, tokens: Num) -> Num:
     """LM head (logits) projection."""
     return 2 * tokens * model.hidden_size * model.vocab_size
@@ -81,6 +103,8 @@ def forward_flops(model: Model, batch: Num, seq_len: Num, causal: bool = False) 
     total = model.num_layers * attn + dense * mlp_flops(model, tokens, model.ffn_hidden_size)
     if model.moe is not None:
         total = total + model.num_moe_layers * moe_flops(model, tokens)
+    if model.mtp_layers:
+        total = total + mtp_flops(model, batch, seq_len, causal)
     return total + head_flops(model, tokens)
 
 
@@ -96,10 +120,11 @@ def recompute_flops_per_step(model: Model, global_batch: Num, seq_len: Num,
     """Extra forward FLOPs spent on activation recomputation (HFU numerator minus model FLOPs).
 
     recompute: 0 none, 1 selective (attention core only, Korthikanti et al. 2022 Sec. 4.2),
-    2 full (every layer's forward, not the LM head).
+    2 full (every layer's forward, the multi-token-prediction layers' included, not the LM
+    head).
     """
     full = forward_flops(model, global_batch, seq_len, causal) \
-        - head_flops(model, global_batch * seq_len)
+        - (1 + model.mtp_layers) * head_flops(model, global_batch * seq_len)
     core = attention_core_flops(model, global_batch, seq_len) * (0.5 if causal else 1.0)
     selective = model.num_layers * core
     return np.where(recompute == 2, full, np.where(recompute == 1, selective, 0.0))

@@ -13,7 +13,8 @@ composes backward and recompute from them (`meshplan.cost.train.passes`).
 Element-wise traffic per layer, forward (bytes; T = query tokens on this GPU, sp = t with
 sequence parallel else 1): norms 2 x 4Th/sp, residual adds 2 x 6Th/sp, dropout 2 x 5Th/sp,
 RoPE 4T(a+k)d/t, activation 6Tf/t (gated) or 4Tf/t, unfused softmax (4 + 5 with dropout)
-bytes per score, MoE permutation 8 T K h / t, FP8 casts 3 bytes per GEMM input element. These
+bytes per score, MoE routing and permutation (`cost.moe`), FP8 casts 3 bytes per GEMM input
+element. These
 counts are meshplan's (one read and one write per tensor per kernel).
 """
 
@@ -25,6 +26,16 @@ import numpy as np
 
 from meshplan.cost import flops as F
 from meshplan.cost.kernels import ACTIVATION_BYTES, Kernels, linear_bytes
+from meshplan.cost.moe import (
+    ALLTOALL,
+    FUSED,
+    capacity_share,
+    dispatcher_kernels,
+    grouped_gemm_rows,
+    load_imbalance,
+    permutation_bytes,
+    router_bytes,
+)
 from meshplan.mesh import Mesh
 from meshplan.specs.model import Model
 
@@ -100,11 +111,14 @@ class LayerParts:
     """Norms, residuals, RoPE, activation functions, permutations, casts."""
     score_bytes: Num = 0.0
     """Unfused attention's softmax traffic over the score matrix."""
+    launches: Num = 0
+    """Kernels beyond the one whose fixed cost `time` counts (a MoE block's routing and
+    permutation kernels: `moe.dispatcher_kernels`); the backward launches as many again."""
 
     def time(self, K: Kernels) -> np.ndarray:
-        """Forward time, one kernel-launch overhead included."""
+        """Forward time, one kernel-launch overhead included (plus `launches` more)."""
         return self.gemm + self.core + K.memory(self.elementwise_bytes + self.score_bytes) \
-            + K.overhead
+            + K.overhead * (1 + self.launches)
 
 
 def _linear(K: Kernels, flops: Num, tokens: Num, d_in: Num, count: Num = 1.0) -> np.ndarray:
@@ -218,10 +232,13 @@ def experts_touched(num_experts: int, assignments: Num) -> Num:
 
 
 def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
-              moe: bool) -> LayerParts:
+              moe: bool, dispatcher: str = FUSED) -> LayerParts:
     """MLP block of a dense layer, or the router, routed and shared experts of a MoE layer
-    (norms and residuals are counted with the attention block)."""
+    (norms and residuals are counted with the attention block). `dispatcher`: how the MoE
+    block moves its tokens (`moe.ALLTOALL`, Megatron-Core training; `moe.FUSED`, a serving
+    engine's fused MoE kernel)."""
     t, T, sp, h = deg.tp, shape.tokens, deg.seq_shard, model.hidden_size
+    launches: Num = 0
     if not moe:
         gemm = _mlp_gemms(model, K, T, model.ffn_hidden_size, t)
         elem = _mlp_elementwise(model, T, model.ffn_hidden_size, t)
@@ -230,31 +247,52 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         assert model.moe is not None
         m = model.moe
         # Tokens an expert-tensor group processes; per local expert, assignments arrive from
-        # all ep ranks (balanced routing, as the NVIDIA tables force-balance), spread over
-        # the experts that receive any (all of them unless the batch is a few tokens).
+        # all ep ranks, spread over the experts that receive any (all of them unless the
+        # batch is a few tokens). Megatron-Core's dispatcher (training): on the busiest rank
+        # (`moe.load_imbalance`), each expert's rows padded to whole tiles of the grouped
+        # GEMM, its routing and permutation kernels (`cost.moe`); a serving engine's fused
+        # MoE kernel: balanced, one permutation each way (8 T K h / t bytes).
+        megatron = dispatcher == ALLTOALL
         tokens_g = T * deg.etp / t
-        assignments = tokens_g * m.top_k * deg.ep
-        touched = experts_touched(m.num_experts, assignments)
-        per_expert = assignments / m.num_experts / touched
-        gemm = _mlp_gemms(model, K, per_expert, m.expert_ffn_hidden_size, deg.etp,
-                          count=m.num_experts / deg.ep * touched)
-        elem = _mlp_elementwise(model, tokens_g * m.top_k, m.expert_ffn_hidden_size, deg.etp)
-        elem = elem + 8 * T * m.top_k * h / t
+        local = m.num_experts / deg.ep
+        assignments = tokens_g * m.top_k * capacity_share(m)
+        touched = experts_touched(m.num_experts, assignments * deg.ep)
+        busiest = assignments * (load_imbalance(m, assignments, deg.ep) if megatron else 1.0)
+        per_expert = busiest * deg.ep / m.num_experts / touched
+        gemm = _mlp_gemms(model, K, grouped_gemm_rows(per_expert) if megatron else per_expert,
+                          m.expert_ffn_hidden_size, deg.etp, count=local * touched)
+        elem = _mlp_elementwise(model, busiest, m.expert_ffn_hidden_size, deg.etp)
+        if megatron:
+            elem = elem + permutation_bytes(model, tokens_g, deg.ep, local) \
+                + router_bytes(model, T / sp)
+            launches = dispatcher_kernels(deg.ep, local)
+        else:
+            elem = elem + 8 * T * m.top_k * h / t
         gemm = gemm + _linear(K, 2 * T / sp * h * m.num_experts, T / sp, h)
         if m.num_shared_experts:
             f_sh = m.num_shared_experts * m.shared_expert_ffn_hidden_size
             gemm = gemm + _mlp_gemms(model, K, T, f_sh, t)
             elem = elem + _mlp_elementwise(model, T, f_sh, t)
-        fp8_inputs = (T + tokens_g * m.top_k) * h
+        fp8_inputs = (T + busiest) * h
     if K.precision == "fp8":
         elem = elem + 3 * fp8_inputs
-    return LayerParts(gemm, 0.0, elem)
+    return LayerParts(gemm, 0.0, elem, launches=launches)
 
 
 def head_parts(model: Model, K: Kernels, tokens: Num, deg: LayerDegrees) -> LayerParts:
     """Final norm and LM head GEMM over `tokens` positions (the loss is the caller's)."""
     gemm = _linear(K, F.head_flops(model, tokens) / deg.tp, tokens, model.hidden_size)
     return LayerParts(gemm, 0.0, 4 * tokens * model.hidden_size / deg.seq_shard)
+
+
+def mtp_projection_parts(model: Model, K: Kernels, tokens: Num, deg: LayerDegrees) -> LayerParts:
+    """A multi-token-prediction module's input: RMSNorm of the hidden state and of the next
+    token's embedding, concatenated and projected 2h -> h (DeepSeek-V3, arXiv:2412.19437,
+    Sec. 2.2 Eq. 21; Megatron-Core `MultiTokenPredictionLayer` `eh_proj`, column-parallel).
+    Its transformer layer and the shared LM head are costed as the model's own."""
+    h = model.hidden_size
+    gemm = _linear(K, F.mtp_projection_flops(model, tokens) / deg.tp, tokens, 2 * h)
+    return LayerParts(gemm, 0.0, 2 * 4 * tokens * h / deg.seq_shard)
 
 
 def embedding_bytes(model: Model, tokens: Num, deg: LayerDegrees) -> Num:

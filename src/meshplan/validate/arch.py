@@ -81,7 +81,11 @@ def build_model(row: dict[str, Any], tp: int, notes: list[str]) -> Model:
     if "MLA" in arch:
         kwargs["mla"] = _mla(arch, notes)
     if re.search(r"MTP", arch + text_field(row, "model_name")):
-        notes.append("multi-token-prediction module not modelled")
+        m = re.search(r"(\d+) MTP", arch)
+        kwargs["mtp_layers"] = int(m.group(1)) if m else 1
+        if not m:
+            notes.append("multi-token-prediction modules not counted: 1 (DeepSeek-V3 "
+                         "num_nextn_predict_layers = 1), on the last pipeline stage")
     if (experts := int_field(row, "moe_num_experts")) is not None:
         top_k, e_ffn = need(row, "moe_top_k", "moe_ffn_hidden_size")
         shared = int_field(row, "moe_shared_expert_ffn") or 0

@@ -178,10 +178,15 @@ def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
     if source_model.num_layers % chunks:
         first_last = lighter_ends(row, source_model.num_layers, pp, vpp or 1, notes)
         if first_last == (0, 0):  # no engine rule: pad (docs/validation.md)
-            padded = math.ceil(source_model.num_layers / chunks) * chunks
-            notes.append(f"{source_model.num_layers} layers split unevenly over {chunks} "
-                         f"stages: modelled as {padded} (every stage as the fullest one)")
-            model = source_model.model_copy(update={"num_layers": padded})
+            # Multi-token-prediction modules fill a stage slot of their own (Megatron-Bridge's
+            # and Megatron-MoE-ModelZoo's DeepSeek-V3 layouts end in an 'mtp' stage before the
+            # loss): they are costed as padded layers (their second LM-head pass is not).
+            mtp = source_model.mtp_layers
+            padded = math.ceil((source_model.num_layers + mtp) / chunks) * chunks
+            with_mtp = f" + {mtp} MTP module(s), costed as layers" if mtp else ""
+            notes.append(f"{source_model.num_layers} layers{with_mtp} split unevenly over "
+                         f"{chunks} stages: modelled as {padded} (every stage as the fullest one)")
+            model = source_model.model_copy(update={"num_layers": padded, "mtp_layers": 0})
 
     precision_text = text_field(row, "precision")
     precision = "fp8" if re.search(r"fp8|float8", precision_text, re.IGNORECASE) else "bf16"

@@ -249,7 +249,8 @@ STAGE_SPLIT: tuple[Rule, ...] = (
     Rule("ends", "layers split unevenly: Megatron-Core's DeepSeek-V3 layout puts the embedding "
                  "with one layer on the first stage and the MTP layer with the loss on the last "
                  "(Megatron-Bridge scripts/performance deepseek_v3 "
-                 "pipeline_model_parallel_layout 'Et|(tt|)*30mL'; the MTP layer is not modelled)",
+                 "pipeline_model_parallel_layout 'Et|(tt|)*30mL'; the MTP module is costed "
+                 "with the head, step._with_mtp)",
          {"framework": MCORE, "model_name": r"DeepSeek[-_ ]?V3"}),
 )
 

@@ -55,16 +55,32 @@ def _tp_blocks(mesh: Mesh, moe_layers: np.ndarray, dense_layers: np.ndarray) -> 
                       + tp_blocks_per_layer(True, P.etp == P.tp) * moe_layers)
 
 
-def ep_exposed(model: Model, cluster: Cluster, job: Job, mesh: Mesh,
-               moe_layers: np.ndarray) -> np.ndarray:
-    """Exposed expert all-to-all per pass (forward or backward) of one micro-batch."""
+def ep_exposed(model: Model, cluster: Cluster, job: Job, mesh: Mesh, moe_layers: np.ndarray,
+               window_fwd: Num = 0.0, window_bwd: Num = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Exposed expert dispatch + combine all-to-alls of one micro-batch: (forward, backward).
+
+    Without overlap they block the layer (Megatron-Core's alltoall dispatcher waits on each).
+    With `ep_comm_overlap` (Megatron-Core `--overlap-moe-expert-parallel-comm`, its "1F1B A2A
+    overlap", after DeepSeek-V3's DualPipe, arXiv:2412.19437 Sec. 3.2.1) the forward of one
+    micro-batch runs interleaved with the backward of another, layer by layer: a forward's
+    all-to-alls hide behind the other micro-batch's backward compute of the layer
+    (`window_bwd`, one MoE layer's backward) and a backward's behind the forward
+    (`window_fwd`), and only what exceeds `overlap.ep_overlapped` of that window is exposed
+    (the communication kernels take SMs and the chunks' dependencies leave gaps).
+    """
     P = mesh.plans
     if model.moe is None:
-        return np.zeros(len(P))
+        zero = np.zeros(len(P))
+        return zero, zero
     tokens = mesh.tokens_per_microbatch(job.seq_len) / mesh.seq_shard
-    exposed = np.where(P.ep_overlap, 1 - cluster.overlap.ep_overlapped, 1.0)
-    return moe_layers * ep_dispatch_combine_time(cluster, mesh.members(cluster, Group.EP),
-                                                 model, tokens) * exposed
+    a2a = ep_dispatch_combine_time(cluster, mesh.members(cluster, Group.EP), model, tokens,
+                                   plateau=True)
+    hide = cluster.overlap.ep_overlapped
+
+    def exposed(window: Num) -> np.ndarray:
+        return moe_layers * np.where(P.ep_overlap, np.maximum(a2a - hide * window, 0.0), a2a)
+
+    return exposed(window_bwd), exposed(window_fwd)
 
 
 def cp_exposed(model: Model, cluster: Cluster, job: Job, K: Kernels, mesh: Mesh,

@@ -25,8 +25,10 @@ from meshplan.cost.layer import (
     embedding_bytes,
     head_parts,
     mlp_parts,
+    mtp_projection_parts,
     unfused_score_bytes,
 )
+from meshplan.cost.moe import ALLTOALL
 from meshplan.cost.train.recompute import module_masks, rebuilds
 from meshplan.mesh import Mesh
 from meshplan.specs.job import Job
@@ -128,9 +130,9 @@ def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> Attention
 def mlp_times(model: Model, job: Job, K: Kernels, mesh: Mesh, moe: bool) -> PassTimes:
     """MLP block of a dense layer, or the routed + shared experts of a MoE layer."""
     shape, deg = _shape(job, mesh)
-    parts = mlp_parts(model, K, shape, deg, moe)
+    parts = mlp_parts(model, K, shape, deg, moe, dispatcher=ALLTOALL)
     fwd = parts.time(K)
-    bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead
+    bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead * (1 + parts.launches)
     # Selective recompute by module (`train.recompute`): the pre-MLP norm, the activation
     # function (with the block's other element-wise passes), the whole block (mlp / moe: its
     # forward; the EP all-to-all a recomputed MoE layer repeats is not counted), the shared
@@ -158,6 +160,16 @@ def head_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes:
     logits = T * model.vocab_size / deg.tp
     fwd = parts.gemm + K.memory(parts.elementwise_bytes + CE_FORWARD_BYTES * logits)
     bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes + CE_BACKWARD_BYTES * logits)
+    return PassTimes(fwd, bwd_i, parts.gemm, np.zeros_like(fwd))
+
+
+def mtp_projection_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes:
+    """A multi-token-prediction module's norms and 2h -> h projection (its layer and head are
+    the model's own: `step._with_mtp`)."""
+    shape, deg = _shape(job, mesh)
+    parts = mtp_projection_parts(model, K, shape.tokens, deg)
+    fwd = parts.time(K)
+    bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead
     return PassTimes(fwd, bwd_i, parts.gemm, np.zeros_like(fwd))
 
 

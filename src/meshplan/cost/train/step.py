@@ -27,6 +27,7 @@ from meshplan.cost.train.passes import (
     embedding_times,
     head_times,
     mlp_times,
+    mtp_projection_times,
 )
 from meshplan.cost.train.pipeline import head_rank, pipeline_time
 from meshplan.cost.train.stages import StageTimes
@@ -77,6 +78,32 @@ def utilisation(flops: float | np.ndarray, step_time: float | np.ndarray,
     return np.asarray(flops / (step_time * num_gpus * peak))
 
 
+def _with_mtp(model: Model, cluster: Cluster, job: Job, K: Kernels, mesh: Mesh,
+              head: PassTimes, attn: PassTimes, mlp: PassTimes) -> PassTimes:
+    """The LM head's stage with the multi-token-prediction modules after it: each is one
+    more layer (attention and the model's MLP or MoE block, with its exposed TP and EP
+    communication), its input projection (`layer.mtp_projection_parts`) and another pass
+    through the shared head and loss. Megatron-Core builds them on the last pipeline stage,
+    next to the loss (`--mtp-num-layers`; Megatron-Bridge's pipeline layouts end in
+    'mtp', 'loss')."""
+    n = len(mesh.plans)
+    moe = np.full(n, 1.0 if model.is_moe else 0.0)
+    tp_f, tp_b = comm.tp_exposed(model, cluster, job, mesh, moe, 1.0 - moe)
+    ep_f, ep_b = comm.ep_exposed(model, cluster, job, mesh, moe, attn.forward + mlp.forward,
+                                 attn.backward + mlp.backward)
+    proj = mtp_projection_times(model, job, K, mesh)
+    k = model.mtp_layers
+
+    def total(pick: str, comm_time: np.ndarray | float) -> np.ndarray:
+        return getattr(head, pick) + k * (getattr(attn, pick) + getattr(mlp, pick)
+                                          + getattr(proj, pick) + getattr(head, pick)
+                                          + comm_time)
+
+    return PassTimes(total("forward", tp_f + ep_f), total("backward_input", tp_b + ep_b),
+                     total("backward_weight", 0.0), head.recompute
+                     + k * (attn.recompute + mlp.recompute))
+
+
 def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArrays:
     """Cost every plan in P (degrees already legal: see `meshplan.specs.rules`)."""
     mesh = Mesh(P)
@@ -98,16 +125,17 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
                                       ("forward", "backward_input", "backward_weight",
                                        "recompute"))
     tp_f, tp_b = comm.tp_exposed(model, cluster, job, mesh, moe_layers, dense_layers)
-    ep_one = comm.ep_exposed(model, cluster, job, mesh, moe_layers)
+    ep_f, ep_b = comm.ep_exposed(model, cluster, job, mesh, moe_layers,
+                                 attn.forward + mlp_m.forward, attn.backward + mlp_m.backward)
     cp_f, cp_b = comm.cp_exposed(model, cluster, job, K, mesh, layers, attn)
     full_rc = P.recompute == 2
-    fwd_comm = tp_f + ep_one + cp_f
-    bwd_comm = tp_b + ep_one + cp_b + np.where(full_rc, fwd_comm, 0.0)
+    fwd_comm = tp_f + ep_f + cp_f
+    bwd_comm = tp_b + ep_b + cp_b + np.where(full_rc, fwd_comm, 0.0)
     # The same split by axis (for the trace): full recompute repeats the forward's
     # collectives before the backward.
     rc = np.where(full_rc, 1.0, 0.0)
     pass_comm = {"tp_comm": (tp_f, tp_b + rc * tp_f), "cp_comm": (cp_f, cp_b + rc * cp_f),
-                 "ep_comm": (ep_one, ep_one * (1 + rc))}
+                 "ep_comm": (ep_f, ep_b + rc * ep_f)}
     pass_bytes = {k: (f, b + rc * f) for k, (f, b) in
                   comm.collective_bytes(model, job, mesh, moe_layers, dense_layers).items()}
 
@@ -123,6 +151,8 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     F_mid, I_mid, W_mid = unit_f * s_mid, unit_i * s_mid, unit_w * s_mid
     mid = unit * s_mid + pp_exposed
     emb, head = embedding_times(model, job, K, mesh), head_times(model, job, K, mesh)
+    if model.mtp_layers:
+        head = _with_mtp(model, cluster, job, K, mesh, head, attn, mlp_m)
     # The LM head sits on the last stage's rank: the last rank, or the first in a V.
     head_fb = head.forward + head.backward
     head_first = head_rank(P.schedule, P.pp) == 0
