@@ -68,7 +68,7 @@ def clusters(json_out: JsonFlag = False) -> None:
         c = load_cluster(name)
         rows.append({"name": name, "accelerator": c.accelerator.name,
                      "gpus_per_node": c.gpus_per_node,
-                     "bf16_tflops": c.accelerator.peak("bf16") / 1e12,
+                     "bf16_tflops": c.accelerator.rated_peak("bf16") / 1e12,
                      "memory_gib": c.accelerator.memory_bytes / 2**30,
                      "network": [t.name for t in c.network]})
     if json_out:

@@ -132,7 +132,7 @@ def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -
     """The launch script: header comments, torchrun line, one `--flag value` per line."""
     check(ENGINE, REFUSALS, model, job, plan)
     flags = [*_parallel(plan), *_batch(job, plan), *_shape(model, job, plan),
-             *_moe(model, job, plan), *_mla(model), *_precision(job), *_recompute(plan),
+             *_moe(model, job, plan), *_mla(model), *_precision(job), *_recompute(model, job, plan),
              *_data_parallel(plan)]
     return _script(model, job, plan, cluster, flags)
 
@@ -317,11 +317,20 @@ def _precision(job: Job) -> list[Flag]:
     return flags
 
 
-def _recompute(plan: Plan) -> list[Flag]:
+def _recompute(model: Model, job: Job, plan: Plan) -> list[Flag]:
     if plan.recompute == "selective":
         flags: list[Flag] = [("--recompute-granularity", "selective")]
-        if plan.recompute_modules:  # nargs list: the names as separate words
-            flags.append(("--recompute-modules " + " ".join(plan.recompute_modules), None))
+        # The modules meshplan costed: the plan's list, else its default policy
+        # (`cost.train.recompute.default_mask`) in Megatron-Core's names: the norms, and the
+        # routed experts' activation (moe_act needs --moe-grouped-gemm, validate_args); bare
+        # selective would be Megatron's own default, core_attn. With unfused attention the
+        # default is core_attn, Megatron's too. The dense MLP's activation has no module name.
+        modules = plan.recompute_modules
+        if not modules and job.flash_attention:
+            grouped = model.moe is not None and job.precision != "fp16"
+            modules = ("layernorm", "moe_act") if grouped else ("layernorm",)
+        if modules:  # nargs list: the names as separate words
+            flags.append(("--recompute-modules " + " ".join(modules), None))
         return flags
     if plan.recompute == "full":
         return [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),

@@ -30,8 +30,9 @@ arXiv:2412.19437, with the DualPipeV variant of github.com/deepseek-ai/DualPipe.
 - Bubble time is the paper's closed form, with F, B, I, W the times of one forward, full
   backward, input-gradient and weight-gradient pass of one rank's share of the model (per
   chunk for the two V-shaped rows; F&B is an overlapped forward-and-backward pair).
-- `+`: the paper's form where it holds (m >= 2p - 1, F = I = W); the closed forms meshplan
-  uses (each spec's `pipeline_time`) follow the generated orders beyond it: the warm-up's
+- `+`: the paper's form where it holds (m >= 2p - 1, F = I = W; DualPipe-V's generated orders
+  beat its F&B = F + B form by (p - 1) F_c even there); the closed forms meshplan uses (each
+  spec's `pipeline_time`) follow the generated orders: the warm-up's
   extra bubble when m < 2p - 1 (`spec.warm_up_bubble`) and an input gradient slower than its
   forward, within 6 % of the simulated step on equal stages (tests/unit/test_schedule_specs.py).
 - Unit-step idle is what `verify` measures when every compute action takes one step (F = B,

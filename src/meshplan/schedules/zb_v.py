@@ -55,7 +55,7 @@ def zb_v_time(t: PipelineTerms) -> np.ndarray:
     al. 2024, "Pipeline Parallelism with Controllable Memory") once m >= 2p - 1, taken with
     max(F_c, I_c) for F_c (an input gradient slower than its forward stretches the V's turn),
     floored at 0; with fewer micro-batches the bubble rises to (p - 1)(max(F_c, I_c) + I_c) at
-    m = p (`warm_up_bubble`). Within 6 % of the generator's step on equal stages over F, I, W
+    m = p (`warm_up_bubble`). Within 5 % of the generator's step on equal stages over F, I, W
     in 0.8-2.2 (exact when I_c >= F_c; tested)."""
     f_c, i_c, w_c = t.fwd / t.v, t.bwd_i / t.v, t.bwd_w / t.v
     turn = np.maximum(f_c, i_c) + i_c

@@ -522,7 +522,8 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         stages = cost.stage_times(len(step.scheduled), float(step.tokens),
                                   float(step.query_prefix), float(step.query_squares),
                                   float(step.kv_tokens), step.sampled, plain)
-        end = free[0] = now + cost.step_overhead(len(step.scheduled), step.tokens, sum(stages))
+        # each stage's launches hide behind that stage's own GPU work, not the pipeline's
+        end = free[0] = now + cost.step_overhead(len(step.scheduled), step.tokens, max(stages))
         for st in range(pp):
             ready = end if st == 0 else end + cost.send_time(step.tokens, send_tiers[i][st - 1])
             begin = max(ready, free[st + 1])

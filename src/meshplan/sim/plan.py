@@ -94,7 +94,7 @@ def simulate_estimate(analytic: Estimate, costs: CostArrays, i: int, cluster: Cl
     context = analytic.memory_bytes["cuda_context"]
     mem = {**per_rank[worst], "cuda_context": context, "peak": totals[worst] + context}
     mem = {k: mem[k] for k in analytic.memory_bytes}
-    peak = cluster.accelerator.peak("bf16")
+    peak = cluster.accelerator.rated_peak("bf16")
     sim_estimate = replace(
         analytic,
         step_time_s=step,

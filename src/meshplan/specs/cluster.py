@@ -144,15 +144,21 @@ class Accelerator(Spec):
                              "at) to derate the peaks")
         return self
 
-    def peak(self, precision: str) -> float:
-        """Peak FLOP/s for a compute precision at the sustained clock (`clock_fraction`);
-        bf16 and fp16 stand in for each other."""
+    def rated_peak(self, precision: str) -> float:
+        """Peak FLOP/s for a compute precision as quoted at the rating (`peak_flops`): the
+        denominator of MFU / HFU, as the sources and engines report them; bf16 and fp16 stand
+        in for each other."""
         if precision in self.peak_flops:
-            return self.peak_flops[precision] * self.clock_fraction
+            return self.peak_flops[precision]
         if precision in ("bf16", "fp16"):
-            return (self.peak_flops.get("bf16") or self.peak_flops["fp16"]) * self.clock_fraction
+            return self.peak_flops.get("bf16") or self.peak_flops["fp16"]
         raise MeshplanError(f"precision={precision!r}: accelerator {self.name} has no "
                             f"{precision} peak; its peaks: {', '.join(self.peak_flops)}")
+
+    def peak(self, precision: str) -> float:
+        """What the kernels run against: the rated peak at the sustained clock
+        (`clock_fraction`, below 1 under a power limit)."""
+        return self.rated_peak(precision) * self.clock_fraction
 
     def gemm_curve(self, precision: str) -> Curve:
         if precision == "fp8" and self.fp8_gemm_efficiency is not None:

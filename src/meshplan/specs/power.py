@@ -22,7 +22,12 @@ import math
 from meshplan.errors import MeshplanError
 
 SPLITWISE_POWER_FRACTION = 0.70
-"""DGX-H100 power-capped to 7,140 W of 10,200 W (SplitwiseSim's SKU configs)."""
+"""DGX-H100 power-capped to 7,140 W of 10,200 W (SplitwiseSim's SKU configs): a fraction of the
+whole server's rating, read here as each GPU's share of its board power (the paper's power-cap
+experiments cap the GPUs). If the 3,060 W cut fell on the eight 700 W GPUs alone they would run
+at 45 %, k would be about 3 (the cube law) and a 500 W H100 would keep x0.89 of its clock
+instead of x0.78; the torchtitan 500 W runs, fitted on their own table before, sat at x0.76 of
+the H100 factor, which is why this reading is kept (docs/model.md, Silicon and power)."""
 SPLITWISE_PROMPT_SLOWDOWN = 1.30
 """Prompt-phase time at that cap over the uncapped one (SplitwiseSim perf_model.csv)."""
 POWER_CLOCK_EXPONENT = math.log(1.0 / SPLITWISE_PROMPT_SLOWDOWN) / math.log(

@@ -128,7 +128,7 @@ def _source_peak(case: Case) -> float:
     for name, peak in SOURCE_PEAKS.items():
         if case.gpu.startswith(name):
             return peak
-    return case.cluster.accelerator.peak("bf16")
+    return case.cluster.accelerator.rated_peak("bf16")
 
 
 # --- the comparison ----------------------------------------------------------------------

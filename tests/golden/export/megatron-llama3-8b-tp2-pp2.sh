@@ -37,6 +37,7 @@ torchrun --nproc-per-node "${GPUS_PER_NODE:-8}" --nnodes "${NNODES:-8}" --node-r
     --norm-epsilon 1e-05 \
     --bf16 \
     --recompute-granularity selective \
+    --recompute-modules layernorm \
     --use-distributed-optimizer \
     --overlap-grad-reduce \
     --overlap-param-gather \

@@ -147,8 +147,9 @@ def mlp_times(model: Model, job: Job, K: Kernels, mesh: Mesh, moe: bool) -> Pass
         m = model.moe
         shared = m.num_shared_experts * m.shared_expert_ffn_hidden_size
         share = shared / (shared + m.top_k * m.expert_ffn_hidden_size)
-        selective = selective + np.where(rebuilds(mods, "shared_experts"), share * parts.gemm,
-                                         0.0)
+        # (already inside the whole block when "moe" is listed too)
+        shared_only = rebuilds(mods, "shared_experts") & ~rebuilds(mods, "moe")
+        selective = selective + np.where(shared_only, share * parts.gemm, 0.0)
     return PassTimes(fwd, bwd_i, parts.gemm, _recompute(mesh.plans, fwd, selective))
 
 

@@ -190,7 +190,7 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     mem = step_memory(model, cluster, job, mesh, counts, m, ranks)
     model_flops, hw_flops = F.step_flops(model, job.global_batch_size, job.seq_len,
                                          P.recompute, job.flash_attention)
-    peak = cluster.accelerator.peak("bf16")
+    peak = cluster.accelerator.rated_peak("bf16")
     stages = StageTimes(
         unit=PassTimes(unit_f, unit_i, unit_w, np.zeros_like(unit_f)),
         unit_terms=unit_terms, pass_comm=pass_comm, pass_comm_bytes=pass_bytes,
