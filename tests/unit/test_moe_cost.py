@@ -63,6 +63,17 @@ def test_load_imbalance_matches_a_simulated_uniform_router():
     assert float(M.load_imbalance(capped, tokens * k, ep)) == 1.0
 
 
+def test_load_imbalance_never_exceeds_every_assignment_on_one_rank():
+    """The busiest of ep ranks holds at most all the assignments: factor <= ep, finite, for
+    any token count the vectorised search may hand it (down to a fraction of a token)."""
+    m = load_model("deepseek-v3").moe
+    assert m is not None
+    few = np.array([1e-6, 0.5, 1.0, 4.0, 64.0, 1e6])
+    for ep in (2, 8, 64):
+        f = M.load_imbalance(m, few, ep)
+        assert np.all(np.isfinite(f)) and np.all(f >= 1.0) and np.all(f <= ep)
+
+
 def test_all_to_all_reaches_deepep_bandwidths():
     """DeepEP normal kernels (deepseek-ai/DeepEP docs/legacy.md): 4,096 tokens x 7,168 x
     top-8; intranode EP8 dispatch 153 GB/s on H800 NVLink, internode EP16 43 GB/s per CX-7

@@ -116,15 +116,18 @@ def load_imbalance(moe: MoE, assignments_per_rank: Num, ep: Num,
     A + z(ep) sqrt(A (1 - p)), z the expected maximum of ep standard normals
     (`max_normal_z`). A capacity factor caps every expert at cf x its mean (tokens beyond
     are dropped: Lepikhin et al. 2021, GShard; Megatron `--moe-expert-capacity-factor`), so
-    the factor is at most cf. Benchmarks that force-balance routing (Megatron-Core
-    `--moe-router-force-load-balancing`, as NVIDIA's MoE tables state) run at 1. Real learned
+    the factor is at most cf, and never above ep (the busiest rank cannot receive more than
+    every assignment; the normal approximation exceeds it only for a handful of tokens).
+    `force_balanced`: routing forced even (Megatron-Core `--moe-router-force-load-balancing`,
+    as NVIDIA's MoE tables state) runs at 1; no plan field carries it yet, so callers do not
+    pass it and those tables get the dropless factor (~1-2 % at their sizes). Real learned
     routers are less even than uniform; this is the lower bound.
     """
     if force_balanced:
         return np.ones_like(np.asarray(ep, dtype=float))
     a = np.maximum(np.asarray(assignments_per_rank, dtype=float), 1e-9)
     p = 1.0 / np.maximum(np.asarray(ep, dtype=float), 1.0)
-    factor = 1.0 + _z(ep) * np.sqrt((1.0 - p) / a)
+    factor = np.minimum(1.0 + _z(ep) * np.sqrt((1.0 - p) / a), 1.0 / p)
     if moe.capacity_factor is not None:
         factor = np.minimum(factor, max(moe.capacity_factor, 1.0))
     return np.asarray(factor)
