@@ -59,7 +59,7 @@ from meshplan.serve.placement import (
     stage_send_tiers,
     tier_between,
 )
-from meshplan.serve.schedulers import Scheduler, Step, make_scheduler
+from meshplan.serve.schedulers import RequestState, Scheduler, Step, make_scheduler
 from meshplan.serve.trace import Tracer
 from meshplan.serve.workload import ArrivalFeed, Requests
 
@@ -466,6 +466,157 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         return eK, straddle
 
 
+    # Long runs (one colocated instance whose scheduler `joins_whole_prompts`, open-loop
+    # arrivals without shared prefixes, no trace): steps whose batch is every running
+    # request decoding plus the arrivals admitted whole are applied without a schedule
+    # each, through arrivals and finishes, until one the scheduler must decide itself (a
+    # prompt to chunk or left waiting, a block short, the batch empty).
+    runs_on = (not plain and ninst == 1 and not disagg and not closed and pp_of[0] == 1
+               and prefix_group is None and tracer is None
+               and schedulers[0].joins_whole_prompts)
+    terms_of: dict[int, tuple[float, ...]] = {}
+
+    def long_run(i: int, now: float) -> float:
+        """Apply the steps of instance `i` from `now` that `schedule` would make of the
+        running decodes and whole admitted arrivals alone, each timed as `start` times it;
+        return when the last ends (`now` when there is none)."""
+        nonlocal iterations, k
+        s = schedulers[i]
+        run = s.running
+        if s.waiting or not run or busy or s._lru:
+            return now
+        bs, reqs = s.block_size, s.requests
+        hist = [0] * bs  # decoding requests by the step phase (j % bs) their blocks fill at
+        # by the step of their last sample, (state, base, gbase, decoding): computed after
+        # step j is base + j, generated gbase + j
+        fin: dict[int, list[tuple[RequestState, int, int, bool]]] = {}
+        members: dict[int, tuple[RequestState, int, int, int]] = {}  # the live ones, with F
+        P = 0  # cached tokens of the decoding requests at the step's start
+        for rid in run:
+            r = reqs[rid]
+            c = r.computed
+            if r.prompt + r.generated - c != 1 or r.blocks != -(-c // bs) or r.keys:
+                return now
+            P += c
+        for rid in run:  # a decode's blocks fill at step j when c + j - 1 is a multiple of bs
+            r = reqs[rid]
+            c, g = r.computed, r.generated
+            hist[(1 - c) % bs] += 1
+            F = r.output - g
+            members[rid] = (r, c, g, F)
+            fin.setdefault(F, []).append((r, c, g, True))
+        nb = len(run)
+        mnbt, mseqs = s.max_num_batched_tokens, s.max_num_seqs
+        cost, time_i = cost_of[i], time_of[i]
+        pending: deque[int] = deque()
+        t = now
+        j = 0
+        qlast = 0
+        sampled_at = 0  # the latest step whose end has a usage sample
+        while nb or pending:
+            jn = j + 1
+            if nb > mnbt:
+                break
+            grow = hist[jn % bs]
+            free = s.free_blocks - grow
+            if free < 0:
+                break
+            m = sp = sp2 = 0
+            if pending:
+                left_budget = mnbt - nb
+                for rid in pending:
+                    p = int(input_len[rid])
+                    need = -(-p // bs)
+                    if nb + m >= mseqs or p > left_budget - sp or need > free:
+                        break
+                    m += 1
+                    sp += p
+                    sp2 += p * p
+                    free -= need
+                if m < len(pending):
+                    break  # the head waits or is chunked: `schedule` decides
+            # step jn is the scheduler's: apply it
+            if jn in fin and jn > 1 and sampled_at != j:
+                usage.add(t, s.used_blocks / total_blocks)  # the peak before finishes
+            s.free_blocks = free
+            if m:
+                dt = time_i(nb + m, float(nb + sp), float(P), float(nb + sp2),
+                            float(P + nb + sp), nb + m)
+            else:
+                tm = terms_of.get(nb)
+                if tm is None:
+                    tm = terms_of[nb] = cost.decode_terms(nb)
+                base, layers, head, overhead, per_pair, per_q, per_kv = tm
+                core = max(per_pair * (P + 0.5 * nb), per_q * nb + per_kv * (P + nb))
+                dt = base + layers * core + head + overhead
+            end = t + dt
+            if jn == 1:
+                same = 0
+                for r, _, g, _ in members.values():
+                    if g == 0:
+                        first_tok[r.rid] = end
+                    elif r.last_token_s == now:
+                        same += 1
+                    else:
+                        itl_v.append(end - r.last_token_s)
+                        itl_w.append(1)
+                if same:
+                    itl_v.append(end - now)
+                    itl_w.append(same)
+            elif nb:
+                itl_v.append(end - t)
+                itl_w.append(nb)
+            P += nb
+            for _ in range(m):
+                rid = pending.popleft()
+                p, out = int(input_len[rid]), int(output_len[rid])
+                r = s.join(rid, p, out)
+                first_sched[rid] = t
+                first_tok[rid] = end
+                F = jn + out - 1
+                members[rid] = (r, p - jn, 1 - jn, F)
+                fin.setdefault(F, []).append((r, p - jn, 1 - jn, out > 1))
+                if out > 1:
+                    hist[(jn + 1 - p) % bs] += 1
+                    P += p
+                    nb += 1
+            done = fin.pop(jn, None)
+            if done:
+                for r, c, g, decoding in done:
+                    r.computed = c + jn
+                    r.generated = g + jn
+                    r.blocks = -(-r.computed // bs)
+                    r.last_token_s = end
+                    if decoding:  # (else a one-token request admitted by this step)
+                        hist[(1 - c) % bs] -= 1
+                        nb -= 1
+                        P -= c + jn
+                    s.finish(r.rid)
+                    finish[r.rid] = end
+                    del members[r.rid]
+                usage.add(end, s.used_blocks / total_blocks)
+                sampled_at = jn
+            while feed.next_s < end:
+                pending.append(feed.pop())
+                k += 1
+            if len(pending) != qlast:
+                qlast = len(pending)
+                queued.change(end, qlast)
+            t, j = end, jn
+        if j == 0:
+            return now
+        for r, c, g, _ in members.values():
+            r.computed = c + j
+            r.generated = g + j
+            r.blocks = -(-r.computed // bs)
+            r.last_token_s = t
+        for rid in pending:
+            s.add(rid, int(input_len[rid]), int(output_len[rid]))
+        s.advanced(j)
+        iterations += j
+        record_usage(t)
+        return t
+
     def trace_step(i: int, s: Scheduler, step: Step, stage: int, a: float,
                    b: float) -> None:
         assert tracer is not None
@@ -478,7 +629,10 @@ def simulate(d: AnyDeployment, requests: Requests, plain: bool = False,
         nonlocal iterations
         s = schedulers[i]
         while ff_on[i]:  # fast-forwarded runs back to back (a finish ends one)
-            then, deferred = fast_forward(i, now)
+            then = long_run(i, now) if runs_on else now
+            deferred = False
+            if then == now:
+                then, deferred = fast_forward(i, now)
             if pending[i]:
                 try_transfers(i, then)
             if deferred:

@@ -75,6 +75,14 @@ class Scheduler:
     once: true where `schedule` would return exactly those steps (no waiting request it
     could admit, every running request decoding, enough free blocks)."""
 
+    joins_whole_prompts = False
+    """Whether, with every running request decoding and nothing preempted, `schedule`
+    admits the waiting requests in arrival order, each whole while its prompt fits in the
+    token budget left by one token per decode, in the free blocks left after the decodes'
+    and in max_num_seqs (vLLM V1's rule): then the loop may also fast-forward through
+    arrivals and finishes (`loop.simulate`'s long runs), admitting requests itself with
+    `join`."""
+
     def __init__(self, num_blocks: int, block_size: int, max_num_seqs: int,
                  max_num_batched_tokens: int, chunked_prefill: bool,
                  prefix_caching: bool = False, cache_at_schedule: bool = True):
@@ -106,6 +114,14 @@ class Scheduler:
         self.requests[rid] = RequestState(prompt, output, rid=rid, group=group,
                                           prefix=prefix)
         self.waiting.append(rid)
+
+    def join(self, rid: int, prompt: int, output: int) -> RequestState:
+        """A fresh request admitted whole by the loop's fast path (`joins_whole_prompts`): it
+        runs, holding its prompt's blocks (taken from `free_blocks` by the caller)."""
+        r = self.requests[rid] = RequestState(prompt, output, rid=rid,
+                                              blocks=-(-prompt // self.block_size))
+        self.running.append(rid)
+        return r
 
     def accept(self, prompt: int, output: int) -> bool:
         """Whether the instance takes a request prefilled elsewhere now (disaggregation),

@@ -22,6 +22,7 @@ class VLLMScheduler(Scheduler):
     """The queues, the block pool and the knobs of one vLLM instance."""
 
     fast_forward_ok = True
+    joins_whole_prompts = True
 
     def schedule(self) -> Step:
         budget = self.max_num_batched_tokens
