@@ -124,6 +124,48 @@ def test_two_instances_fast_equal_plain(router):
     assert_same(deploy(instances=2, router=router), w)
 
 
+def test_long_runs_through_arrivals_and_finishes_fast_equal_plain(monkeypatch):
+    """One vLLM V1 instance: the fast path applies steps in which arrivals are admitted whole
+    and requests finish (one-token outputs, prompts of whole blocks, a prompt-only step
+    after the batch drained among them) without asking the scheduler, and stops where the
+    scheduler must decide (blocks short, a chunk, max_num_seqs): equal to the plain loop."""
+    from meshplan.serve.schedulers import VLLMScheduler
+    calls = []
+    real = VLLMScheduler.schedule
+    monkeypatch.setattr(VLLMScheduler, "schedule", lambda s: calls.append(1) or real(s))
+    short = Workload(arrival="poisson", rate=30, num_requests=400, seed=12,
+                     input=Lengths(kind="uniform", mean=48, spread=0.9),
+                     output=Lengths(kind="uniform", mean=4, spread=0.9))
+    fast, plain = assert_same(deploy(), short)
+    w = Workload(arrival="poisson", rate=15, num_requests=300, seed=2,
+                 input=Lengths(mean=512), output=Lengths(mean=256))
+    calls.clear()
+    fast, plain = assert_same(deploy(), w)
+    fast_calls = len(calls) - plain.iterations  # the plain loop schedules every step
+    assert 0 < fast_calls < 0.02 * fast.iterations
+    d = deploy(gpu_memory_utilization=0.25, max_num_seqs=24, max_num_batched_tokens=1024)
+    tokens = kv_capacity(d).num_blocks * d.block_size
+    tight = Workload(arrival="poisson", rate=40, num_requests=200, seed=13,
+                     input=Lengths(kind="uniform", mean=tokens // 30, spread=0.8),
+                     output=Lengths(kind="uniform", mean=tokens // 30, spread=0.8))
+    fast, _ = assert_same(d, tight)
+    assert fast.preemptions > 0
+    d = deploy(gpu_memory_utilization=0.25)  # arrivals left waiting for blocks
+    tokens = kv_capacity(d).num_blocks * d.block_size
+    blocked = Workload(arrival="poisson", rate=10, num_requests=200, seed=13,
+                       input=Lengths(kind="uniform", mean=tokens // 6, spread=0.8),
+                       output=Lengths(kind="uniform", mean=tokens // 60, spread=0.8))
+    assert_same(d, blocked)
+    crowd = Workload(arrival="poisson", rate=60, num_requests=150, seed=14,
+                     input=Lengths(kind="uniform", mean=40, spread=0.5),
+                     output=Lengths(kind="uniform", mean=120, spread=0.5))
+    assert_same(deploy(max_num_seqs=8), crowd)  # a full batch with arrivals waiting
+    burst = Workload(arrival="burst", num_requests=80, seed=14,
+                     input=Lengths(kind="uniform", mean=40, spread=0.5),
+                     output=Lengths(kind="uniform", mean=60, spread=0.5))
+    assert_same(deploy(max_num_batched_tokens=48), burst)  # a budget under max_num_seqs
+
+
 def test_the_kv_usage_timeline_is_bounded_and_keeps_its_peak_and_last_sample():
     from meshplan.serve.loop import Timeline
     rng = np.random.default_rng(9)
