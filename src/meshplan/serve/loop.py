@@ -16,6 +16,19 @@ inside one).
 The fast-forward applies to every instance without pipeline parallelism (colocated, or either
 pool of a disaggregated deployment); a pp > 1 instance is stepped batch by batch (gated off).
 
+Long runs (one colocated instance whose scheduler admits by vLLM V1's rule,
+`Scheduler.joins_whole_prompts`; open-loop arrivals, no shared prefixes, no trace): the loop
+also steps through arrivals and finishes itself. Each step is the running decodes plus the
+queued arrivals admitted whole, in order (while the token budget after one token per decode,
+max_num_seqs and the free blocks after the decodes' hold them); its time is `time` of that
+batch's sums (`decode_terms` when no one joins), the blocks the decodes fill come from a count
+of them by step phase (a decode's block fills when its cached tokens reach a multiple of the
+block size), and a request's tokens, blocks and last-token time are written once, when it
+finishes or the run ends. The run stops before a step `schedule` would make otherwise (an
+arrival to chunk or left waiting, a decode short of a block: preemption), or once the batch is
+empty; the plain path takes over from there. Usage is sampled before and after each finish
+(the peaks), queue length at each change.
+
 Pipeline parallelism (vLLM V1's batch queue, `EngineCore.step_with_batch_queue`, up to pp
 batches in flight): a new batch is scheduled when the host is free, from the requests
 not in flight (those of an in-flight batch are not rescheduled, nor preempted, until it
@@ -76,9 +89,9 @@ class ServeResult:
     iterations: int
     preemptions: int
     kv_usage: np.ndarray
-    """(time, used share of the KV blocks), all instances: after each plain iteration and at the
-    end of each fast-forwarded run, halved past a bound keeping the larger of neighbours
-    (`Timeline`), so its peak is the run's."""
+    """(time, used share of the KV blocks), all instances: after each plain iteration, at the
+    end of each fast-forwarded run and around each finish inside a long run, halved past a
+    bound keeping the larger of neighbours (`Timeline`), so its peak is the run's."""
     pool_capacity: tuple[KVCapacity, ...] = ()
     """Of a disaggregated deployment: (prefill, decode) instances'."""
     kv_transfer_s: np.ndarray | None = None
