@@ -7,17 +7,23 @@ Prints, per size, the wall and CPU seconds of `simulate`, the iterations, the co
 requests and the peak resident memory so far (the fast path by default; `--plain` times the
 one-iteration-at-a-time reference loop, the path before the fast-forward).
 
-Measured 2026-12-01 on this project's 2-core machine (wall seconds of `simulate`):
+Measured 2026-12-02 on this project's 2-core machine, shared (load average 6-8, so CPU
+seconds of `simulate` are the figure to compare; before and after run alternately):
 
-    requests   before (d8873fd)   after   iterations
-      10,000        7.7            0.41        64,242
-     100,000       77.4            4.05       643,893
-   1,000,000      ~819 (CLI)       40.4      6,460,952
+    requests   before (0c96751)   after (long runs)   iterations
+      10,000         1.10              0.16              27,381
+     100,000         8.4               1.05             273,046
+   1,000,000        ~89 (wall, quiet)  10.8             2,738,916
 
-The target command (`meshplan serve simulate ... --num-requests 1000000 --json`): before,
-13 min 39 s wall and 6.1 GiB peak RSS; after, 39.1 s and 375 MiB, every request completed,
-the same iterations and preemptions, every float of the JSON within 6e-14 relative of
-before's.
+Before, the fast path stopped each decode run at the next arrival, so every arrival cost a
+scheduled step and every step an O(batch) pass or more (~33 us a step); the long runs
+(`loop.simulate`) step through arrivals and finishes without the scheduler, ~4 us a step.
+The target command (`meshplan serve simulate ... --num-requests 1000000 --json`,
+`/usr/bin/time -v`): before 95.6 s user CPU (6 min 39 s wall at load 8), after 10.4 s user
+CPU (27.6 s wall at load 7), 255 MiB peak RSS both, every request completed, 3,195,220
+iterations and no preemption both, every metric of the JSON bit-identical (the thinned
+`timeseries` keep the same peaks from other samples). Earlier (2026-12-01, d8873fd -> the
+first fast path): 10^5 requests 77.4 -> 4.05 s, 10^6 ~819 s -> 40.4 s.
 """
 
 from __future__ import annotations
