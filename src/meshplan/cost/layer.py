@@ -92,11 +92,13 @@ class LayerDegrees:
     etp: Num = 1
     seq_shard: Num = 1
     """tp with sequence parallelism, else 1: the split outside the TP regions."""
+    balanced: Num = False
+    """Routing forced even (`Plan.moe_force_balanced`): no load imbalance."""
 
     @classmethod
     def of(cls, mesh: Mesh) -> LayerDegrees:
         P = mesh.plans
-        return cls(P.tp, P.cp, P.ep, P.etp, mesh.seq_shard)
+        return cls(P.tp, P.cp, P.ep, P.etp, mesh.seq_shard, P.balanced())
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         local = m.num_experts / deg.ep
         assignments = tokens_g * m.top_k * capacity_share(m)
         touched = experts_touched(m.num_experts, assignments * deg.ep)
-        busiest = assignments * (load_imbalance(m, assignments, deg.ep) if megatron else 1.0)
+        busiest = assignments * (load_imbalance(m, assignments, deg.ep, deg.balanced) if megatron else 1.0)
         per_expert = busiest * deg.ep / m.num_experts / touched
         gemm = _mlp_gemms(model, K, grouped_gemm_rows(per_expert) if megatron else per_expert,
                           m.expert_ffn_hidden_size, deg.etp, count=local * touched)
