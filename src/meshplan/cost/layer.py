@@ -116,6 +116,9 @@ class LayerParts:
     launches: Num = 0
     """Kernels beyond the one whose fixed cost `time` counts (a MoE block's routing and
     permutation kernels: `moe.dispatcher_kernels`); the backward launches as many again."""
+    activation_bytes: Num = 0.0
+    """Of `elementwise_bytes`, the routed experts' activation function's (a MoE block): what
+    Megatron-Core's `moe_act` recompute redoes (not the routing or permutation kernels)."""
 
     def time(self, K: Kernels) -> np.ndarray:
         """Forward time, one kernel-launch overhead included (plus `launches` more)."""
@@ -263,7 +266,7 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         per_expert = busiest * deg.ep / m.num_experts / touched
         gemm = _mlp_gemms(model, K, grouped_gemm_rows(per_expert) if megatron else per_expert,
                           m.expert_ffn_hidden_size, deg.etp, count=local * touched)
-        elem = _mlp_elementwise(model, busiest, m.expert_ffn_hidden_size, deg.etp)
+        elem = act = _mlp_elementwise(model, busiest, m.expert_ffn_hidden_size, deg.etp)
         if megatron:
             elem = elem + permutation_bytes(model, tokens_g, deg.ep, local) \
                 + router_bytes(model, T / sp)
@@ -278,7 +281,8 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         fp8_inputs = (T + busiest) * h
     if K.precision == "fp8":
         elem = elem + 3 * fp8_inputs
-    return LayerParts(gemm, 0.0, elem, launches=launches)
+    return LayerParts(gemm, 0.0, elem, launches=launches,
+                      activation_bytes=act if moe else 0.0)
 
 
 def head_parts(model: Model, K: Kernels, tokens: Num, deg: LayerDegrees) -> LayerParts:
