@@ -132,6 +132,11 @@ def test_per_hardware_alternatives_are_read_for_the_row() -> None:
         "Dispatcher HybridEP; recompute mlp."
     assert rules.for_hardware("a (App. B.2) / b (Table 17)", "NVIDIA B200") == \
         "a (App. B.2) / b (Table 17)"  # no hardware tag: left alone
+    only = "recompute moe_act+layernorm on GB200 and H100."
+    assert rules.for_hardware(only, "NVIDIA H100 80GB") == only
+    assert rules.for_hardware(only, "NVIDIA GB300") == "recompute none on GB200 and H100."
+    qwen = _case(_rows()["mcore_moe-Qwen3_235B_a22B-GB300-256gpu-MXFP8-s4096"])
+    assert qwen.plan.recompute == "none"
     gb300 = _case(_rows()["mcore_moe-DeepSeekV3-GB300-256gpu-MXFP8-s4096"])
     assert gb300.plan.recompute == "none"
     assert gb300.row["notes"].count("(GB300)") == 1  # the case keeps the row as published

@@ -296,14 +296,23 @@ def _names(tag: str, gpu: str) -> bool:
                for w in re.findall(r"\b[A-Z]{1,4}\d*\b", tag) if len(w) > 1)
 
 
+ONLY_ON = re.compile(r"([\w+.-]+) on ((?:[A-Z]{1,4}\d+)(?:(?:,\s*|\s+and\s+|\s+or\s+)"
+                     r"[A-Z]{1,4}\d+)*)\b")
+"""'X on A and B': a value that holds on the hardware named only."""
+
+
 def for_hardware(text: str, gpu: str) -> str:
     """`text` with every 'X (A) / Y (B)' alternative replaced by the value for `gpu` when
-    exactly one tag names it (a shared table row: "recompute none (GB300) / mlp (GB200)");
-    left as it is otherwise."""
+    exactly one tag names it (a shared table row: "recompute none (GB300) / mlp (GB200)"),
+    and every 'X on A and B' that names other hardware only read as 'none' ("recompute
+    moe_act+layernorm on GB200 and H100" on a GB300 row); left as it is otherwise."""
     def pick(m: re.Match[str]) -> str:
         a, b = _names(m.group(2), gpu), _names(m.group(4), gpu)
         return m.group(1) if a and not b else m.group(3) if b and not a else m.group(0)
-    return ALTERNATIVE.sub(pick, text)
+
+    def only_on(m: re.Match[str]) -> str:
+        return m.group(0) if _names(m.group(2), gpu) else f"none on {m.group(2)}"
+    return ONLY_ON.sub(only_on, ALTERNATIVE.sub(pick, text))
 
 
 FFN_WIDTH: tuple[Rule, ...] = (
