@@ -15,6 +15,8 @@ of each network tier.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from meshplan.specs.cluster import Cluster, NetworkTier
@@ -86,7 +88,7 @@ figures."""
 
 
 def all_to_all_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num,
-                    plateau: bool = False, tier_scale: list[Num] | None = None) -> np.ndarray:
+                    plateau: bool = False, tier_scale: Sequence[Num] | None = None) -> np.ndarray:
     """All-to-all where each rank holds `nbytes` and keeps 1/n of it.
 
     The share bound for peers first reachable at tier i crosses that tier, plus the tier's

@@ -262,7 +262,8 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         local = m.num_experts / deg.ep
         assignments = tokens_g * m.top_k * capacity_share(m)
         touched = experts_touched(m.num_experts, assignments * deg.ep)
-        busiest = assignments * (load_imbalance(m, assignments, deg.ep, deg.balanced) if megatron else 1.0)
+        busiest = assignments * (load_imbalance(m, assignments, deg.ep, deg.balanced)
+                                 if megatron else 1.0)
         per_expert = busiest * deg.ep / m.num_experts / touched
         gemm = _mlp_gemms(model, K, grouped_gemm_rows(per_expert) if megatron else per_expert,
                           m.expert_ffn_hidden_size, deg.etp, count=local * touched)
