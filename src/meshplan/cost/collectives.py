@@ -63,7 +63,7 @@ def ep_dispatch_combine_time(cluster: Cluster, members: list[np.ndarray], model:
     `MoEAllGatherTokenDispatcher`: `gather_from_sequence_parallel_region` over the TP x EP
     group, then a local permutation), whatever the top-k."""
     nbytes = ep_all_to_all_bytes(model, tokens)
-    if dispatcher is None:
+    if dispatcher is None or not np.any(dispatcher):  # every plan alltoall (code 0)
         return 2 * comm.all_to_all_time(cluster, members, nbytes, plateau)
     assert model.moe is not None
     shares = moe_cost.dispatch_tier_shares(model.moe, members, dispatcher)
