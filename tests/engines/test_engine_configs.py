@@ -74,6 +74,9 @@ EXTRA: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
      {"dp": 8, "zero_stage": 1, "overlap_grad_reduce": False}),
     ("deepspeed", "llama3-8b", {"global_batch_size": 64, "seq_len": 4096, "grad_bytes": 2},
      {"dp": 8, "zero_stage": 2, "offload_optimizer": True}),
+    # MoE dispatcher and forced routing (appended: the extra-N ids above keep their numbers).
+    ("megatron", "qwen3-30b-a3b", {"global_batch_size": 512, "seq_len": 4096},
+     {"dp": 16, "ep": 16, "moe_dispatcher": "hybridep", "moe_force_balanced": True}),
 ]
 
 
