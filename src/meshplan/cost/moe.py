@@ -1,13 +1,13 @@
 """What a mixture-of-experts layer costs beyond its expert GEMMs, as Megatron-Core runs it.
 
-One MoE layer's forward on one GPU with the `alltoall` token dispatcher (the one meshplan's
-Megatron export selects, `--moe-token-dispatcher-type alltoall`; Megatron-Core
-`MoEAlltoAllTokenDispatcher`, with `--moe-permute-fusion`, TE's fused permute kernels):
+One MoE layer's forward on one GPU with the `alltoall` token dispatcher (Megatron-Core
+`MoEAlltoAllTokenDispatcher`, with `--moe-permute-fusion`, TE's fused permute kernels; the
+plan's `moe_dispatcher` changes what the exchange sends, `dispatch_tier_shares`):
   router GEMM (in `layer.mlp_parts`) -> score function + top-k (`router_bytes`)
   -> permute tokens into expert order -> all-to-all dispatch -> sort the received chunks by
   local expert -> grouped expert GEMMs (`grouped_gemm_rows`) -> sort back -> all-to-all
   combine -> unpermute, weighted by the routing probabilities (`permutation_bytes`).
-The expert GEMMs run on the busiest rank's tokens (`load_imbalance`); the all-to-alls are
+The expert GEMMs run on the busiest rank's tokens (`load_imbalance`); the exchanges are
 priced in `collectives.ep_dispatch_combine_time` and their overlap in `train.comm`.
 """
 
