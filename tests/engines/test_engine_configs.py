@@ -74,6 +74,9 @@ EXTRA: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
      {"dp": 8, "zero_stage": 1, "overlap_grad_reduce": False}),
     ("deepspeed", "llama3-8b", {"global_batch_size": 64, "seq_len": 4096, "grad_bytes": 2},
      {"dp": 8, "zero_stage": 2, "offload_optimizer": True}),
+    # MoE dispatcher and forced routing (appended: the extra-N ids above keep their numbers).
+    ("megatron", "qwen3-30b-a3b", {"global_batch_size": 512, "seq_len": 4096},
+     {"dp": 16, "ep": 16, "moe_dispatcher": "hybridep", "moe_force_balanced": True}),
 ]
 
 
@@ -211,6 +214,10 @@ def megatron_parser() -> argparse.ArgumentParser:
         ("--moe-grouped-gemm", true), ("--moe-router-topk", {"type": int, "default": 2}),
         ("--moe-token-dispatcher-type", {"type": str, "default": "allgather",
                                          "choices": ["allgather", "alltoall", "flex"]}),
+        ("--moe-flex-dispatcher-backend", {"type": str, "default": "deepep",
+                                           "choices": ["deepep", "hybridep"]}),
+        ("--moe-router-force-load-balancing", true),
+        ("--overlap-moe-expert-parallel-comm", true),
         ("--q-lora-rank", num), ("--kv-lora-rank", {"type": int, "default": 32}),
         ("--qk-head-dim", {"type": int, "default": 128}),
         ("--qk-pos-emb-head-dim", {"type": int, "default": 64}),

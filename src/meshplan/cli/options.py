@@ -141,6 +141,12 @@ PLAN_FLAGS: list[tuple[str, Any, Any]] = [
                                                     "Overlap TP collectives with GEMMs")], None),
     ("ep_comm_overlap", Annotated[bool | None, _opt("--ep-overlap/--no-ep-overlap",
                                                     "Overlap the expert all-to-all")], None),
+    ("moe_dispatcher", Annotated[str | None, _opt(
+        "--moe-dispatcher", "MoE token dispatcher: alltoall, allgather, flex-deepep or "
+                            "hybridep (Megatron-Core --moe-token-dispatcher-type)")], None),
+    ("moe_force_balanced", Annotated[bool | None, _opt(
+        "--force-balanced/--no-force-balanced",
+        "MoE routing forced even (Megatron --moe-router-force-load-balancing)")], None),
     ("first_stage_layers", Annotated[int | None, _opt(
         "--first-stage-layers", "Layers on the first pipeline rank (uneven split)")], None),
     ("last_stage_layers", Annotated[int | None, _opt(

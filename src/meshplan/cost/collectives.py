@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from meshplan.cost import comm
+from meshplan.cost import moe as moe_cost
 from meshplan.cost.kernels import attention_key_efficiency
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.model import Model
+from meshplan.specs.plan import MOE_DISPATCHERS
 
 Num = float | np.ndarray
 
@@ -48,12 +50,27 @@ def tp_blocks_per_layer(moe: bool, experts_tensor_split: np.ndarray | bool) -> N
 
 
 def ep_dispatch_combine_time(cluster: Cluster, members: list[np.ndarray], model: Model,
-                             tokens: Num, plateau: bool = False) -> np.ndarray:
-    """Token dispatch + combine all-to-alls of one MoE layer's forward (GShard, Lepikhin et
-    al. 2021): each rank sends its `tokens` x top-k hidden vectors, and receives them back.
-    `plateau` as in `comm.all_to_all_time` (training's large exchanges)."""
-    return 2 * comm.all_to_all_time(cluster, members, ep_all_to_all_bytes(model, tokens),
-                                    plateau)
+                             tokens: Num, plateau: bool = False,
+                             dispatcher: np.ndarray | None = None) -> np.ndarray:
+    """Token dispatch + combine of one MoE layer's forward (GShard, Lepikhin et al. 2021):
+    each rank sends its `tokens` x top-k hidden vectors, and receives them back. `plateau` as
+    in `comm.all_to_all_time` (training's large exchanges).
+
+    `dispatcher` (per plan, `specs.plan.MOE_DISPATCHERS` codes; None: alltoall): a
+    deduplicating one (DeepEP, HybridEP) sends fewer copies across each tier
+    (`moe.dispatch_tier_shares`); the allgather dispatcher gathers every rank's `tokens`
+    hidden states over the group and reduce-scatters the outputs back (Megatron-Core
+    `MoEAllGatherTokenDispatcher`: `gather_from_sequence_parallel_region` over the TP x EP
+    group, then a local permutation), whatever the top-k."""
+    nbytes = ep_all_to_all_bytes(model, tokens)
+    if dispatcher is None or not np.any(dispatcher):  # every plan alltoall (code 0)
+        return 2 * comm.all_to_all_time(cluster, members, nbytes, plateau)
+    assert model.moe is not None
+    shares = moe_cost.dispatch_tier_shares(model.moe, members, dispatcher)
+    a2a = comm.all_to_all_time(cluster, members, nbytes, plateau, tier_scale=shares)
+    gathered = ACTIVATION_BYTES * tokens * model.hidden_size * members[-1]
+    allgather = comm.all_gather_time(cluster, members, gathered)
+    return 2 * np.where(dispatcher == MOE_DISPATCHERS.index("allgather"), allgather, a2a)
 
 
 def ep_all_to_all_bytes(model: Model, tokens: Num) -> Num:

@@ -15,6 +15,8 @@ of each network tier.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from meshplan.specs.cluster import Cluster, NetworkTier
@@ -86,7 +88,7 @@ figures."""
 
 
 def all_to_all_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num,
-                    plateau: bool = False) -> np.ndarray:
+                    plateau: bool = False, tier_scale: Sequence[Num] | None = None) -> np.ndarray:
     """All-to-all where each rank holds `nbytes` and keeps 1/n of it.
 
     The share bound for peers first reachable at tier i crosses that tier, plus the tier's
@@ -95,13 +97,16 @@ def all_to_all_time(cluster: Cluster, members: list[np.ndarray], nbytes: Num,
     tier's bandwidth, measured on large exchanges (DeepEP's 4,096-token batches: training's
     regime); otherwise the tier's message-size curve at the share, the small messages of a
     decode step, for which no all-to-all sweep exists (hardware.md Sec. 7) and on which the
-    serving calibration was fitted.
+    serving calibration was fitted. `tier_scale`: per tier, the share of those bytes that
+    crosses it (a MoE dispatcher that deduplicates copies: `cost.moe.dispatch_tier_shares`).
     """
     n = members[-1]
     worst = np.zeros(np.broadcast(n, nbytes).shape)
     prev = np.ones_like(n)
     for i, (tier, k) in enumerate(zip(cluster.network, members, strict=True)):
         share = np.asarray(nbytes * (k - prev) / n, dtype=float)
+        if tier_scale is not None:
+            share = share * tier_scale[i]
         bw = (tier.bandwidth / tier.oversubscription * ALL_TO_ALL_EFFICIENCY[min(i, 1)]
               if plateau else _busbw(tier, np.maximum(share, 1.0)))
         t = share / bw + tier.latency

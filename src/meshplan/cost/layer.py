@@ -92,11 +92,13 @@ class LayerDegrees:
     etp: Num = 1
     seq_shard: Num = 1
     """tp with sequence parallelism, else 1: the split outside the TP regions."""
+    balanced: Num = False
+    """Routing forced even (`Plan.moe_force_balanced`): no load imbalance."""
 
     @classmethod
     def of(cls, mesh: Mesh) -> LayerDegrees:
         P = mesh.plans
-        return cls(P.tp, P.cp, P.ep, P.etp, mesh.seq_shard)
+        return cls(P.tp, P.cp, P.ep, P.etp, mesh.seq_shard, P.balanced())
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,9 @@ class LayerParts:
     launches: Num = 0
     """Kernels beyond the one whose fixed cost `time` counts (a MoE block's routing and
     permutation kernels: `moe.dispatcher_kernels`); the backward launches as many again."""
+    activation_bytes: Num = 0.0
+    """Of `elementwise_bytes`, the routed experts' activation function's (a MoE block): what
+    Megatron-Core's `moe_act` recompute redoes (not the routing or permutation kernels)."""
 
     def time(self, K: Kernels) -> np.ndarray:
         """Forward time, one kernel-launch overhead included (plus `launches` more)."""
@@ -257,11 +262,12 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         local = m.num_experts / deg.ep
         assignments = tokens_g * m.top_k * capacity_share(m)
         touched = experts_touched(m.num_experts, assignments * deg.ep)
-        busiest = assignments * (load_imbalance(m, assignments, deg.ep) if megatron else 1.0)
+        busiest = assignments * (load_imbalance(m, assignments, deg.ep, deg.balanced)
+                                 if megatron else 1.0)
         per_expert = busiest * deg.ep / m.num_experts / touched
         gemm = _mlp_gemms(model, K, grouped_gemm_rows(per_expert) if megatron else per_expert,
                           m.expert_ffn_hidden_size, deg.etp, count=local * touched)
-        elem = _mlp_elementwise(model, busiest, m.expert_ffn_hidden_size, deg.etp)
+        elem = act = _mlp_elementwise(model, busiest, m.expert_ffn_hidden_size, deg.etp)
         if megatron:
             elem = elem + permutation_bytes(model, tokens_g, deg.ep, local) \
                 + router_bytes(model, T / sp)
@@ -276,7 +282,8 @@ def mlp_parts(model: Model, K: Kernels, shape: BatchShape, deg: LayerDegrees,
         fp8_inputs = (T + busiest) * h
     if K.precision == "fp8":
         elem = elem + 3 * fp8_inputs
-    return LayerParts(gemm, 0.0, elem, launches=launches)
+    return LayerParts(gemm, 0.0, elem, launches=launches,
+                      activation_bytes=act if moe else 0.0)
 
 
 def head_parts(model: Model, K: Kernels, tokens: Num, deg: LayerDegrees) -> LayerParts:

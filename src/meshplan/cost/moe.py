@@ -1,13 +1,13 @@
 """What a mixture-of-experts layer costs beyond its expert GEMMs, as Megatron-Core runs it.
 
-One MoE layer's forward on one GPU with the `alltoall` token dispatcher (the one meshplan's
-Megatron export selects, `--moe-token-dispatcher-type alltoall`; Megatron-Core
-`MoEAlltoAllTokenDispatcher`, with `--moe-permute-fusion`, TE's fused permute kernels):
+One MoE layer's forward on one GPU with the `alltoall` token dispatcher (Megatron-Core
+`MoEAlltoAllTokenDispatcher`, with `--moe-permute-fusion`, TE's fused permute kernels; the
+plan's `moe_dispatcher` changes what the exchange sends, `dispatch_tier_shares`):
   router GEMM (in `layer.mlp_parts`) -> score function + top-k (`router_bytes`)
   -> permute tokens into expert order -> all-to-all dispatch -> sort the received chunks by
   local expert -> grouped expert GEMMs (`grouped_gemm_rows`) -> sort back -> all-to-all
   combine -> unpermute, weighted by the routing probabilities (`permutation_bytes`).
-The expert GEMMs run on the busiest rank's tokens (`load_imbalance`); the all-to-alls are
+The expert GEMMs run on the busiest rank's tokens (`load_imbalance`); the exchanges are
 priced in `collectives.ep_dispatch_combine_time` and their overlap in `train.comm`.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from meshplan.cost.kernels import ACTIVATION_BYTES
 from meshplan.specs.model import Model, MoE
+from meshplan.specs.plan import MOE_DISPATCHERS
 
 Num = float | np.ndarray
 
@@ -105,7 +106,7 @@ def _z(ep: Num) -> np.ndarray:
 
 
 def load_imbalance(moe: MoE, assignments_per_rank: Num, ep: Num,
-                   force_balanced: bool = False) -> np.ndarray:
+                   force_balanced: Num = False) -> np.ndarray:
     """Busiest expert-parallel rank's routed tokens over the mean (>= 1).
 
     The step waits for the busiest of the ep ranks (the all-to-alls synchronise them). With
@@ -118,19 +119,77 @@ def load_imbalance(moe: MoE, assignments_per_rank: Num, ep: Num,
     are dropped: Lepikhin et al. 2021, GShard; Megatron `--moe-expert-capacity-factor`), so
     the factor is at most cf, and never above ep (the busiest rank cannot receive more than
     every assignment; the normal approximation exceeds it only for a handful of tokens).
-    `force_balanced`: routing forced even (Megatron-Core `--moe-router-force-load-balancing`,
-    as NVIDIA's MoE tables state) runs at 1; no plan field carries it yet, so callers do not
-    pass it and those tables get the dropless factor (~1-2 % at their sizes). Real learned
-    routers are less even than uniform; this is the lower bound.
+    `force_balanced` (per plan): routing forced even (Megatron-Core
+    `--moe-router-force-load-balancing`, which benchmarking tables use, `Plan.
+    moe_force_balanced`): every rank gets exactly A, factor 1. Real learned routers are less
+    even than uniform; the uniform factor is their lower bound.
     """
-    if force_balanced:
-        return np.ones_like(np.asarray(ep, dtype=float))
     a = np.maximum(np.asarray(assignments_per_rank, dtype=float), 1e-9)
     p = 1.0 / np.maximum(np.asarray(ep, dtype=float), 1.0)
     factor = np.minimum(1.0 + _z(ep) * np.sqrt((1.0 - p) / a), 1.0 / p)
     if moe.capacity_factor is not None:
         factor = np.minimum(factor, max(moe.capacity_factor, 1.0))
-    return np.asarray(factor)
+    return np.asarray(np.where(force_balanced, 1.0, factor))
+
+
+DEDUPLICATING = ("flex-deepep", "hybridep")
+"""Dispatchers that send a token once per destination rank inside a node and once per
+destination node across nodes, whatever the number of its experts there (`Plan.
+moe_dispatcher`): DeepEP's normal kernels send one RDMA copy per destination node to the GPU
+of the same local index, which forwards it over NVLink to the ranks holding its experts
+(deepseek-ai/DeepEP README, "asymmetric-domain bandwidth forwarding"; DeepSeek-V3, arXiv:
+2412.19437 Sec. 3.2.2: "each token ... is transmitted to at most 4 nodes ... then
+forwarded via NVLink"), and HybridEP (Megatron-Core `--moe-flex-dispatcher-backend
+hybridep`, a branch of DeepEP for NVL72 and multi-node) does the same. Megatron-Core's
+alltoall dispatcher sends one row per (token, expert) assignment."""
+
+
+def miss_probability(num_experts: int, top_k: int, held: Num) -> np.ndarray:
+    """Probability that none of a token's top_k distinct experts, drawn uniformly from
+    num_experts, is among `held` given experts: C(E - m, k) / C(E, k) = prod_i (E - m - i) /
+    (E - i), i < k (hypergeometric, no success in k draws)."""
+    m = np.asarray(held, dtype=float)
+    out = np.ones_like(m)
+    for i in range(top_k):
+        out = out * np.clip((num_experts - m - i) / (num_experts - i), 0.0, 1.0)
+    return out
+
+
+def distinct_share(moe: MoE, ep: Num, group: Num) -> np.ndarray:
+    """Copies a deduplicating dispatcher sends to peers in other groups of `group` expert-
+    parallel ranks, over the top_k copies per token an assignment-wise all-to-all sends
+    there (<= 1).
+
+    Experts sit contiguously, E / ep per rank (Megatron-Core's expert placement), so a group
+    of g ranks holds m = E g / ep experts and receives the token with probability 1 - C(E - m,
+    k) / C(E, k) (`miss_probability`), once; the assignment-wise all-to-all sends it k m / E
+    copies on average. Their ratio: ep (1 - C(E - m, k) / C(E, k)) / (k g). Routing is taken
+    uniform (force-balanced, or a balanced router); group-limited routing (DeepSeek-V3's
+    node limit of 4) only lowers the copies. g = 1 (ranks inside one node): DeepEP's one
+    copy per destination rank. Example: Qwen3-235B (E 128, k 8) over EP32 with 4 ranks per
+    node: 0.66 of the assignment-wise traffic crosses the network."""
+    g = np.asarray(group, dtype=float)
+    e = np.asarray(ep, dtype=float)
+    held = moe.num_experts * g / np.maximum(e, 1.0)
+    hit = 1.0 - miss_probability(moe.num_experts, moe.top_k, held)
+    return np.asarray(np.minimum(e * hit / (moe.top_k * np.maximum(g, 1.0)), 1.0))
+
+
+def dispatch_tier_shares(moe: MoE, members: list[np.ndarray], dispatcher: np.ndarray
+                         ) -> list[np.ndarray]:
+    """Per network tier, the share of the assignment-wise all-to-all bytes a plan's
+    dispatcher sends across it (`comm.all_to_all_time`'s `tier_scale`): 1 for the
+    alltoall dispatcher; for a deduplicating one (`DEDUPLICATING`), `distinct_share` for the
+    peers first reached at the tier, grouped by the inner tier's domains (one rank each at
+    the innermost tier)."""
+    dedup = np.isin(dispatcher, [MOE_DISPATCHERS.index(d) for d in DEDUPLICATING])
+    n = members[-1]
+    prev = np.ones_like(n)
+    shares = []
+    for k in members:
+        shares.append(np.where(dedup, distinct_share(moe, n, prev), 1.0))
+        prev = np.maximum(k, prev)
+    return shares
 
 
 def capacity_share(moe: MoE) -> float:

@@ -262,6 +262,18 @@ def _router(moe: MoE) -> list[Flag]:
     return flags
 
 
+DISPATCHER_FLAGS: dict[str, list[Flag]] = {
+    "alltoall": [("--moe-token-dispatcher-type", "alltoall")],
+    "allgather": [("--moe-token-dispatcher-type", "allgather")],
+    "flex-deepep": [("--moe-token-dispatcher-type", "flex"),
+                    ("--moe-flex-dispatcher-backend", "deepep")],
+    "hybridep": [("--moe-token-dispatcher-type", "flex"),
+                 ("--moe-flex-dispatcher-backend", "hybridep")],
+}
+"""`Plan.moe_dispatcher` as _add_moe_args spells it (--moe-token-dispatcher-type choices
+allgather / alltoall / flex; --moe-flex-dispatcher-backend deepep / hybridep)."""
+
+
 def _moe(model: Model, job: Job, plan: Plan) -> list[Flag]:
     if model.moe is None:
         return []
@@ -279,7 +291,11 @@ def _moe(model: Model, job: Job, plan: Plan) -> list[Flag]:
     flags += [("--expert-model-parallel-size", str(plan.ep)),
               ("--expert-tensor-parallel-size", str(plan.etp))]
     if plan.ep > 1:
-        flags.append(("--moe-token-dispatcher-type", "alltoall"))
+        flags += DISPATCHER_FLAGS[plan.moe_dispatcher]
+        if plan.ep_comm_overlap:
+            flags.append(("--overlap-moe-expert-parallel-comm", None))
+    if plan.moe_force_balanced:
+        flags.append(("--moe-router-force-load-balancing", None))
     if job.precision != "fp16":
         flags.append(("--moe-grouped-gemm", None))
     return flags

@@ -32,7 +32,7 @@ from meshplan.schedules.registry import SCHEDULE_SPECS, schedule_spec
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
-from meshplan.specs.plan import Plan
+from meshplan.specs.plan import MOE_DISPATCHERS, Plan
 
 ENGINE = "torchtitan 0.2.2"
 SOURCE = "torchtitan 0.2.2 torchtitan/config/job_config.py"
@@ -240,6 +240,13 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal("ep", lambda M, J, P: (P.dp_shard * P.cp * P.tp) % (P.ep * P.etp) > 0,
             field_value("ep"), lambda M, J, P, i: "carves experts out of dp_shard * cp * tp "
             f"= {int(P.dp_shard[i] * P.cp[i] * P.tp[i])} (parallel_dims.py)"),
+    Refusal("moe_dispatcher", lambda M, J, P: (P.ep > 1) & (P.dispatchers() != 0),
+            lambda M, J, P, i: MOE_DISPATCHERS[int(P.dispatchers()[i])],
+            "moves expert tokens with its own all-to-all (distributed/expert_parallel.py); "
+            "export DeepEP / HybridEP / allgather dispatch to Megatron-LM"),
+    Refusal("moe_force_balanced", lambda M, J, P: P.balanced(), constant(True),
+            "has no command-line option that forces even routing (a Megatron-LM "
+            "benchmarking option, --moe-router-force-load-balancing)"),
     Refusal("zero_stage", lambda M, J, P: P.zero == 1, constant(1),
             "shards with FSDP2 (zero_stage 3, or 2 with reshard_after_forward=never) or "
             "replicates with DDP (zero_stage 0); it has no optimizer-only sharding"),

@@ -49,6 +49,9 @@ def read(path: str, model: Model) -> ImportedJob:
     if moe:
         out["ep"] = num("expert-model-parallel-size") or 1
         out["etp"] = num("expert-tensor-parallel-size") or tp  # arguments.py: None -> tp
+        out["moe_dispatcher"] = _dispatcher(flags, v)
+        out["moe_force_balanced"] = "moe-router-force-load-balancing" in flags
+        out["ep_comm_overlap"] = "overlap-moe-expert-parallel-comm" in flags
     _pipeline(flags, v, model, out, where)
     for key, name in (("micro_batch_size", "micro-batch-size"),
                       ("global_batch_size", "global-batch-size"), ("seq_len", "seq-length")):
@@ -70,6 +73,16 @@ def read(path: str, model: Model) -> ImportedJob:
         out["token_budget"] = float(samples * out["seq_len"])
     job.notes += _model_notes(flags, v, model)
     return job
+
+
+def _dispatcher(flags: dict[str, Any], v: Values) -> str:
+    """`Plan.moe_dispatcher` of --moe-token-dispatcher-type (default allgather) with
+    --moe-flex-dispatcher-backend (default deepep) or the older --moe-enable-deepep."""
+    kind = v.text(flags, "moe-token-dispatcher-type", ("allgather", "alltoall", "flex"))
+    if kind == "flex" or "moe-enable-deepep" in flags:
+        backend = v.text(flags, "moe-flex-dispatcher-backend", ("deepep", "hybridep"))
+        return "hybridep" if backend == "hybridep" else "flex-deepep"
+    return kind or "allgather"
 
 
 def _arguments(text: str, where: str) -> list[str]:

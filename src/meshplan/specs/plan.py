@@ -41,6 +41,12 @@ def recompute_mask(modules: tuple[str, ...] | None) -> int:
 
 Schedule = Literal[SCHEDULES]  # type: ignore[valid-type]
 
+MOE_DISPATCHERS = ("alltoall", "allgather", "flex-deepep", "hybridep")
+"""Megatron-Core token dispatchers (`--moe-token-dispatcher-type alltoall | allgather | flex`,
+the flex one with `--moe-flex-dispatcher-backend deepep | hybridep`), in the code order of
+`PlanArrays.dispatcher`; what each costs: `cost.moe.dispatch_tier_shares`."""
+MoeDispatcher = Literal["alltoall", "allgather", "flex-deepep", "hybridep"]
+
 
 _DERIVED = ("sequence_parallel", "etp", "dp_shard", "vpp")
 """Fields whose None means "the default", resolved by `Plan` when built."""
@@ -95,6 +101,11 @@ class Plan(Spec):
     """Overlap tensor-parallel collectives with GEMMs (Megatron --tp-comm-overlap / async TP)."""
     ep_comm_overlap: bool = False
     """Overlap the expert all-to-all with computation of another micro-batch."""
+    moe_dispatcher: MoeDispatcher = "alltoall"
+    """How a MoE layer moves its tokens to the experts (`MOE_DISPATCHERS`)."""
+    moe_force_balanced: bool = False
+    """Routing forced even across experts (Megatron-Core --moe-router-force-load-balancing,
+    a benchmarking option): no load imbalance (`cost.moe.load_imbalance`)."""
     axis_order: tuple[str, ...] = Field(default=DEFAULT_AXIS_ORDER, strict=False)
     """Rank order of the mesh axes, innermost first."""
 
@@ -151,6 +162,8 @@ class Plan(Spec):
         if self.pp > 1:
             parts.append(schedule_label(self.pp, self.schedule, self.vpp))
         parts.append(f"zero{self.zero_stage}")
+        if self.moe_dispatcher != "alltoall":
+            parts.append(self.moe_dispatcher)
         parts.append(f"rc={self.recompute}" + (f"({'+'.join(self.recompute_modules)})"
                                                  if self.recompute_modules else ""))
         return " ".join(parts)
@@ -193,6 +206,10 @@ class PlanArrays:
     axis_order: tuple[str, ...] = Field(default=DEFAULT_AXIS_ORDER, strict=False)
     recompute_modules: np.ndarray | None = None
     """`recompute_mask` of each plan's module list; None: every plan's is the default."""
+    dispatcher: np.ndarray | None = None
+    """Index into MOE_DISPATCHERS; None: every plan's is alltoall."""
+    force_balanced: np.ndarray | None = None
+    """`Plan.moe_force_balanced`; None: no plan's is."""
 
     def __len__(self) -> int:
         return len(self.dp)
@@ -228,6 +245,8 @@ class PlanArrays:
             last_layers=col(lambda p: p.last_stage_layers or 0),
             axis_order=order,
             recompute_modules=col(lambda p: recompute_mask(p.recompute_modules)),
+            dispatcher=col(lambda p: MOE_DISPATCHERS.index(p.moe_dispatcher)),
+            force_balanced=col(lambda p: p.moe_force_balanced, bool),
         )
 
     def select(self, mask_or_index: np.ndarray) -> PlanArrays:
@@ -254,7 +273,18 @@ class PlanArrays:
             last_stage_layers=int(self.last_layers[i]) or None,
             axis_order=self.axis_order,
             recompute_modules=self.modules_of(i),  # type: ignore[arg-type]
+            moe_dispatcher=MOE_DISPATCHERS[0 if self.dispatcher is None  # type: ignore[arg-type]
+                                           else int(self.dispatcher[i])],
+            moe_force_balanced=self.force_balanced is not None and bool(self.force_balanced[i]),
         )
+
+    def dispatchers(self) -> np.ndarray:
+        """Each plan's MOE_DISPATCHERS index (0, alltoall, where none is set)."""
+        return np.zeros(len(self), np.int64) if self.dispatcher is None else self.dispatcher
+
+    def balanced(self) -> np.ndarray:
+        """Each plan's `moe_force_balanced`."""
+        return np.zeros(len(self), bool) if self.force_balanced is None else self.force_balanced
 
     def modules_of(self, i: int) -> tuple[str, ...] | None:
         """Plan i's recompute module list (None: the default policy)."""

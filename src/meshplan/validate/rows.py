@@ -158,8 +158,20 @@ def _beyond_peak(case: Case) -> str | None:
     return None
 
 
-def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
+NARROWED = ("notes", "optimizations", "activation_recompute")
+"""Text fields read for the row's own hardware where they give a value per accelerator
+(`rules.for_hardware`)."""
+
+
+def _for_own_hardware(row: dict[str, Any]) -> dict[str, Any]:
+    gpu = text_field(row, "gpu_type")
+    return {**row, **{k: rules.for_hardware(row[k], gpu) for k in NARROWED
+                      if isinstance(row[k], str)}}
+
+
+def _build(source_row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
     notes: list[str] = []
+    row = _for_own_hardware(source_row)
     check_figures(row)
     need(row, *REQUIRED)  # name every missing field at once
     hw = build_cluster(row, calibration)
@@ -222,10 +234,19 @@ def _build(row: dict[str, Any], calibration: CalibrationRef) -> Case | Skip:
                 recompute_modules=recompute_modules(row, rc, notes),  # type: ignore[arg-type]
                 tp_comm_overlap=_says(row, rules.TP_OVERLAP),
                 ep_comm_overlap=_says(row, rules.EP_OVERLAP),
+                moe_dispatcher=_dispatcher(row, ep, notes),  # type: ignore[arg-type]
+                moe_force_balanced=ep > 1 and _says(row, rules.FORCE_BALANCED),
                 first_stage_layers=first_last[0] or None,
                 last_stage_layers=first_last[1] or None)
-    return Case(row, model, source_model, cluster, job, plan, num_gpus, gpu,
+    return Case(source_row, model, source_model, cluster, job, plan, num_gpus, gpu,
                 notes + hw_notes)
+
+
+def _dispatcher(row: dict[str, Any], ep: int, notes: list[str]) -> str:
+    """The MoE token dispatcher (`rules.MOE_DISPATCHER`); alltoall, unnoted, without EP."""
+    if ep == 1:
+        return "alltoall"
+    return str(rules.apply(rules.MOE_DISPATCHER, row, notes))
 
 
 def _says(row: dict[str, Any], pattern: str) -> bool:

@@ -208,6 +208,8 @@ RECOMPUTE_DEFAULT: tuple[Rule, ...] = (
     Rule("full", "recompute read from the row's text: full",
          {"engine_text": r"recompute-granularity[= ]full|checkpoint-activations|"
                          r"activation checkpointing|full (activation )?(checkpointing|recompute)"}),
+    Rule("none", "recompute read from the row's text: none",
+         {"notes": r"recompute[:= ]\s*(none|off)\b"}),
     Rule("selective", "partial recompute of modules named in the notes",
          {"notes": r"recompute[^.;]*\b(mlp|moe_act|layernorm|up_proj|mla_up_proj|core_attn|"
                    r"moe|shared_experts)\b"}),
@@ -261,6 +263,56 @@ TP_OVERLAP = r"async\s*-?tp|tp[-_ ]comm[-_ ]overlap|tp communication overlap|" \
 EP_OVERLAP = r"all-to-all overlap on|overlap[-_ ]moe[-_ ]expert[-_ ]parallel[-_ ]comm|" \
              r"ep[-_ ]comm[-_ ]overlap|a2a overlap"
 """Text naming expert-parallel all-to-all overlap (Megatron --overlap-moe-expert-parallel-comm)."""
+
+
+MOE_DISPATCHER: tuple[Rule, ...] = (
+    # The token dispatcher a MoE run used, as Megatron-Core names it (`Plan.moe_dispatcher`):
+    # --moe-token-dispatcher-type alltoall | allgather | flex, the flex one with
+    # --moe-flex-dispatcher-backend deepep | hybridep (older: --moe-enable-deepep).
+    Rule("hybridep", "", {"engine_text": r"hybrid[-_ ]?ep"}),
+    Rule("flex-deepep", "", {"engine_text": r"deep[-_ ]?ep|dispatcher[-_ ]type[= ]flex|"
+                                            r"flex (token )?dispatcher"}),
+    Rule("allgather", "", {"engine_text": r"all-?gather (token )?dispatcher|"
+                                          r"dispatcher[-_ ]type[= ]allgather"}),
+    Rule("alltoall", "MoE token dispatcher not stated: alltoall (Megatron-Core MoE recipes "
+                     "set moe_token_dispatcher_type='alltoall')", {"framework": MCORE}),
+    Rule("alltoall", ""),
+)
+"""Only rows with expert parallelism read it (a single rank dispatches nothing)."""
+
+FORCE_BALANCED = r"force[-_ ]?balanc|force[-_ ]load[-_ ]balancing|forced? (even|uniform) routing"
+"""Text naming forced-even routing (Megatron-Core --moe-router-force-load-balancing; NVIDIA's
+MoE benchmark tables: "MoE benchmarks force-balance tokens across experts")."""
+
+
+ALTERNATIVE = re.compile(r"([\w+.-]+)\s*\(([^()]*)\)\s*/\s*([\w+.-]+)\s*\(([^()]*)\)")
+"""'X (hardware A) / Y (hardware B)': a value given per hardware inside a row's text."""
+
+
+def _names(tag: str, gpu: str) -> bool:
+    """Whether a parenthesised tag ("GB", "GB300", "H100") names the row's accelerator: one
+    of its hardware words (capitals, then digits) starts a word of `gpu_type`."""
+    return any(re.search(r"(?<![\w])" + re.escape(w), gpu, re.IGNORECASE)
+               for w in re.findall(r"\b[A-Z]{1,4}\d*\b", tag) if len(w) > 1)
+
+
+ONLY_ON = re.compile(r"([\w+.-]+) on ((?:[A-Z]{1,4}\d+)(?:(?:,\s*|\s+and\s+|\s+or\s+)"
+                     r"[A-Z]{1,4}\d+)*)\b")
+"""'X on A and B': a value that holds on the hardware named only."""
+
+
+def for_hardware(text: str, gpu: str) -> str:
+    """`text` with every 'X (A) / Y (B)' alternative replaced by the value for `gpu` when
+    exactly one tag names it (a shared table row: "recompute none (GB300) / mlp (GB200)"),
+    and every 'X on A and B' that names other hardware only read as 'none' ("recompute
+    moe_act+layernorm on GB200 and H100" on a GB300 row); left as it is otherwise."""
+    def pick(m: re.Match[str]) -> str:
+        a, b = _names(m.group(2), gpu), _names(m.group(4), gpu)
+        return m.group(1) if a and not b else m.group(3) if b and not a else m.group(0)
+
+    def only_on(m: re.Match[str]) -> str:
+        return m.group(0) if _names(m.group(2), gpu) else f"none on {m.group(2)}"
+    return ONLY_ON.sub(only_on, ALTERNATIVE.sub(pick, text))
 
 
 FFN_WIDTH: tuple[Rule, ...] = (

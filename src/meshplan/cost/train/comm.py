@@ -74,7 +74,7 @@ def ep_exposed(model: Model, cluster: Cluster, job: Job, mesh: Mesh, moe_layers:
         return zero, zero
     tokens = mesh.tokens_per_microbatch(job.seq_len) / mesh.seq_shard
     a2a = ep_dispatch_combine_time(cluster, mesh.members(cluster, Group.EP), model, tokens,
-                                   plateau=True)
+                                   plateau=True, dispatcher=P.dispatchers())
     hide = cluster.overlap.ep_overlapped
 
     def exposed(window: Num) -> np.ndarray:

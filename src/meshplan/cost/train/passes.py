@@ -134,14 +134,16 @@ def mlp_times(model: Model, job: Job, K: Kernels, mesh: Mesh, moe: bool) -> Pass
     fwd = parts.time(K)
     bwd_i = parts.gemm + K.memory(2 * parts.elementwise_bytes) + K.overhead * (1 + parts.launches)
     # Selective recompute by module (`train.recompute`): the pre-MLP norm, the activation
-    # function (with the block's other element-wise passes), the whole block (mlp / moe: its
-    # forward; the EP all-to-all a recomputed MoE layer repeats is not counted), the shared
-    # experts (their share of the expert GEMM FLOPs).
+    # function (a dense MLP's with the block's other element-wise passes; a MoE block's
+    # routed experts' only, Megatron-Core `moe_act` redoing neither the router nor the
+    # permutations), the whole block (mlp / moe: its forward; the EP all-to-all a recomputed
+    # MoE layer repeats is not counted), the shared experts (their share of the expert GEMM
+    # FLOPs).
     mods = module_masks(mesh.plans, job)
     norm = K.memory(NORM_BYTES * shape.tokens * model.hidden_size / deg.seq_shard)
+    act = parts.activation_bytes if moe else parts.elementwise_bytes
     selective = np.where(rebuilds(mods, "layernorm"), norm, 0.0) \
-        + np.where(rebuilds(mods, "moe_act" if moe else "dense_act"),
-                   K.memory(parts.elementwise_bytes), 0.0)
+        + np.where(rebuilds(mods, "moe_act" if moe else "dense_act"), K.memory(act), 0.0)
     selective = np.where(rebuilds(mods, "moe" if moe else "mlp"), fwd, selective)
     if moe and model.moe is not None and model.moe.num_shared_experts:
         m = model.moe
