@@ -8,14 +8,14 @@ import pytest
 from meshplan.cost import comm
 from meshplan.cost.train.pipeline import in_flight_microbatches, pipeline_time
 from meshplan.mesh import Group, Mesh
-from meshplan.specs.cluster import Curve
+from meshplan.specs.cluster import BusCurve
 from meshplan.specs.plan import SCHEDULES
 from tests.conftest import arrays
 
 
 def flat(cluster, eff=0.8, latency=0.0):
     """The cluster with constant bus efficiency and no latency (to test the beta term)."""
-    tiers = tuple(t.model_copy(update={"bus_efficiency": Curve.constant(eff), "latency": latency,
+    tiers = tuple(t.model_copy(update={"bus_efficiency": BusCurve.constant(eff), "latency": latency,
                                        "all_reduce_boost": 1.0}) for t in cluster.network)
     return cluster.model_copy(update={"network": tiers})
 
