@@ -248,8 +248,11 @@ def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert
     experts = expert_p > 0
     k_ag, k_rs = job.zero3_collectives
     more_ag, more_rs = _split_collectives(cluster, job, shard, k_ag, k_rs)
-    rs_l, ag_l, _ = states(shard, dense_p / n)
-    e_rs_l, e_ag_l, _ = states(exp_full, expert_p / n)
+    def layer(members: list[np.ndarray], params: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (comm.all_gather_time(cluster, members, 2.0 * params / n),
+                comm.reduce_scatter_time(cluster, members, g * params / n))
+
+    (ag_l, rs_l), (e_ag_l, e_rs_l) = layer(shard, dense_p), layer(exp_full, expert_p)
     ag = ag_l + np.where(experts, e_ag_l, 0.0) + more_ag
     rs = rs_l + np.where(experts, e_rs_l, 0.0) + more_rs
     f, b = ov * fwd / n, ov * bwd / n
