@@ -252,9 +252,11 @@ def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert
         return (comm.all_gather_time(cluster, members, 2.0 * params / n),
                 comm.reduce_scatter_time(cluster, members, g * params / n))
 
-    (ag_l, rs_l), (e_ag_l, e_rs_l) = layer(shard, dense_p), layer(exp_full, expert_p)
-    ag = ag_l + np.where(experts, e_ag_l, 0.0) + more_ag
-    rs = rs_l + np.where(experts, e_rs_l, 0.0) + more_rs
+    ag, rs = layer(shard, dense_p)
+    if np.any(experts & (z == 3)):
+        e_ag_l, e_rs_l = layer(exp_full, expert_p)
+        ag, rs = ag + np.where(experts, e_ag_l, 0.0), rs + np.where(experts, e_rs_l, 0.0)
+    ag, rs = ag + more_ag, rs + more_rs
     f, b = ov * fwd / n, ov * bwd / n
     pipelined = P.pp > 1
     gathers = prefetched_exposed(0.0 * ag, ag, f, n)
