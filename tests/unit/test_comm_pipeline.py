@@ -8,14 +8,14 @@ import pytest
 from meshplan.cost import comm
 from meshplan.cost.train.pipeline import in_flight_microbatches, pipeline_time
 from meshplan.mesh import Group, Mesh
-from meshplan.specs.cluster import Curve
+from meshplan.specs.cluster import BusCurve
 from meshplan.specs.plan import SCHEDULES
 from tests.conftest import arrays
 
 
 def flat(cluster, eff=0.8, latency=0.0):
     """The cluster with constant bus efficiency and no latency (to test the beta term)."""
-    tiers = tuple(t.model_copy(update={"bus_efficiency": Curve.constant(eff), "latency": latency,
+    tiers = tuple(t.model_copy(update={"bus_efficiency": BusCurve.constant(eff), "latency": latency,
                                        "all_reduce_boost": 1.0}) for t in cluster.network)
     return cluster.model_copy(update={"network": tiers})
 
@@ -90,3 +90,27 @@ def test_in_flight_microbatches_per_schedule():
     assert in_flight_microbatches(code("1f1b"), p, m, one)[0] == 4
     assert in_flight_microbatches(code("gpipe"), p, m, one)[0] == 16
     assert in_flight_microbatches(code("interleaved-1f1b"), p, m, np.array([2]))[0] == 5.5
+
+
+def test_ring_all_gather_reads_the_curve_at_its_per_step_share(h100):
+    """The scale-out curve is the 4-node (32-rank) sweep: 229 GB/s busbw at 256 MiB
+    (measured_efficiency.yaml nccl_ar_b200_1v4node_256MiB, 8 x 400G per node). A 96-rank ring
+    of 768 MiB moves the same 8 MiB per step, so it runs at that busbw, not at the 768 MiB
+    point; the all-reduce (NCCL's tree at scale) keeps reading the curve at S."""
+    c = h100.model_copy(update={"network": tuple(t.model_copy(update={"latency": 0.0})
+                                                 for t in h100.network)})
+    ib = c.network[-1]
+    assert ib.bus_efficiency.ranks == 32
+    mib = 2**20
+
+    def busbw(n, S):
+        members = Mesh(arrays(dp=n)).members(c, Group.DP)
+        return (n - 1) / n * S / float(comm.all_gather_time(c, members, S)[0])
+
+    assert busbw(32, 256 * mib) == pytest.approx(229.09e9, rel=0.02)
+    assert busbw(96, 768 * mib) == pytest.approx(busbw(32, 256 * mib), rel=1e-9)
+    assert busbw(96, 768 * mib) < 0.7 * 8 * ib.bandwidth * float(ib.bus_efficiency(768 * mib))
+    members = Mesh(arrays(dp=96)).members(c, Group.DP)
+    ar = float(comm.all_reduce_time(c, members, 768 * mib)[0])
+    expect = 2 * 95 / 96 * 768 * mib / (8 * ib.bandwidth * float(ib.bus_efficiency(768 * mib)))
+    assert ar == pytest.approx(expect, rel=1e-9)

@@ -124,9 +124,29 @@ def _zero3(cluster, fwd: float, bwd: float, pp: int = 1):
     dp = train_comm.dp_times(cluster, JOB, mesh, params, np.zeros(1), np.array([fwd]),
                              np.array([bwd]), layers)
     shard = mesh.members(cluster, Group.DP_SHARD)
-    ag = comm.all_gather_time(cluster, shard, 2.0 * params)[0] / layers[0]
-    rs = comm.reduce_scatter_time(cluster, shard, JOB.grad_bytes * params)[0] / layers[0]
+    # Each layer's collectives are their own: priced at one layer's bytes.
+    ag = comm.all_gather_time(cluster, shard, 2.0 * params / layers)[0]
+    rs = comm.reduce_scatter_time(cluster, shard, JOB.grad_bytes * params / layers)[0]
     return dp, ag, rs
+
+
+def test_every_layer_collective_pays_the_ring_latency():
+    """Latency only (free links): each of the 32 layers' gathers and reduce-scatters takes the
+    ring's (n - 1) steps, not 1/32 of them (one FSDP unit per layer is one NCCL call)."""
+    c = _ideal_network(H100, 0.0, latency=1e-5)
+    dp, ag, rs = _zero3(c, fwd=0.0, bwd=0.0)
+    assert ag == pytest.approx(7 * 1e-5) and rs == pytest.approx(7 * 1e-5)
+    total = dp.per_step[0] - dp.grad_exposed[0] + dp.per_microbatch[0]
+    assert total == pytest.approx((32 + 31 + 32) * 7 * 1e-5, rel=1e-9)
+
+
+def test_a_layer_gather_runs_at_its_own_size_on_the_curve():
+    """A layer's 0.5 GB gather sits lower on the NVLink curve than the whole model's 16 GB:
+    the per-layer collectives take longer than 1/32 of one model-sized gather."""
+    _, ag, _ = _zero3(H100, fwd=0.0, bwd=0.0)
+    shard = Mesh(_arrays(Plan(dp=8, zero_stage=3))).members(H100, Group.DP_SHARD)
+    whole = comm.all_gather_time(H100, shard, 2.0 * 8e9)[0] / 32
+    assert ag > 1.02 * whole
 
 
 def test_zero3_exposes_the_first_gather_per_step_and_the_last_reduce_scatter_per_microbatch():

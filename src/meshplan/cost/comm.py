@@ -28,6 +28,17 @@ def _busbw(tier: NetworkTier, nbytes: Num) -> np.ndarray:
     return tier.bandwidth / tier.oversubscription * tier.bus_efficiency(nbytes)
 
 
+def ring_curve_bytes(tier: NetworkTier, nbytes: Num, n: Num) -> Num:
+    """The size at which a ring all-gather / reduce-scatter of `nbytes` over n ranks reads
+    the tier's curve: the one giving the same per-step share S / n on the ring the curve was
+    measured on (`BusCurve.ranks`; NCCL has only rings for these two, each step moving one
+    rank's share: Jeaugey, PAT, arXiv:2506.20252 Sec. 1, "linear latency ... at scale").
+    A FSDP layer's all-gather over 96 ranks thus runs at the efficiency the 32-rank sweep
+    shows at a third of its size."""
+    ranks = tier.bus_efficiency.ranks
+    return nbytes if ranks is None else nbytes * ranks / np.maximum(n, 2)
+
+
 def _ring(cluster: Cluster, members: list[np.ndarray], nbytes: Num, factor: float,
           all_reduce: bool = False) -> np.ndarray:
     """Ring collective over a group that may span tiers.
@@ -47,7 +58,10 @@ def _ring(cluster: Cluster, members: list[np.ndarray], nbytes: Num, factor: floa
     for i, tier in enumerate(cluster.network):
         k = members[i]
         crosses = k > prev
-        bw = _busbw(tier, nbytes) * (prev if i else 1)
+        # All-reduce is read at S: the tree NCCL picks at scale pipelines fixed-size chunks
+        # whatever n (and the curves are all-reduce sweeps).
+        size = nbytes if all_reduce else ring_curve_bytes(tier, nbytes, n)
+        bw = _busbw(tier, size) * (prev if i else 1)
         if all_reduce and i == 0:
             bw = bw * np.where(k >= n, tier.all_reduce_boost, 1.0)
         busbw = np.where(crosses, np.minimum(busbw, bw), busbw)

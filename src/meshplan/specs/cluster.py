@@ -59,6 +59,17 @@ class Curve(Spec):
         return cls(x=(1.0,), y=(value,))
 
 
+class BusCurve(Curve):
+    """A network tier's nccl-tests busbw / bandwidth against the message size in bytes, with
+    the ring it was measured on."""
+
+    ranks: int | None = Field(default=None, gt=1)
+    """Ranks of the ring sweep the curve comes from, or None (no rescaling). Each step of a
+    ring all-gather / reduce-scatter over n ranks moves one rank's share, S / n (NCCL
+    src/device/all_gather.h runRing), so `comm` reads such a ring at the size that gives the
+    same per-step share on the measured ring: S x ranks / n."""
+
+
 class Accelerator(Spec):
     """One GPU (or other accelerator): peaks and achievable fractions."""
 
@@ -178,7 +189,7 @@ class NetworkTier(Spec):
     """Per-GPU unidirectional bandwidth, bytes/s (compare with nccl-tests busbw)."""
     latency: float = Field(ge=0, le=MAX_LATENCY_S)
     """Per-step latency of a collective (alpha term), seconds."""
-    bus_efficiency: Curve
+    bus_efficiency: BusCurve
     """nccl-tests busbw / `bandwidth`, against the message size in bytes."""
     all_reduce_boost: float = Field(default=1.0, ge=MIN_EFFICIENCY, le=10)
     """Extra all-reduce busbw from in-network reduction (NVLS / SHARP), as a factor."""

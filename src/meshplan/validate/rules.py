@@ -337,6 +337,10 @@ GRAD_BYTES: tuple[Rule, ...] = (
             "(examples/pretrain_zero_bubble.sh, branch arxiv) and Megatron-LM keeps fp16 "
             "gradients unless --accumulate-allreduce-grads-in-fp32 (forced only for --bf16)",
          ZB_PAPER_CODE, {"precision": r"bf16|fp32|fp8", **ZB_LATER_CODE}),
+    Rule(2, "gradients bf16: fms-fsdp's mixed-precision policy bfSixteen reduces in bf16 "
+            "(fms_fsdp/policies/mixed_precision.py reduce_dtype=torch.bfloat16, picked by "
+            "train_utils.get_policies when mixed_precision is on, its default)",
+         {"framework": r"fms-fsdp"}),
     Rule(2, "gradients bf16 (assumption: with fp32 gradients several of these measured runs "
             "could not fit)", {"framework": r"Aleph Alpha"}),
     Rule(4, ""),

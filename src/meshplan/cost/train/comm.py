@@ -241,13 +241,22 @@ def dp_times(cluster: Cluster, job: Job, mesh: Mesh, dense_p: np.ndarray, expert
     grad_exposed = np.maximum(grad - ov * bwd, 0.0)
     per_step = grad_exposed + np.maximum(gather - ov * fwd, 0.0)
     zero2_mb = np.where(z == 2, np.maximum(rs_s + e_rs - ov * bwd, 0.0), 0.0)
-    # ZeRO-3, per layer of the rank (a rank without experts runs no expert collective).
+    # ZeRO-3, per layer of the rank (a rank without experts runs no expert collective): each
+    # layer's all-gather and reduce-scatter is a collective of its own, priced at its own
+    # size (its curve point, and the ring's (n - 1) latency steps every time).
     n = np.maximum(layers, 1.0)
     experts = expert_p > 0
     k_ag, k_rs = job.zero3_collectives
     more_ag, more_rs = _split_collectives(cluster, job, shard, k_ag, k_rs)
-    ag = (ag_s + np.where(experts, e_ag, 0.0)) / n + more_ag
-    rs = (rs_s + np.where(experts, e_rs, 0.0)) / n + more_rs
+    def layer(members: list[np.ndarray], params: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (comm.all_gather_time(cluster, members, 2.0 * params / n),
+                comm.reduce_scatter_time(cluster, members, g * params / n))
+
+    ag, rs = layer(shard, dense_p)
+    if np.any(experts & (z == 3)):
+        e_ag_l, e_rs_l = layer(exp_full, expert_p)
+        ag, rs = ag + np.where(experts, e_ag_l, 0.0), rs + np.where(experts, e_rs_l, 0.0)
+    ag, rs = ag + more_ag, rs + more_rs
     f, b = ov * fwd / n, ov * bwd / n
     pipelined = P.pp > 1
     gathers = prefetched_exposed(0.0 * ag, ag, f, n)
