@@ -107,6 +107,25 @@ def test_dataset_means_get_a_lognormal_with_the_documented_sigma(runs):
     assert stated.input.spread == pytest.approx(math.sqrt(2 * math.log(857.5 / 731.5)))
 
 
+def test_sharegpt_output_shape_is_the_benchmark_samples(runs):
+    """The ShareGPT reply lengths drawn for a row that gives only the means have the median /
+    mean ratio measured on the benchmark's filtered ShareGPT (0.66-0.68,
+    benchmarks/sharegpt_lengths.py) and never pass the sampler's 2044-token reply room."""
+    out = build_case(runs["vllmblog-h100-8b-sharegpt-vllm-qpsinf"]).workload.output
+    x = out.draw(np.random.default_rng(0), 100_000)
+    assert 0.65 < float(np.median(x) / x.mean()) < 0.70
+    assert x.max() <= 2044 and abs(x.mean() / 179 - 1) < 0.01
+
+
+def test_blog_vllm_rows_carry_the_nightly_benchmark_batch_limit(runs):
+    """vLLM 0.6.0's rows of the v0.6.0 blog ran with max_num_seqs 512 (the nightly-benchmark
+    server parameters): the row's max_batch_size reaches the deployment."""
+    case = build_case(runs["vllmblog-h100-8b-sharegpt-vllm-qpsinf"])
+    assert case.spec.max_num_seqs == 512 and case.spec.engine == "vllm-v0"
+    assert build_case(runs["vllmblog-h100-8b-sharegpt-vllm053-qpsinf"]).spec.max_num_seqs \
+        is None
+
+
 def test_static_batch_closed_form_equals_the_simulated_batch(runs):
     """A burst of B equal requests on a vLLM instance that holds them all: the first
     iteration prefills every prompt, the rest decode; TTFT and TPOT match the closed form."""
