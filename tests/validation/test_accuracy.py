@@ -21,22 +21,24 @@ def test_headline_error_bounds(report):
     s = report["summary"]["headline"]
     assert s["count"] >= 70
     # issue 13's in-sample targets (median <= 8%, p90 <= 25%) are met (6.9% / 22.3% on
-    # 2026-12-02; 6.9% / 19.3% with the network rules, docs/validation.md); margin kept.
+    # 2026-12-02; 7.3% / 19.4% with the network rules and the MoE dispatchers merged,
+    # docs/validation.md); margin kept.
     assert s["median_abs_error"] <= 0.08
     assert s["p90_abs_error"] <= 0.21
 
 
 def test_all_rows_error_bounds(report):
     s = report["summary"]["all"]
-    assert s["median_abs_error"] <= 0.09  # 7.9% on 2026-12-02; 7.7% with the network rules
+    assert s["median_abs_error"] <= 0.09  # 7.9% on 2026-12-02; 7.8% merged
     assert s["p90_abs_error"] <= 0.27  # 25.7%; 25.0%
-    assert abs(s["bias"]) <= 0.07  # +4.9%; +5.1%
+    assert abs(s["bias"]) <= 0.07  # +4.9%; +5.3%
 
 
 def test_sweep_rank_correlation(report):
     groups = report["summary"]["sweep_groups"]
     rho = {k: v["spearman"] for k, v in groups.items() if v["spearman"] is not None}
-    # target >= 0.8 in every group; met in all but two (docs/validation.md)
+    # target >= 0.8 in every group; met in all but two (docs/validation.md): Hagemann 30B at
+    # s = 2048 (0.73) and llm-foundry's MPT-13B on 40 GB (0.38)
     below = sorted(k for k, v in rho.items() if v < 0.8)
     assert len(below) <= 2, below
     assert min(rho.values()) >= 0.2
