@@ -116,29 +116,32 @@ def model_flops_per_step(model: Model, global_batch: Num, seq_len: Num,
 
 
 def recompute_flops_per_step(model: Model, global_batch: Num, seq_len: Num,
-                             recompute: np.ndarray, causal: bool = False) -> Num:
+                             recompute: np.ndarray, causal: bool = False,
+                             full_share: np.ndarray | float = 1.0) -> Num:
     """Extra forward FLOPs spent on activation recomputation (HFU numerator minus model FLOPs).
 
     recompute: 0 none, 1 selective (attention core only, Korthikanti et al. 2022 Sec. 4.2),
     2 full (every layer's forward, the multi-token-prediction layers' included, not the LM
-    head).
+    head), times `full_share`, the share of layers recomputed (`train.recompute.full_share`).
     """
     full = forward_flops(model, global_batch, seq_len, causal) \
         - (1 + model.mtp_layers) * head_flops(model, global_batch * seq_len)
     core = attention_core_flops(model, global_batch, seq_len) * (0.5 if causal else 1.0)
     selective = model.num_layers * core
-    return np.where(recompute == 2, full, np.where(recompute == 1, selective, 0.0))
+    return np.where(recompute == 2, full_share * full, np.where(recompute == 1, selective, 0.0))
 
 
 def step_flops(model: Model, global_batch: int, seq_len: int, recompute: np.ndarray,
-               fused_attention: bool) -> tuple[float, np.ndarray]:
+               fused_attention: bool, full_share: np.ndarray | float = 1.0
+               ) -> tuple[float, np.ndarray]:
     """(model FLOPs, hardware FLOPs) of one training step, counted as the time is costed: the
     model needs attention's causal half; a fused kernel executes only that half, an unfused one
     the whole score matrix (and the recomputation's forward FLOPs on top)."""
     model_flops = float(model_flops_per_step(model, global_batch, seq_len, causal=True))
     executed = 3 * forward_flops(model, global_batch, seq_len, causal=fused_attention)
     hardware = executed + recompute_flops_per_step(model, global_batch, seq_len, recompute,
-                                                   causal=fused_attention)
+                                                   causal=fused_attention,
+                                                   full_share=full_share)
     return model_flops, np.asarray(hardware, dtype=float)
 
 

@@ -93,6 +93,10 @@ class Plan(Spec):
     recompute_modules: tuple[RecomputeModule, ...] | None = Field(default=None, strict=False)
     """With selective recompute, the modules recomputed (Megatron-Core --recompute-modules);
     None: meshplan's default selective policy (`cost.train.recompute`)."""
+    recompute_num_layers: int | None = Field(default=None, gt=0)
+    """With full recompute, the layers recomputed at the start of each pipeline stage's model
+    chunk, the others keeping their activations (Megatron-LM --recompute-method block
+    --recompute-num-layers N); None: every layer (`cost.train.recompute.full_share`)."""
     offload_optimizer: bool = False
     """Optimizer states and step on the host (ZeRO-Offload)."""
     overlap_grad_reduce: bool = True
@@ -146,6 +150,9 @@ class Plan(Spec):
                                                    or not self.recompute_modules):
             raise ValueError("recompute_modules needs recompute='selective' and at least one "
                              f"module of {', '.join(RECOMPUTE_MODULES)}")
+        if self.recompute_num_layers is not None and self.recompute != "full":
+            raise ValueError("recompute_num_layers needs recompute='full' (it counts the "
+                             "layers of each model chunk recomputed whole)")
         return self
 
     @property
@@ -165,7 +172,9 @@ class Plan(Spec):
         if self.moe_dispatcher != "alltoall":
             parts.append(self.moe_dispatcher)
         parts.append(f"rc={self.recompute}" + (f"({'+'.join(self.recompute_modules)})"
-                                                 if self.recompute_modules else ""))
+                                                 if self.recompute_modules else "")
+                     + (f"({self.recompute_num_layers}/chunk)" if self.recompute_num_layers
+                        else ""))
         return " ".join(parts)
 
 
@@ -210,6 +219,8 @@ class PlanArrays:
     """Index into MOE_DISPATCHERS; None: every plan's is alltoall."""
     force_balanced: np.ndarray | None = None
     """`Plan.moe_force_balanced`; None: no plan's is."""
+    recompute_layers: np.ndarray | None = None
+    """`Plan.recompute_num_layers`, 0 for every layer; None: every plan's is every layer."""
 
     def __len__(self) -> int:
         return len(self.dp)
@@ -247,6 +258,7 @@ class PlanArrays:
             recompute_modules=col(lambda p: recompute_mask(p.recompute_modules)),
             dispatcher=col(lambda p: MOE_DISPATCHERS.index(p.moe_dispatcher)),
             force_balanced=col(lambda p: p.moe_force_balanced, bool),
+            recompute_layers=col(lambda p: p.recompute_num_layers or 0),
         )
 
     def select(self, mask_or_index: np.ndarray) -> PlanArrays:
@@ -276,6 +288,8 @@ class PlanArrays:
             moe_dispatcher=MOE_DISPATCHERS[0 if self.dispatcher is None  # type: ignore[arg-type]
                                            else int(self.dispatcher[i])],
             moe_force_balanced=self.force_balanced is not None and bool(self.force_balanced[i]),
+            recompute_num_layers=None if self.recompute_layers is None
+            else int(self.recompute_layers[i]) or None,
         )
 
     def dispatchers(self) -> np.ndarray:

@@ -20,8 +20,10 @@ from typing import Any, Literal
 from meshplan.cost.flops import forward_flops, head_flops, megatron_eq3_flops
 from meshplan.cost.params import count_params
 from meshplan.cost.train.allocator import reported
+from meshplan.cost.train.recompute import full_share
 from meshplan.estimate import GIB, Estimate
 from meshplan.specs.job import Job
+from meshplan.specs.plan import PlanArrays
 from meshplan.validate.rows import Case
 from meshplan.validate.rules import LEGACY_MEGATRON, NOT_MCORE, Rule, first
 
@@ -73,6 +75,12 @@ def _bloom(case: Case, hardware: bool) -> tuple[float, str]:
     return 4 * 2 * n * _tokens(case), ""
 
 
+def _recomputed(case: Case) -> float:
+    """The share of layers fully recomputed (block recompute: `train.recompute.full_share`)."""
+    plans = PlanArrays.from_plans([case.plan])
+    return float(full_share(plans, case.source_model.num_layers)[0])
+
+
 def _palm(case: Case, hardware: bool, exclude_embedding: bool = False) -> float:
     """6N + 12 L H Q T per token (PaLM Appendix B; nanoGPT, torchtitan); for HFU a recomputed
     forward adds 2N + 4 L H Q T (full) or the attention core 4 L H Q T (selective)."""
@@ -81,7 +89,8 @@ def _palm(case: Case, hardware: bool, exclude_embedding: bool = False) -> float:
     attn = 4 * m.num_layers * m.num_attention_heads * m.head_size * case.job.seq_len
     per_token = 6 * n + 3 * attn
     if hardware:
-        per_token += {"full": 2 * n + attn, "selective": attn}.get(case.plan.recompute, 0)
+        per_token += {"full": _recomputed(case) * (2 * n + attn),
+                      "selective": attn}.get(case.plan.recompute, 0)
     return per_token * _tokens(case)
 
 
@@ -90,7 +99,7 @@ def _llmfoundry(case: Case, hardware: bool) -> tuple[float, str]:
     m, s = case.source_model, case.job.seq_len
     other = case.row["other_metrics"] if isinstance(case.row["other_metrics"], dict) else {}
     n = other.get("num_params") or count_params(m).total
-    k = 4 if hardware and case.plan.recompute == "full" else 3
+    k = 3 + (_recomputed(case) if hardware else 0.0)
     per_seq = k * 2 * n * s + k * m.num_layers * 2 * 2 * m.hidden_size * s * s
     return per_seq * case.job.global_batch_size, ""
 
@@ -100,7 +109,7 @@ def _model_flops(case: Case, hardware: bool) -> tuple[float, str]:
     fwd = forward_flops(m, case.job.global_batch_size, case.job.seq_len)
     total = 3 * fwd
     if hardware and case.plan.recompute == "full":
-        total += fwd - head_flops(m, _tokens(case))
+        total += _recomputed(case) * (fwd - head_flops(m, _tokens(case)))
     return float(total), "source FLOP formula not given: meshplan model FLOPs (PaLM) used"
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from meshplan.cost.params import ParamCounts
 from meshplan.cost.train import allocator as alloc
 from meshplan.cost.train.pipeline import head_in_flight, head_rank, in_flight_microbatches
-from meshplan.cost.train.recompute import module_masks, rebuilds
+from meshplan.cost.train.recompute import full_share, module_masks, rebuilds
 from meshplan.mesh import Mesh
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
@@ -119,7 +119,10 @@ def layer_activation_bytes(model: Model, job: Job, mesh: Mesh, moe: bool) -> np.
         + mlp_activation_bytes(model, job, mesh, moe)
     T = mesh.tokens_per_microbatch(job.seq_len)
     layer_input = 2.0 * T * model.hidden_size / mesh.seq_shard
-    return np.where(mesh.plans.recompute == 2, layer_input, full)
+    # Full recompute keeps only the input of each recomputed layer; under block recompute
+    # the other layers keep everything (`recompute.full_share`, averaged over the layers).
+    share = full_share(mesh.plans, model.num_layers)
+    return share * layer_input + (1.0 - share) * full
 
 
 def head_activation_bytes(model: Model, job: Job, mesh: Mesh) -> np.ndarray:

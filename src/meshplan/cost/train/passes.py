@@ -29,7 +29,7 @@ from meshplan.cost.layer import (
     unfused_score_bytes,
 )
 from meshplan.cost.moe import ALLTOALL
-from meshplan.cost.train.recompute import module_masks, rebuilds
+from meshplan.cost.train.recompute import full_share, module_masks, rebuilds
 from meshplan.mesh import Mesh
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
@@ -87,8 +87,12 @@ def _shape(job: Job, mesh: Mesh) -> tuple[BatchShape, LayerDegrees]:
     return BatchShape.training(P.mbs, job.seq_len, P.cp), LayerDegrees.of(mesh)
 
 
-def _recompute(P: PlanArrays, forward: np.ndarray, selective: np.ndarray | float) -> np.ndarray:
-    return np.where(P.recompute == 2, forward, np.where(P.recompute == 1, selective, 0.0))
+def _recompute(model: Model, P: PlanArrays, forward: np.ndarray,
+               selective: np.ndarray | float) -> np.ndarray:
+    """The forward redone per layer: all of it for the fully recomputed share of the layers
+    (`recompute.full_share`), the selected modules' under selective recompute."""
+    return np.where(P.recompute == 2, full_share(P, model.num_layers) * forward,
+                    np.where(P.recompute == 1, selective, 0.0))
 
 
 def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> AttentionTimes:
@@ -123,7 +127,7 @@ def attention_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> Attention
         up = _mla_up_proj_share(model)
         selective = selective + np.where(rebuilds(mods, "mla_up_proj"), up * parts.gemm, 0.0)
     zero = np.zeros_like(fwd)
-    return AttentionTimes(fwd, bwd_i, parts.gemm, _recompute(mesh.plans, fwd, selective),
+    return AttentionTimes(fwd, bwd_i, parts.gemm, _recompute(model, mesh.plans, fwd, selective),
                           parts.core + zero, core_b + zero)
 
 
@@ -152,7 +156,7 @@ def mlp_times(model: Model, job: Job, K: Kernels, mesh: Mesh, moe: bool) -> Pass
         # (already inside the whole block when "moe" is listed too)
         shared_only = rebuilds(mods, "shared_experts") & ~rebuilds(mods, "moe")
         selective = selective + np.where(shared_only, share * parts.gemm, 0.0)
-    return PassTimes(fwd, bwd_i, parts.gemm, _recompute(mesh.plans, fwd, selective))
+    return PassTimes(fwd, bwd_i, parts.gemm, _recompute(model, mesh.plans, fwd, selective))
 
 
 def head_times(model: Model, job: Job, K: Kernels, mesh: Mesh) -> PassTimes:

@@ -47,3 +47,18 @@ def rebuilds(masks: np.ndarray, module: str) -> np.ndarray:
     """Per plan, whether `module` ("dense_act" for DENSE_ACT) is recomputed."""
     bit = DENSE_ACT if module == "dense_act" else 1 << RECOMPUTE_MODULES.index(module)
     return (masks & bit) != 0
+
+
+def full_share(P: PlanArrays, num_layers: int) -> np.ndarray:
+    """Per plan, the share of layers fully recomputed: 1 under full recompute of every layer,
+    min(N, c) / c under Megatron-LM's --recompute-method block --recompute-num-layers N
+    (megatron/core/transformer/transformer_block.py `_checkpointed_forward`: the first N
+    layers of each pipeline stage's model chunk of c = L / (pp x vpp) layers are recomputed,
+    the rest keep their activations), 0 without full recompute. Uneven first / last stages
+    are counted at the even chunk size."""
+    full = (P.recompute == 2).astype(float)
+    if P.recompute_layers is None:
+        return full
+    chunk = num_layers / (P.pp * P.vpp)
+    n = P.recompute_layers
+    return full * np.where(n > 0, np.minimum(n, chunk) / chunk, 1.0)

@@ -30,6 +30,7 @@ from meshplan.cost.train.passes import (
     mtp_projection_times,
 )
 from meshplan.cost.train.pipeline import head_rank, pipeline_time
+from meshplan.cost.train.recompute import full_share
 from meshplan.cost.train.stages import StageTimes
 from meshplan.mesh import Mesh
 from meshplan.specs.cluster import Cluster
@@ -128,12 +129,11 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
     ep_f, ep_b = comm.ep_exposed(model, cluster, job, mesh, moe_layers,
                                  attn.forward + mlp_m.forward, attn.backward + mlp_m.backward)
     cp_f, cp_b = comm.cp_exposed(model, cluster, job, K, mesh, layers, attn)
-    full_rc = P.recompute == 2
+    # Full recompute repeats the forward's collectives of the recomputed layers before the
+    # backward (by axis, for the trace too).
+    rc = full_share(P, model.num_layers)
     fwd_comm = tp_f + ep_f + cp_f
-    bwd_comm = tp_b + ep_b + cp_b + np.where(full_rc, fwd_comm, 0.0)
-    # The same split by axis (for the trace): full recompute repeats the forward's
-    # collectives before the backward.
-    rc = np.where(full_rc, 1.0, 0.0)
+    bwd_comm = tp_b + ep_b + cp_b + rc * fwd_comm
     pass_comm = {"tp_comm": (tp_f, tp_b + rc * tp_f), "cp_comm": (cp_f, cp_b + rc * cp_f),
                  "ep_comm": (ep_f, ep_b + rc * ep_f)}
     pass_bytes = {k: (f, b + rc * f) for k, (f, b) in
@@ -189,7 +189,7 @@ def evaluate(model: Model, cluster: Cluster, job: Job, P: PlanArrays) -> CostArr
 
     mem = step_memory(model, cluster, job, mesh, counts, m, ranks)
     model_flops, hw_flops = F.step_flops(model, job.global_batch_size, job.seq_len,
-                                         P.recompute, job.flash_attention)
+                                         P.recompute, job.flash_attention, rc)
     peak = cluster.accelerator.rated_peak("bf16")
     stages = StageTimes(
         unit=PassTimes(unit_f, unit_i, unit_w, np.zeros_like(unit_f)),
