@@ -90,3 +90,23 @@ def test_only_with_full_recompute():
     plan = Plan(pp=2, recompute="full", recompute_num_layers=3)
     assert "rc=full(3/chunk)" in plan.describe()
     assert arrays(**plan.model_dump()).plan(0) == plan
+
+
+def test_exports_write_the_block_method():
+    from meshplan import MeshplanError
+    from meshplan.export import export
+    job = Job(global_batch_size=64, seq_len=8192)
+    plan = Plan(pp=2, dp=4, zero_stage=3, recompute="full", recompute_num_layers=4)
+    script = export(plan.model_copy(update={"zero_stage": 1}), "megatron", model="llama3-8b",
+                    job=job, cluster="dgx-h100")
+    assert "--recompute-method block" in script and "--recompute-num-layers 4" in script
+    toml = export(plan, "torchtitan", model="llama3.1-8b", job=job, cluster="dgx-h100",
+                  engine_version="0.2.2")
+    assert 'selective_ac_option = "4"' in toml  # 16 layers a stage, one in 4 recomputed
+    odd = plan.model_copy(update={"recompute_num_layers": 3})
+    with pytest.raises(MeshplanError, match="recompute_num_layers.*every k-th block"):
+        export(odd, "torchtitan", model="llama3.1-8b", job=job, cluster="dgx-h100",
+               engine_version="0.2.2")
+    with pytest.raises(MeshplanError, match="recompute_num_layers"):
+        export(plan, "torchtitan", model="llama3.1-8b", job=job, cluster="dgx-h100",
+               engine_version="0.3.0")

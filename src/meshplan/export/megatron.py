@@ -348,6 +348,11 @@ def _recompute(model: Model, job: Job, plan: Plan) -> list[Flag]:
         if modules:  # nargs list: the names as separate words
             flags.append(("--recompute-modules " + " ".join(modules), None))
         return flags
+    if plan.recompute == "full" and plan.recompute_num_layers:
+        # The first N layers of each pipeline stage's model chunk (transformer_block.py
+        # _checkpointed_forward, recompute_method 'block'), as `train.recompute.full_share`.
+        return [("--recompute-granularity", "full"), ("--recompute-method", "block"),
+                ("--recompute-num-layers", str(plan.recompute_num_layers))]
     if plan.recompute == "full":
         return [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
                 ("--recompute-num-layers", "1")]

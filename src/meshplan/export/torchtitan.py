@@ -32,7 +32,7 @@ from meshplan.schedules.registry import SCHEDULE_SPECS, schedule_spec
 from meshplan.specs.cluster import Cluster
 from meshplan.specs.job import Job
 from meshplan.specs.model import Model
-from meshplan.specs.plan import MOE_DISPATCHERS, Plan
+from meshplan.specs.plan import MOE_DISPATCHERS, Plan, PlanArrays
 
 ENGINE = "torchtitan 0.2.2"
 SOURCE = "torchtitan 0.2.2 torchtitan/config/job_config.py"
@@ -179,7 +179,7 @@ def render(model: Model, job: Job, plan: Plan, cluster: Cluster | None = None) -
         "model": _model(job, flavor),
         "training": training_section(job, plan),
         "parallelism": parallelism_section(model, plan),
-        "activation_checkpoint": _activation_checkpoint(plan),
+        "activation_checkpoint": _activation_checkpoint(model, plan),
     }
     if job.precision == "fp8" or plan.tp_comm_overlap:
         config["compile"] = {"enable": True, "components": ["model", "loss"]}
@@ -212,6 +212,26 @@ def _named(model: Model, with_flavor: bool = False) -> str:
 
 _MULTI_STAGE = [i for i, s in enumerate(SCHEDULE_SPECS) if s.takes_chunks]
 _KNOWN = ", ".join(f"{f.name}/{f.flavor}" for f in FLAVORS)
+
+def _block_every(model: Model, P: PlanArrays) -> np.ndarray:
+    """Per plan, k where full recompute of N layers per chunk is torchtitan's layer SAC of
+    every k-th block (selective_ac_option = "k", activation_checkpoint.py
+    _apply_ac_to_transformer_block: a block is wrapped whole when its count % k == 0): k =
+    chunk / N; 0 where the plan has no block recompute, -1 where N does not divide the chunk."""
+    n = np.zeros(len(P), np.int64) if P.recompute_layers is None else P.recompute_layers
+    chunk = model.num_layers // (P.pp * P.vpp)
+    partial = (P.recompute == 2) & (n > 0) & (n < chunk)
+    return np.where(partial, np.where(chunk % np.maximum(n, 1) == 0,
+                                      chunk // np.maximum(n, 1), -1), 0)
+
+
+def block_recompute_refusal(hint: str) -> Refusal:
+    """Refuse block recompute that is no every-k-th-block SAC (`_block_every`)."""
+    return Refusal("recompute_num_layers", lambda M, J, P: _block_every(M, P) < 0,
+                   field_value("recompute_layers"), "checkpoints every k-th block whole "
+                   "(selective_ac_option = k), so the layers recomputed per stage chunk must "
+                   "divide it" + hint)
+
 
 REFUSALS: tuple[Refusal, ...] = (
     Refusal("model", lambda M, J, P: _flavor(M) is None, lambda M, J, P, i: M.name,
@@ -256,6 +276,7 @@ REFUSALS: tuple[Refusal, ...] = (
             "parallelism\")"),
     Refusal("zero_stage", lambda M, J, P: (P.zero == 0) & (P.cp > 1), constant(0),
             "always shards weights over the cp ranks with FSDP2 (parallel_dims.py)"),
+    block_recompute_refusal("; export to Megatron-LM (--recompute-method block)"),
     Refusal("first_stage_layers", lambda M, J, P: uneven(P), uneven_value,
             "splits layers by equal stages with a count of 'less layers' on the ends, not by "
             "explicit end-rank layer counts; export to Megatron-LM or use an even split"),
@@ -346,10 +367,13 @@ def parallelism_section(model: Model, plan: Plan) -> dict[str, Any]:
     return par
 
 
-def _activation_checkpoint(plan: Plan) -> dict[str, Any]:
+def _activation_checkpoint(model: Model, plan: Plan) -> dict[str, Any]:
     ac: dict[str, Any] = {"mode": plan.recompute}  # none, selective, full: same names
     if plan.recompute == "selective":
         ac["selective_ac_option"] = "op"
+    every = int(_block_every(model, PlanArrays.from_plans([plan]))[0])
+    if every > 0:  # recompute_num_layers of each chunk: layer SAC, one block in `every`
+        ac.update(mode="selective", selective_ac_option=str(every))
     return ac
 
 

@@ -76,6 +76,10 @@ REFUSALS: tuple[Refusal, ...] = (
                 "converters, not on the command line") + "; use --engine-version 0.2.2"),
     Refusal("etp", lambda M, J, P: (P.ep > 1) & (P.etp != 1), field_value("etp"),
             "has no expert tensor parallelism (ParallelDims: experts carved out of fsdp x tp)"),
+    Refusal("recompute_num_layers", lambda M, J, P: v02._block_every(M, P) != 0,
+            field_value("recompute_layers"), "sets only the activation_checkpoint mode on the "
+            "command line (every block or none); use --engine-version 0.2.2 (selective_ac_option"
+            " = k) or Megatron-LM"),
     *v02.REFUSALS[2:],
 )
 """0.2.2's refusals, and what 0.3.0 dropped."""

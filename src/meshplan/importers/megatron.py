@@ -61,6 +61,8 @@ def read(path: str, model: Model) -> ImportedJob:
     _zero(flags, v, job)
     granularity = v.text(flags, "recompute-granularity", ("full", "selective"))
     out["recompute"] = granularity or "none"
+    if granularity == "full":
+        _recompute_method(flags, v, job)
     out["offload_optimizer"] = "optimizer-cpu-offload" in flags
     out["overlap_grad_reduce"] = "overlap-grad-reduce" in flags
     out["tp_comm_overlap"] = "tp-comm-overlap" in flags
@@ -73,6 +75,23 @@ def read(path: str, model: Model) -> ImportedJob:
         out["token_budget"] = float(samples * out["seq_len"])
     job.notes += _model_notes(flags, v, model)
     return job
+
+
+def _recompute_method(flags: dict[str, Any], v: Values, job: ImportedJob) -> None:
+    """--recompute-method block --recompute-num-layers N: the first N layers of each stage's
+    model chunk recomputed (`Plan.recompute_num_layers`); uniform (or no method) recomputes
+    every layer, in groups of N whose inputs alone are kept, costed as per-layer full
+    recompute (arguments.py: --recompute-num-layers defaults to 1)."""
+    method = v.text(flags, "recompute-method", ("uniform", "block"))
+    layers = v.integer(flags, "recompute-num-layers", 0)
+    if method == "block" and layers:
+        job.values["recompute_num_layers"] = layers
+    elif method == "block":
+        job.values["recompute"] = "none"
+        job.notes.append("--recompute-method block with 0 layers: no layer recomputed")
+    elif layers and layers > 1:
+        job.notes.append(f"--recompute-method uniform in groups of {layers} layers costed as "
+                         "per-layer full recompute (the group inputs' memory is not modelled)")
 
 
 def _dispatcher(flags: dict[str, Any], v: Values) -> str:

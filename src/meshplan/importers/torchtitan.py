@@ -84,12 +84,31 @@ def read(path: str, model: Model) -> ImportedJob:
     mode = v.text(v.section(data, "activation_checkpoint"), "mode", ("none", "selective",
                                                                    "full"))
     out["recompute"] = mode or "selective"  # job_config.py ActivationCheckpoint default
-    if mode == "selective":
+    option = v.section(data, "activation_checkpoint").get("selective_ac_option", "op")
+    if out["recompute"] == "selective" and str(option).isdigit():
+        _layer_sac(int(option), model, out, job)
+    elif mode == "selective":
         job.notes.append("selective activation checkpointing modelled as meshplan's selective "
                          "recompute (attention)")
     out["offload_optimizer"] = bool(v.flag(train, "enable_cpu_offload"))
     job.notes += _model_notes(data, v, model)
     return job
+
+
+def _layer_sac(every: int, model: Model, out: dict[str, Any], job: ImportedJob) -> None:
+    """selective_ac_option = k: every k-th block checkpointed whole
+    (activation_checkpoint.py _apply_ac_to_transformer_block), i.e. full recompute of one
+    layer in k (`Plan.recompute_num_layers` per stage chunk; k = 0 or 1: every layer)."""
+    out["recompute"] = "full"
+    chunk = model.num_layers // (out.get("pp", 1) * out.get("vpp", 1))
+    if every > 1 and every < chunk:
+        out["recompute_num_layers"] = max(1, round(chunk / every))
+        if chunk % every:
+            job.notes.append(f"layer SAC of every {every}th block: about "
+                             f"{out['recompute_num_layers']} of each stage's {chunk} layers "
+                             "recomputed")
+    elif every > 1:
+        out["recompute_num_layers"] = 1
 
 
 def _toml(text: str, where: str) -> dict[str, Any]:
