@@ -73,7 +73,8 @@ def test_schedule_names_of_the_engines(text, expected):
     ("--recompute-granularity selective", "selective"),
     ("--recompute-modules moe_act layernorm", "selective"),
     ("recompute mla_up_proj", "selective"),
-    ("selective op (torchtitan)", "selective"), ("selective layer, ac_freq 2", "selective"),
+    ("selective op (torchtitan)", "selective"), ("selective layer, ac_freq 2", "blocks"),
+    ("selective (every n blocks)", "blocks"),
     ("DeepSpeed activation checkpointing", "full"), ("--checkpoint-activations", "full"),
     ("FULL", "full"), ("None", "none"), ("off", "none"),
 ])
@@ -180,3 +181,21 @@ def test_recompute_modules_read_from_the_row(notes, expected):
 
     assert recompute_modules(_row(notes=notes), "selective", []) == expected
     assert recompute_modules(_row(notes=notes), "full", []) is None
+
+
+def test_every_nth_block_is_full_recompute_of_that_share(shipped):
+    """The IBM FSDP blog's 13B rows: HFU / MFU = 0.59 / 0.51 = 1 + f/3 gives f = 0.47, one
+    block in 2 of the 40 recomputed whole; a stated n wins; without HFU the default, recorded."""
+    row = copy.deepcopy(next(r for r in shipped
+                             if r["activation_recompute"] == "selective (every n blocks)"
+                             and r["hfu"] == 0.59))
+    case = build_case(row)
+    assert isinstance(case, Case)
+    assert (case.plan.recompute, case.plan.recompute_num_layers) == ("full", 20)
+    assert any("HFU / MFU = 1.157" in a for a in case.assumptions)
+    row["activation_recompute"] = "selective layer, ac_freq 4"
+    assert build_case(row).plan.recompute_num_layers == 10
+    row["activation_recompute"], row["hfu"] = "selective (every n blocks)", None
+    case = build_case(row)
+    assert case.plan.recompute_num_layers == 20
+    assert any("every 2nd block assumed" in a for a in case.assumptions)

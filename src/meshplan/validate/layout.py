@@ -26,6 +26,32 @@ def recompute(row: dict[str, Any], notes: list[str]) -> str:
     return str(rules.apply(rules.RECOMPUTE_DEFAULT, row, notes))
 
 
+def block_recompute(row: dict[str, Any], chunk_layers: int, notes: list[str]) -> int:
+    """`Plan.recompute_num_layers` of a row whose source recomputes every n-th block whole.
+
+    With both HFU and MFU reported, n follows from their ratio: a recomputed forward is 2N of
+    the 6N per token, so HFU / MFU = 1 + f / 3 for full recompute of a share f of the layers
+    (the same rows' full-recompute runs read 1.32-1.38); n = round(1 / f). A number the text
+    states wins; else the engine's default (`rules.BLOCK_EVERY`). The count per stage chunk
+    is chunk / n, at least 1."""
+    mfu, hfu = row.get("mfu"), row.get("hfu")
+    derived = row["derived"] if isinstance(row.get("derived"), dict) else {}
+    stated = re.search(r"(?:ac_freq|selective_ac_option|every)\s*=?\s*(\d+)",
+                       text_field(row, "activation_recompute"), re.IGNORECASE)
+    if stated and int(stated.group(1)) > 0:
+        every = int(stated.group(1))
+    elif isinstance(mfu, int | float) and isinstance(hfu, int | float) and 0 < mfu < hfu \
+            and not {"mfu", "hfu"} & set(derived):
+        share = min(1.0, 3.0 * (hfu / mfu - 1.0))
+        every = max(1, round(1.0 / share))
+        notes.append(f"one block in {every} recomputed whole: HFU / MFU = {hfu / mfu:.3f} "
+                     f"= 1 + f/3 (f = {share:.2f} of the layers' forward redone, 6N "
+                     "accounting)")
+    else:
+        every = int(rules.apply(rules.BLOCK_EVERY, row, notes))
+    return max(1, round(chunk_layers / every))
+
+
 MODULE_WORDS = {"core_attn": "core_attn", "layernorm": "layernorm", "norm": "layernorm",
                 "mla_up_proj": "mla_up_proj", "up_proj": "mla_up_proj", "moe_act": "moe_act",
                 "act": "moe_act", "mlp": "mlp", "moe": "moe", "shared_experts": "shared_experts",

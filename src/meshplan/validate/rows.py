@@ -36,6 +36,7 @@ from meshplan.validate.fields import (
 )
 from meshplan.validate.hardware import build_cluster
 from meshplan.validate.layout import (
+    block_recompute,
     micro_and_global,
     pipeline_schedule,
     recompute,
@@ -226,12 +227,16 @@ def _build(source_row: dict[str, Any], calibration: CalibrationRef) -> Case | Sk
                      f"all-gathers, {k[1]} reduce-scatters per layer, list API), no overlap "
                      "(rules.DEEPSPEED_COALESCED_ZERO3)")
     rc = recompute(row, notes)
+    rc_layers = None
+    if rc == "blocks":
+        rc, rc_layers = "full", block_recompute(row, model.num_layers // (pp * (vpp or 1)), notes)
     plan = Plan(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, etp=int_field(row, "expert_tp") or 1,
                 sequence_parallel=bool(sp), zero_stage=zero,  # type: ignore[arg-type]
                 overlap_grad_reduce=legacy_z3 is None,
                 micro_batch_size=mbs, schedule=schedule, vpp=vpp,  # type: ignore[arg-type]
                 recompute=rc,  # type: ignore[arg-type]
                 recompute_modules=recompute_modules(row, rc, notes),  # type: ignore[arg-type]
+                recompute_num_layers=rc_layers,
                 tp_comm_overlap=_says(row, rules.TP_OVERLAP),
                 ep_comm_overlap=_says(row, rules.EP_OVERLAP),
                 moe_dispatcher=_dispatcher(row, ep, notes),  # type: ignore[arg-type]

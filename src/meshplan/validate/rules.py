@@ -186,8 +186,9 @@ MICRO_BATCH: tuple[Rule, ...] = (
 
 RECOMPUTE_NAMES: tuple[Rule, ...] = (
     # Text of `activation_recompute` as engines name it -> Plan.recompute.
-    Rule("selective", "source checkpoints every n-th block; modelled as selective "
-                      "(attention-core) recompute",
+    Rule("blocks", "source checkpoints whole blocks, every n-th: full recompute of that "
+                   "share of the layers (fms-fsdp selective_checkpointing, torchtitan "
+                   "selective_ac_option = n; `BLOCK_EVERY`)",
          {"activation_recompute": r"selective.*every\s*n|every\s*n.*selective|selective.*"
                                   r"layer|ac_freq|selective_ac_option\s*=?\s*\d"}),
     Rule("selective", "", {"activation_recompute": r"selective|core_attn"}),
@@ -198,6 +199,15 @@ RECOMPUTE_NAMES: tuple[Rule, ...] = (
                                               r"checkpointing|every layer|per block|uniform|"
                                               r"\bblock\b|recompute-method"}),
     Rule("none", "", {"activation_recompute": r"^\s*(none|no|off|false|disabled)\b"}),
+)
+
+BLOCK_EVERY: tuple[Rule, ...] = (
+    # Every n-th block recomputed whole, n not stated and no HFU / MFU pair to derive it from
+    # (`layout.block_recompute`).
+    Rule(2, "every 2nd block assumed recomputed (fms-fsdp selective_checkpointing is the share "
+            "of blocks, default 1 = every block; a partial share not stated: one half)",
+         {"framework": r"fms-fsdp|Foundation Model Stack"}),
+    Rule(2, "every 2nd block assumed recomputed (the share not stated: one half)"),
 )
 
 RECOMPUTE_DEFAULT: tuple[Rule, ...] = (
