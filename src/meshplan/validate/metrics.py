@@ -87,10 +87,10 @@ def _palm(case: Case, hardware: bool, exclude_embedding: bool = False) -> float:
     m = case.source_model
     n = count_params(m).total - (m.vocab_size * m.hidden_size if exclude_embedding else 0)
     attn = 4 * m.num_layers * m.num_attention_heads * m.head_size * case.job.seq_len
-    per_token = 6 * n + 3 * attn
+    per_token = float(6 * n + 3 * attn)
     if hardware:
         per_token += {"full": _recomputed(case) * (2 * n + attn),
-                      "selective": attn}.get(case.plan.recompute, 0)
+                      "selective": float(attn)}.get(case.plan.recompute, 0.0)
     return per_token * _tokens(case)
 
 
