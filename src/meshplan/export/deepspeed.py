@@ -130,7 +130,9 @@ def _zero(plan: Plan) -> dict[str, Any]:
 def _notes(plan: Plan) -> list[str]:
     notes = []
     if plan.recompute == "full":
-        notes.append("recompute full: wrap each transformer layer in "
+        which = (f"the first {plan.recompute_num_layers} transformer layers of each pipeline "
+                 "stage" if plan.recompute_num_layers else "each transformer layer")
+        notes.append(f"recompute full: wrap {which} in "
                      "deepspeed.checkpointing.checkpoint (activation_checkpointing configures it)")
     if plan.pp > 1:
         notes.append(f"pipeline: build the model as deepspeed.pipe.PipelineModule("
