@@ -133,6 +133,9 @@ PLAN_FLAGS: list[tuple[str, Any, Any]] = [
      None),
     ("recompute", Annotated[str | None, _opt("--recompute",
                                              "none, selective or full")], None),
+    ("recompute_num_layers", Annotated[int | None, _opt(
+        "--recompute-num-layers", "With --recompute full: layers of each stage chunk "
+                                  "recomputed (Megatron --recompute-method block)")], None),
     ("sequence_parallel", Annotated[bool | None, _opt("--sp/--no-sp",
                                                       "Sequence parallelism")], None),
     ("offload_optimizer", Annotated[bool | None, _opt("--offload/--no-offload",
