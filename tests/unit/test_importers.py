@@ -160,6 +160,22 @@ def test_hand_written_megatron_args_use_megatron_defaults(tmp_path: Path) -> Non
                                                                                    False)
 
 
+@pytest.mark.parametrize(("method", "want", "noted"), [
+    ("block --recompute-num-layers 3", ("full", 3), ""),
+    ("uniform --recompute-num-layers 4", ("full", None), "groups of 4 layers"),
+])
+def test_megatron_recompute_method(tmp_path: Path, method: str, want: tuple, noted: str) -> None:
+    """block: the first N layers of each stage chunk; uniform: every layer, in groups."""
+    path = tmp_path / "args.txt"
+    path.write_text("--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 "
+                    "--micro-batch-size 1 --global-batch-size 256 --seq-length 4096 --bf16 "
+                    f"--recompute-granularity full --recompute-method {method}\n")
+    code, got, err = estimate_from("megatron", "llama3-8b", path, "--num-gpus", "16")
+    assert code == 0, err
+    assert (got["plan"]["recompute"], got["plan"]["recompute_num_layers"]) == want
+    assert noted in err
+
+
 def test_hand_written_torchtitan_03_line(tmp_path: Path) -> None:
     path = tmp_path / "run.sh"
     path.write_text("NGPU=16 ./run_train.sh --module llama3 --config llama3_8b "
