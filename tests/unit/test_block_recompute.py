@@ -100,6 +100,12 @@ def test_exports_write_the_block_method():
     script = export(plan.model_copy(update={"zero_stage": 1}), "megatron", model="llama3-8b",
                     job=job, cluster="dgx-h100")
     assert "--recompute-method block" in script and "--recompute-num-layers 4" in script
+    # N at or above a stage's 16 layers is every layer: Megatron-Core refuses N above the layers
+    # per pipeline rank, so the export writes the every-layer form
+    every = export(plan.model_copy(update={"zero_stage": 1, "recompute_num_layers": 40}),
+                   "megatron", model="llama3-8b", job=job, cluster="dgx-h100")
+    assert "--recompute-method uniform" in every and "--recompute-num-layers 1" in every
+    assert "--recompute-num-layers 40" not in every
     toml = export(plan, "torchtitan", model="llama3.1-8b", job=job, cluster="dgx-h100",
                   engine_version="0.2.2")
     assert 'selective_ac_option = "4"' in toml  # 16 layers a stage, one in 4 recomputed

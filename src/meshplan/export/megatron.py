@@ -348,9 +348,13 @@ def _recompute(model: Model, job: Job, plan: Plan) -> list[Flag]:
         if modules:  # nargs list: the names as separate words
             flags.append(("--recompute-modules " + " ".join(modules), None))
         return flags
-    if plan.recompute == "full" and plan.recompute_num_layers:
+    chunk = model.num_layers // (plan.pp * plan.vpp)
+    if plan.recompute == "full" and plan.recompute_num_layers and \
+            plan.recompute_num_layers < chunk:
         # The first N layers of each pipeline stage's model chunk (transformer_block.py
-        # _checkpointed_forward, recompute_method 'block'), as `train.recompute.full_share`.
+        # _checkpointed_forward, recompute_method 'block'), as `train.recompute.full_share`;
+        # N >= the chunk is every layer (Megatron-Core's TransformerConfig refuses N above the
+        # layers per pipeline rank), written as the every-layer form below.
         return [("--recompute-granularity", "full"), ("--recompute-method", "block"),
                 ("--recompute-num-layers", str(plan.recompute_num_layers))]
     if plan.recompute == "full":
