@@ -201,3 +201,11 @@ def test_moe_act_recompute_redoes_the_activation_only() -> None:
                     for kw in ({}, {"recompute": "selective", "recompute_modules": ("moe_act",)}))
     extra = act_rc.step_time_s - none.step_time_s
     assert 0 < extra < 0.02 * none.step_time_s
+
+
+@pytest.mark.parametrize("plan", [Plan(dp=8, moe_dispatcher="hybridep"),
+                                  Plan(dp=8, moe_force_balanced=True)])
+def test_routing_options_on_a_dense_model_are_refused(plan: Plan) -> None:
+    job = Job(global_batch_size=64, seq_len=4096)
+    with pytest.raises(MeshplanError, match="need a MoE model"):
+        estimate(load_model("llama3-8b"), load_cluster("dgx-h100"), job, plan, 8)

@@ -86,6 +86,8 @@ RULES: tuple[Rule, ...] = (
                                "for load-balanced causal attention"),
     Rule("ep_dense", lambda M, J, n, P: M.is_moe | ((P.ep == 1) & (P.etp == 1)),
          lambda M, J, n, P, i: f"ep={int(P.ep[i])}: expert parallelism needs a MoE model"),
+    Rule("moe_routing", lambda M, J, n, P: M.is_moe | ~_moe_routing_set(P),
+         lambda M, J, n, P, i: "moe_dispatcher / moe_force_balanced: need a MoE model"),
     Rule("ep_experts", lambda M, J, n, P: np.ones(len(P), bool) if M.moe is None
          else M.moe.num_experts % P.ep == 0,
          lambda M, J, n, P, i: f"ep={int(P.ep[i])}: must divide num_experts "
@@ -123,6 +125,16 @@ RULES: tuple[Rule, ...] = (
     Rule("offload_zero", lambda M, J, n, P: ~P.offload | (P.zero >= 1),
          lambda M, J, n, P, i: "offload_optimizer=True: needs zero_stage >= 1"),
 )
+
+
+def _moe_routing_set(P: PlanArrays) -> np.ndarray:
+    """Plans that name a MoE dispatcher other than alltoall, or force even routing."""
+    out = np.zeros(len(P), bool)
+    if P.dispatcher is not None:
+        out |= P.dispatcher != 0
+    if P.force_balanced is not None:
+        out |= P.force_balanced.astype(bool)
+    return out
 
 
 def legal_mask(model: Model, job: Job, num_gpus: int, P: PlanArrays) -> np.ndarray:
